@@ -1,0 +1,168 @@
+"""Command line: ``run`` (default), ``detect``, ``check-config``, ``config-doc``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from otel_vmi_hv import __version__
+from otel_vmi_hv.config import OPTIONS, ConfigError, Settings, load_settings
+
+log = logging.getLogger("otel_vmi_hv")
+
+EXIT_CONFIG = 2
+DETECT_TIMEOUT_SLACK = 5.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    for option in OPTIONS:
+        if option.flag:
+            common.add_argument(
+                option.flag,
+                dest=option.env,
+                metavar="VALUE",
+                default=None,
+                help=f"{option.help} (env {option.env}; allowed: {option.allowed})",
+            )
+    parser = argparse.ArgumentParser(
+        prog="otel-vmi-hv",
+        description="Reports, for every running VMI on this node, whether it runs under KVM or QEMU TCG "
+        "emulation, as the OpenTelemetry metric kubevirt_vmi_hypervisor_info.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"otel-vmi-hv {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", parents=[common], help="run the agent (default)")
+    detect = commands.add_parser(
+        "detect", parents=[common], help="print every VMI with its hypervisor type once, then exit"
+    )
+    detect.add_argument("--output", choices=("table", "json"), default="table")
+    commands.add_parser(
+        "check-config", parents=[common], help="validate and print the effective configuration"
+    )
+    commands.add_parser("config-doc", help="print the configuration reference (Markdown)")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    if command == "config-doc":
+        sys.stdout.write(config_reference())
+        return 0
+    flags = {option.env: getattr(args, option.env) for option in OPTIONS if option.flag}
+    try:
+        settings = load_settings(os.environ, flags)
+    except ConfigError as error:
+        print(f"otel-vmi-hv: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(settings.log_level)
+    if command == "check-config":
+        return check_config(settings)
+    if command == "detect":
+        return detect(settings, args.output)
+    return run(settings)
+
+
+def check_config(settings: Settings) -> int:
+    origins = dict(settings.origins)
+    for name in sorted(Settings.__dataclass_fields__):
+        if name == "origins":
+            continue
+        value = getattr(settings, name)
+        if isinstance(value, tuple) and name == "resource_attributes":
+            value = ",".join(f"{k}={v}" for k, v in value)
+        elif isinstance(value, tuple):
+            value = ",".join(value) or "none"
+        print(f"{name:20} = {value}" + (f"    ({origins[name]})" if name in origins else ""))
+    return 0
+
+
+def run(settings: Settings) -> int:
+    from otel_vmi_hv.agent import Agent
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "otel-vmi-hv %s starting: node %s, source %s, libvirt %s",
+        __version__,
+        settings.node_name,
+        settings.source,
+        settings.libvirt_uri,
+    )
+    try:
+        agent = Agent(settings)
+        agent.start()
+    except OSError as error:
+        log.error("cannot start: %s", error)
+        return 1
+    while not stop.wait(3600):
+        pass
+    agent.stop()
+    return 0
+
+
+def detect(settings: Settings, output: str) -> int:
+    from otel_vmi_hv.agent import Agent
+    from otel_vmi_hv.detect_report import render_json, render_table, rows
+
+    agent = Agent(settings, with_telemetry=False)
+    agent.start()
+    try:
+        if not agent.synced.wait(settings.libvirt_timeout + DETECT_TIMEOUT_SLACK):
+            print(
+                f"otel-vmi-hv: could not list VMIs from the {settings.source} source; see the log above",
+                file=sys.stderr,
+            )
+            return 1
+        agent.tracker.wait_idle(settings.libvirt_timeout * 2 + DETECT_TIMEOUT_SLACK)
+        report = rows(agent.tracker.detections(), settings.node_name)
+    finally:
+        agent.stop(budget=1.0)
+    sys.stdout.write(render_json(report) if output == "json" else render_table(report))
+    return 0
+
+
+def config_reference() -> str:
+    lines = [
+        "| variable | flag | default | allowed | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for option in OPTIONS:
+        default = option.default_doc or option.default
+        default_text = f"`{default}`" if default else "SDK default" if option.field is None else "—"
+        if option.default_doc and option.default_doc.startswith("OTEL_"):
+            default_text = f"`{option.default_doc}`"
+        lines.append(
+            f"| `{option.env}` | {f'`{option.flag}`' if option.flag else ''} | {default_text} "
+            f"| {option.allowed} | {option.help} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["json", "main"]

@@ -1,0 +1,87 @@
+"""Safe extraction of the hypervisor type from a libvirt domain XML document.
+
+The document comes from a daemon or a file inside a launcher pod that a tenant's workload may
+influence (hook sidecars rewrite it), so it is treated as hostile: any DTD is refused outright
+(libvirt never writes one), which rules out entity expansion ("billion laughs") and external
+entities or DTD fetches; the size is capped before parsing; and every failure becomes a reason
+string instead of an exception, because one bad domain must never stop the agent.
+"""
+
+from __future__ import annotations
+
+import xml.parsers.expat
+from dataclasses import dataclass
+from typing import NoReturn
+
+from otel_vmi_hv.model import UNKNOWN, hypervisor_type_for
+
+# Real domain XMLs are 5-30 KB (KubeVirt's converter output is ~9 KB). A megabyte leaves room
+# for domains with hundreds of devices while keeping a hostile document cheap to reject.
+MAX_DOMAIN_XML_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class DomainType:
+    """The parsed root ``type``: ``hypervisor_type`` is ``unknown`` whenever ``error`` is set."""
+
+    hypervisor_type: str
+    raw_type: str = ""
+    error: str = ""
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _refuse_dtd(*_args: object) -> NoReturn:
+    raise _Refused("dtd_forbidden")
+
+
+def _refuse_entity(*_args: object) -> NoReturn:
+    raise _Refused("entity_forbidden")
+
+
+def parse_domain_type(document: str | bytes, max_bytes: int = MAX_DOMAIN_XML_BYTES) -> DomainType:
+    """Return the hypervisor type named by ``<domain type=...>``; never raises.
+
+    The whole document is parsed (not just the root tag) so a truncated or corrupted file is
+    reported as malformed rather than trusted.
+    """
+    # surrogatepass keeps lone surrogates as invalid UTF-8, so expat rejects them below.
+    data = document.encode("utf-8", "surrogatepass") if isinstance(document, str) else bytes(document)
+    if len(data) > max_bytes:
+        return DomainType(UNKNOWN, error="too_large")
+
+    root: dict[str, str] = {}
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        if not root:
+            root["name"] = name
+            root["type"] = attrs.get("type", "")
+            root["seen"] = "1"
+
+    parser = xml.parsers.expat.ParserCreate(encoding=None)
+    parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = _refuse_dtd
+    parser.EntityDeclHandler = _refuse_entity
+    parser.UnparsedEntityDeclHandler = _refuse_entity
+    parser.ExternalEntityRefHandler = _refuse_entity
+    parser.StartElementHandler = start
+    try:
+        parser.Parse(data, True)
+    except _Refused as refused:
+        return DomainType(UNKNOWN, error=refused.reason)
+    except (xml.parsers.expat.ExpatError, ValueError, UnicodeError):
+        return DomainType(UNKNOWN, error="malformed")
+
+    if root.get("name") != "domain":
+        return DomainType(UNKNOWN, error="wrong_root")
+    raw = root.get("type", "")
+    if not raw.strip():
+        return DomainType(UNKNOWN, error="missing_type")
+    hypervisor_type = hypervisor_type_for(raw)
+    if hypervisor_type == UNKNOWN:
+        return DomainType(UNKNOWN, raw_type=raw, error="unsupported_type")
+    return DomainType(hypervisor_type, raw_type=raw)

@@ -1,0 +1,422 @@
+"""Read-only libvirt access that can never block the agent.
+
+A SIGSTOP'd or wedged daemon makes ``open()`` and ``XMLDesc()`` hang forever (the kernel still
+accepts on the socket backlog), and keepalive cannot protect ``open()``. So every call runs on a
+helper thread and the caller waits at most ``timeout``; a call that overruns keeps its thread but
+counts against a small per-daemon cap, and while a daemon is at its cap new work for it fails at
+once as ``busy`` instead of piling up threads (KubeVirt's per-launcher virtqemud serves only five
+client requests anyway). When the stuck call finally returns, the daemon is reported recovered so
+the VMIs that were left ``unknown`` get detected again without waiting for their backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+
+from otel_vmi_hv.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
+from otel_vmi_hv.model import UNKNOWN, Detection, DetectionMethod, LibvirtTarget
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_INFLIGHT_PER_DAEMON = 2
+MAX_INFLIGHT_TOTAL = 64
+RECONNECT_BACKOFF_INITIAL = 0.5
+RECONNECT_BACKOFF_MAX = 30.0
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+
+# Error codes that mean "the daemon or the connection is gone", not "this domain is odd".
+_CONNECTION_ERRORS = frozenset(
+    {
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+    }
+)
+
+
+class LibvirtUnavailable(Exception):
+    """A call could not be made or did not finish; ``reason`` is the self-metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveDomain:
+    name: str
+    uuid: str
+    id: int
+
+
+def silence_libvirt_stderr() -> None:
+    """libvirt prints every error to stderr by default; the agent logs what matters itself."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class EventLoop:
+    """libvirt's default event loop on a daemon thread.
+
+    It drives keepalive (which ends calls blocked on a daemon that stopped answering) and domain
+    lifecycle events. libvirt allows one registration per process, hence the class-level guard.
+    """
+
+    _started = False
+    _guard = threading.Lock()
+
+    @classmethod
+    def ensure_running(cls) -> None:
+        with cls._guard:
+            if cls._started:
+                return
+            libvirt.virEventRegisterDefaultImpl()
+            thread = threading.Thread(target=cls._run, name="libvirt-events", daemon=True)
+            thread.start()
+            cls._started = True
+
+    @classmethod
+    def running(cls) -> bool:
+        return cls._started
+
+    @staticmethod
+    def _run() -> None:
+        while True:
+            try:
+                libvirt.virEventRunDefaultImpl()
+            except libvirt.libvirtError:
+                log.exception("libvirt event loop iteration failed")
+                time.sleep(0.1)
+
+
+class _Call:
+    """One bounded libvirt call, shared between the waiting caller and its helper thread."""
+
+    __slots__ = ("done", "error", "finished", "overran", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self.overran = False
+
+
+class _Daemon:
+    """One libvirt URI: its connection, in-flight calls and reconnect backoff."""
+
+    def __init__(self, uri: str, max_inflight: int) -> None:
+        self.uri = uri
+        self.lock = threading.Lock()
+        self.conn: Any = None
+        self.slots = threading.BoundedSemaphore(max_inflight)
+        self.stuck_calls = 0  # calls that overran the timeout and have not come back yet
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+
+    @property
+    def state(self) -> str:
+        if self.stuck_calls:
+            return "hung"
+        if self.conn is not None:
+            return "connected"
+        return "disconnected" if self.failures else "idle"
+
+
+class LibvirtDetector:
+    """Learns hypervisor types over read-only connections, one reused connection per URI."""
+
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        max_inflight_per_daemon: int = MAX_INFLIGHT_PER_DAEMON,
+        max_inflight_total: int = MAX_INFLIGHT_TOTAL,
+        on_recovered: Callable[[str], None] | None = None,
+        open_read_only: Callable[[str], Any] = libvirt.openReadOnly,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.timeout = timeout
+        self._max_per_daemon = max_inflight_per_daemon
+        self._max_total = max_inflight_total
+        self._on_recovered = on_recovered
+        self._open = open_read_only
+        self._clock = clock
+        self._daemons: dict[str, _Daemon] = {}
+        self._lock = threading.Lock()
+        self._inflight_total = 0
+        self.libvirt_calls = 0  # every call that reached libvirt, for benchmarks and tests
+
+    # ------------------------------------------------------------------ public operations
+
+    def detect(self, target: LibvirtTarget) -> Detection:
+        """Return the domain's hypervisor type, falling back to its XML file; never raises."""
+        try:
+            xml = self._call(target.uri, lambda conn: _live_xml(conn, target.domain_name))
+        except LibvirtUnavailable as failure:
+            if target.domain_file is not None and failure.reason != "no_domain":
+                return self._detect_from_file(target, failure)
+            return Detection(UNKNOWN, DetectionMethod.NONE, failure.reason, failure.detail)
+        parsed = parse_domain_type(xml)
+        if parsed.error:
+            return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain {target.domain_name}")
+        return Detection(parsed.hypervisor_type, DetectionMethod.LIBVIRT)
+
+    def list_active_domains(self, uri: str) -> list[ActiveDomain]:
+        """Active domains of ``uri`` (standalone mode); raises LibvirtUnavailable."""
+
+        def op(conn: Any) -> list[ActiveDomain]:
+            domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            return [ActiveDomain(d.name(), d.UUIDString(), d.ID()) for d in domains]
+
+        return self._call(uri, op)
+
+    def register_lifecycle_events(self, uri: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event-loop thread) whenever a domain of ``uri`` changes state.
+
+        Registration belongs to the connection, so it is repeated after every reconnect by the
+        caller (the standalone source does it on each resync that finds a new connection).
+        """
+        if not EventLoop.running():
+            return
+
+        def op(conn: Any) -> None:
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda *_args: callback(), None
+            )
+
+        self._call(uri, op)
+
+    def connection_id(self, uri: str) -> int:
+        """Identity of the current connection (changes on reconnect); 0 when not connected."""
+        daemon = self._daemons.get(uri)
+        return id(daemon.conn) if daemon is not None and daemon.conn is not None else 0
+
+    def states(self) -> dict[str, str]:
+        """State of every known daemon: idle, connected, disconnected or hung."""
+        with self._lock:
+            daemons = list(self._daemons.values())
+        return {d.uri: d.state for d in daemons}
+
+    def forget(self, uri: str) -> None:
+        """Close and drop the connection of a daemon no VMI needs any more (launcher gone)."""
+        with self._lock:
+            daemon = self._daemons.pop(uri, None)
+        if daemon is not None:
+            self._drop_connection(daemon)
+
+    def close(self) -> None:
+        with self._lock:
+            daemons = list(self._daemons.values())
+            self._daemons.clear()
+        for daemon in daemons:
+            self._drop_connection(daemon)
+
+    # ------------------------------------------------------------------ internals
+
+    def _daemon(self, uri: str) -> _Daemon:
+        with self._lock:
+            daemon = self._daemons.get(uri)
+            if daemon is None:
+                daemon = self._daemons[uri] = _Daemon(uri, self._max_per_daemon)
+            return daemon
+
+    def _call(self, uri: str, op: Callable[[Any], T]) -> T:
+        daemon = self._daemon(uri)
+        deadline = self._clock() + self.timeout
+        with daemon.lock:
+            if daemon.conn is None and self._clock() < daemon.retry_at:
+                raise LibvirtUnavailable("unreachable", daemon.last_error)
+            if daemon.stuck_calls >= self._max_per_daemon:
+                # Every slot is held by a call that already overran: waiting cannot help.
+                raise LibvirtUnavailable("busy", f"{daemon.stuck_calls} calls to {uri} have not returned")
+        if not daemon.slots.acquire(timeout=max(0.0, deadline - self._clock())):
+            raise LibvirtUnavailable("busy", f"no free connection slot for {uri} within {self.timeout:g}s")
+        with self._lock:
+            if self._inflight_total >= self._max_total:
+                daemon.slots.release()
+                raise LibvirtUnavailable("busy", "too many libvirt calls still running")
+            self._inflight_total += 1
+
+        call = _Call()
+
+        def run() -> None:
+            try:
+                call.value = self._with_connection(daemon, op)
+            except BaseException as error:
+                call.error = error
+            finally:
+                recovered = False
+                with daemon.lock:
+                    call.finished = True
+                    if call.overran:
+                        daemon.stuck_calls -= 1
+                        recovered = daemon.stuck_calls == 0 and call.error is None
+                daemon.slots.release()
+                with self._lock:
+                    self._inflight_total -= 1
+                call.done.set()
+                if recovered:
+                    log.info("libvirt at %s answers again", uri)
+                    self._notify_recovered(uri)
+
+        threading.Thread(target=run, name="libvirt-call", daemon=True).start()
+        if not call.done.wait(max(0.0, deadline - self._clock())):
+            with daemon.lock:
+                if not call.finished:
+                    call.overran = True
+                    daemon.stuck_calls += 1
+                    first = daemon.stuck_calls == 1
+                else:
+                    first = False
+            if call.overran:
+                if first:
+                    log.warning(
+                        "libvirt at %s did not answer within %.3gs; treating it as hung", uri, self.timeout
+                    )
+                raise LibvirtUnavailable("timeout", f"no answer from {uri} within {self.timeout:g}s")
+            call.done.wait()
+        if call.error is not None:
+            if isinstance(call.error, LibvirtUnavailable):
+                raise call.error
+            raise LibvirtUnavailable("internal_error", repr(call.error)) from call.error
+        value: T = call.value
+        return value
+
+    def _with_connection(self, daemon: _Daemon, op: Callable[[Any], T]) -> T:
+        conn = daemon.conn
+        fresh = False
+        if conn is None:
+            try:
+                conn = self._open(daemon.uri)
+            except libvirt.libvirtError as error:
+                self._connect_failed(daemon, error)
+                raise LibvirtUnavailable("unreachable", _describe(error)) from None
+            if conn is None:  # old bindings return None instead of raising
+                raise LibvirtUnavailable("unreachable", f"cannot open {daemon.uri}")
+            fresh = True
+            _enable_keepalive(conn)
+        try:
+            self.libvirt_calls += 1
+            result = op(conn)
+        except libvirt.libvirtError as error:
+            code = error.get_error_code()
+            if code == libvirt.VIR_ERR_NO_DOMAIN:
+                self._keep(daemon, conn, fresh)
+                raise LibvirtUnavailable("no_domain", _describe(error)) from None
+            if code in _CONNECTION_ERRORS or not _alive(conn):
+                _close_quietly(conn)
+                with daemon.lock:
+                    if daemon.conn is conn:
+                        daemon.conn = None
+                self._connect_failed(daemon, error)
+                raise LibvirtUnavailable("unreachable", _describe(error)) from None
+            self._keep(daemon, conn, fresh)
+            raise LibvirtUnavailable("libvirt_error", _describe(error)) from None
+        self._keep(daemon, conn, fresh)
+        return result
+
+    def _keep(self, daemon: _Daemon, conn: Any, fresh: bool) -> None:
+        if not fresh:
+            return
+        was_failing = False
+        with daemon.lock:
+            if daemon.conn is None:
+                daemon.conn = conn
+                was_failing = daemon.failures > 0
+                daemon.failures = 0
+                daemon.retry_at = 0.0
+                conn = None
+        if conn is not None:  # another call connected first: keep one connection per URI
+            _close_quietly(conn)
+        if was_failing:
+            log.info("reconnected to libvirt at %s", daemon.uri)
+            self._notify_recovered(daemon.uri)
+
+    def _connect_failed(self, daemon: _Daemon, error: libvirt.libvirtError) -> None:
+        with daemon.lock:
+            daemon.failures += 1
+            delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_INITIAL * 2 ** (daemon.failures - 1))
+            daemon.retry_at = self._clock() + delay
+            daemon.last_error = _describe(error)
+            first = daemon.failures == 1
+        if first:
+            log.warning("libvirt at %s is unreachable: %s", daemon.uri, daemon.last_error)
+
+    def _drop_connection(self, daemon: _Daemon) -> None:
+        with daemon.lock:
+            conn, daemon.conn = daemon.conn, None
+        if conn is not None and not daemon.stuck_calls:
+            # close() is an RPC too; on a hung daemon it would block, so leave that socket to GC.
+            threading.Thread(target=_close_quietly, args=(conn,), name="libvirt-close", daemon=True).start()
+
+    def _notify_recovered(self, uri: str) -> None:
+        if self._on_recovered is not None:
+            try:
+                self._on_recovered(uri)
+            except Exception:
+                log.exception("recovery callback for %s failed", uri)
+
+    def _detect_from_file(self, target: LibvirtTarget, failure: LibvirtUnavailable) -> Detection:
+        path = target.domain_file
+        assert path is not None
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_DOMAIN_XML_BYTES + 1)
+        except OSError as error:
+            return Detection(
+                UNKNOWN,
+                DetectionMethod.NONE,
+                failure.reason,
+                f"{failure.detail}; domain file {path}: {error.strerror}",
+            )
+        parsed = parse_domain_type(data)
+        if parsed.error:
+            return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain file {path}")
+        return Detection(parsed.hypervisor_type, DetectionMethod.DOMAIN_FILE, "", failure.reason)
+
+
+def _live_xml(conn: Any, domain_name: str) -> str:
+    xml: str = conn.lookupByName(domain_name).XMLDesc(0)
+    return xml
+
+
+def _enable_keepalive(conn: Any) -> None:
+    if not EventLoop.running():
+        return
+    # Local drivers (test:///) have no keepalive, and nothing to protect there.
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+
+
+def _alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
+
+
+def _describe(error: libvirt.libvirtError) -> str:
+    message = error.get_error_message() or str(error)
+    return f"{message} (code {error.get_error_code()})"

@@ -1,0 +1,108 @@
+"""Facts shared by every layer: what a VMI is to this agent, and what a detection says.
+
+This module sits at the bottom of the import graph: it knows nothing of libvirt, Kubernetes or
+OpenTelemetry, so every other module can depend on it without cycles.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+UNKNOWN = "unknown"
+
+# libvirt's documented <domain type> values (the "virtType" choice of domaincommon.rng plus
+# "parallels", the older name of "vz"). Anything outside this set is not something libvirt would
+# write, so it is reported as unknown rather than trusted as a label value.
+LIBVIRT_DOMAIN_TYPES = frozenset(
+    {
+        "qemu",
+        "kqemu",
+        "kvm",
+        "xen",
+        "lxc",
+        "uml",
+        "openvz",
+        "test",
+        "vmware",
+        "hyperv",
+        "vbox",
+        "phyp",
+        "parallels",
+        "vz",
+        "bhyve",
+        "hvf",
+        "ch",
+    }
+)
+
+# Where the name users alert on differs from libvirt's word for it.
+_RENAMED_TYPES = {
+    "qemu": "qemu-tcg",  # plain QEMU is TCG software emulation
+    "hyperv": "mshv",  # KubeVirt's hyperv-direct backend runs on /dev/mshv
+}
+
+
+def hypervisor_type_for(domain_type: str) -> str:
+    """Map a libvirt ``<domain type>`` to the ``hypervisor_type`` label value (DESIGN.md 3)."""
+    lowered = domain_type.strip().lower()
+    if lowered not in LIBVIRT_DOMAIN_TYPES:
+        return UNKNOWN
+    return _RENAMED_TYPES.get(lowered, lowered)
+
+
+class DetectionMethod(enum.StrEnum):
+    """How a hypervisor type was learned; exported so operators see which path worked."""
+
+    LIBVIRT = "libvirt"  # live domain XML over a read-only connection
+    DOMAIN_FILE = "domain_file"  # the launcher's persistent domain XML, when the socket is unreachable
+    NONE = "none"  # nothing worked: the type is unknown
+
+
+@dataclass(frozen=True, slots=True)
+class LibvirtTarget:
+    """Where one VMI's domain lives: which daemon to ask and under which name.
+
+    ``lifetime_key`` changes whenever the domain is a new instance (a new launcher pod, or in
+    standalone mode a new domain id/uuid), which is what makes detection once per lifetime.
+    """
+
+    uri: str
+    domain_name: str
+    lifetime_key: str
+    domain_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VMI:
+    """A VMI that should be reported right now, as its source sees it."""
+
+    key: str  # stable identity within the source (the VMI uid, or the libvirt domain uuid)
+    namespace: str
+    name: str
+    target: LibvirtTarget
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """The outcome of one attempt to learn a domain's hypervisor type."""
+
+    hypervisor_type: str
+    method: DetectionMethod
+    # Short machine-readable reason on failure (label of the errors self-metric), "" on success.
+    error: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.hypervisor_type != UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One row of the info metric, in the order Prometheus sorts label names."""
+
+    hypervisor_type: str
+    name: str
+    namespace: str
+    node: str

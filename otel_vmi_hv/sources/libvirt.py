@@ -1,0 +1,117 @@
+"""Standalone source: the active domains of one libvirt daemon are the VMIs.
+
+Used on a plain libvirt host (and for the demo). Domain lifecycle events make changes visible at
+once; a periodic re-listing catches anything an event could have missed (a daemon restart drops
+the registration). While the daemon is unreachable the last known list is kept: the QEMU
+processes outlive their daemon, so dropping them would report VMs as gone that are still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+
+from otel_vmi_hv.libvirt_detector import ActiveDomain, LibvirtDetector, LibvirtUnavailable
+from otel_vmi_hv.model import VMI, LibvirtTarget
+from otel_vmi_hv.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+# KubeVirt names domains "<namespace>_<name>"; neither part may contain "_" (DNS label and
+# DNS subdomain rules), so a single "_" between two such parts is unambiguous.
+_KUBEVIRT_DOMAIN = re.compile(r"([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)_([a-z0-9](?:[-.a-z0-9]*[a-z0-9])?)")
+
+RETRY_INITIAL = 0.5
+
+
+def labels_for_domain(domain_name: str) -> tuple[str, str]:
+    """(namespace, name) for a domain: KubeVirt's convention, else ("", the domain name)."""
+    match = _KUBEVIRT_DOMAIN.fullmatch(domain_name)
+    if match and len(match.group(1)) <= 63 and len(match.group(2)) <= 253:
+        return match.group(1), match.group(2)
+    return "", domain_name
+
+
+def vmi_for_domain(uri: str, domain: ActiveDomain) -> VMI:
+    namespace, name = labels_for_domain(domain.name)
+    # A restarted domain keeps its UUID but gets a new id: that is a new lifetime to detect.
+    target = LibvirtTarget(uri=uri, domain_name=domain.name, lifetime_key=f"{domain.uuid}/{domain.id}")
+    return VMI(key=domain.uuid, namespace=namespace, name=name, target=target)
+
+
+class LibvirtDomainSource:
+    def __init__(
+        self,
+        detector: LibvirtDetector,
+        tracker: Tracker,
+        uri: str,
+        resync_interval: float,
+        *,
+        on_synced: Callable[[], None] = lambda: None,
+        on_relist: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._detector = detector
+        self._tracker = tracker
+        self._uri = uri
+        self._resync = resync_interval
+        self._on_synced = on_synced
+        self._on_relist = on_relist
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._events_conn = 0
+        self.last_sync: float | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="libvirt-source", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Re-list soon (a lifecycle event arrived, or the daemon recovered)."""
+        self._wake.set()
+
+    def sync_once(self) -> None:
+        """List the active domains and reconcile the tracker; raises LibvirtUnavailable."""
+        domains = self._detector.list_active_domains(self._uri)
+        self._tracker.replace_all(vmi_for_domain(self._uri, domain) for domain in domains)
+        self.last_sync = time.time()
+        self._on_relist()
+        connection = self._detector.connection_id(self._uri)
+        if connection and connection != self._events_conn:
+            try:
+                self._detector.register_lifecycle_events(self._uri, self.poke)
+                self._events_conn = connection
+            except LibvirtUnavailable as failure:
+                log.info("no lifecycle events from %s (%s); relying on re-listing", self._uri, failure)
+                self._events_conn = connection
+
+    def _loop(self) -> None:
+        failures = 0
+        synced = False
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.sync_once()
+            except LibvirtUnavailable as failure:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "cannot list domains of %s (%s); keeping the last known list", self._uri, failure
+                    )
+                delay = min(self._resync, RETRY_INITIAL * 2 ** (failures - 1))
+            else:
+                if failures:
+                    log.info("listing domains of %s works again", self._uri)
+                failures = 0
+                delay = self._resync
+                if not synced:
+                    synced = True
+                    self._on_synced()
+            self._wake.wait(delay)

@@ -1,0 +1,293 @@
+"""Joins the VMIs a source reports with their detections and publishes immutable snapshots.
+
+Sources tell the tracker what should be reported (upsert/remove/replace_all); a small pool of
+workers detects each new domain lifetime once; the result table is turned into a tuple of rows
+that the metric callback reads without taking a lock. Everything slow (libvirt, retries) happens
+here, off the scrape path.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, Series
+
+log = logging.getLogger(__name__)
+
+RETRY_INITIAL = 1.0
+RETRY_MAX = 60.0
+DEFAULT_WORKERS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the metric callback exports; replaced as a whole, never mutated."""
+
+    version: int
+    series: tuple[Series, ...]
+    pending: int  # VMIs whose first detection has not finished
+
+
+@dataclass(slots=True)
+class _Entry:
+    vmi: VMI
+    detection: Detection | None = None  # latest finished attempt for any lifetime
+    detected_lifetime: str | None = None  # lifetime the detection belongs to
+    failures: int = 0
+
+
+class Tracker:
+    """Owns the uid → VMI and uid → detection tables; thread-safe."""
+
+    def __init__(
+        self,
+        detect: Callable[[VMI], Detection],
+        node_name: str,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        on_detection: Callable[[Detection, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._detect = detect
+        self._node = node_name
+        self._workers = workers
+        self._on_detection = on_detection
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._queue: list[tuple[float, int, str]] = []  # (due, seq, key) heap
+        self._queued: dict[str, float] = {}  # key → due time of its live heap item
+        self._running: set[str] = set()
+        self._seq = itertools.count()
+        self._version = 0
+        self._dirty = True
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self.snapshot = Snapshot(0, (), 0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for index in range(self._workers):
+            thread = threading.Thread(target=self._work_loop, name=f"detector-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._work.notify_all()
+        deadline = self._clock() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - self._clock()))
+
+    # ------------------------------------------------------------------ source events
+
+    def upsert(self, vmi: VMI) -> None:
+        """A VMI should be reported; detect it if its domain lifetime is new."""
+        with self._lock:
+            entry = self._entries.get(vmi.key)
+            if entry is None:
+                self._entries[vmi.key] = _Entry(vmi)
+                self._schedule(vmi.key, 0.0)
+                self._changed()
+                return
+            if entry.vmi == vmi:
+                return
+            lifetime_changed = entry.vmi.target.lifetime_key != vmi.target.lifetime_key
+            labels_changed = (entry.vmi.namespace, entry.vmi.name) != (vmi.namespace, vmi.name)
+            entry.vmi = vmi
+            if lifetime_changed:
+                entry.failures = 0
+                self._schedule(vmi.key, 0.0)
+            if labels_changed:
+                self._changed()
+
+    def remove(self, key: str) -> None:
+        with self._lock:
+            if self._entries.pop(key, None) is not None:
+                self._queued.pop(key, None)
+                self._changed()
+
+    def replace_all(self, vmis: Iterable[VMI]) -> None:
+        """Reconcile with a full listing: what is absent goes, what is new or changed is upserted."""
+        fresh = {vmi.key: vmi for vmi in vmis}
+        with self._lock:
+            gone = [key for key in self._entries if key not in fresh]
+            for key in gone:
+                del self._entries[key]
+                self._queued.pop(key, None)
+            if gone:
+                self._changed()
+        for vmi in fresh.values():
+            self.upsert(vmi)
+
+    def keys(self) -> set[str]:
+        with self._lock:
+            return set(self._entries)
+
+    def retry_unknown(self, uri: str | None = None) -> int:
+        """Re-detect now every VMI left unknown (of one libvirt URI, or all): the peer recovered."""
+        count = 0
+        with self._lock:
+            for key, entry in self._entries.items():
+                if uri is not None and entry.vmi.target.uri != uri:
+                    continue
+                if entry.detection is None or entry.detection.ok:
+                    continue
+                self._schedule(key, 0.0)
+                count += 1
+        return count
+
+    def uris(self) -> set[str]:
+        with self._lock:
+            return {entry.vmi.target.uri for entry in self._entries.values()}
+
+    # ------------------------------------------------------------------ reading
+
+    def publish(self) -> Snapshot:
+        """Return the current snapshot, rebuilding it first if anything changed since the last one."""
+        if not self._dirty:
+            return self.snapshot
+        with self._lock:
+            return self._rebuild_locked()
+
+    def _rebuild_locked(self) -> Snapshot:
+        if not self._dirty:  # another reader rebuilt it while this one waited for the lock
+            return self.snapshot
+        rows = []
+        pending = 0
+        for entry in self._entries.values():
+            if entry.detection is None:
+                pending += 1
+                continue
+            rows.append(
+                Series(entry.detection.hypervisor_type, entry.vmi.name, entry.vmi.namespace, self._node)
+            )
+        rows.sort(key=lambda row: (row.namespace, row.name))
+        self._version += 1
+        self.snapshot = Snapshot(self._version, tuple(rows), pending)
+        self._dirty = False
+        return self.snapshot
+
+    def detections(self) -> list[tuple[VMI, Detection | None]]:
+        """Every tracked VMI with its latest detection (for the detect command and debugging)."""
+        with self._lock:
+            return [(entry.vmi, entry.detection) for entry in self._entries.values()]
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no detection is queued-and-due or running (used by `detect` and tests)."""
+        deadline = self._clock() + timeout
+        with self._lock:
+            while True:
+                now = self._clock()
+                due = any(when <= now for when in self._queued.values())
+                if not due and not self._running:
+                    return True
+                if now >= deadline:
+                    return False
+                self._work.wait(min(0.05, deadline - now))
+
+    # ------------------------------------------------------------------ internals
+
+    def _changed(self) -> None:
+        self._dirty = True
+
+    def _schedule(self, key: str, delay: float) -> None:
+        """Queue a detection of ``key`` after ``delay``; must hold the lock."""
+        due = self._clock() + delay
+        current = self._queued.get(key)
+        if current is not None and current <= due:
+            return
+        self._queued[key] = due
+        heapq.heappush(self._queue, (due, next(self._seq), key))
+        self._work.notify()
+
+    def _next_job(self) -> str | None:
+        with self._lock:
+            while not self._stopping:
+                now = self._clock()
+                while self._queue:
+                    due, _, key = self._queue[0]
+                    if self._queued.get(key) != due:  # superseded or removed
+                        heapq.heappop(self._queue)
+                        continue
+                    if key in self._running:  # one attempt per VMI at a time; retry after it
+                        heapq.heappop(self._queue)
+                        self._queued.pop(key, None)
+                        heapq.heappush(self._queue, (now + 0.05, next(self._seq), key))
+                        self._queued[key] = now + 0.05
+                        break
+                    if due > now:
+                        break
+                    heapq.heappop(self._queue)
+                    del self._queued[key]
+                    self._running.add(key)
+                    return key
+                wait = self._queue[0][0] - now if self._queue else None
+                self._work.wait(wait if wait is None else max(wait, 0.001))
+            return None
+
+    def _work_loop(self) -> None:
+        while True:
+            key = self._next_job()
+            if key is None:
+                return
+            try:
+                self._run_detection(key)
+            except Exception:
+                log.exception("detection of %s failed unexpectedly", key)
+            finally:
+                with self._lock:
+                    self._running.discard(key)
+                    self._work.notify_all()
+
+    def _run_detection(self, key: str) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            vmi = entry.vmi
+        started = self._clock()
+        try:
+            detection = self._detect(vmi)
+        except Exception as error:  # a detector must not raise, but one bug must not stop the pool
+            log.exception("%s/%s: detection raised", vmi.namespace, vmi.name)
+            detection = Detection(UNKNOWN, DetectionMethod.NONE, "internal_error", repr(error))
+        elapsed = self._clock() - started
+        if self._on_detection is not None:
+            self._on_detection(detection, elapsed)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.vmi.target.lifetime_key != vmi.target.lifetime_key:
+                return  # gone or restarted meanwhile; the new lifetime has its own job
+            previous = entry.detection
+            if detection.ok:
+                entry.failures = 0
+            else:
+                keep_known = (
+                    previous is not None
+                    and previous.ok
+                    and entry.detected_lifetime == vmi.target.lifetime_key
+                )
+                entry.failures += 1
+                delay = min(RETRY_MAX, RETRY_INITIAL * 2 ** (entry.failures - 1))
+                self._schedule(key, delay)
+                if keep_known:
+                    return
+            entry.detection = detection
+            entry.detected_lifetime = vmi.target.lifetime_key
+            if previous is None or previous.hypervisor_type != detection.hypervisor_type:
+                self._changed()
+        label = f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name
+        if detection.ok:
+            log.debug("%s: hypervisor %s (via %s)", label, detection.hypervisor_type, detection.method.value)
+        elif previous is None or previous.ok or previous.error != detection.error:
+            log.warning("%s: hypervisor unknown (%s: %s)", label, detection.error, detection.detail)
