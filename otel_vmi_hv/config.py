@@ -201,9 +201,16 @@ def _path(raw: str) -> str:
     return value
 
 
+def _absolute_path(raw: str) -> str:
+    value = _path(raw)
+    if not os.path.isabs(value):
+        raise ValueError
+    return value
+
+
 def _text(raw: str) -> str:
     value = raw.strip()
-    if not value:
+    if not value or not value.isprintable():
         raise ValueError
     return value
 
@@ -375,7 +382,7 @@ OPTIONS: tuple[Option, ...] = (
         "OTEL_SERVICE_NAME",
         "service_name",
         "otel-vmi-hv",
-        "a non-empty string",
+        "a non-empty printable string",
         "service.name of the resource.",
         _text,
     ),
@@ -448,9 +455,9 @@ OPTIONS: tuple[Option, ...] = (
         "OTEL_VMI_HV_PODS_ROOT",
         "pods_root",
         "/pods",
-        "a directory path",
+        "an absolute directory path",
         "Where the host's /var/lib/kubelet/pods is mounted (kubernetes source).",
-        _path,
+        _absolute_path,
         "--pods-root",
     ),
     Option(
@@ -471,7 +478,7 @@ def _in_cluster(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(IN_CLUSTER_TOKEN)
 
 
-def load_settings(environ: Mapping[str, str], flags: Mapping[str, str] | None = None) -> Settings:
+def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None) -> Settings:
     """Build Settings from the environment and CLI flags (flags win); raise ConfigError on bad input.
 
     Empty environment values count as unset, as the OpenTelemetry specification asks.
@@ -482,8 +489,9 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str] | None = 
     for option in OPTIONS:
         raw: str | None
         origin = "default"
-        if option.flag and flags.get(option.env) is not None:
-            raw, origin = flags[option.env], "flag"
+        flag_value = flags.get(option.env) if option.flag else None
+        if flag_value is not None:
+            raw, origin = flag_value, "flag"
         elif environ.get(option.env, "").strip():
             raw, origin = environ[option.env], "env"
         else:

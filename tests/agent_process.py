@@ -1,0 +1,134 @@
+"""Runs the agent as users do (a subprocess configured by environment) and reads its endpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TypeVar
+
+from tests.conftest import ROOT
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http_get(url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+class AgentProcess:
+    """``python -m otel_vmi_hv`` with a clean OTEL_* environment and a free port."""
+
+    def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = ("run",)) -> None:
+        self.port = free_port()
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KUBECONFIG", "NODE_NAME"))
+        }
+        self.env.update(
+            {
+                "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+                "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.port),
+                "OTEL_METRICS_EXPORTER": "prometheus",
+                "OTEL_VMI_HV_NODE_NAME": "test-node",
+            }
+        )
+        self.env.update(env)
+        self.args = args
+        self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> AgentProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "otel_vmi_hv", *self.args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"agent exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                return http_get(f"{self.base_url}/readyz", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout, "/readyz to answer 200")
+
+    def metrics(self) -> str:
+        status, body = http_get(f"{self.base_url}/metrics")
+        assert status == 200, body
+        return body
+
+    def output(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def terminate(self, timeout: float = 10.0) -> float:
+        """SIGTERM and wait; returns how long the exit took."""
+        assert self.process is not None
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"agent ignored SIGTERM for {timeout}s:\n{self.output()}") from None
+        return time.monotonic() - started
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def demo_uri(path: Path | None = None) -> str:
+    return f"test://{path or ROOT / 'config' / 'demo-node.xml'}"

@@ -1,0 +1,9 @@
+"""Shared pytest set-up: the real-peer harness fixtures and paths to the project's data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "kubevirt"
+DEMO_NODE = ROOT / "config" / "demo-node.xml"

@@ -1,0 +1,184 @@
+"""Configuration: every bad value is refused with a message naming the variable; flags win over env."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otel_vmi_hv.config import (
+    KUBEVIRT_LIBVIRT_URI,
+    OPTIONS,
+    STANDALONE_LIBVIRT_URI,
+    ConfigError,
+    load_settings,
+    parse_duration,
+)
+
+BAD_VALUES = {
+    "OTEL_METRICS_EXPORTER": "prometheus,zipkin",
+    "OTEL_EXPORTER_PROMETHEUS_HOST": "local host",
+    "OTEL_EXPORTER_PROMETHEUS_PORT": "94640",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://collector:4317",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://collector:port",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "thrift",
+    "OTEL_EXPORTER_OTLP_HEADERS": "authorization",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "=x",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem",
+    "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": "/nonexistent/ca.pem",
+    "OTEL_EXPORTER_OTLP_INSECURE": "yes",
+    "OTEL_EXPORTER_OTLP_METRICS_INSECURE": "1",
+    "OTEL_EXPORTER_OTLP_TIMEOUT": "-3",
+    "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd",
+    "OTEL_METRIC_EXPORT_INTERVAL": "10s",
+    "OTEL_METRIC_EXPORT_TIMEOUT": "0",
+    "OTEL_SERVICE_NAME": "agent\x07",
+    "OTEL_RESOURCE_ATTRIBUTES": "team",
+    "OTEL_SDK_DISABLED": "maybe",
+    "OTEL_VMI_HV_NODE_NAME": "worker 1",
+    "OTEL_VMI_HV_SOURCE": "docker",
+    "OTEL_VMI_HV_LIBVIRT_URI": "qemu:///system?socket={socket}",
+    "OTEL_VMI_HV_LIBVIRT_TIMEOUT": "forever",
+    "OTEL_VMI_HV_LOG_LEVEL": "verbose",
+    "OTEL_VMI_HV_PODS_ROOT": "pods",
+    "OTEL_VMI_HV_RESYNC_INTERVAL": "0s",
+}
+
+
+def test_every_option_has_a_bad_value_case() -> None:
+    assert set(BAD_VALUES) == {option.env for option in OPTIONS}
+
+
+@pytest.mark.parametrize(("variable", "value"), sorted(BAD_VALUES.items()))
+def test_bad_value_names_the_variable_and_value(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({variable: value})
+    message = str(raised.value)
+    assert variable in message
+    assert repr(value) in message or value in message
+
+
+def test_defaults_match_the_documented_contract() -> None:
+    settings = load_settings({"NODE_NAME": "worker-1"})
+    assert settings.metrics_exporters == ("prometheus", "otlp")
+    assert (settings.prometheus_host, settings.prometheus_port) == ("0.0.0.0", 9464)
+    assert settings.otlp_protocol == "grpc"
+    assert (settings.export_interval_ms, settings.export_timeout_ms) == (60000, 30000)
+    assert settings.service_name == "otel-vmi-hv"
+    assert settings.node_name == "worker-1"
+    assert settings.source == "libvirt"
+    assert settings.libvirt_uri == STANDALONE_LIBVIRT_URI
+    assert settings.libvirt_timeout == 5.0
+    assert settings.log_level == "info"
+
+
+def test_flags_win_over_environment() -> None:
+    settings = load_settings(
+        {"OTEL_VMI_HV_NODE_NAME": "from-env", "OTEL_VMI_HV_LIBVIRT_TIMEOUT": "2s"},
+        {"OTEL_VMI_HV_NODE_NAME": "from-flag", "OTEL_VMI_HV_LIBVIRT_TIMEOUT": None},
+    )
+    assert settings.node_name == "from-flag"
+    assert settings.libvirt_timeout == 2.0
+    assert dict(settings.origins)["node_name"] == "flag"
+
+
+def test_bad_flag_is_named_as_a_flag() -> None:
+    with pytest.raises(ConfigError, match="--libvirt-timeout='soon'"):
+        load_settings({}, {"OTEL_VMI_HV_LIBVIRT_TIMEOUT": "soon"})
+
+
+def test_empty_environment_values_count_as_unset() -> None:
+    settings = load_settings(
+        {"OTEL_METRICS_EXPORTER": "", "OTEL_EXPORTER_PROMETHEUS_PORT": " ", "NODE_NAME": "n"}
+    )
+    assert settings.metrics_exporters == ("prometheus", "otlp")
+    assert settings.prometheus_port == 9464
+
+
+def test_none_exporter_disables_all_and_cannot_be_combined() -> None:
+    assert load_settings({"OTEL_METRICS_EXPORTER": "none"}).metrics_exporters == ()
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load_settings({"OTEL_METRICS_EXPORTER": "none,otlp"})
+
+
+def test_metrics_protocol_wins_over_general_protocol() -> None:
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"}
+    assert load_settings(env).otlp_protocol == "http/protobuf"
+    assert load_settings({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}).otlp_protocol == "http/protobuf"
+
+
+def test_auto_source_picks_kubernetes_when_kubeconfig_is_set(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    settings = load_settings({"KUBECONFIG": str(kubeconfig)})
+    assert settings.source == "kubernetes"
+    assert settings.libvirt_uri == KUBEVIRT_LIBVIRT_URI
+
+
+def test_explicit_kubernetes_source_without_any_cluster_config_is_explained(tmp_path: Path) -> None:
+    old_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(tmp_path)  # no ~/.kube/config there
+    try:
+        with pytest.raises(ConfigError, match="OTEL_VMI_HV_SOURCE='kubernetes' cannot be used"):
+            load_settings({"OTEL_VMI_HV_SOURCE": "kubernetes"})
+    finally:
+        if old_home is not None:
+            os.environ["HOME"] = old_home
+
+
+def test_uri_placeholders_need_the_kubernetes_source() -> None:
+    with pytest.raises(ConfigError, match="only the kubernetes source fills"):
+        load_settings({"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_LIBVIRT_URI": "qemu+unix:///{mode}"})
+
+
+def test_export_timeout_follows_a_short_interval_unless_set() -> None:
+    assert load_settings({"OTEL_METRIC_EXPORT_INTERVAL": "1000"}).export_timeout_ms == 1000
+    with pytest.raises(ConfigError, match="must not exceed the interval"):
+        load_settings({"OTEL_METRIC_EXPORT_INTERVAL": "1000", "OTEL_METRIC_EXPORT_TIMEOUT": "5000"})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5s", 5.0), ("500ms", 0.5), ("2m", 120.0), ("1.5", 1.5), ("1h", 3600.0)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "otel_vmi_hv", *args], env=clean, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_bad_env_exits_2_with_one_line() -> None:
+    result = _cli("check-config", env={"OTEL_VMI_HV_LIBVIRT_TIMEOUT": "forever"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "OTEL_VMI_HV_LIBVIRT_TIMEOUT='forever'" in lines[0]
+    assert "duration" in lines[0]
+
+
+def test_cli_run_with_bad_env_exits_2_before_starting() -> None:
+    result = _cli("run", env={"OTEL_EXPORTER_PROMETHEUS_PORT": "http"})
+    assert result.returncode == 2
+    assert "OTEL_EXPORTER_PROMETHEUS_PORT" in result.stderr
+
+
+def test_check_config_prints_effective_values_and_never_header_values() -> None:
+    result = _cli(
+        "check-config",
+        "--node-name",
+        "worker-9",
+        env={"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20s3cr3t", "OTEL_VMI_HV_SOURCE": "libvirt"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "worker-9" in result.stdout
+    assert "(flag)" in result.stdout
+    assert "s3cr3t" not in result.stdout + result.stderr
