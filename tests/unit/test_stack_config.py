@@ -585,11 +585,12 @@ def test_promtool_accepts_prometheus_config() -> None:
 
 
 def test_promtool_rejects_a_broken_config(tmp_path: Path) -> None:
+    # Guards the check above against a promtool that accepts anything: a duration without its unit.
+    text = PROMETHEUS.read_text(encoding="utf-8")
+    assert "scrape_interval: 10s" in text
     broken = tmp_path / "prometheus.yml"
-    broken.write_text(
-        PROMETHEUS.read_text(encoding="utf-8").replace("scrape_interval: 10s", "scrape_interval: 10")
-    )
+    broken.write_text(text.replace("scrape_interval: 10s", "scrape_interval: 10"), encoding="utf-8")
     result = subprocess.run(
         [promtool(), "check", "config", str(broken)], capture_output=True, text=True, check=False
     )
-    assert result.returncode != 0
+    assert result.returncode != 0, result.stdout

@@ -1,0 +1,76 @@
+# otel-vmi-hv agent image.
+#
+#   docker build -t otel-vmi-hv .
+#   docker run --rm -p 9464:9464 -e OTEL_METRICS_EXPORTER=prometheus otel-vmi-hv
+#
+# By default it runs the embedded demo node (libvirt's in-process test driver on
+# config/demo-node.xml), so it works anywhere. On a KubeVirt node the DaemonSet overrides the
+# OTEL_VMI_HV_* settings; on a plain libvirt host see the socket variant in docker-compose.yml.
+#
+# Two stages: the builder compiles the libvirt-python extension (no prebuilt wheels exist) and turns
+# the project and every dependency into wheels; the runtime image installs those wheels offline and
+# carries only the libvirt client library, no compiler or headers.
+
+# Debian release pinned (bookworm) so the apt package names and the libvirt version (9.0) are
+# known; libvirt-python builds against whatever libvirt headers it finds.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# gcc + libc6-dev: compiler and C headers for the extension; libvirt-dev + pkg-config: libvirt
+# headers and the .pc file libvirt-python's build looks up.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libvirt-dev pkg-config \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Only what `pip install .` needs (pyproject.toml names README.md as the long description).
+COPY pyproject.toml README.md ./
+COPY otel_vmi_hv/ ./otel_vmi_hv/
+RUN pip wheel --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="otel-vmi-hv" \
+      org.opencontainers.image.description="Reports per KubeVirt VMI whether it runs with KVM or QEMU TCG emulation (kubevirt_vmi_hypervisor_info)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# libvirt0: the client library libvirt-python links against. It contains the remote driver
+# (qemu+unix sockets) and the in-process test driver; no daemon is installed.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libvirt0 \
+    && rm -rf /var/lib/apt/lists/*
+# Install from the builder's wheels only (--no-index: nothing is fetched here); the bind mount keeps
+# the wheels out of the image layers.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels otel-vmi-hv
+
+# Unprivileged by default (65532, the usual "nonroot" id). The demo and libvirt's read-only socket
+# (mode 0777 by default) need nothing more. On a KubeVirt node the agent must run as root (set in the
+# DaemonSet's securityContext), because the launcher sockets under /var/lib/kubelet/pods are not
+# reachable for other users.
+RUN groupadd --system --gid 65532 otel-vmi-hv \
+    && useradd --system --uid 65532 --gid 65532 --create-home --home-dir /home/otel-vmi-hv \
+       --shell /usr/sbin/nologin otel-vmi-hv
+
+# The demo node: a libvirt test-driver definition with several KubeVirt-named domains of different
+# types. OTEL_VMI_HV_LIBVIRT_URI below must keep pointing at this path.
+COPY config/demo-node.xml /opt/otel-vmi-hv/config/demo-node.xml
+
+ENV OTEL_VMI_HV_SOURCE=libvirt \
+    OTEL_VMI_HV_LIBVIRT_URI=test:///opt/otel-vmi-hv/config/demo-node.xml
+
+USER 65532:65532
+WORKDIR /home/otel-vmi-hv
+# /metrics, /healthz, /readyz (OTEL_EXPORTER_PROMETHEUS_PORT).
+EXPOSE 9464
+
+# /healthz answers while the process is alive. The slim image has no curl, so Python does the GET;
+# urlopen raises (exit status 1) on a refused connection, a timeout or a non-2xx answer.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('OTEL_EXPORTER_PROMETHEUS_PORT', '9464') + '/healthz', timeout=4)"]
+
+ENTRYPOINT ["otel-vmi-hv"]
+CMD ["run"]
