@@ -72,17 +72,17 @@ class SelfMetrics:
         )
         self.detection_errors = meter.create_counter(
             "otel_vmi_hv_detection_errors",
-            unit="1",
+            unit="{detection}",
             description="Detections that ended unknown, by reason",
         )
         self.watch_restarts = meter.create_counter(
             "otel_vmi_hv_watch_restarts",
-            unit="1",
+            unit="{restart}",
             description="VMI watch streams restarted, by reason (closed, error, expired)",
         )
         self.relists = meter.create_counter(
             "otel_vmi_hv_relists",
-            unit="1",
+            unit="{listing}",
             description="Full VMI (or libvirt domain) listings reconciled into the cache",
         )
         self.changes = 0  # bumped on every recording, so cached renders know they are stale
@@ -250,13 +250,13 @@ class Telemetry:
         meter.create_observable_gauge(
             "otel_vmi_hv_vmis",
             callbacks=[self._observe_vmis],
-            unit="1",
+            unit="{vmi}",
             description="VMIs on this node being reported, by detection state (detected, unknown, pending)",
         )
         meter.create_observable_gauge(
             "otel_vmi_hv_libvirt_connections",
             callbacks=[self._observe_connections],
-            unit="1",
+            unit="{daemon}",
             description="libvirt daemons known to the agent, by connection state "
             "(idle, connected, disconnected, hung)",
         )

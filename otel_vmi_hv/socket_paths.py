@@ -1,0 +1,68 @@
+"""Keeps libvirt socket paths under the 108-byte ``sun_path`` limit of AF_UNIX addresses.
+
+A launcher's socket under /var/lib/kubelet/pods is ~121 bytes long. When a URI's ``socket=`` path
+is too long, a symlink with a short name is made in a private directory and the URI points at
+it; connect() follows the link, and only the short name has to fit into ``sun_path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import urllib.parse
+
+log = logging.getLogger(__name__)
+
+SUN_PATH_MAX = 107  # 108 bytes including the terminating NUL
+
+
+class SocketPathShortener:
+    def __init__(self, directory: str | None = None) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._links: dict[str, str] = {}  # long socket path → link path
+
+    def _dir(self) -> str:
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="ovh-")
+        return self._directory
+
+    def shorten(self, uri: str) -> str:
+        """Return ``uri`` with a too-long ``socket=`` path replaced by a short link to it."""
+        parsed = urllib.parse.urlsplit(uri)
+        query = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+        socket_path = dict(query).get("socket")
+        if socket_path is None or len(os.fsencode(socket_path)) <= SUN_PATH_MAX:
+            return uri
+        with self._lock:
+            link = self._links.get(socket_path)
+            if link is None:
+                name = hashlib.sha256(os.fsencode(socket_path)).hexdigest()[:16]
+                link = os.path.join(self._dir(), name)
+                if os.path.lexists(link):
+                    os.unlink(link)
+                os.symlink(socket_path, link)
+                self._links[socket_path] = link
+        rebuilt = [(key, link if key == "socket" else value) for key, value in query]
+        return urllib.parse.urlunsplit(parsed._replace(query=urllib.parse.urlencode(rebuilt, safe="/")))
+
+    def release(self, uri: str) -> None:
+        """Remove the link made for ``uri`` (its launcher is gone)."""
+        socket_path = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query)).get("socket")
+        with self._lock:
+            for long_path, link in list(self._links.items()):
+                if socket_path in (link, long_path):
+                    del self._links[long_path]
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(link)
+
+    def close(self) -> None:
+        with self._lock:
+            self._links.clear()
+            if self._directory is not None:
+                shutil.rmtree(self._directory, ignore_errors=True)
