@@ -23,6 +23,7 @@ import libvirt
 
 from otel_vmi_hv.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
 from otel_vmi_hv.model import UNKNOWN, Detection, DetectionMethod, LibvirtTarget
+from otel_vmi_hv.socket_paths import SocketPathShortener
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class LibvirtDetector:
         self._on_recovered = on_recovered
         self._open = open_read_only
         self._clock = clock
+        self._sockets = SocketPathShortener()
         self._daemons: dict[str, _Daemon] = {}
         self._lock = threading.Lock()
         self._inflight_total = 0
@@ -220,6 +222,7 @@ class LibvirtDetector:
             daemon = self._daemons.pop(uri, None)
         if daemon is not None:
             self._drop_connection(daemon)
+        self._sockets.release(uri)
 
     def close(self) -> None:
         with self._lock:
@@ -227,6 +230,7 @@ class LibvirtDetector:
             self._daemons.clear()
         for daemon in daemons:
             self._drop_connection(daemon)
+        self._sockets.close()
 
     # ------------------------------------------------------------------ internals
 
@@ -304,8 +308,8 @@ class LibvirtDetector:
         fresh = False
         if conn is None:
             try:
-                conn = self._open(daemon.uri)
-            except libvirt.libvirtError as error:
+                conn = self._open(self._sockets.shorten(daemon.uri))
+            except (libvirt.libvirtError, OSError) as error:
                 self._connect_failed(daemon, error)
                 raise LibvirtUnavailable("unreachable", _describe(error)) from None
             if conn is None:  # old bindings return None instead of raising
@@ -349,7 +353,7 @@ class LibvirtDetector:
             log.info("reconnected to libvirt at %s", daemon.uri)
             self._notify_recovered(daemon.uri)
 
-    def _connect_failed(self, daemon: _Daemon, error: libvirt.libvirtError) -> None:
+    def _connect_failed(self, daemon: _Daemon, error: Exception) -> None:
         with daemon.lock:
             daemon.failures += 1
             delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_INITIAL * 2 ** (daemon.failures - 1))
@@ -417,6 +421,8 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
 
 
-def _describe(error: libvirt.libvirtError) -> str:
+def _describe(error: Exception) -> str:
+    if not isinstance(error, libvirt.libvirtError):
+        return str(error)
     message = error.get_error_message() or str(error)
     return f"{message} (code {error.get_error_code()})"

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -19,6 +20,7 @@ import urllib.parse
 log = logging.getLogger(__name__)
 
 SUN_PATH_MAX = 107  # 108 bytes including the terminating NUL
+_SOCKET_PARAM = re.compile(r"[?&]socket=([^&]*)")
 
 
 class SocketPathShortener:
@@ -34,10 +36,11 @@ class SocketPathShortener:
 
     def shorten(self, uri: str) -> str:
         """Return ``uri`` with a too-long ``socket=`` path replaced by a short link to it."""
-        parsed = urllib.parse.urlsplit(uri)
-        query = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
-        socket_path = dict(query).get("socket")
-        if socket_path is None or len(os.fsencode(socket_path)) <= SUN_PATH_MAX:
+        match = _SOCKET_PARAM.search(uri)
+        if match is None:
+            return uri
+        socket_path = urllib.parse.unquote(match.group(1))
+        if len(os.fsencode(socket_path)) <= SUN_PATH_MAX:
             return uri
         with self._lock:
             link = self._links.get(socket_path)
@@ -48,18 +51,20 @@ class SocketPathShortener:
                     os.unlink(link)
                 os.symlink(socket_path, link)
                 self._links[socket_path] = link
-        rebuilt = [(key, link if key == "socket" else value) for key, value in query]
-        return urllib.parse.urlunsplit(parsed._replace(query=urllib.parse.urlencode(rebuilt, safe="/")))
+        # String surgery, not urlunsplit: that would turn "qemu+unix:///session" into "qemu+unix:/session".
+        return uri[: match.start(1)] + link + uri[match.end(1) :]
 
     def release(self, uri: str) -> None:
         """Remove the link made for ``uri`` (its launcher is gone)."""
-        socket_path = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(uri).query)).get("socket")
+        match = _SOCKET_PARAM.search(uri)
+        if match is None:
+            return
+        socket_path = urllib.parse.unquote(match.group(1))
         with self._lock:
-            for long_path, link in list(self._links.items()):
-                if socket_path in (link, long_path):
-                    del self._links[long_path]
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(link)
+            link = self._links.pop(socket_path, None)
+        if link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
 
     def close(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider, ObservableGauge
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Exemplar, ExemplarReservoir, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
     MetricExporter,
@@ -45,6 +45,20 @@ _OTLP_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http",
     "opentelemetry.sdk.metrics._internal.export",
 )
+
+
+class _NoExemplars(ExemplarReservoir):
+    """An info gauge has no exemplars to keep; the default reservoir costs time on every series."""
+
+    def offer(self, value: float, time_unix_nano: int, attributes: Any, context: Any) -> None:
+        return None
+
+    def collect(self, point_attributes: Any) -> list[Exemplar]:
+        return []
+
+
+def _no_exemplars(_aggregation_type: type) -> Callable[..., ExemplarReservoir]:
+    return lambda *_args, **_kwargs: _NoExemplars()
 
 
 class SelfMetrics:
@@ -238,7 +252,14 @@ class Telemetry:
             metric_readers=readers,
             resource=build_resource(settings),
             shutdown_on_exit=False,
-            views=[View(instrument_name=INFO_METRIC, aggregation_cardinality_limit=INFO_CARDINALITY_LIMIT)],
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            views=[
+                View(
+                    instrument_name=INFO_METRIC,
+                    aggregation_cardinality_limit=INFO_CARDINALITY_LIMIT,
+                    exemplar_reservoir_factory=_no_exemplars,
+                ),
+            ],
         )
         meter = self.meter_provider.get_meter("otel_vmi_hv", __version__)
         self._observations: tuple[int, list[Observation]] = (-1, [])
@@ -338,6 +359,3 @@ class Telemetry:
             log.warning("telemetry shutdown did not finish within %.1fs; exiting anyway", timeout)
         else:
             log.debug("telemetry shut down in %.3fs", time.monotonic() - started)
-
-
-__all__ = ["INFO_HELP", "INFO_METRIC", "ObservableGauge", "SelfMetrics", "Telemetry"]

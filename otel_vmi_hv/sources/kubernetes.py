@@ -20,7 +20,6 @@ from typing import Any
 
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.model import VMI, LibvirtTarget
-from otel_vmi_hv.socket_paths import SocketPathShortener
 from otel_vmi_hv.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -60,11 +59,10 @@ def libvirt_mode(vmi: Mapping[str, Any]) -> str:
 class VMIInterpreter:
     """Turns a VMI object into what the tracker needs, or None when it must not be reported."""
 
-    def __init__(self, node: str, uri_template: str, pods_root: str, shortener: SocketPathShortener) -> None:
+    def __init__(self, node: str, uri_template: str, pods_root: str) -> None:
         self._node = node
         self._template = uri_template
         self._pods_root = pods_root.rstrip("/") or "/"
-        self._shortener = shortener
 
     def __call__(self, obj: Mapping[str, Any]) -> VMI | None:
         metadata = obj.get("metadata")
@@ -92,7 +90,7 @@ class VMIInterpreter:
             pods_root=self._pods_root,
         )
         target = LibvirtTarget(
-            uri=self._shortener.shorten(uri),
+            uri=uri,
             domain_name=domain,
             lifetime_key=pod_uid,
             domain_file=f"{empty_dirs}/private/libvirt/qemu/{domain}.xml",
@@ -132,10 +130,7 @@ class KubernetesVMISource:
         self._api_client = api_client
         self._page_size = page_size
         self._selector = f"{NODE_LABEL}={settings.node_name}"
-        self._shortener = SocketPathShortener()
-        self._interpret = VMIInterpreter(
-            settings.node_name, settings.libvirt_uri, settings.pods_root, self._shortener
-        )
+        self._interpret = VMIInterpreter(settings.node_name, settings.libvirt_uri, settings.pods_root)
         self._targets: dict[str, LibvirtTarget] = {}  # uid → target of every VMI being reported
         self._resource_version: str | None = None
         self._stop = threading.Event()
@@ -158,7 +153,6 @@ class KubernetesVMISource:
                 response.close()
             except Exception:  # closing a half-dead socket may fail in many ways; it is going anyway
                 log.debug("closing the watch response failed", exc_info=True)
-        self._shortener.close()
 
     def poke(self) -> None:
         """Nothing to do: the watch already delivers changes as they happen."""
@@ -348,7 +342,6 @@ class KubernetesVMISource:
     def _launcher_gone(self, uri: str) -> None:
         if uri and not any(t.uri == uri for t in self._targets.values()):
             self._on_launcher_gone(uri)
-            self._shortener.release(uri)
 
 
 def _events(response: Any) -> Iterator[Mapping[str, Any]]:

@@ -1,0 +1,85 @@
+"""A KubeVirt node for tests: the fake API server plus per-launcher libvirt test-driver 'daemons'.
+
+Each launcher pod gets its own libvirt URI, as in KubeVirt (one virtqemud per launcher): here a
+test-driver node file under ``<pods_root>/<pod_uid>/``, reached through the agent's URI template.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from otel_vmi_hv.agent import Agent
+from otel_vmi_hv.config import load_settings
+from tests.exposition import info_series
+from tests.fakes.kube_apiserver import FakeKubeAPIServer
+
+TEST_DRIVER_TEMPLATE = "test://{pods_root}/{pod_uid}/node.xml"
+
+
+class Launchers:
+    """Writes the domain each launcher pod 'runs' into a test-driver node file."""
+
+    def __init__(self, pods_root: Path) -> None:
+        self.root = pods_root
+
+    def run(self, pod_uid: str, namespace: str, name: str, virt_type: str) -> None:
+        pod_dir = self.root / pod_uid
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        (pod_dir / "node.xml").write_text(
+            f"<node><domain type='{virt_type}'><name>{namespace}_{name}</name>"
+            "<memory>1024</memory><os><type>hvm</type></os></domain></node>"
+        )
+
+    def run_vmi(self, vmi: dict[str, Any], virt_type: str, node: str) -> str:
+        """Lay out the launcher of ``vmi`` on ``node``; returns its pod uid."""
+        pod_uid = next(uid for uid, pod_node in vmi["status"]["activePods"].items() if pod_node == node)
+        self.run(pod_uid, vmi["metadata"]["namespace"], vmi["metadata"]["name"], virt_type)
+        return str(pod_uid)
+
+
+def agent_settings(
+    kubeconfig: Path, node: str, pods_root: Path, template: str = TEST_DRIVER_TEMPLATE, **extra: str
+) -> Any:
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "OTEL_VMI_HV_SOURCE": "kubernetes",
+        "OTEL_VMI_HV_NODE_NAME": node,
+        "OTEL_VMI_HV_PODS_ROOT": str(pods_root),
+        "OTEL_VMI_HV_LIBVIRT_URI": template,
+        "OTEL_VMI_HV_LIBVIRT_TIMEOUT": "2s",
+        "OTEL_METRICS_EXPORTER": "prometheus",
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": "0",
+        "HOME": os.environ.get("HOME", "/root"),
+    }
+    env.update(extra)
+    return load_settings(env)
+
+
+@contextmanager
+def running_agent(
+    api: FakeKubeAPIServer, tmp_path: Path, node: str, pods_root: Path, **extra: str
+) -> Iterator[Agent]:
+    kubeconfig = api.write_kubeconfig(tmp_path / f"kubeconfig-{node}")
+    agent = Agent(agent_settings(kubeconfig, node, pods_root, **extra))
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop(budget=2)
+
+
+def series(agent: Agent) -> dict[tuple[str, str], str]:
+    assert agent.telemetry is not None
+    body = agent.telemetry.render_prometheus().decode()
+    return {key: labels["hypervisor_type"] for key, labels in info_series(body).items()}
+
+
+def node_labels(agent: Agent) -> set[str]:
+    assert agent.telemetry is not None
+    body = agent.telemetry.render_prometheus().decode()
+    return {labels["node"] for labels in info_series(body).values()}

@@ -1,0 +1,270 @@
+"""The Kubernetes source against a protocol-faithful fake API server, through the real client.
+
+VMIs are the real fixtures (or variants derived from them); each launcher pod has its own libvirt
+test-driver URI, as each KubeVirt launcher has its own virtqemud.
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otel_vmi_hv.model import DetectionMethod
+from otel_vmi_hv.sources.kubernetes import KubernetesVMISource
+from tests.agent_process import AgentProcess, http_get, wait_until
+from tests.conftest import FIXTURES
+from tests.fakes.kube_apiserver import FakeKubeAPIServer
+from tests.fakes.kubevirt_objects import load_fixture, make_migrating_vmi, make_vmi
+from tests.integration.kube_env import TEST_DRIVER_TEMPLATE, Launchers, node_labels, running_agent, series
+
+NODE_A, NODE_B = "node-a", "node-b"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPIServer]:
+    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
+        yield server
+
+
+@pytest.fixture
+def pods_root(tmp_path: Path) -> Path:
+    root = tmp_path / "pods"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def launchers(pods_root: Path) -> Launchers:
+    return Launchers(pods_root)
+
+
+def test_initial_sync_reports_only_running_vmis_of_this_node(api, tmp_path, pods_root, launchers) -> None:
+    for name, node, phase, virt in [
+        ("web", NODE_A, "Running", "kvm"),
+        ("batch", NODE_A, "Running", "qemu"),
+        ("pending", NODE_A, "Scheduled", "kvm"),
+        ("elsewhere", NODE_B, "Running", "kvm"),
+        ("done", NODE_A, "Succeeded", "kvm"),
+    ]:
+        vmi = make_vmi("prod", name, node, phase=phase)
+        launchers.run_vmi(vmi, virt, node)
+        api.create(vmi)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(
+            lambda: series(agent) == {("prod", "web"): "kvm", ("prod", "batch"): "qemu-tcg"},
+            10,
+            "the two running VMIs of node-a",
+        )
+        assert node_labels(agent) == {NODE_A}
+    selectors = [urllib.parse.parse_qs(q).get("labelSelector") for q in api.queries("list")]
+    assert selectors and all(s == ["kubevirt.io/nodeName=node-a"] for s in selectors)
+
+
+def test_real_fixture_vmis_are_read(api, tmp_path, pods_root, launchers) -> None:
+    """The three real VMI objects as captured, each on its own node; the agent of each node sees one."""
+    for fixture, virt in [
+        ("vmi-running-ocp411-cat8kv-01.yaml", "kvm"),
+        ("vmi-running-upstream-v0.49-testvm.yaml", "qemu"),
+        ("vmi-running-cnv-2024-centos7-gray-owl-35.json", "kvm"),
+    ]:
+        vmi = load_fixture(fixture)
+        node = vmi["status"]["nodeName"]
+        launchers.run_vmi(vmi, virt, node)
+        vmi["metadata"].pop("resourceVersion", None)
+        api.create(vmi)
+        with running_agent(api, tmp_path, node, pods_root) as agent:
+            expected = {
+                (vmi["metadata"]["namespace"], vmi["metadata"]["name"]): virt.replace("qemu", "qemu-tcg")
+            }
+            wait_until(lambda: series(agent) == expected, 10, f"{fixture}")  # noqa: B023 - used at once
+
+
+def test_add_modify_delete_and_phase_changes(api, tmp_path, pods_root, launchers) -> None:
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        assert agent.synced.wait(10)
+        vmi = make_vmi("dev", "vm1", NODE_A, phase="Scheduled")
+        launchers.run_vmi(vmi, "qemu", NODE_A)
+        api.create(vmi)
+        api.wait_for(lambda: True)
+        assert series(agent) == {}
+        api.patch_status("dev", "vm1", phase="Running")
+        wait_until(lambda: series(agent) == {("dev", "vm1"): "qemu-tcg"}, 5, "vm1 running")
+        api.patch_status("dev", "vm1", phase="Succeeded")
+        wait_until(lambda: series(agent) == {}, 5, "vm1 gone after leaving Running")
+        api.patch_status("dev", "vm1", phase="Running")
+        wait_until(lambda: series(agent) == {("dev", "vm1"): "qemu-tcg"}, 5, "vm1 running again")
+        api.delete("dev", "vm1")
+        wait_until(lambda: series(agent) == {}, 5, "vm1 gone after deletion")
+
+
+def test_new_launcher_pod_means_new_detection(api, tmp_path, pods_root, launchers) -> None:
+    vmi = make_vmi("dev", "vm2", NODE_A, pod_uid="pod-old")
+    launchers.run("pod-old", "dev", "vm2", "qemu")
+    launchers.run("pod-new", "dev", "vm2", "kvm")
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: series(agent) == {("dev", "vm2"): "qemu-tcg"}, 10, "first launcher")
+        api.patch_status("dev", "vm2", activePods={"pod-new": NODE_A})
+        wait_until(lambda: series(agent) == {("dev", "vm2"): "kvm"}, 5, "the new launcher's type")
+        uri_old = TEST_DRIVER_TEMPLATE.format(pods_root=pods_root, pod_uid="pod-old")
+        assert uri_old not in agent.detector.states(), "the old launcher's connection must be closed"
+
+
+def test_live_migration_hands_over_between_two_agents(api, tmp_path, pods_root, launchers) -> None:
+    vmi = make_vmi("prod", "db", NODE_A, pod_uid="src-pod")
+    launchers.run("src-pod", "prod", "db", "qemu")
+    launchers.run("dst-pod", "prod", "db", "kvm")
+    api.create(vmi)
+    with (
+        running_agent(api, tmp_path, NODE_A, pods_root) as agent_a,
+        running_agent(api, tmp_path, NODE_B, pods_root) as agent_b,
+    ):
+        wait_until(lambda: series(agent_a) == {("prod", "db"): "qemu-tcg"}, 10, "source reports")
+        assert agent_b.synced.wait(10)
+        migrating = make_migrating_vmi(
+            "prod",
+            "db",
+            NODE_A,
+            NODE_B,
+            source_pod_uid="src-pod",
+            target_pod_uid="dst-pod",
+            uid=vmi["metadata"]["uid"],
+        )
+        api.update(migrating)
+        api.wait_for(lambda: True)
+        assert series(agent_a) == {("prod", "db"): "qemu-tcg"}, "the source keeps reporting during migration"
+        assert series(agent_b) == {}
+        done = make_migrating_vmi(
+            "prod",
+            "db",
+            NODE_A,
+            NODE_B,
+            completed=True,
+            source_pod_uid="src-pod",
+            target_pod_uid="dst-pod",
+            uid=vmi["metadata"]["uid"],
+        )
+        api.update(done)
+        wait_until(lambda: series(agent_b) == {("prod", "db"): "kvm"}, 5, "target reports with its own type")
+        wait_until(lambda: series(agent_a) == {}, 5, "source stops reporting")
+        assert node_labels(agent_b) == {NODE_B}
+
+
+def test_relist_after_410_drops_vmis_deleted_during_the_gap(api, tmp_path, pods_root, launchers) -> None:
+    for name in ("keep", "lost"):
+        vmi = make_vmi("ops", name, NODE_A)
+        launchers.run_vmi(vmi, "kvm", NODE_A)
+        api.create(vmi)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: len(series(agent)) == 2, 10, "both VMIs")
+        lists_before = api.list_requests
+        api.stop()  # the agent's watch breaks and cannot reconnect
+        api.delete("ops", "lost")
+        added = make_vmi("ops", "new", NODE_A)
+        launchers.run_vmi(added, "qemu", NODE_A)
+        api.create(added)
+        api.compact()  # the agent's resume point is now too old: 410 Gone
+        api.start()
+        wait_until(
+            lambda: series(agent) == {("ops", "keep"): "kvm", ("ops", "new"): "qemu-tcg"},
+            15,
+            "the cache reconciled with the truth",
+        )
+        assert api.list_requests > lists_before, "a 410 must lead to a relist"
+
+
+def test_dropped_stream_resumes_from_the_last_version_without_relisting(
+    api, tmp_path, pods_root, launchers
+) -> None:
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        assert agent.synced.wait(10)
+        assert api.wait_for_watches(1)
+        lists = api.list_requests
+        assert api.drop_streams() == 1
+        vmi = make_vmi("ops", "after-drop", NODE_A)
+        launchers.run_vmi(vmi, "kvm", NODE_A)
+        api.create(vmi)
+        wait_until(lambda: series(agent) == {("ops", "after-drop"): "kvm"}, 10, "change after the drop")
+        assert api.list_requests == lists
+        assert api.watch_requests >= 2
+
+
+def test_bookmarks_move_the_resume_point(api, tmp_path, pods_root, launchers) -> None:
+    other = make_vmi("ops", "noise", NODE_B)
+    api.create(other)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        assert agent.synced.wait(10)
+        assert api.wait_for_watches(1)
+        for index in range(3):  # changes this node's watch does not see...
+            api.patch_status("ops", "noise", phase="Running", reason=str(index))
+        current = api.resource_version
+        api.send_bookmarks()  # ...but the bookmark tells it how far the store has moved
+        source = agent.source
+        assert isinstance(source, KubernetesVMISource)
+        wait_until(lambda: source._resource_version == current, 5, "the bookmark's version")
+        api.drop_streams()
+        api.wait_for(lambda: any(f"resourceVersion={current}" in q for q in api.queries("watch")), 5)
+        assert any(f"resourceVersion={current}" in q for q in api.queries("watch"))
+
+
+def test_api_server_down_at_start(tmp_path, pods_root, launchers) -> None:
+    api = FakeKubeAPIServer()
+    api.start()
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    vmi = make_vmi("ops", "late", NODE_A)
+    launchers.run_vmi(vmi, "kvm", NODE_A)
+    api.create(vmi)
+    api.stop()
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "OTEL_VMI_HV_SOURCE": "kubernetes",
+        "OTEL_VMI_HV_NODE_NAME": NODE_A,
+        "OTEL_VMI_HV_PODS_ROOT": str(pods_root),
+        "OTEL_VMI_HV_LIBVIRT_URI": TEST_DRIVER_TEMPLATE,
+    }
+    try:
+        with AgentProcess(env) as agent:
+            wait_until(lambda: _get(agent, "/healthz")[0] == 200, 20, "healthz")
+            assert _get(agent, "/readyz")[0] == 503
+            api.start()
+            agent.wait_ready()
+            wait_until(lambda: 'name="late"' in agent.metrics(), 10, "the VMI after the API came up")
+    finally:
+        api.close()
+
+
+def _get(agent: AgentProcess, path: str) -> tuple[int, str]:
+    try:
+        return http_get(agent.base_url + path, timeout=2)
+    except OSError:
+        return (0, "")
+
+
+def test_unreachable_launcher_socket_falls_back_to_its_domain_file(api, tmp_path, pods_root) -> None:
+    """The real VMI, its real launcher pod uid and its real domain XML, laid out as on the node."""
+    vmi = load_fixture("vmi-running-ocp411-cat8kv-01.yaml")
+    vmi["metadata"].pop("resourceVersion", None)
+    node = vmi["status"]["nodeName"]
+    (pod_uid,) = vmi["status"]["activePods"]
+    qemu_dir = pods_root / pod_uid / "volumes/kubernetes.io~empty-dir/private/libvirt/qemu"
+    qemu_dir.mkdir(parents=True)
+    shutil.copy(FIXTURES / "domain-ocp411-cat8kv-01.xml", qemu_dir / "default_cat8kv-01.xml")
+    api.create(vmi)
+    # The default URI template: the launcher's virtqemud socket, which does not exist here.
+    with running_agent(api, tmp_path, node, pods_root, OTEL_VMI_HV_LIBVIRT_URI="") as agent:
+        wait_until(lambda: series(agent) == {("default", "cat8kv-01"): "kvm"}, 10, "kvm from the domain file")
+        ((item, detection),) = agent.tracker.detections()
+        assert detection is not None and detection.method is DetectionMethod.DOMAIN_FILE
+        assert "virtqemud-sock" in item.target.uri and "session" in item.target.uri
+
+
+def test_vmi_without_launcher_pod_is_reported_unknown(api, tmp_path, pods_root) -> None:
+    vmi = make_vmi("ops", "odd", NODE_A)
+    vmi["status"].pop("activePods")
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: series(agent) == {("ops", "odd"): "unknown"}, 10, "unknown for the odd VMI")
