@@ -7,7 +7,7 @@ DEMO_URI := test://$(CURDIR)/config/demo-node.xml
 OTEL_METRICS_EXPORTER ?= prometheus
 export OTEL_METRICS_EXPORTER
 
-.PHONY: run test lint typecheck pytest bench system-deps system-deps-test clean
+.PHONY: run test lint typecheck pytest bench docs system-deps system-deps-test clean
 
 run: system-deps $(VENV)/.run-installed
 	$(BIN)/otel-vmi-hv run --source libvirt --libvirt-uri "$(DEMO_URI)"
@@ -23,6 +23,9 @@ typecheck: $(VENV)/.dev-installed
 
 pytest: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+docs: $(VENV)/.run-installed
+	$(BIN)/python scripts/update_readme_config.py
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run

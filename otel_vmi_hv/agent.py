@@ -8,7 +8,7 @@ import time
 from typing import Protocol
 
 from otel_vmi_hv.config import Settings
-from otel_vmi_hv.http import HttpServer, Readiness
+from otel_vmi_hv.http import HttpServer, Readiness, tls_context
 from otel_vmi_hv.libvirt_detector import EventLoop, LibvirtDetector, silence_libvirt_stderr
 from otel_vmi_hv.model import VMI, Detection
 from otel_vmi_hv.telemetry import Telemetry
@@ -106,15 +106,24 @@ class Agent:
         EventLoop.ensure_running()
         self.tracker.start()
         if self.telemetry is not None:
+            tls = None
+            if self.settings.tls_cert_file and self.settings.tls_key_file:
+                tls = tls_context(
+                    self.settings.tls_cert_file, self.settings.tls_key_file, self.settings.tls_client_ca_file
+                )
             self.http = HttpServer(
                 self.settings.prometheus_host,
                 self.settings.prometheus_port,
                 self.telemetry.render_prometheus,
                 self.readiness,
+                tls,
             )
             self.http.start()
             log.info(
-                "serving /metrics, /healthz, /readyz on %s:%d (exporters: %s)",
+                "serving /metrics, /healthz, /readyz over %s on %s:%d (exporters: %s)",
+                "HTTPS" + (" with client certificates" if self.settings.tls_client_ca_file else "")
+                if tls
+                else "HTTP",
                 self.settings.prometheus_host,
                 self.http.port,
                 ",".join(self.settings.metrics_exporters) or "none",

@@ -58,6 +58,9 @@ class Settings:
     pods_root: str
     resync_interval: float
     kubeconfig: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
     # What each value came from ("env", "flag", "default"), for check-config.
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -469,9 +472,73 @@ OPTIONS: tuple[Option, ...] = (
         _duration_between(1, 3600),
         "--resync-interval",
     ),
+    Option(
+        "OTEL_VMI_HV_TLS_CERT_FILE",
+        "tls_cert_file",
+        None,
+        "path of a readable PEM certificate (chain)",
+        "Serve /metrics, /healthz and /readyz over HTTPS with this certificate (needs the key file too).",
+        _absolute_path,
+        "--tls-cert-file",
+        default_doc="unset: plain HTTP",
+    ),
+    Option(
+        "OTEL_VMI_HV_TLS_KEY_FILE",
+        "tls_key_file",
+        None,
+        "path of a readable PEM private key",
+        "Private key of the HTTPS certificate.",
+        _absolute_path,
+        "--tls-key-file",
+    ),
+    Option(
+        "OTEL_VMI_HV_TLS_CLIENT_CA_FILE",
+        "tls_client_ca_file",
+        None,
+        "path of a readable PEM CA bundle",
+        "Require client certificates signed by this CA (mutual TLS); needs the certificate and key.",
+        _absolute_path,
+        "--tls-client-ca-file",
+        default_doc="unset: no client certificate asked",
+    ),
 )
 
 OPTION_BY_ENV = {option.env: option for option in OPTIONS}
+
+
+def _check_tls(values: Mapping[str, Any]) -> None:
+    """Load the TLS material now, so a wrong path or a key that does not match fails at start."""
+    cert, key, client_ca = (
+        values.get("tls_cert_file"),
+        values.get("tls_key_file"),
+        values.get("tls_client_ca_file"),
+    )
+    if not (cert or key or client_ca):
+        return
+    if not cert or not key:
+        missing = "OTEL_VMI_HV_TLS_KEY_FILE" if cert else "OTEL_VMI_HV_TLS_CERT_FILE"
+        given = (
+            "OTEL_VMI_HV_TLS_CERT_FILE"
+            if cert
+            else ("OTEL_VMI_HV_TLS_KEY_FILE" if key else "OTEL_VMI_HV_TLS_CLIENT_CA_FILE")
+        )
+        raise ConfigError(f"{given} is set but {missing} is not: HTTPS needs both a certificate and its key")
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r} cannot be used: {error}"
+        ) from None
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r} cannot be used: {error}"
+            ) from None
 
 
 def _in_cluster(environ: Mapping[str, str]) -> bool:
@@ -559,5 +626,6 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
                 f"OTEL_METRIC_EXPORT_INTERVAL={values['export_interval_ms']}: "
                 "the timeout must not exceed the interval"
             )
+    _check_tls(values)
     values["origins"] = tuple(sorted(origins.items()))
     return Settings(**values)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import gzip
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GZIP_MIN_BYTES = 4096
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class Readiness:
@@ -35,11 +39,41 @@ class Readiness:
             return sorted(self._pending)
 
 
+def tls_context(cert_file: str, key_file: str, client_ca_file: str | None) -> ssl.SSLContext:
+    """Server-side TLS (1.2+); with a client CA, a client certificate signed by it is required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.load_verify_locations(cafile=client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     render_metrics: Callable[[], bytes]
     readiness: Readiness
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs here, on the connection's own thread, so a slow or hostile client
+        # cannot stall the accept loop (wrapping the listening socket would handshake inside accept()).
+        if self.tls is not None:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as error:
+                log.debug("TLS handshake with %s failed: %s", client_address[0], error)
+                request.close()
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -101,11 +135,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 class HttpServer:
     def __init__(
-        self, host: str, port: int, render_metrics: Callable[[], bytes], readiness: Readiness
+        self,
+        host: str,
+        port: int,
+        render_metrics: Callable[[], bytes],
+        readiness: Readiness,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        self._server = _Server((host, port), _Handler)
+        server_class = _Server6 if ":" in host else _Server
+        self._server = server_class((host, port), _Handler)
         self._server.render_metrics = render_metrics
         self._server.readiness = readiness
+        self._server.tls = tls
         self._thread: threading.Thread | None = None
 
     @property
