@@ -46,6 +46,9 @@ BAD_VALUES = {
     "OTEL_VMI_HV_LOG_LEVEL": "verbose",
     "OTEL_VMI_HV_PODS_ROOT": "pods",
     "OTEL_VMI_HV_RESYNC_INTERVAL": "0s",
+    "OTEL_VMI_HV_TLS_CERT_FILE": "cert.pem",
+    "OTEL_VMI_HV_TLS_KEY_FILE": "key.pem",
+    "OTEL_VMI_HV_TLS_CLIENT_CA_FILE": "ca.pem",
 }
 
 
@@ -60,6 +63,14 @@ def test_bad_value_names_the_variable_and_value(variable: str, value: str) -> No
     message = str(raised.value)
     assert variable in message
     assert repr(value) in message or value in message
+
+
+@pytest.mark.parametrize(
+    "variable", ["OTEL_VMI_HV_TLS_CERT_FILE", "OTEL_VMI_HV_TLS_KEY_FILE", "OTEL_VMI_HV_TLS_CLIENT_CA_FILE"]
+)
+def test_tls_settings_alone_are_explained(variable: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"{variable} is set but .* is not"):
+        load_settings({variable: str(tmp_path / "x.pem")})
 
 
 def test_defaults_match_the_documented_contract() -> None:
