@@ -44,6 +44,7 @@ class Agent:
                 settings,
                 self.tracker.publish,
                 connection_states=self.detector.states,
+                connection_state_version=lambda: self.detector.state_version,
                 last_sync=lambda: self.source.last_sync,
             )
         self.synced = threading.Event()

@@ -163,6 +163,7 @@ class LibvirtDetector:
         self._daemons: dict[str, _Daemon] = {}
         self._lock = threading.Lock()
         self._inflight_total = 0
+        self.state_version = 0  # bumped whenever any daemon's state may have changed
         self.libvirt_calls = 0  # every call that reached libvirt, for benchmarks and tests
 
     # ------------------------------------------------------------------ public operations
@@ -220,6 +221,7 @@ class LibvirtDetector:
         """Close and drop the connection of a daemon no VMI needs any more (launcher gone)."""
         with self._lock:
             daemon = self._daemons.pop(uri, None)
+            self.state_version += 1
         if daemon is not None:
             self._drop_connection(daemon)
         self._sockets.release(uri)
@@ -239,6 +241,7 @@ class LibvirtDetector:
             daemon = self._daemons.get(uri)
             if daemon is None:
                 daemon = self._daemons[uri] = _Daemon(uri, self._max_per_daemon)
+                self.state_version += 1
             return daemon
 
     def _call(self, uri: str, op: Callable[[Any], T]) -> T:
@@ -269,6 +272,7 @@ class LibvirtDetector:
                 recovered = False
                 with daemon.lock:
                     call.finished = True
+                    self.state_version += 1
                     if call.overran:
                         daemon.stuck_calls -= 1
                         recovered = daemon.stuck_calls == 0 and call.error is None
@@ -286,6 +290,7 @@ class LibvirtDetector:
                 if not call.finished:
                     call.overran = True
                     daemon.stuck_calls += 1
+                    self.state_version += 1
                     first = daemon.stuck_calls == 1
                 else:
                     first = False
@@ -355,6 +360,7 @@ class LibvirtDetector:
 
     def _connect_failed(self, daemon: _Daemon, error: Exception) -> None:
         with daemon.lock:
+            self.state_version += 1
             daemon.failures += 1
             delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_INITIAL * 2 ** (daemon.failures - 1))
             daemon.retry_at = self._clock() + delay
@@ -366,6 +372,7 @@ class LibvirtDetector:
     def _drop_connection(self, daemon: _Daemon) -> None:
         with daemon.lock:
             conn, daemon.conn = daemon.conn, None
+            self.state_version += 1
         if conn is not None and not daemon.stuck_calls:
             # close() is an RPC too; on a hung daemon it would block, so leave that socket to GC.
             threading.Thread(target=_close_quietly, args=(conn,), name="libvirt-close", daemon=True).start()

@@ -30,6 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from otel_vmi_hv import __version__
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.model import Detection
+from otel_vmi_hv.prometheus_text import PrometheusTextReader
 from otel_vmi_hv.sdk_state import AttributeStatePruner
 from otel_vmi_hv.tracker import Snapshot
 
@@ -204,28 +205,25 @@ class Telemetry:
         snapshot: Callable[[], Snapshot],
         *,
         connection_states: Callable[[], dict[str, str]] = dict,
+        connection_state_version: Callable[[], int] = lambda: 0,
         last_sync: Callable[[], float | None] = lambda: None,
         extra_readers: Sequence[MetricReader] = (),
     ) -> None:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import CollectorRegistry
-
         self._settings = settings
         self._snapshot = snapshot
         self._connection_states = connection_states
+        self._connection_state_version = connection_state_version
         self._last_sync = last_sync
         self._render_lock = threading.Lock()
+        self._rendered: tuple[tuple[object, ...] | None, bytes] = (None, b"")
+        self.prometheus_collections = 0  # full collections made for /metrics (tests, benchmarks)
         self.otlp_exporter: _LoggingExporter | None = None
 
         readers: list[MetricReader] = list(extra_readers)
-        self._registry: Any = None
+        self._prometheus: PrometheusTextReader | None = None
         if settings.exports_prometheus:
-            self._registry = CollectorRegistry(auto_describe=False)
-            readers.append(
-                PrometheusMetricReader(
-                    disable_target_info=True, scope_info_enabled=False, registry=self._registry
-                )
-            )
+            self._prometheus = PrometheusTextReader()
+            readers.append(self._prometheus)
         if settings.exports_otlp:
             for name in _OTLP_LOGGERS:
                 # Failures are reported once per state change by _LoggingExporter instead.
@@ -331,14 +329,32 @@ class Telemetry:
 
     # ------------------------------------------------------------------ outputs
 
-    def render_prometheus(self) -> bytes:
-        """The /metrics body in Prometheus text format 0.0.4."""
-        if self._registry is None:
-            raise LookupError("the prometheus exporter is not enabled (OTEL_METRICS_EXPORTER)")
-        from prometheus_client import generate_latest
+    def _state_key(self) -> tuple[object, ...]:
+        """Everything a collection reads, reduced to counters: equal keys mean an identical body."""
+        return (
+            self._snapshot().version,
+            self.self_metrics.changes,
+            self._connection_state_version(),
+            self._last_sync(),
+        )
 
+    def render_prometheus(self) -> bytes:
+        """The /metrics body in Prometheus text format 0.0.4.
+
+        Scrapes far outnumber changes, so the body of the last collection is served again while
+        nothing it depends on has changed; the key is taken before collecting, so a change racing
+        with the collection only causes one more collection, never a stale body.
+        """
+        if self._prometheus is None:
+            raise LookupError("the prometheus exporter is not enabled (OTEL_METRICS_EXPORTER)")
         with self._render_lock:
-            body: bytes = generate_latest(self._registry)
+            key = self._state_key()
+            cached_key, cached_body = self._rendered
+            if key == cached_key:
+                return cached_body
+            body = self._prometheus.render()
+            self.prometheus_collections += 1
+            self._rendered = (key, body)
             return body
 
     def shutdown(self, timeout: float) -> None:
