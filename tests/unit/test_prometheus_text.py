@@ -53,7 +53,7 @@ def _labels(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def _samples(text: str) -> dict[str, object]:
-    families = {}
+    families: dict[str, object] = {}
     for family in text_string_to_metric_families(text):
         samples = sorted((s.name, _labels(s.labels), s.value) for s in family.samples)
         families[family.name] = (family.type, family.documentation, samples)
