@@ -50,12 +50,51 @@ def _number(value: float) -> str:
 
 def _label_text(attributes: Mapping[str, Any], extra: str = "") -> str:
     parts = [
-        f'{sanitize_attribute(key)}="{_escape_value(_attribute_value(value))}"'
+        f'{_label_name(key)}="{_escape_value(_attribute_value(value))}"'
         for key, value in sorted(attributes.items())
     ]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
+
+
+_LABEL_NAMES: dict[str, str] = {}
+
+
+def _label_name(key: str) -> str:
+    name = _LABEL_NAMES.get(key)
+    if name is None:
+        name = sanitize_attribute(key)
+        if len(_LABEL_NAMES) < 1024:  # attribute keys are a small fixed set; bound it anyway
+            _LABEL_NAMES[key] = name
+    return name
+
+
+class _LabelCache:
+    """Rendered label sets of one metric, reused across collections while the series lives.
+
+    Rendering and escaping four labels costs more than everything else the renderer does; the
+    info gauge's label sets rarely change, so the text is kept, keyed by the attribute values,
+    and entries not seen in a collection are dropped so the cache never outgrows the metric.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[tuple[Any, ...], str] = {}
+
+    def sorted_points(self, points: Iterable[Any]) -> list[tuple[str, Any]]:
+        previous: dict[tuple[Any, ...], str] = self._texts
+        current: dict[tuple[Any, ...], str] = {}
+        labelled = []
+        for point in points:
+            key = tuple(point.attributes.items())
+            text = previous.get(key)
+            if text is None:
+                text = _label_text(point.attributes)
+            current[key] = text
+            labelled.append((text, point))
+        self._texts = current
+        labelled.sort(key=lambda item: item[0])
+        return labelled
 
 
 def _attribute_value(value: Any) -> str:
@@ -75,22 +114,24 @@ def family_name(name: str, unit: str) -> str:
     return sanitized
 
 
-def _sorted_points(points: Iterable[Any]) -> list[tuple[str, Any]]:
-    labelled = [(_label_text(point.attributes), point) for point in points]
-    labelled.sort(key=lambda item: item[0])
-    return labelled
+def render(metrics_data: MetricsData | None, caches: dict[str, _LabelCache] | None = None) -> bytes:
+    """Prometheus text exposition of every metric in ``metrics_data``.
 
-
-def render(metrics_data: MetricsData | None) -> bytes:
-    """Prometheus text exposition of every metric in ``metrics_data``."""
+    ``caches`` (metric name → label cache) lets a long-lived reader skip re-rendering labels.
+    """
     if metrics_data is None:
         return b""
+    caches = {} if caches is None else caches
     out: list[str] = []
     for resource_metrics in metrics_data.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 data = metric.data
                 name = family_name(metric.name, metric.unit or "")
+                cache = caches.get(metric.name)
+                if cache is None:
+                    cache = caches[metric.name] = _LabelCache()
+                _sorted_points = cache.sorted_points
                 help_line = f"# HELP {name} {_escape_help(metric.description or '')}"
                 if (
                     isinstance(data, Sum)
@@ -136,6 +177,7 @@ class PrometheusTextReader(MetricReader):
         super().__init__()
         self._lock = threading.Lock()
         self._received: MetricsData | None = None
+        self._label_caches: dict[str, _LabelCache] = {}
 
     def _receive_metrics(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -147,7 +189,7 @@ class PrometheusTextReader(MetricReader):
             self._received = None
             self.collect()
             data, self._received = self._received, None
-        return render(data)
+            return render(data, self._label_caches)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         return None

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Exemplar, ExemplarReservoir, MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -29,7 +30,8 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_vmi_hv import __version__
 from otel_vmi_hv.config import Settings
-from otel_vmi_hv.model import Detection
+from otel_vmi_hv.model import Detection, Series
+from otel_vmi_hv.otlp import CachingEncoder, grpc_exporter, http_exporter
 from otel_vmi_hv.prometheus_text import PrometheusTextReader
 from otel_vmi_hv.sdk_state import AttributeStatePruner
 from otel_vmi_hv.tracker import Snapshot
@@ -40,6 +42,7 @@ INFO_METRIC = "kubevirt_vmi_hypervisor_info"
 INFO_HELP = "Information about the hypervisor type used by a VirtualMachineInstance"
 # High enough never to fold real VMIs into an overflow series; the pruner keeps memory bounded.
 INFO_CARDINALITY_LIMIT = 10_000_000
+_CALLBACK_CONTEXT = Context({"otel_vmi_hv.callback": True})
 _OTLP_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
@@ -170,17 +173,9 @@ class _LoggingExporter(MetricExporter):
 
 
 def _otlp_exporter(settings: Settings) -> tuple[MetricExporter, str]:
-    if settings.otlp_protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
-
-        http_exporter = HttpExporter()
-        return http_exporter, getattr(
-            http_exporter, "_endpoint", settings.otlp_endpoint or "default endpoint"
-        )
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
-
-    grpc_exporter = GrpcExporter()
-    return grpc_exporter, getattr(grpc_exporter, "_endpoint", settings.otlp_endpoint or "default endpoint")
+    encoder = CachingEncoder(INFO_METRIC)
+    exporter = http_exporter(encoder) if settings.otlp_protocol == "http/protobuf" else grpc_exporter(encoder)
+    return exporter, getattr(exporter, "_endpoint", settings.otlp_endpoint or "the default endpoint")
 
 
 def build_resource(settings: Settings) -> Resource:
@@ -261,6 +256,7 @@ class Telemetry:
         )
         meter = self.meter_provider.get_meter("otel_vmi_hv", __version__)
         self._observations: tuple[int, list[Observation]] = (-1, [])
+        self._row_observations: dict[Series, Observation] = {}
         self.info_gauge = meter.create_observable_gauge(
             INFO_METRIC, callbacks=[self._observe_info], unit="", description=INFO_HELP
         )
@@ -292,28 +288,34 @@ class Telemetry:
         snapshot = self._snapshot()
         version, observations = self._observations
         if version != snapshot.version:
-            observations = [
-                Observation(
-                    1,
-                    {
-                        "namespace": row.namespace,
-                        "name": row.name,
-                        "node": row.node,
-                        "hypervisor_type": row.hypervisor_type,
-                    },
-                )
-                for row in snapshot.series
-            ]
+            # Rows are immutable values: a row that did not change keeps its Observation.
+            previous, current = self._row_observations, {}
+            for row in snapshot.series:
+                observation = previous.get(row)
+                if observation is None:
+                    observation = Observation(
+                        1,
+                        {
+                            "namespace": row.namespace,
+                            "name": row.name,
+                            "node": row.node,
+                            "hypervisor_type": row.hypervisor_type,
+                        },
+                        # A non-empty context spares the SDK a context lookup per observation.
+                        _CALLBACK_CONTEXT,
+                    )
+                current[row] = observation
+            observations = list(current.values())
+            self._row_observations = current
             self._observations = (snapshot.version, observations)
         self.pruner.prune_if_bloated(len(observations))
         return observations
 
     def _observe_vmis(self, _options: CallbackOptions) -> Iterable[Observation]:
         snapshot = self._snapshot()
-        unknown = sum(1 for row in snapshot.series if row.hypervisor_type == "unknown")
         return [
-            Observation(len(snapshot.series) - unknown, {"state": "detected"}),
-            Observation(unknown, {"state": "unknown"}),
+            Observation(len(snapshot.series) - snapshot.unknown, {"state": "detected"}),
+            Observation(snapshot.unknown, {"state": "unknown"}),
             Observation(snapshot.pending, {"state": "pending"}),
         ]
 

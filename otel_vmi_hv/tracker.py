@@ -32,6 +32,7 @@ class Snapshot:
     version: int
     series: tuple[Series, ...]
     pending: int  # VMIs whose first detection has not finished
+    unknown: int = 0  # series whose hypervisor_type is unknown
 
 
 @dataclass(slots=True)
@@ -173,7 +174,8 @@ class Tracker:
             )
         rows.sort(key=lambda row: (row.namespace, row.name))
         self._version += 1
-        self.snapshot = Snapshot(self._version, tuple(rows), pending)
+        unknown = sum(1 for row in rows if row.hypervisor_type == UNKNOWN)
+        self.snapshot = Snapshot(self._version, tuple(rows), pending, unknown)
         self._dirty = False
         return self.snapshot
 
