@@ -1,0 +1,248 @@
+"""/metrics and OTLP cost of the agent against baselines, in one process and one run.
+
+A  the stock OpenTelemetry path: PrometheusMetricReader + prometheus_client exposition, and
+   PeriodicExportingMetricReader + the OTLP encoder (an ordinary callback building observations)
+B  a plain prometheus_client custom collector yielding a GaugeMetricFamily
+C  the lower bound: joining pre-rendered exposition lines
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider, ObservableGauge
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from bench.common import median, ms, p99, table, timings
+from otel_vmi_hv.config import load_settings
+from otel_vmi_hv.http import HttpServer, Readiness
+from otel_vmi_hv.model import Series
+from otel_vmi_hv.otlp import CachingEncoder
+from otel_vmi_hv.telemetry import INFO_HELP, INFO_METRIC, Telemetry
+from otel_vmi_hv.tracker import Snapshot
+
+LABELS = ("namespace", "name", "node", "hypervisor_type")
+
+
+def make_rows(n: int, flip: int = -1) -> tuple[Series, ...]:
+    return tuple(
+        Series(
+            "qemu-tcg" if i == flip or i % 7 == 0 else "kvm", f"vm-{i:05d}", f"tenant-{i % 40}", "worker-1"
+        )
+        for i in range(n)
+    )
+
+
+class EncodeOnlyExporter(MetricExporter):
+    """Encodes each export to OTLP protobuf bytes, as the OTLP exporters do before sending."""
+
+    def __init__(self, encode: Callable[[MetricsData], Any] = encode_metrics) -> None:
+        super().__init__()
+        self.encode = encode
+        self.bytes = 0
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        self.bytes = len(self.encode(metrics_data).SerializeToString())
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        return None
+
+
+class StockOtel:
+    """Baseline A: the SDK as documented, one MeterProvider, both stock readers."""
+
+    def __init__(self, rows: tuple[Series, ...]) -> None:
+        self.rows = rows
+        self.registry = CollectorRegistry(auto_describe=False)
+        # Cardinality limits raised so every series is exported, as the agent does; with the SDK's
+        # default (2000) the baseline would fold 10,000 series into one overflow series.
+        limits: dict[type, int] = {ObservableGauge: 10_000_000}
+        self.otlp = PeriodicExportingMetricReader(
+            EncodeOnlyExporter(), export_interval_millis=10**9, cardinality_limits=limits
+        )
+        self.provider = MeterProvider(
+            metric_readers=[
+                PrometheusMetricReader(
+                    disable_target_info=True,
+                    scope_info_enabled=False,
+                    registry=self.registry,
+                    cardinality_limits=limits,
+                ),
+                self.otlp,
+            ],
+            shutdown_on_exit=False,
+        )
+        self.provider.get_meter("baseline").create_observable_gauge(
+            INFO_METRIC, callbacks=[self.observe], description=INFO_HELP
+        )
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(
+                1,
+                {
+                    "namespace": r.namespace,
+                    "name": r.name,
+                    "node": r.node,
+                    "hypervisor_type": r.hypervisor_type,
+                },
+            )
+            for r in self.rows
+        ]
+
+    def prometheus(self) -> bytes:
+        body: bytes = generate_latest(self.registry)
+        return body
+
+
+class PlainCollector:
+    """Baseline B: what a hand-written prometheus_client exporter would do."""
+
+    def __init__(self, rows: tuple[Series, ...]) -> None:
+        self.rows = rows
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(INFO_METRIC, INFO_HELP, labels=LABELS)
+        for r in self.rows:
+            family.add_metric((r.namespace, r.name, r.node, r.hypervisor_type), 1)
+        yield family
+
+    def render(self) -> bytes:
+        body: bytes = generate_latest(self.registry)
+        return body
+
+
+class AgentSide:
+    """The agent's Telemetry on a snapshot the benchmark controls, OTLP through an encoding exporter."""
+
+    def __init__(self, rows: tuple[Series, ...]) -> None:
+        self.rows = rows
+        self.snapshot = Snapshot(1, rows, 0)
+        self.encoder = EncodeOnlyExporter(CachingEncoder(INFO_METRIC).encode)
+        self.otlp = PeriodicExportingMetricReader(self.encoder, export_interval_millis=10**9)
+        settings = load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_VMI_HV_NODE_NAME": "worker-1"})
+        self.telemetry = Telemetry(settings, lambda: self.snapshot, extra_readers=[self.otlp])
+        self.variants = (rows, make_rows(len(rows), flip=1))
+
+    def change(self) -> None:
+        """One VMI changes type: a new snapshot, as the tracker publishes after a detection."""
+        version = self.snapshot.version + 1
+        self.snapshot = Snapshot(version, self.variants[version % 2], 0)
+
+    def scrape_after_change(self) -> bytes:
+        self.change()
+        return self.telemetry.render_prometheus()
+
+
+def _http_scrape(render: Callable[[], bytes], repeat: int) -> list[float]:
+    readiness = Readiness()
+    server = HttpServer("127.0.0.1", 0, render, readiness)
+    server.start()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+    def scrape() -> None:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+
+    try:
+        return timings(scrape, repeat=repeat)
+    finally:
+        connection.close()
+        server.stop()
+
+
+def run(sizes: tuple[int, ...] = (100, 1_000, 10_000)) -> str:
+    render_rows = []
+    http_rows = []
+    otlp_rows = []
+    for n in sizes:
+        repeat = {100: 200, 1_000: 60, 10_000: 15}.get(n, 10)
+        rows = make_rows(n)
+        stock, plain, agent = StockOtel(rows), PlainCollector(rows), AgentSide(rows)
+        lines = [
+            f'{INFO_METRIC}{{hypervisor_type="{r.hypervisor_type}",name="{r.name}",namespace="{r.namespace}",'
+            f'node="{r.node}"}} 1.0\n'.encode()
+            for r in rows
+        ]
+        header = f"# HELP {INFO_METRIC} {INFO_HELP}\n# TYPE {INFO_METRIC} gauge\n".encode()
+
+        def lower_bound(lines: list[bytes] = lines, header: bytes = header) -> bytes:
+            return header + b"".join(lines)
+
+        agent.telemetry.render_prometheus()
+        results = {
+            "A stock OTel": timings(stock.prometheus, repeat=repeat),
+            "B prometheus_client": timings(plain.render, repeat=repeat),
+            "C pre-rendered": timings(lower_bound, repeat=repeat),
+            "agent, unchanged": timings(agent.telemetry.render_prometheus, repeat=repeat),
+            "agent, after a change": timings(agent.scrape_after_change, repeat=repeat),
+        }
+        a, b, c = (median(results[k]) for k in ("A stock OTel", "B prometheus_client", "C pre-rendered"))
+        for name, samples in results.items():
+            m = median(samples)
+            render_rows.append(
+                [n, name, ms(m), ms(p99(samples)), f"{m / a:.3f}", f"{m / b:.3f}", f"{m / c:.1f}"]
+            )
+
+        http_results = {
+            "A stock OTel": _http_scrape(stock.prometheus, repeat),
+            "B prometheus_client": _http_scrape(plain.render, repeat),
+            "agent, unchanged": _http_scrape(agent.telemetry.render_prometheus, repeat),
+            "agent, after a change": _http_scrape(agent.scrape_after_change, repeat),
+        }
+        ha, hb = median(http_results["A stock OTel"]), median(http_results["B prometheus_client"])
+        for name, samples in http_results.items():
+            m = median(samples)
+            http_rows.append([n, name, ms(m), ms(p99(samples)), f"{m / ha:.3f}", f"{m / hb:.3f}"])
+
+        def agent_cycle(agent: AgentSide = agent) -> None:
+            agent.change()
+            agent.otlp.collect()
+
+        otlp = {
+            "A stock OTel": timings(stock.otlp.collect, repeat=repeat),
+            "agent": timings(agent_cycle, repeat=repeat),
+        }
+        oa = median(otlp["A stock OTel"])
+        for name, samples in otlp.items():
+            m = median(samples)
+            otlp_rows.append([n, name, ms(m), ms(p99(samples)), f"{m / oa:.3f}"])
+        agent.telemetry.shutdown(2)
+        stock.provider.shutdown()
+
+    return "\n\n".join(
+        [
+            "/metrics render in process (ms)\n"
+            + table(["N", "exporter", "median", "p99", "÷A", "÷B", "÷C"], render_rows),
+            "/metrics scrape over HTTP on loopback, keep-alive (ms)\n"
+            + table(["N", "exporter", "median", "p99", "÷A", "÷B"], http_rows),
+            "OTLP export cycle: collect + encode (ms)\n"
+            + table(["N", "path", "median", "p99", "÷A"], otlp_rows),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    print(run())
