@@ -33,7 +33,11 @@ class Agent:
     def __init__(self, settings: Settings, *, with_telemetry: bool = True) -> None:
         self.settings = settings
         silence_libvirt_stderr()
-        self.detector = LibvirtDetector(settings.libvirt_timeout, on_recovered=self._libvirt_recovered)
+        self.detector = LibvirtDetector(
+            settings.libvirt_timeout,
+            on_recovered=self._libvirt_recovered,
+            keep_connections=settings.source != "kubernetes",
+        )
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
         self.telemetry: Telemetry | None = None
         self.tracker = Tracker(self._detect, settings.node_name, on_detection=self._record_detection)

@@ -149,6 +149,7 @@ class LibvirtDetector:
         *,
         max_inflight_per_daemon: int = MAX_INFLIGHT_PER_DAEMON,
         max_inflight_total: int = MAX_INFLIGHT_TOTAL,
+        keep_connections: bool = True,
         on_recovered: Callable[[str], None] | None = None,
         open_read_only: Callable[[str], Any] = libvirt.openReadOnly,
         clock: Callable[[], float] = time.monotonic,
@@ -156,6 +157,10 @@ class LibvirtDetector:
         self.timeout = timeout
         self._max_per_daemon = max_inflight_per_daemon
         self._max_total = max_inflight_total
+        # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
+        # (KubeVirt launchers), asked once per domain lifetime: an open connection per running
+        # VMI would cost ~25 KB and a socket each for nothing, so close it after each call.
+        self._keep_connections = keep_connections
         self._on_recovered = on_recovered
         self._open = open_read_only
         self._clock = clock
@@ -176,6 +181,8 @@ class LibvirtDetector:
             if target.domain_file is not None and failure.reason != "no_domain":
                 return self._detect_from_file(target, failure)
             return Detection(UNKNOWN, DetectionMethod.NONE, failure.reason, failure.detail)
+        if not self._keep_connections:
+            self._drop_if_settled(target.uri)
         parsed = parse_domain_type(xml)
         if parsed.error:
             return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain {target.domain_name}")
@@ -235,6 +242,18 @@ class LibvirtDetector:
         self._sockets.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _drop_if_settled(self, uri: str) -> None:
+        """Forget a per-launcher daemon that answered and has nothing in flight: no state to keep."""
+        with self._lock:
+            daemon = self._daemons.get(uri)
+            if daemon is None or daemon.conn is not None or daemon.stuck_calls or daemon.failures:
+                return
+            with daemon.lock:
+                if daemon.stuck_calls or daemon.failures:
+                    return
+                del self._daemons[uri]
+                self.state_version += 1
 
     def _daemon(self, uri: str) -> _Daemon:
         with self._lock:
@@ -346,13 +365,17 @@ class LibvirtDetector:
             return
         was_failing = False
         with daemon.lock:
-            if daemon.conn is None:
+            if not self._keep_connections:
+                was_failing = daemon.failures > 0
+                daemon.failures = 0
+                daemon.retry_at = 0.0
+            elif daemon.conn is None:
                 daemon.conn = conn
                 was_failing = daemon.failures > 0
                 daemon.failures = 0
                 daemon.retry_at = 0.0
                 conn = None
-        if conn is not None:  # another call connected first: keep one connection per URI
+        if conn is not None:  # not kept, or another call connected first: one connection per URI
             _close_quietly(conn)
         if was_failing:
             log.info("reconnected to libvirt at %s", daemon.uri)
@@ -367,7 +390,10 @@ class LibvirtDetector:
             daemon.last_error = _describe(error)
             first = daemon.failures == 1
         if first:
-            log.warning("libvirt at %s is unreachable: %s", daemon.uri, daemon.last_error)
+            # With one daemon per launcher, the VMI's own "unknown" warning already says this.
+            (log.warning if self._keep_connections else log.debug)(
+                "libvirt at %s is unreachable: %s", daemon.uri, daemon.last_error
+            )
 
     def _drop_connection(self, daemon: _Daemon) -> None:
         with daemon.lock:
