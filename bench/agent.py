@@ -1,0 +1,278 @@
+"""Whole-agent measurements against the fake Kubernetes API server and libvirt test-driver launchers.
+
+Event to visible, libvirt calls per scrape and per VMI lifetime, RSS per 1,000 running VMIs and
+after churn, transitions absorbed per second, and start-up to /readyz.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import median, ms, p99, table
+from otel_vmi_hv.agent import Agent
+from otel_vmi_hv.config import load_settings
+from tests.fakes.kube_apiserver import FakeKubeAPIServer
+from tests.fakes.kubevirt_objects import make_vmi
+
+NODE = "bench-node"
+TEMPLATE = "test://{pods_root}/{pod_uid}/node.xml"
+
+
+class Node:
+    """The fake API server plus a pods root where every launcher pod 'runs' its domain."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pods = root / "pods"
+        self.pods.mkdir()
+        self.api = FakeKubeAPIServer(bookmark_interval=5.0, history_window=200_000)
+        self.api.start()
+        self.kubeconfig = self.api.write_kubeconfig(root / "kubeconfig")
+        self.template = make_vmi("bench", "template", NODE, pod_uid="p")
+
+    def vmi(self, index: int, virt: str = "kvm") -> dict[str, Any]:
+        """A Running VMI on this node whose launcher runs a ``virt`` domain."""
+        name, pod = f"vm-{index}", f"pod-{index}"
+        pod_dir = self.pods / pod
+        pod_dir.mkdir(exist_ok=True)
+        (pod_dir / "node.xml").write_text(
+            f"<node><domain type='{virt}'><name>bench_{name}</name><memory>1024</memory>"
+            "<os><type>hvm</type></os></domain></node>"
+        )
+        vmi = make_vmi("bench", name, NODE, pod_uid=pod, uid=f"uid-{index}")
+        return vmi
+
+    def remove(self, index: int) -> None:
+        self.api.delete("bench", f"vm-{index}")
+        pod_dir = self.pods / f"pod-{index}"
+        (pod_dir / "node.xml").unlink()
+        pod_dir.rmdir()
+
+    def env(self, port: int) -> dict[str, str]:
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "OTEL_VMI_HV_SOURCE": "kubernetes",
+            "OTEL_VMI_HV_NODE_NAME": NODE,
+            "OTEL_VMI_HV_PODS_ROOT": str(self.pods),
+            "OTEL_VMI_HV_LIBVIRT_URI": TEMPLATE,
+            "OTEL_METRICS_EXPORTER": "prometheus",
+            "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+            "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),
+            "OTEL_VMI_HV_LOG_LEVEL": "warning",
+            "HOME": os.environ.get("HOME", "/root"),
+            "PATH": os.environ.get("PATH", ""),
+        }
+
+    def close(self) -> None:
+        self.api.close()
+
+
+def _poll(check: Callable[[], bool], timeout: float, interval: float = 0.0005) -> float:
+    deadline = time.perf_counter() + timeout
+    while not check():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(interval)
+    return time.perf_counter()
+
+
+SCRAPE_POLL = 0.05  # polling a child agent's /metrics: often enough to time it, rarely enough not to load it
+
+
+def event_to_visible(node: Node, count: int = 300) -> dict[str, Any]:
+    settings = load_settings(node.env(0))
+    agent = Agent(settings)
+    agent.start()
+    assert agent.synced.wait(10)
+    assert agent.telemetry is not None
+    render = agent.telemetry.render_prometheus
+    latencies = []
+    for index in range(count):
+        vmi = node.vmi(index)
+        needle = f'name="vm-{index}"'.encode()
+        started = time.perf_counter()
+        node.api.create(vmi)
+        latencies.append(_poll(lambda needle=needle: needle in render(), 10) - started)  # type: ignore[misc]
+    calls_after_detection = agent.detector.libvirt_calls
+    for _ in range(1000):
+        render()
+    calls_per_scrape = (agent.detector.libvirt_calls - calls_after_detection) / 1000
+    result = {
+        "median": median(latencies),
+        "p99": p99(latencies),
+        "calls_per_vmi": calls_after_detection / count,
+        "calls_per_scrape": calls_per_scrape,
+    }
+    agent.stop(budget=2)
+    for index in range(count):
+        node.remove(index)
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class AgentProcess:
+    def __init__(self, node: Node) -> None:
+        self.port = _free_port()
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "otel_vmi_hv", "run"], env=node.env(self.port), stdout=subprocess.DEVNULL
+        )
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+                return response.status, response.read()
+        except OSError:
+            return 0, b""
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def series(self) -> int:
+        return self.get("/metrics")[1].count(b"kubevirt_vmi_hypervisor_info{")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(10)
+
+
+def startup_and_memory(node: Node, sizes: tuple[int, ...] = (1_000, 5_000)) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    empty = AgentProcess(node)
+    _poll(lambda: empty.get("/readyz")[0] == 200, 30)
+    empty.get("/metrics")
+    time.sleep(1)
+    out["rss_idle"] = empty.rss_mib()
+    empty.stop()
+    created = 0
+    for size in sizes:
+        while created < size:
+            node.api.create(node.vmi(created))
+            created += 1
+        agent = AgentProcess(node)
+        ready = _poll(lambda agent=agent: agent.get("/readyz")[0] == 200, 60, SCRAPE_POLL) - agent.started  # type: ignore[misc]
+        visible = (
+            _poll(lambda agent=agent, size=size: agent.series() == size, 120, SCRAPE_POLL) - agent.started
+        )  # type: ignore[misc]
+        out[size] = {"ready": ready, "all_visible": visible, "rss": agent.rss_mib()}
+        agent.stop()
+    for index in range(created):
+        node.remove(index)
+    return out
+
+
+def throughput(node: Node, count: int = 3_000) -> dict[str, float]:
+    agent = AgentProcess(node)
+    _poll(lambda: agent.get("/readyz")[0] == 200, 30, SCRAPE_POLL)
+    vmis = [node.vmi(index) for index in range(count)]
+    started = time.perf_counter()
+    for vmi in vmis:
+        node.api.create(vmi)
+    created = time.perf_counter()
+    done = _poll(lambda: agent.series() == count, 300, SCRAPE_POLL)
+    up = count / (done - started)
+    create_rate = count / (created - started)
+    started = time.perf_counter()
+    for index in range(count):
+        node.remove(index)
+    done = _poll(lambda: agent.series() == 0, 300, SCRAPE_POLL)
+    down = count / (done - started)
+    agent.stop()
+    return {"create_rate": create_rate, "absorbed_up": up, "absorbed_down": down}
+
+
+def churn(node: Node, total: int, running: int = 100) -> dict[str, float]:
+    agent = AgentProcess(node)
+    _poll(lambda: agent.get("/readyz")[0] == 200, 30, SCRAPE_POLL)
+    for index in range(running):
+        node.api.create(node.vmi(index))
+    _poll(lambda: agent.series() == running, 60, SCRAPE_POLL)
+    rss_before = agent.rss_mib()
+    started = time.perf_counter()
+    next_index = running
+    while next_index < total:
+        node.remove(next_index - running)
+        node.api.create(node.vmi(next_index))
+        next_index += 1
+        if next_index % 5_000 == 0:  # let the agent keep up, as a real node's churn would
+            needle = b'name="vm-%d"' % (next_index - 1)
+            _poll(lambda needle=needle: needle in agent.get("/metrics")[1], 120, SCRAPE_POLL)  # type: ignore[misc]
+    _poll(
+        lambda: agent.series() == running and b'name="vm-%d"' % (total - 1) in agent.get("/metrics")[1], 300
+    )
+    body = agent.get("/metrics")[1]
+    elapsed = time.perf_counter() - started
+    result = {
+        "rss_before": rss_before,
+        "rss_after": agent.rss_mib(),
+        "seconds": elapsed,
+        "overflow": float(b"overflow" in body),
+        "series": float(agent.series()),
+    }
+    agent.stop()
+    for index in range(total - running, total):
+        node.remove(index)
+    return result
+
+
+def run(churn_total: int = 100_000) -> str:
+    with tempfile.TemporaryDirectory(prefix="otel-vmi-hv-bench-") as root:
+        node = Node(Path(root))
+        try:
+            e2v = event_to_visible(node)
+            memory = startup_and_memory(node)
+            rate = throughput(node)
+            churned = churn(node, churn_total)
+        finally:
+            node.close()
+    sizes = [k for k in memory if isinstance(k, int)]
+    per_1000 = (memory[sizes[-1]]["rss"] - memory["rss_idle"]) / (sizes[-1] / 1000)
+    rows = [
+        ["event to visible (watch event → series in /metrics), median", f"{ms(e2v['median'])} ms"],
+        ["event to visible, p99", f"{ms(e2v['p99'])} ms"],
+        ["libvirt calls per scrape (steady state, 1,000 scrapes)", f"{e2v['calls_per_scrape']:.3f}"],
+        ["libvirt calls per VMI lifetime", f"{e2v['calls_per_vmi']:.2f}"],
+        ["RSS of an idle agent (no VMI)", f"{memory['rss_idle']:.1f} MiB"],
+        *[[f"RSS with {k:,} running VMIs", f"{memory[k]['rss']:.1f} MiB"] for k in sizes],
+        [f"RSS per 1,000 running VMIs (idle → {sizes[-1]:,})", f"{per_1000:.2f} MiB"],
+        *[[f"start-up to /readyz with {k:,} VMIs to list", f"{memory[k]['ready']:.2f} s"] for k in sizes],
+        *[[f"start-up to all {k:,} series visible", f"{memory[k]['all_visible']:.2f} s"] for k in sizes],
+        ["transitions absorbed per second (3,000 VMIs becoming Running)", f"{rate['absorbed_up']:.0f}/s"],
+        ["transitions absorbed per second (3,000 VMIs deleted)", f"{rate['absorbed_down']:.0f}/s"],
+        ["  (rate the fake API server produced them)", f"{rate['create_rate']:.0f}/s"],
+        [f"churn: {churn_total:,} VMIs created and deleted, 100 running", f"{churned['seconds']:.0f} s"],
+        ["  RSS before → after churn", f"{churned['rss_before']:.1f} → {churned['rss_after']:.1f} MiB"],
+        ["  RSS growth after churn", f"{churned['rss_after'] - churned['rss_before']:.1f} MiB"],
+        [
+            "  series at the end / overflow series",
+            f"{churned['series']:.0f} / {'yes' if churned['overflow'] else 'none'}",
+        ],
+    ]
+    return "Agent with the Kubernetes source (fake API server, test-driver launchers)\n" + table(
+        ["measure", "value"], rows
+    )
+
+
+if __name__ == "__main__":
+    total = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    print(run(total))
