@@ -156,8 +156,8 @@ class AgentProcess:
         self.process.wait(10)
 
 
-def startup_and_memory(node: Node, sizes: tuple[int, ...] = (1_000, 5_000)) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def startup_and_memory(node: Node, sizes: tuple[int, ...] = (1_000, 5_000)) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
     empty = AgentProcess(node)
     _poll(lambda: empty.get("/readyz")[0] == 200, 30)
     empty.get("/metrics")
@@ -170,10 +170,15 @@ def startup_and_memory(node: Node, sizes: tuple[int, ...] = (1_000, 5_000)) -> d
             node.api.create(node.vmi(created))
             created += 1
         agent = AgentProcess(node)
-        ready = _poll(lambda agent=agent: agent.get("/readyz")[0] == 200, 60, SCRAPE_POLL) - agent.started  # type: ignore[misc]
-        visible = (
-            _poll(lambda agent=agent, size=size: agent.series() == size, 120, SCRAPE_POLL) - agent.started
-        )  # type: ignore[misc]
+
+        def is_ready(agent: AgentProcess = agent) -> bool:
+            return agent.get("/readyz")[0] == 200
+
+        def all_visible(agent: AgentProcess = agent, size: int = size) -> bool:
+            return agent.series() == size
+
+        ready = _poll(is_ready, 60, SCRAPE_POLL) - agent.started
+        visible = _poll(all_visible, 120, SCRAPE_POLL) - agent.started
         out[size] = {"ready": ready, "all_visible": visible, "rss": agent.rss_mib()}
         agent.stop()
     for index in range(created):

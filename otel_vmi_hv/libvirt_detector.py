@@ -247,10 +247,10 @@ class LibvirtDetector:
         """Forget a per-launcher daemon that answered and has nothing in flight: no state to keep."""
         with self._lock:
             daemon = self._daemons.get(uri)
-            if daemon is None or daemon.conn is not None or daemon.stuck_calls or daemon.failures:
+            if daemon is None:
                 return
             with daemon.lock:
-                if daemon.stuck_calls or daemon.failures:
+                if daemon.conn is not None or daemon.stuck_calls or daemon.failures:
                     return
                 del self._daemons[uri]
                 self.state_version += 1
