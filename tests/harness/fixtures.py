@@ -1,0 +1,154 @@
+"""pytest fixtures starting the real peers; load with ``pytest_plugins = ["tests.harness.fixtures"]``.
+
+Every fixture tears its peer down in a finalizer, so a failing (or erroring) test still leaves
+nothing running. Behind the finalizers there are two more nets for runs that die hard (SIGKILL,
+CI timeout): Prometheus and rotel get PR_SET_PDEATHSIG, and the libvirtd supervisor kills libvirtd
+and every QEMU of its folder when the test process's end of its stdin pipe closes.
+
+Missing peers: outside CI a test needing an uninstalled peer is skipped with the reason; with
+``CI=true`` it fails instead, because a CI run that silently skips the real-peer tests proves
+nothing. The KVM fixture is the exception: hardware virtualization is a property of the machine,
+so it skips (with the probe's reason) everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from tests.harness import libvirtd as lv
+from tests.harness import prometheus as prom
+from tests.harness.otlp_receiver import RotelReceiver, rotel_binary
+
+
+def in_ci() -> bool:
+    """True when the run is a CI run (``CI=true``, as GitHub Actions, GitLab and most CIs set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require(missing: Sequence[str], what: str) -> None:
+    """Skip (locally) or fail (in CI) when ``missing`` lists programs ``what`` needs."""
+    if not missing:
+        return
+    message = f"{what} needs {', '.join(missing)}, not installed"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: a missing real peer is a failure, not a skip)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[lv.LibvirtDaemon]:
+    """A session-mode libvirtd shared by the whole run (starting one costs ~40 ms).
+
+    Tests using it must leave it running and not paused, and should give their domains unique
+    names and undefine them. Tests that kill, stop, restart or pause a daemon use
+    ``libvirtd_factory`` so they cannot break their neighbours.
+    """
+    require(lv.missing_binaries(), "the real libvirt daemon")
+    daemon = lv.LibvirtDaemon.launch()
+    try:
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _heal_shared_libvirtd(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the shared ``libvirtd``, put it back running and unpaused.
+
+    A test that forgot ``resume_daemon()`` (or failed before it) would otherwise make every later
+    test hang or fail for a reason that is not theirs. No-op for tests not using ``libvirtd``.
+    """
+    yield
+    if "libvirtd" not in request.fixturenames:
+        return
+    daemon: lv.LibvirtDaemon = request.getfixturevalue("libvirtd")
+    if daemon.paused:
+        daemon.resume_daemon()
+    if daemon.pid is None:
+        daemon.restart()
+
+
+@pytest.fixture
+def libvirtd_factory() -> Iterator[Callable[[], lv.LibvirtDaemon]]:
+    """Return a function that starts a private session daemon; all are cleaned up after the test."""
+    require(lv.missing_binaries(), "the real libvirt daemon")
+    daemons: list[lv.LibvirtDaemon] = []
+
+    def make() -> lv.LibvirtDaemon:
+        daemon = lv.LibvirtDaemon.launch()
+        daemons.append(daemon)
+        return daemon
+
+    try:
+        yield make
+    finally:
+        _cleanup_all(d.cleanup for d in daemons)
+
+
+@pytest.fixture(scope="session")
+def system_libvirtd() -> Iterator[lv.SystemLibvirtDaemon]:
+    """A system-mode libvirtd (root, private mount namespace) able to run ``type='kvm'`` domains.
+
+    Skips, printing why, when not root or when /dev/kvm cannot create a VM on this machine.
+    """
+    reason = lv.system_mode_missing()
+    if reason is None:
+        usable, probe = lv.kvm_usable()
+        reason = None if usable else probe
+    if reason is not None:
+        print(f"system_libvirtd: skipping: {reason}")  # visible with -s / -rA
+        pytest.skip(f"real KVM domain unavailable: {reason}")
+    daemon = lv.SystemLibvirtDaemon.launch()
+    try:
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def prometheus_factory() -> Iterator[Callable[..., prom.PrometheusServer]]:
+    """Return ``make(targets, **kwargs) -> started PrometheusServer``; all are stopped after the test.
+
+    ``kwargs`` go to ``PrometheusServer`` (``scrape_interval``, ``extra_scrape_configs``, ``job``).
+    """
+    require(prom.missing_binaries(), "the real Prometheus server")
+    servers: list[prom.PrometheusServer] = []
+
+    def make(targets: Sequence[str] = (), **kwargs: Any) -> prom.PrometheusServer:
+        server = prom.PrometheusServer(targets, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield make
+    finally:
+        _cleanup_all(s.stop for s in servers)
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[RotelReceiver]:
+    """A started rotel OTLP receiver (gRPC + HTTP on 127.0.0.1), stopped after the test."""
+    binary = rotel_binary()
+    require([] if binary else ["rotel-agent (pip package 'rotel')"], "the real OTLP receiver")
+    receiver = RotelReceiver(binary)
+    try:
+        receiver.start()
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+def _cleanup_all(actions: Iterable[Callable[[], None]]) -> None:
+    """Run every cleanup even if some fail, then re-raise the first failure."""
+    errors: list[BaseException] = []
+    for action in actions:
+        try:
+            action()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
