@@ -399,9 +399,13 @@ class LibvirtDetector:
         with daemon.lock:
             conn, daemon.conn = daemon.conn, None
             self.state_version += 1
-        if conn is not None and not daemon.stuck_calls:
-            # close() is an RPC too; on a hung daemon it would block, so leave that socket to GC.
+        if conn is not None:
+            # close() is an RPC, and so is the close libvirt-python's __del__ does when the last
+            # reference goes: on a hung daemon either blocks forever. Whoever drops a connection
+            # (the watch thread, on a VMI deletion) must not be that thread, so a throwaway thread
+            # owns the connection until it is closed.
             threading.Thread(target=_close_quietly, args=(conn,), name="libvirt-close", daemon=True).start()
+            del conn
 
     def _notify_recovered(self, uri: str) -> None:
         if self._on_recovered is not None:

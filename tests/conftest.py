@@ -7,3 +7,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "kubevirt"
 DEMO_NODE = ROOT / "config" / "demo-node.xml"
+
+# Real peers (libvirt daemon, Prometheus, OTLP receiver) as fixtures for every test module.
+pytest_plugins = ["tests.harness.fixtures"]

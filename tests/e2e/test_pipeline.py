@@ -1,0 +1,164 @@
+"""The whole pipeline as users run it: a real libvirt daemon running real QEMU domains under TCG,
+the agent as a subprocess configured only by environment variables, the real Prometheus server
+scraping it, and a real OTLP receiver (rotel) getting its pushes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.agent_process import AgentProcess, wait_until
+from tests.exposition import info_series
+from tests.harness.libvirtd import LibvirtDaemon, SystemLibvirtDaemon
+from tests.harness.otlp_receiver import RotelReceiver
+from tests.harness.prometheus import PrometheusServer, promtool_check_metrics
+
+pytestmark = [pytest.mark.e2e, pytest.mark.libvirtd]
+INFO = "kubevirt_vmi_hypervisor_info"
+FOUR = {"namespace", "name", "node", "hypervisor_type"}
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def domains(libvirtd: LibvirtDaemon) -> Iterator[Callable[..., str]]:
+    """Define (and start) domains on the shared daemon; undefined afterwards."""
+    made: list[str] = []
+
+    def make(namespace: str, name: str, start: bool = True) -> str:
+        domain = f"{namespace}_{name}"
+        libvirtd.define(domain, start=start, paused=True)
+        made.append(domain)
+        return domain
+
+    yield make
+    for domain in made:
+        libvirtd.undefine(domain)
+
+
+def _agent(uri: str, receiver: RotelReceiver, protocol: str) -> AgentProcess:
+    endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
+    return AgentProcess(
+        {
+            "OTEL_VMI_HV_SOURCE": "libvirt",
+            "OTEL_VMI_HV_LIBVIRT_URI": uri,
+            "OTEL_VMI_HV_NODE_NAME": "e2e-node",
+            "OTEL_METRICS_EXPORTER": "prometheus,otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+            "OTEL_VMI_HV_RESYNC_INTERVAL": "1h",  # changes must come from lifecycle events
+        }
+    )
+
+
+def _otlp_view(receiver: RotelReceiver) -> dict[tuple[str, str], dict[str, object]] | None:
+    """The info points of the latest complete export, by (namespace, name)."""
+    export = receiver.latest_export(INFO)
+    if export is None:
+        return None
+    view: dict[tuple[str, str], dict[str, object]] = {}
+    for point in export.of(INFO):
+        assert set(point.attributes) == FOUR, point.attributes
+        assert point.value == 1
+        key = (str(point.attributes["namespace"]), str(point.attributes["name"]))
+        assert key not in view, f"duplicate point for {key}"
+        view[key] = dict(point.attributes)
+    return view
+
+
+def _types(view: dict[tuple[str, str], dict[str, object]] | None) -> dict[tuple[str, str], object]:
+    return {key: labels["hypervisor_type"] for key, labels in (view or {}).items()}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_running_domains_reach_metrics_prometheus_and_otlp(
+    protocol: str,
+    libvirtd: LibvirtDaemon,
+    domains: Callable[..., str],
+    otlp_receiver: RotelReceiver,
+    prometheus_factory: Callable[..., PrometheusServer],
+) -> None:
+    namespace = _unique("e2e")
+    for name in ("web", "db", "cache"):
+        domains(namespace, name)
+    domains(namespace, "stopped", start=False)  # defined but inactive: never reported
+    expected = {(namespace, name): "qemu-tcg" for name in ("web", "db", "cache")}
+
+    def ours(types: dict[tuple[str, str], object]) -> dict[tuple[str, str], object]:
+        return {key: value for key, value in types.items() if key[0] == namespace}
+
+    with _agent(libvirtd.uri, otlp_receiver, protocol) as agent:
+        agent.wait_ready()
+        wait_until(
+            lambda: (
+                ours({k: v["hypervisor_type"] for k, v in info_series(agent.metrics()).items()}) == expected
+            ),
+            15,
+            "/metrics to list the three running domains",
+        )
+        body = agent.metrics()
+        for labels in info_series(body).values():
+            assert set(labels) == FOUR and labels["node"] == "e2e-node"
+        rc, output = promtool_check_metrics(body)
+        assert rc == 0, output
+
+        wait_until(
+            lambda: ours(_types(_otlp_view(otlp_receiver))) == expected, 15, "the same points over OTLP"
+        )
+        export = otlp_receiver.latest_export(INFO)
+        assert export is not None
+        resource = export.of(INFO)[0].resource
+        assert resource["service.name"] == "otel-vmi-hv"
+        assert resource["k8s.node.name"] == "e2e-node"
+
+        prometheus = prometheus_factory([f"127.0.0.1:{agent.port}"])
+        query = f'{INFO}{{namespace="{namespace}"}}'
+        result = prometheus.wait_for(query, lambda r: len(r) == 3, timeout=30)
+        for sample in result:
+            labels = set(sample["metric"]) - {"__name__", "job", "instance"}
+            assert labels == FOUR
+            assert sample["value"][1] == "1"
+
+        # A domain destroyed disappears from every output; one started later appears.
+        libvirtd.destroy(f"{namespace}_db")
+        domains(namespace, "late")
+        expected.pop((namespace, "db"))
+        expected[(namespace, "late")] = "qemu-tcg"
+        wait_until(
+            lambda: (
+                ours({k: v["hypervisor_type"] for k, v in info_series(agent.metrics()).items()}) == expected
+            ),
+            15,
+            "/metrics to follow the destroy and the start",
+        )
+        wait_until(lambda: ours(_types(_otlp_view(otlp_receiver))) == expected, 15, "OTLP to follow them")
+        prometheus.wait_for(
+            query,
+            lambda r: {s["metric"]["name"] for s in r} == {"web", "cache", "late"},
+            timeout=30,
+        )
+
+
+def test_real_kvm_domain_is_reported_as_kvm(system_libvirtd: SystemLibvirtDaemon) -> None:
+    """Only where /dev/kvm works (the fixture skips with the probe's reason elsewhere)."""
+    name = _unique("kvmtest")
+    system_libvirtd.define(f"default_{name}", virt_type="kvm", paused=True)
+    try:
+        with AgentProcess(
+            {"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_LIBVIRT_URI": system_libvirtd.ro_uri}
+        ) as agent:
+            agent.wait_ready()
+            wait_until(
+                lambda: (
+                    info_series(agent.metrics()).get(("default", name), {}).get("hypervisor_type") == "kvm"
+                ),
+                20,
+                "the KVM domain reported as kvm",
+            )
+    finally:
+        system_libvirtd.undefine(f"default_{name}")
