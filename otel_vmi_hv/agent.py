@@ -36,6 +36,7 @@ class Agent:
         self.detector = LibvirtDetector(
             settings.libvirt_timeout,
             on_recovered=self._libvirt_recovered,
+            on_disconnected=lambda _uri: self.source.poke(),
             keep_connections=settings.source != "kubernetes",
         )
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)

@@ -151,6 +151,7 @@ class LibvirtDetector:
         max_inflight_total: int = MAX_INFLIGHT_TOTAL,
         keep_connections: bool = True,
         on_recovered: Callable[[str], None] | None = None,
+        on_disconnected: Callable[[str], None] | None = None,
         open_read_only: Callable[[str], Any] = libvirt.openReadOnly,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -162,6 +163,7 @@ class LibvirtDetector:
         # VMI would cost ~25 KB and a socket each for nothing, so close it after each call.
         self._keep_connections = keep_connections
         self._on_recovered = on_recovered
+        self._on_disconnected = on_disconnected
         self._open = open_read_only
         self._clock = clock
         self._sockets = SocketPathShortener()
@@ -269,9 +271,10 @@ class LibvirtDetector:
         with daemon.lock:
             if daemon.conn is None and self._clock() < daemon.retry_at:
                 raise LibvirtUnavailable("unreachable", daemon.last_error)
-            if daemon.stuck_calls >= self._max_per_daemon:
-                # Every slot is held by a call that already overran: waiting cannot help.
-                raise LibvirtUnavailable("busy", f"{daemon.stuck_calls} calls to {uri} have not returned")
+            if daemon.stuck_calls:
+                # A call already overran: the daemon is hung, and another call would only hang
+                # beside it. One stuck thread per daemon; its return is what signals recovery.
+                raise LibvirtUnavailable("busy", f"a call to {uri} has not returned after {self.timeout:g}s")
         if not daemon.slots.acquire(timeout=max(0.0, deadline - self._clock())):
             raise LibvirtUnavailable("busy", f"no free connection slot for {uri} within {self.timeout:g}s")
         with self._lock:
@@ -340,6 +343,8 @@ class LibvirtDetector:
                 raise LibvirtUnavailable("unreachable", f"cannot open {daemon.uri}")
             fresh = True
             _enable_keepalive(conn)
+            if self._keep_connections:
+                self._watch_close(daemon, conn)
         try:
             self.libvirt_calls += 1
             result = op(conn)
@@ -359,6 +364,42 @@ class LibvirtDetector:
             raise LibvirtUnavailable("libvirt_error", _describe(error)) from None
         self._keep(daemon, conn, fresh)
         return result
+
+    def _watch_close(self, daemon: _Daemon, conn: Any) -> None:
+        """Learn at once when a kept connection dies (daemon killed or restarted), not at the next call.
+
+        libvirt reports it on the event-loop thread; the connection is dropped and listeners are
+        told, so the standalone source re-lists (and reconnects) instead of waiting for its resync.
+        """
+        if not EventLoop.running():
+            return
+
+        def closed(_conn: Any, reason: int, _opaque: object) -> None:
+            with daemon.lock:
+                current = daemon.conn is conn
+                if current:
+                    daemon.conn = None
+                    daemon.failures += 1
+                    daemon.retry_at = 0.0  # reconnect on the next call; the backoff starts if that fails
+                    self.state_version += 1
+            if current:
+                log.warning(
+                    "connection to libvirt at %s closed (reason %d); reconnecting", daemon.uri, reason
+                )
+                threading.Thread(
+                    target=_close_quietly, args=(conn,), name="libvirt-close", daemon=True
+                ).start()
+                self._notify_disconnected(daemon.uri)
+
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.registerCloseCallback(closed, None)
+
+    def _notify_disconnected(self, uri: str) -> None:
+        if self._on_disconnected is not None:
+            try:
+                self._on_disconnected(uri)
+            except Exception:
+                log.exception("disconnect callback for %s failed", uri)
 
     def _keep(self, daemon: _Daemon, conn: Any, fresh: bool) -> None:
         if not fresh:

@@ -87,9 +87,9 @@ def test_hung_open_is_bounded_and_stuck_calls_are_capped() -> None:
     started = time.monotonic()
     results = [detector.detect(_target("default_web-frontend")) for _ in range(5)]
     elapsed = time.monotonic() - started
-    assert [r.error for r in results] == ["timeout", "timeout", "busy", "busy", "busy"]
-    assert elapsed < 0.2 * 2 + 0.3, "busy answers must not wait for the timeout"
-    assert opener.blocked == 2, "no more than the cap may be stuck on one daemon"
+    assert [r.error for r in results] == ["timeout", "busy", "busy", "busy", "busy"]
+    assert elapsed < 0.2 + 0.3, "busy answers must not wait for the timeout"
+    assert opener.blocked == 1, "a hung daemon holds one stuck call, not one per attempt"
     assert detector.states() == {DEMO_URI: "hung"}
 
     opener.gate.set()  # the daemon answers again (SIGCONT)
