@@ -120,8 +120,8 @@ def test_running_domains_reach_metrics_prometheus_and_otlp(
         query = f'{INFO}{{namespace="{namespace}"}}'
         result = prometheus.wait_for(query, lambda r: len(r) == 3, timeout=30)
         for sample in result:
-            labels = set(sample["metric"]) - {"__name__", "job", "instance"}
-            assert labels == FOUR
+            label_names = set(sample["metric"]) - {"__name__", "job", "instance"}
+            assert label_names == FOUR
             assert sample["value"][1] == "1"
 
         # A domain destroyed disappears from every output; one started later appears.

@@ -130,11 +130,16 @@ _REASONS: Final[Mapping[int, tuple[str, str]]] = {
     410: ("Gone", "the requested resource is no longer available"),
     422: ("Invalid", "the request is invalid"),
     429: ("TooManyRequests", "the server has received too many requests and has asked us to try again later"),
-    500: ("InternalError",
-          "an error on the server (\"injected fault\") has prevented the request from succeeding"),
+    500: (
+        "InternalError",
+        'an error on the server ("injected fault") has prevented the request from succeeding',
+    ),
     503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
-    504: ("Timeout", "the server was unable to return a response in the time allotted, but may still be "
-                     "processing the request"),
+    504: (
+        "Timeout",
+        "the server was unable to return a response in the time allotted, but may still be "
+        "processing the request",
+    ),
 }
 
 
@@ -161,16 +166,20 @@ def _validate_label_key(key: str) -> None:
     if sep and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
         raise SelectorError(f"invalid label key {key!r}: prefix must be a DNS-1123 subdomain")
     if not name or len(name) > 63 or not _LABEL_NAME_RE.match(name):
-        raise SelectorError(f"invalid label key {key!r}: name part must consist of alphanumeric characters, "
-                            "'-', '_' or '.', and must start and end with an alphanumeric character")
+        raise SelectorError(
+            f"invalid label key {key!r}: name part must consist of alphanumeric characters, "
+            "'-', '_' or '.', and must start and end with an alphanumeric character"
+        )
 
 
 def _validate_label_value(value: str) -> None:
     """Reject values that are not valid label values, as the server's selector parser does."""
     if len(value) > 63 or not _LABEL_VALUE_RE.match(value):
-        raise SelectorError(f"invalid label value: {value!r}: a valid label must be an empty string or "
-                            "consist of alphanumeric characters, '-', '_' or '.', and must start and end "
-                            "with an alphanumeric character")
+        raise SelectorError(
+            f"invalid label value: {value!r}: a valid label must be an empty string or "
+            "consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+            "with an alphanumeric character"
+        )
 
 
 def _lex_selector(text: str) -> list[tuple[str, str]]:
@@ -186,7 +195,7 @@ def _lex_selector(text: str) -> list[tuple[str, str]]:
         if ch.isspace():
             i += 1
         elif text.startswith(("==", "!="), i):
-            tokens.append((text[i:i + 2], text[i:i + 2]))
+            tokens.append((text[i : i + 2], text[i : i + 2]))
             i += 2
         elif ch in _SPECIAL_CHARS:
             tokens.append((ch, ch))
@@ -306,7 +315,8 @@ class LabelSelector:
                 int(value)
             except ValueError:
                 raise SelectorError(
-                    f"for 'Gt', 'Lt' operators, the value must be an integer: {value!r}") from None
+                    f"for 'Gt', 'Lt' operators, the value must be an integer: {value!r}"
+                ) from None
             return Requirement(key, "gt" if op_kind == ">" else "lt", frozenset({value})), pos + 1
         if op_kind == "kw":
             if at(pos)[0] != "(":
@@ -369,7 +379,7 @@ class FieldSelector:
             for i in range(len(term)):
                 op = next((o for o in ("!=", "==", "=") if term.startswith(o, i)), None)
                 if op is not None:
-                    name, value = term[:i].strip(), _unescape_field_value(term[i + len(op):].strip())
+                    name, value = term[:i].strip(), _unescape_field_value(term[i + len(op) :].strip())
                     break
             else:
                 raise SelectorError(f"invalid selector: '{text}'; can't understand '{term}'")
@@ -614,8 +624,15 @@ class RecordedRequest:
 class _ApiError(Exception):
     """Raised inside request handling to answer with a Status body."""
 
-    def __init__(self, code: int, message: str | None = None, *, reason: str | None = None,
-                 details: JsonObj | None = None, continue_token: str | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str | None = None,
+        *,
+        reason: str | None = None,
+        details: JsonObj | None = None,
+        continue_token: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -624,8 +641,14 @@ class _ApiError(Exception):
         self.continue_token = continue_token
 
 
-def status_object(code: int, message: str | None = None, *, reason: str | None = None,
-                  details: JsonObj | None = None, continue_token: str | None = None) -> JsonObj:
+def status_object(
+    code: int,
+    message: str | None = None,
+    *,
+    reason: str | None = None,
+    details: JsonObj | None = None,
+    continue_token: str | None = None,
+) -> JsonObj:
     """Build a ``metav1.Status`` failure body the way the real server serialises it."""
     default_reason, default_message = _REASONS.get(code, ("Unknown", "unknown error"))
     status: JsonObj = {
@@ -656,12 +679,18 @@ def _decode_continue(token: str) -> tuple[int, str]:
     except (binascii.Error, ValueError) as exc:
         raise _ApiError(400, f"invalid continue token: {exc}") from None
     if not isinstance(data, dict) or data.get("v") != _CONTINUE_TOKEN_VERSION:
-        raise _ApiError(400, "invalid continue token: continue key is not valid: incorrect encoded start "
-                             f"resourceVersion (version {_CONTINUE_TOKEN_VERSION})")
+        raise _ApiError(
+            400,
+            "invalid continue token: continue key is not valid: incorrect encoded start "
+            f"resourceVersion (version {_CONTINUE_TOKEN_VERSION})",
+        )
     rv, start = data.get("rv"), data.get("start")
     if not isinstance(rv, int) or not isinstance(start, str) or not start or rv == 0 or rv < -1:
-        raise _ApiError(400, "invalid continue token: continue key is not valid: incorrect encoded start "
-                             f"resourceVersion (version {_CONTINUE_TOKEN_VERSION})")
+        raise _ApiError(
+            400,
+            "invalid continue token: continue key is not valid: incorrect encoded start "
+            f"resourceVersion (version {_CONTINUE_TOKEN_VERSION})",
+        )
     return rv, start
 
 
@@ -741,7 +770,8 @@ class _Route:
 
 _COLLECTION: Final = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
 _NAMESPACED_RE: Final = re.compile(
-    rf"^/apis/{re.escape(GROUP)}/{VERSION}/namespaces/([^/]+)/{PLURAL}(?:/([^/]+))?$")
+    rf"^/apis/{re.escape(GROUP)}/{VERSION}/namespaces/([^/]+)/{PLURAL}(?:/([^/]+))?$"
+)
 
 
 def _route(path: str, params: Mapping[str, str]) -> _Route:
@@ -853,8 +883,10 @@ class FakeKubeAPIServer:
             with self._lock:
                 self._serving = True
             thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                name=f"fake-kube-apiserver:{self._port}", daemon=True,
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"fake-kube-apiserver:{self._port}",
+                daemon=True,
             )
             self._server, self._thread = server, thread
             thread.start()
@@ -931,8 +963,9 @@ class FakeKubeAPIServer:
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": user}],
-            "contexts": [{"name": "fake",
-                          "context": {"cluster": "fake", "user": "fake", "namespace": "default"}}],
+            "contexts": [
+                {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "default"}}
+            ],
             "current-context": "fake",
             "preferences": {},
         }
@@ -1069,8 +1102,9 @@ class FakeKubeAPIServer:
                 del self._snapshots[rv]
             self._notify()
 
-    def restart_with_new_history(self, bump: int = 1_000_000,
-                                 objects: Iterable[Mapping[str, Any]] | None = None) -> None:
+    def restart_with_new_history(
+        self, bump: int = 1_000_000, objects: Iterable[Mapping[str, Any]] | None = None
+    ) -> None:
         """Simulate an etcd restore behind a restarted API server.
 
         As with ``etcdutl snapshot restore --bump-revision --mark-compacted`` the revision jumps forward by
@@ -1125,14 +1159,22 @@ class FakeKubeAPIServer:
             watcher.request_bookmark()
         return len(watchers)
 
-    def fail_requests(self, count: int, status: int = 500, *, verbs: Collection[str] | None = None,
-                      retry_after: int | None = None, message: str | None = None) -> None:
+    def fail_requests(
+        self,
+        count: int,
+        status: int = 500,
+        *,
+        verbs: Collection[str] | None = None,
+        retry_after: int | None = None,
+        message: str | None = None,
+    ) -> None:
         """Answer the next ``count`` requests (optionally only of some ``verbs``: list, watch, get, ...) with
         ``status`` and a Status body; ``retry_after`` adds a ``Retry-After`` header (as 429/503 do).
         """
         with self._lock:
-            self._faults.append(_Fault("fail", count, status, frozenset(verbs) if verbs else None,
-                                       retry_after, message))
+            self._faults.append(
+                _Fault("fail", count, status, frozenset(verbs) if verbs else None, retry_after, message)
+            )
 
     def hang_requests(self, count: int, *, verbs: Collection[str] | None = None) -> None:
         """Accept the next ``count`` requests and never answer them (for client timeout tests).  They are
@@ -1334,8 +1376,17 @@ class FakeKubeAPIServer:
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         route = _route(parts.path, params)
         with self._lock:
-            self._requests.append(RecordedRequest(h.command, parts.path, parts.query, params, route.verb,
-                                                  route.namespace, h.headers.get("Authorization")))
+            self._requests.append(
+                RecordedRequest(
+                    h.command,
+                    parts.path,
+                    parts.query,
+                    params,
+                    route.verb,
+                    route.namespace,
+                    h.headers.get("Authorization"),
+                )
+            )
             self._verb_counts[route.verb] = self._verb_counts.get(route.verb, 0) + 1
             fault = self._take_fault(route.verb)
             release = self._hung_release
@@ -1356,8 +1407,13 @@ class FakeKubeAPIServer:
                 return
             self._dispatch(h, route, params)
         except _ApiError as err:
-            body = status_object(err.code, err.message, reason=err.reason, details=err.details,
-                                 continue_token=err.continue_token)
+            body = status_object(
+                err.code,
+                err.message,
+                reason=err.reason,
+                details=err.details,
+                continue_token=err.continue_token,
+            )
             self._send_json(h, err.code, body)
         except OSError:
             h.close_connection = True
@@ -1371,11 +1427,21 @@ class FakeKubeAPIServer:
         if h.command != "GET":
             raise _ApiError(405)
         if route.verb == "version":
-            self._send_json(h, 200, {
-                "major": "1", "minor": "30", "gitVersion": "v1.30.0-fake", "gitCommit": "0" * 40,
-                "gitTreeState": "clean", "buildDate": "2024-01-01T00:00:00Z", "goVersion": "go1.22.0",
-                "compiler": "gc", "platform": "linux/amd64",
-            })
+            self._send_json(
+                h,
+                200,
+                {
+                    "major": "1",
+                    "minor": "30",
+                    "gitVersion": "v1.30.0-fake",
+                    "gitCommit": "0" * 40,
+                    "gitTreeState": "clean",
+                    "buildDate": "2024-01-01T00:00:00Z",
+                    "goVersion": "go1.22.0",
+                    "compiler": "gc",
+                    "platform": "linux/amd64",
+                },
+            )
         elif route.verb == "discovery":
             self._send_json(h, 200, self._discovery(route.name or ""))
         elif route.verb == "get":
@@ -1383,8 +1449,11 @@ class FakeKubeAPIServer:
             with self._lock:
                 obj = self._objects.get(_key(route.namespace, route.name))
             if obj is None:
-                raise _ApiError(404, f'{PLURAL}.{GROUP} "{route.name}" not found',
-                                details={"name": route.name, "group": GROUP, "kind": PLURAL})
+                raise _ApiError(
+                    404,
+                    f'{PLURAL}.{GROUP} "{route.name}" not found',
+                    details={"name": route.name, "group": GROUP, "kind": PLURAL},
+                )
             self._send_bytes(h, 200, _dumps(obj).encode())
         else:
             flt = self._parse_filter(route, params)
@@ -1397,23 +1466,51 @@ class FakeKubeAPIServer:
         group_version = {"groupVersion": API_VERSION, "version": VERSION}
         group = {"name": GROUP, "versions": [group_version], "preferredVersion": group_version}
         if path == "/api":
-            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self._port}"}]}
+            return {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self._port}"}
+                ],
+            }
         if path == "/apis":
             return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}
         if path == f"/apis/{GROUP}":
             return {"kind": "APIGroup", "apiVersion": "v1", **group}
-        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": [{
-            "name": PLURAL, "singularName": SINGULAR, "namespaced": True, "kind": KIND,
-            "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
-            "shortNames": ["vmi", "vmis"], "categories": ["all"],
-        }]}
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": API_VERSION,
+            "resources": [
+                {
+                    "name": PLURAL,
+                    "singularName": SINGULAR,
+                    "namespaced": True,
+                    "kind": KIND,
+                    "verbs": [
+                        "delete",
+                        "deletecollection",
+                        "get",
+                        "list",
+                        "patch",
+                        "create",
+                        "update",
+                        "watch",
+                    ],
+                    "shortNames": ["vmi", "vmis"],
+                    "categories": ["all"],
+                }
+            ],
+        }
 
     @staticmethod
     def _parse_filter(route: _Route, params: Mapping[str, str]) -> _Filter:
         try:
-            return _Filter(route.namespace, LabelSelector.parse(params.get("labelSelector", "")),
-                           FieldSelector.parse(params.get("fieldSelector", "")))
+            return _Filter(
+                route.namespace,
+                LabelSelector.parse(params.get("labelSelector", "")),
+                FieldSelector.parse(params.get("fieldSelector", "")),
+            )
         except SelectorError as exc:
             raise _ApiError(400, f"unable to parse requirement: {exc}") from None
 
@@ -1446,15 +1543,18 @@ class FakeKubeAPIServer:
             if not rv_param:
                 raise self._invalid_list_options(
                     "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless "
-                    "resourceVersion is provided")
+                    "resourceVersion is provided"
+                )
             if token:
                 raise self._invalid_list_options(
                     "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden when continue is "
-                    "provided")
+                    "provided"
+                )
             if rv_match == "Exact" and rv_param == "0":
                 raise self._invalid_list_options(
                     'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for '
-                    'resourceVersion "0"')
+                    'resourceVersion "0"'
+                )
 
         snapshot: _Snapshot | None = None
         start_key = ""
@@ -1468,8 +1568,12 @@ class FakeKubeAPIServer:
                 try:
                     snapshot = self._snapshot_at(token_rv)
                 except _ApiError:
-                    raise _ApiError(410, CONTINUE_EXPIRED_MESSAGE, reason="Expired",
-                                    continue_token=_encode_continue(-1, start_key)) from None
+                    raise _ApiError(
+                        410,
+                        CONTINUE_EXPIRED_MESSAGE,
+                        reason="Expired",
+                        continue_token=_encode_continue(-1, start_key),
+                    ) from None
         elif rv_match == "Exact":
             wanted = self._parse_rv(rv_param)
             self._wait_for_rv(wanted)
@@ -1499,8 +1603,9 @@ class FakeKubeAPIServer:
         return f'{head},"items":[{",".join(_dumps(o) for o in objs)}]}}'.encode()
 
     @staticmethod
-    def _page(snapshot: _Snapshot, flt: _Filter, start_key: str,
-              limit: int) -> tuple[list[JsonObj], str | None, int]:
+    def _page(
+        snapshot: _Snapshot, flt: _Filter, start_key: str, limit: int
+    ) -> tuple[list[JsonObj], str | None, int]:
         """Walk the snapshot from ``start_key`` collecting up to ``limit`` matches (etcd3 ``GetList``).
 
         Returns the items, the next start key if keys remain in the range (even if none of them would
@@ -1530,10 +1635,15 @@ class FakeKubeAPIServer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _ApiError(
-                        504, f"Timeout: Too large resource version: {rv}, current: {self._rv}",
-                        details={"causes": [{"reason": "ResourceVersionTooLarge",
-                                             "message": "Too large resource version"}],
-                                 "retryAfterSeconds": 1})
+                        504,
+                        f"Timeout: Too large resource version: {rv}, current: {self._rv}",
+                        details={
+                            "causes": [
+                                {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+                            ],
+                            "retryAfterSeconds": 1,
+                        },
+                    )
                 self._changed.wait(remaining)
 
     def _serve_watch(self, h: _Handler, flt: _Filter, params: Mapping[str, str]) -> None:
@@ -1549,7 +1659,8 @@ class FakeKubeAPIServer:
         if send_initial and not bookmarks:
             raise self._invalid_list_options(
                 "allowWatchBookmarks: Forbidden: allowWatchBookmarks must be set to true when "
-                "sendInitialEvents is set")
+                "sendInitialEvents is set"
+            )
         since = None if rv_param in ("", "0") or send_initial else self._parse_rv(rv_param)
 
         # Headers go out before the watcher is registered: once wait_for_watches() sees it, the client holds
@@ -1596,8 +1707,16 @@ class FakeKubeAPIServer:
             metadata["annotations"] = {INITIAL_EVENTS_END_ANNOTATION: "true"}
         return _chunk(_encode_line(BOOKMARK, {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata}))
 
-    def _stream(self, h: _Handler, w: _Watcher, initial: list[tuple[str, JsonObj]], replay: list[_Event],
-                *, send_initial: bool, timeout: float) -> None:
+    def _stream(
+        self,
+        h: _Handler,
+        w: _Watcher,
+        initial: list[tuple[str, JsonObj]],
+        replay: list[_Event],
+        *,
+        send_initial: bool,
+        timeout: float,
+    ) -> None:
         """The per-watch write loop: initial state or replay, then queued live events, bookmarks, timeout."""
         now = time.monotonic()
         deadline = now + timeout
@@ -1664,8 +1783,13 @@ class FakeKubeAPIServer:
                     return
 
     @staticmethod
-    def _send_bytes(h: _Handler, code: int, body: bytes, content_type: str = "application/json",
-                    headers: Mapping[str, str] | None = None) -> None:
+    def _send_bytes(
+        h: _Handler,
+        code: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         h.send_response(code)
         h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(body)))
@@ -1675,6 +1799,7 @@ class FakeKubeAPIServer:
         h.end_headers()
         h.wfile.write(body)
 
-    def _send_json(self, h: _Handler, code: int, obj: JsonObj,
-                   headers: Mapping[str, str] | None = None) -> None:
+    def _send_json(
+        self, h: _Handler, code: int, obj: JsonObj, headers: Mapping[str, str] | None = None
+    ) -> None:
         self._send_bytes(h, code, _dumps(obj).encode(), headers=headers)

@@ -38,8 +38,9 @@ TIMEOUT = 5.0
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def api_client_for(fake: FakeKubeAPIServer, path: Path, token: str | None = None, *,
-                   retries: Any = None) -> client.ApiClient:
+def api_client_for(
+    fake: FakeKubeAPIServer, path: Path, token: str | None = None, *, retries: Any = None
+) -> client.ApiClient:
     """A client configured from a kubeconfig written by the fake, the way the agent loads one."""
     kubeconfig = fake.write_kubeconfig(path, token=token)
     cfg = client.Configuration()
@@ -182,8 +183,9 @@ def _populate_for_selectors(fake: FakeKubeAPIServer) -> None:
         ("env in (prod, staging),tier notin (web)", ["vm-c"]),
     ],
 )
-def test_list_label_selectors(fake: FakeKubeAPIServer, api: client.CustomObjectsApi, selector: str,
-                              expected: list[str]) -> None:
+def test_list_label_selectors(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, selector: str, expected: list[str]
+) -> None:
     _populate_for_selectors(fake)
     result = list_vmis(api, label_selector=selector)
     assert sorted(names(result["items"])) == expected
@@ -214,8 +216,9 @@ def test_field_selectors_and_namespaced_list(fake: FakeKubeAPIServer, api: clien
         ("field_selector", "status.nodeName=node-a", "field label not supported: status.nodeName"),
     ],
 )
-def test_invalid_selectors_are_rejected_with_400(api: client.CustomObjectsApi, param: str, value: str,
-                                                 message: str) -> None:
+def test_invalid_selectors_are_rejected_with_400(
+    api: client.CustomObjectsApi, param: str, value: str, message: str
+) -> None:
     with pytest.raises(ApiException) as info:
         list_vmis(api, **{param: value})
     assert info.value.status == 400
@@ -256,8 +259,9 @@ def test_get_single_object_and_not_found(fake: FakeKubeAPIServer, api: client.Cu
     assert body["details"] == {"name": "missing", "group": "kubevirt.io", "kind": "virtualmachineinstances"}
 
 
-def test_pagination_serves_one_consistent_snapshot(fake: FakeKubeAPIServer,
-                                                   api: client.CustomObjectsApi) -> None:
+def test_pagination_serves_one_consistent_snapshot(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi
+) -> None:
     for i in range(10):
         fake.create(vmi(f"vm-{i:02d}"))
     first = list_vmis(api, limit=4)
@@ -288,8 +292,9 @@ def test_pagination_serves_one_consistent_snapshot(fake: FakeKubeAPIServer,
     assert {"vm-04a", "vm-99"} <= set(names(latest["items"]))
 
 
-def test_pagination_with_selector_and_namespace(fake: FakeKubeAPIServer,
-                                                api: client.CustomObjectsApi) -> None:
+def test_pagination_with_selector_and_namespace(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi
+) -> None:
     for i in range(6):
         fake.create(vmi(f"vm-{i}", "node-a" if i % 2 else "node-b"))
         fake.create(vmi(f"vm-{i}", "node-a", namespace="zz"))
@@ -305,8 +310,9 @@ def test_pagination_with_selector_and_namespace(fake: FakeKubeAPIServer,
     assert seen == ["vm-1", "vm-3", "vm-5"]
 
 
-def test_expired_continue_token_is_410_with_inconsistent_token(fake: FakeKubeAPIServer,
-                                                                api: client.CustomObjectsApi) -> None:
+def test_expired_continue_token_is_410_with_inconsistent_token(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi
+) -> None:
     for i in range(6):
         fake.create(vmi(f"vm-{i}"))
     first = list_vmis(api, limit=3)
@@ -341,8 +347,9 @@ def test_list_resource_version_rules(fake: FakeKubeAPIServer, api: client.Custom
 # -------------------------------------------------------------------------------------------- watch
 
 
-def test_watch_from_list_rv_delivers_changes_in_order(fake: FakeKubeAPIServer, api: client.CustomObjectsApi,
-                                                      recorders: list[StreamRecorder]) -> None:
+def test_watch_from_list_rv_delivers_changes_in_order(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, recorders: list[StreamRecorder]
+) -> None:
     fake.create(vmi("before"))
     list_rv = list_vmis(api)["metadata"]["resourceVersion"]
     # Changes made after the list but before the watch starts must be replayed from history...
@@ -358,8 +365,13 @@ def test_watch_from_list_rv_delivers_changes_in_order(fake: FakeKubeAPIServer, a
     fake.patch_labels("default", "before", {"extra": "yes"})
     live = recorder.events(2)
     events = replayed + live
-    assert summary(events) == [("ADDED", "vm-1"), ("MODIFIED", "vm-1"), ("DELETED", "vm-1"),
-                               ("ADDED", "vm-2"), ("MODIFIED", "before")]
+    assert summary(events) == [
+        ("ADDED", "vm-1"),
+        ("MODIFIED", "vm-1"),
+        ("DELETED", "vm-1"),
+        ("ADDED", "vm-2"),
+        ("MODIFIED", "before"),
+    ]
     rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in events]
     assert rvs == list(range(int(list_rv) + 1, int(list_rv) + 6))
     assert events[1]["object"]["status"]["phase"] == "Succeeded"
@@ -368,8 +380,9 @@ def test_watch_from_list_rv_delivers_changes_in_order(fake: FakeKubeAPIServer, a
     assert fake.queries("watch")[-1].endswith(f"resourceVersion={list_rv}&timeoutSeconds=30&watch=true")
 
 
-def test_watch_without_rv_starts_with_synthetic_added(fake: FakeKubeAPIServer, api: client.CustomObjectsApi,
-                                                      recorders: list[StreamRecorder]) -> None:
+def test_watch_without_rv_starts_with_synthetic_added(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, recorders: list[StreamRecorder]
+) -> None:
     fake.create(vmi("vm-b", "node-b"))
     fake.create(vmi("vm-a", "node-a"))
     fake.create(vmi("vm-c", "node-a"))
@@ -381,16 +394,23 @@ def test_watch_without_rv_starts_with_synthetic_added(fake: FakeKubeAPIServer, a
     assert summary(recorder.events(1)) == [("DELETED", "vm-a")]
 
 
-def test_selector_transitions_during_migration(fake: FakeKubeAPIServer, api: client.CustomObjectsApi,
-                                               recorders: list[StreamRecorder]) -> None:
+def test_selector_transitions_during_migration(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, recorders: list[StreamRecorder]
+) -> None:
     fake.create(ko.make_vmi("default", "mig", "node-a"))
     start_rv = fake.resource_version
-    source = StreamRecorder(api, label_selector=f"{NODE}=node-a", resource_version=start_rv,
-                            timeout_seconds=30)
-    target = StreamRecorder(api, label_selector=f"{NODE}=node-b", resource_version=start_rv,
-                            timeout_seconds=30)
-    incoming = StreamRecorder(api, label_selector=f"{ko.MIGRATION_TARGET_NODE_LABEL}=node-b",
-                              resource_version=start_rv, timeout_seconds=30)
+    source = StreamRecorder(
+        api, label_selector=f"{NODE}=node-a", resource_version=start_rv, timeout_seconds=30
+    )
+    target = StreamRecorder(
+        api, label_selector=f"{NODE}=node-b", resource_version=start_rv, timeout_seconds=30
+    )
+    incoming = StreamRecorder(
+        api,
+        label_selector=f"{ko.MIGRATION_TARGET_NODE_LABEL}=node-b",
+        resource_version=start_rv,
+        timeout_seconds=30,
+    )
     recorders.extend([source, target, incoming])
     assert fake.wait_for_watches(3)
 
@@ -429,8 +449,11 @@ def test_bookmarks_periodic_and_on_demand(tmp_path: Path, recorders: list[Stream
         bookmark = first[1]
         assert bookmark["type"] == "BOOKMARK"
         # kubernetes.watch yields BOOKMARKs with the raw, undeserialized object and records its RV.
-        assert bookmark["object"] == {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-                                      "metadata": {"resourceVersion": fake.resource_version}}
+        assert bookmark["object"] == {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstance",
+            "metadata": {"resourceVersion": fake.resource_version},
+        }
         assert with_bookmarks.watch.resource_version == fake.resource_version
         assert fake.wait_for_watches(2)  # "without" must have its initial state before the delete
         fake.delete("default", "vm-1")
@@ -454,9 +477,11 @@ def test_send_initial_events_ends_with_annotated_bookmark(fake: FakeKubeAPIServe
     fake.create(vmi("vm-1"))
     http = urllib3.PoolManager()
     response = http.request(
-        "GET", f"{fake.url}/apis/kubevirt.io/v1/virtualmachineinstances?watch=1&sendInitialEvents=true"
-               "&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=30",
-        preload_content=False)
+        "GET",
+        f"{fake.url}/apis/kubevirt.io/v1/virtualmachineinstances?watch=1&sendInitialEvents=true"
+        "&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=30",
+        preload_content=False,
+    )
     assert response.headers["Transfer-Encoding"] == "chunked"
     lines: list[dict[str, Any]] = []
     for chunk in response.stream(decode_content=False):  # one event per chunk, as the real server sends
@@ -476,21 +501,33 @@ def test_too_old_resource_version_yields_410(fake: FakeKubeAPIServer, api: clien
 
     # With timeout_seconds the client does not retry: the first ERROR/410 event raises.
     with pytest.raises(ApiException) as info:
-        list(watch.Watch().stream(api.list_cluster_custom_object, GROUP, VERSION, PLURAL,
-                                  resource_version=old_rv, timeout_seconds=5))
+        list(
+            watch.Watch().stream(
+                api.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                PLURAL,
+                resource_version=old_rv,
+                timeout_seconds=5,
+            )
+        )
     assert (info.value.status, info.value.reason) == (410, expected)
     assert fake.watch_requests == 1
 
     # Without it, kubernetes.watch silently re-watches once from the same RV, then raises.
     with pytest.raises(ApiException) as info:
-        list(watch.Watch().stream(api.list_cluster_custom_object, GROUP, VERSION, PLURAL,
-                                  resource_version=old_rv))
+        list(
+            watch.Watch().stream(
+                api.list_cluster_custom_object, GROUP, VERSION, PLURAL, resource_version=old_rv
+            )
+        )
     assert (info.value.status, info.value.reason) == (410, expected)
     assert fake.watch_requests == 3
 
 
-def test_drop_streams_ends_client_stream_abruptly(fake: FakeKubeAPIServer, api: client.CustomObjectsApi,
-                                                  recorders: list[StreamRecorder]) -> None:
+def test_drop_streams_ends_client_stream_abruptly(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, recorders: list[StreamRecorder]
+) -> None:
     recorder = StreamRecorder(api, timeout_seconds=30)
     recorders.append(recorder)
     assert fake.wait_for_watches(1)
@@ -499,8 +536,9 @@ def test_drop_streams_ends_client_stream_abruptly(fake: FakeKubeAPIServer, api: 
     assert fake.wait_for(lambda: fake.open_watches == 0)
 
 
-def test_end_streams_and_timeout_seconds_end_cleanly(fake: FakeKubeAPIServer, api: client.CustomObjectsApi,
-                                                     recorders: list[StreamRecorder]) -> None:
+def test_end_streams_and_timeout_seconds_end_cleanly(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, recorders: list[StreamRecorder]
+) -> None:
     ended = StreamRecorder(api, timeout_seconds=30)
     recorders.append(ended)
     assert fake.wait_for_watches(1)
@@ -514,8 +552,9 @@ def test_end_streams_and_timeout_seconds_end_cleanly(fake: FakeKubeAPIServer, ap
     assert 0.9 <= time.monotonic() - started < 4
 
 
-def test_stop_refuses_then_start_accepts_on_same_port(fake: FakeKubeAPIServer, api: client.CustomObjectsApi,
-                                                      recorders: list[StreamRecorder]) -> None:
+def test_stop_refuses_then_start_accepts_on_same_port(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, recorders: list[StreamRecorder]
+) -> None:
     fake.create(vmi("vm-1"))
     port = fake.port
     assert names(list_vmis(api)["items"]) == ["vm-1"]
@@ -534,8 +573,9 @@ def test_stop_refuses_then_start_accepts_on_same_port(fake: FakeKubeAPIServer, a
     assert names(list_vmis(api)["items"]) == ["vm-1"]
 
 
-def test_restart_with_new_history_makes_old_rv_410(fake: FakeKubeAPIServer, api: client.CustomObjectsApi,
-                                                   recorders: list[StreamRecorder]) -> None:
+def test_restart_with_new_history_makes_old_rv_410(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, recorders: list[StreamRecorder]
+) -> None:
     fake.create(vmi("vm-1"))
     fake.create(vmi("vm-2"))
     old_rv = list_vmis(api)["metadata"]["resourceVersion"]
@@ -546,8 +586,16 @@ def test_restart_with_new_history_makes_old_rv_410(fake: FakeKubeAPIServer, api:
     fake.restart_with_new_history(objects=[fake.get("default", "vm-1") or {}])
     assert isinstance(open_watch.outcome(), urllib3.exceptions.ProtocolError)
     with pytest.raises(ApiException) as info:
-        list(watch.Watch().stream(api.list_cluster_custom_object, GROUP, VERSION, PLURAL,
-                                  resource_version=old_rv, timeout_seconds=5))
+        list(
+            watch.Watch().stream(
+                api.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                PLURAL,
+                resource_version=old_rv,
+                timeout_seconds=5,
+            )
+        )
     assert info.value.status == 410
 
     relisted = list_vmis(api)
@@ -586,8 +634,9 @@ def test_fail_requests_then_recover(fake: FakeKubeAPIServer, api: client.CustomO
     assert watch_failure.value.status == 500
 
 
-def test_hang_requests_for_client_timeouts(fake: FakeKubeAPIServer, api: client.CustomObjectsApi,
-                                           tmp_path: Path) -> None:
+def test_hang_requests_for_client_timeouts(
+    fake: FakeKubeAPIServer, api: client.CustomObjectsApi, tmp_path: Path
+) -> None:
     # urllib3's default Retry(3) transparently retries a GET whose read timed out...
     fake.hang_requests(1)
     assert list_vmis(api, _request_timeout=0.2)["items"] == []
@@ -668,8 +717,9 @@ def test_make_vmi_keeps_the_real_object_and_derives_variants() -> None:
     assert "resourceVersion" not in same["metadata"]
     assert same["spec"] == real["spec"]
 
-    derived = ko.make_vmi("ns1", "vm-x", "node-9", phase="Scheduled", runtime_user=None, pod_uid="p-1",
-                          uid="u-1")
+    derived = ko.make_vmi(
+        "ns1", "vm-x", "node-9", phase="Scheduled", runtime_user=None, pod_uid="p-1", uid="u-1"
+    )
     assert derived["metadata"]["uid"] == "u-1"
     assert derived["metadata"]["labels"][NODE] == "node-9"
     assert derived["status"]["nodeName"] == "node-9"
@@ -684,8 +734,9 @@ def test_make_vmi_keeps_the_real_object_and_derives_variants() -> None:
 
 
 def test_make_migrating_vmi() -> None:
-    running = ko.make_migrating_vmi("default", "vm-m", "node-a", "node-b", source_pod_uid="src",
-                                    target_pod_uid="dst")
+    running = ko.make_migrating_vmi(
+        "default", "vm-m", "node-a", "node-b", source_pod_uid="src", target_pod_uid="dst"
+    )
     assert running["status"]["activePods"] == {"src": "node-a", "dst": "node-b"}
     assert running["status"]["nodeName"] == "node-a"
     assert running["metadata"]["labels"][ko.MIGRATION_TARGET_NODE_LABEL] == "node-b"

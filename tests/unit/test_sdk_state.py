@@ -1,0 +1,69 @@
+"""The OpenTelemetry SDK keeps per-attribute-set state of async instruments forever; the agent's
+pruner keeps it bounded without changing a single exported point."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otel_vmi_hv.config import load_settings
+from otel_vmi_hv.model import Series
+from otel_vmi_hv.telemetry import INFO_METRIC, Telemetry
+from otel_vmi_hv.tracker import Snapshot
+from tests.exposition import info_series
+
+RUNNING = 100
+TOTAL = 100_000
+
+
+def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact() -> None:
+    state = {"snapshot": Snapshot(0, (), 0)}
+    otlp_like = InMemoryMetricReader()
+    telemetry = Telemetry(
+        load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "NODE_NAME": "n"}),
+        lambda: state["snapshot"],
+        extra_readers=[otlp_like],
+    )
+    for round_, first in enumerate(range(0, TOTAL, RUNNING)):
+        rows = tuple(Series("kvm", f"vm-{i}", "ns", "n") for i in range(first, first + RUNNING))
+        state["snapshot"] = Snapshot(round_ + 1, rows, 0)
+        series = info_series(telemetry.render_prometheus().decode())
+        assert set(series) == {("ns", f"vm-{i}") for i in range(first, first + RUNNING)}
+        if round_ % 10 == 0:  # the OTLP reader collects less often than Prometheus scrapes
+            data = otlp_like.get_metrics_data()
+            assert data is not None
+            (metric,) = [
+                m
+                for sm in data.resource_metrics[0].scope_metrics
+                for m in sm.metrics
+                if m.name == INFO_METRIC
+            ]
+            names = {p.attributes["name"] for p in metric.data.data_points}
+            assert names == {f"vm-{i}" for i in range(first, first + RUNNING)}
+        # Per reader at most 2 × live + 64 attribute sets are held (two readers here).
+        assert telemetry.pruner.state_size() <= 2 * (2 * RUNNING + 64)
+    assert "overflow" not in telemetry.render_prometheus().decode()
+    assert telemetry.pruner.pruned > TOTAL  # it really had to work
+    telemetry.shutdown(2)
+
+
+def test_without_the_pruner_the_sdk_would_overflow() -> None:
+    """Guards the reason the pruner exists: if a future SDK frees this state itself, this fails
+    and the pruner (which reaches into SDK internals) can go."""
+    from opentelemetry.metrics import Observation
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    current: list[int] = [0]
+    provider.get_meter("t").create_observable_gauge(
+        "g",
+        callbacks=[lambda _o: [Observation(1, {"n": str(i)}) for i in range(current[0], current[0] + 10)]],
+    )
+    for start in range(0, 2_100, 10):
+        current[0] = start
+        reader.get_metrics_data()
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    assert any(p.attributes.get("otel.metric.overflow") for p in points)
+    provider.shutdown()
