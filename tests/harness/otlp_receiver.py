@@ -464,11 +464,17 @@ class RotelReceiver:
         return port
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 15.0, attempts: int = 3) -> RotelReceiver:
-        """Start rotel and return once both ports accept connections (retrying on port clashes)."""
+    def start(
+        self, timeout: float = 15.0, attempts: int = 3, ports: tuple[int, int] | None = None
+    ) -> RotelReceiver:
+        """Start rotel and return once both ports accept connections (retrying on port clashes).
+
+        ``ports`` (grpc, http) pins the ports, e.g. to bring a receiver back where an exporter
+        already points; otherwise free ones are picked.
+        """
         last: Exception | None = None
         for _ in range(attempts):
-            self.grpc_port, self.http_port = free_ports(2)
+            self.grpc_port, self.http_port = ports if ports is not None else free_ports(2)
             t0 = time.monotonic()
             self._spawn()
             proc = self.process
