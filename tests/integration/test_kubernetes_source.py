@@ -268,3 +268,76 @@ def test_vmi_without_launcher_pod_is_reported_unknown(api, tmp_path, pods_root) 
     api.create(vmi)
     with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
         wait_until(lambda: series(agent) == {("ops", "odd"): "unknown"}, 10, "unknown for the odd VMI")
+
+
+def test_api_server_restored_with_a_new_history_converges(api, tmp_path, pods_root, launchers) -> None:
+    """An etcd restore: resourceVersions jump, old ones are 410, and the stored set differs."""
+    keep, lost, added = (make_vmi("ops", n, NODE_A) for n in ("keep", "lost", "added"))
+    for vmi, virt in ((keep, "kvm"), (lost, "kvm"), (added, "qemu")):
+        launchers.run_vmi(vmi, virt, NODE_A)
+    api.create(keep)
+    api.create(lost)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: len(series(agent)) == 2, 10, "keep and lost")
+        api.restart_with_new_history(objects=[keep, added])
+        wait_until(
+            lambda: series(agent) == {("ops", "keep"): "kvm", ("ops", "added"): "qemu-tcg"},
+            15,
+            "the restored truth, with no duplicate and no stale series",
+        )
+
+
+def test_readiness_survives_a_transient_api_outage(api, tmp_path, pods_root, launchers) -> None:
+    vmi = make_vmi("ops", "steady", NODE_A)
+    launchers.run_vmi(vmi, "kvm", NODE_A)
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: series(agent) == {("ops", "steady"): "kvm"}, 10, "steady")
+        assert agent.readiness.pending() == []
+        api.stop()
+        api.wait_for(lambda: api.open_watches == 0)
+        # The cache still holds what it knew; /readyz is about having synced once, not about now.
+        assert agent.readiness.pending() == []
+        assert series(agent) == {("ops", "steady"): "kvm"}
+        api.start()
+        api.delete("ops", "steady")
+        wait_until(lambda: series(agent) == {}, 15, "the deletion seen after the outage")
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda v: v.pop("status"), id="no-status"),
+        pytest.param(lambda v: v["status"].update(phase=None), id="null-phase"),
+        pytest.param(lambda v: v["status"].update(phase="Migrating"), id="unknown-phase"),
+        pytest.param(lambda v: v["status"].update(activePods=["not", "a", "map"]), id="activePods-list"),
+        pytest.param(lambda v: v["status"].update(nodeName=42), id="nodeName-int"),
+        pytest.param(lambda v: v["status"].update(runtimeUser="107"), id="runtimeUser-string"),
+        pytest.param(lambda v: v["metadata"].pop("uid"), id="no-uid"),
+        pytest.param(lambda v: v.update(status="Running"), id="status-string"),
+    ],
+)
+def test_odd_vmi_objects_never_break_the_agent(api, tmp_path, pods_root, launchers, mutate) -> None:
+    good = make_vmi("ops", "good", NODE_A)
+    launchers.run_vmi(good, "kvm", NODE_A)
+    odd = make_vmi("ops", "odd", NODE_A)
+    launchers.run_vmi(odd, "qemu", NODE_A)
+    mutate(odd)
+    api.create(good)
+    api.create(odd)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: ("ops", "good") in series(agent), 10, "the good VMI")
+        after = make_vmi("ops", "after", NODE_A)
+        launchers.run_vmi(after, "kvm", NODE_A)
+        api.create(after)
+        wait_until(lambda: ("ops", "after") in series(agent), 10, "VMIs after the odd one still flow")
+        assert series(agent).get(("ops", "odd")) in (None, "qemu-tcg", "unknown")
+
+
+def test_names_at_the_length_limits(api, tmp_path, pods_root, launchers) -> None:
+    namespace, name = "n" * 63, "v" * 63  # DNS label limits (a VMI name is also a pod hostname)
+    vmi = make_vmi(namespace, name, NODE_A)
+    launchers.run_vmi(vmi, "kvm", NODE_A)
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: series(agent) == {(namespace, name): "kvm"}, 10, "the long-named VMI")
