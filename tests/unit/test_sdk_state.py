@@ -39,7 +39,7 @@ def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact() ->
             ]
             names = {(p.attributes or {}).get("name") for p in metric.data.data_points}
             assert names == {f"vm-{i}" for i in range(first, first + RUNNING)}
-        # Per reader at most 2 × live + 64 attribute sets are held (two readers here).
+        # Per reader at most 2 x live + 64 attribute sets are held (two readers here).
         assert telemetry.pruner.state_size() <= 2 * (2 * RUNNING + 64)
     assert "overflow" not in telemetry.render_prometheus().decode()
     assert telemetry.pruner.pruned > TOTAL  # it really had to work
