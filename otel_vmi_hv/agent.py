@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Protocol
@@ -23,6 +24,7 @@ SHUTDOWN_BUDGET = 4.5  # SIGTERM to exit must stay under 5 s, final OTLP export 
 
 class Source(Protocol):
     last_sync: float | None
+    last_error: str | None
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -109,6 +111,12 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        if self.settings.source == "kubernetes" and not os.path.isdir(self.settings.pods_root):
+            log.error(
+                "OTEL_VMI_HV_PODS_ROOT %s does not exist: mount the host's /var/lib/kubelet/pods there "
+                "(read-only), or every VMI will be reported unknown (reason no_socket)",
+                self.settings.pods_root,
+            )
         EventLoop.ensure_running()
         self.tracker.start()
         if self.telemetry is not None:

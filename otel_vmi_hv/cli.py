@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -131,10 +132,14 @@ def detect(settings: Settings, output: str) -> int:
     agent = Agent(settings, with_telemetry=False)
     agent.start()
     try:
-        if not agent.synced.wait(settings.libvirt_timeout + DETECT_TIMEOUT_SLACK):
+        deadline = time.monotonic() + settings.libvirt_timeout + DETECT_TIMEOUT_SLACK
+        # A one-shot debugging command: the first failed listing is the answer, not a retry loop.
+        while not agent.synced.wait(0.05) and agent.source.last_error is None and time.monotonic() < deadline:
+            pass
+        if not agent.synced.is_set():
+            why = agent.source.last_error or "no answer in time"
             print(
-                f"otel-vmi-hv: could not list VMIs from the {settings.source} source; see the log above",
-                file=sys.stderr,
+                f"otel-vmi-hv: could not list VMIs from the {settings.source} source: {why}", file=sys.stderr
             )
             return 1
         agent.tracker.wait_idle(settings.libvirt_timeout * 2 + DETECT_TIMEOUT_SLACK)

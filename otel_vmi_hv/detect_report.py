@@ -29,6 +29,26 @@ def rows(detections: Sequence[tuple[VMI, Detection | None]], node: str) -> list[
     return result
 
 
+HINTS = {
+    "no_socket": "no libvirt socket where the launcher's should be: is the host's /var/lib/kubelet/pods "
+    "mounted at OTEL_VMI_HV_PODS_ROOT (the DaemonSet mounts it at /pods)? On a plain host: is libvirtd running?",
+    "permission_denied": "not allowed to open the libvirt socket: the agent must run as root with "
+    "CAP_DAC_OVERRIDE (launcher sockets belong to uid 107); see config/kubernetes/daemonset.yaml",
+    "timeout": "libvirt did not answer within OTEL_VMI_HV_LIBVIRT_TIMEOUT: the daemon may be hung",
+    "busy": "an earlier libvirt call to this daemon has not returned: the daemon looks hung",
+    "unreachable": "libvirt refused or dropped the connection: is the daemon running?",
+    "no_domain": "the daemon has no such domain: the VMI is not (or no longer) running there",
+    "no_launcher_pod": "status.activePods names no launcher pod on this node",
+    "libvirt_error": "libvirt answered with an error; see the detail (--output json)",
+}
+
+
+def hints(report: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct failure reason in the report, saying what usually fixes it."""
+    reasons = sorted({row["error"] for row in report if row["error"]})
+    return [f"{reason}: {HINTS.get(reason, 'see the detail (--output json)')}" for reason in reasons]
+
+
 def render_json(report: list[dict[str, Any]]) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
@@ -58,6 +78,10 @@ def render_table(report: list[dict[str, Any]]) -> str:
     )
     if not report:
         out.append("(no running VMIs found)")
+    notes = hints(report)
+    if notes:
+        out.append("")
+        out.extend(notes)
     return "\n".join(out) + "\n"
 
 

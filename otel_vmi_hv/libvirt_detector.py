@@ -180,6 +180,7 @@ class _Daemon:
         self.failures = 0
         self.retry_at = 0.0
         self.last_error = ""
+        self.last_reason = "unreachable"
 
     @property
     def state(self) -> str:
@@ -228,6 +229,8 @@ class LibvirtDetector:
 
     def detect(self, target: LibvirtTarget) -> Detection:
         """Return the domain's hypervisor type, falling back to its XML file; never raises."""
+        if not target.uri:  # an empty URI would make libvirt pick a default daemon: never that
+            return Detection(UNKNOWN, DetectionMethod.NONE, "no_launcher_pod", "no launcher pod on this node")
         try:
             xml = self._call(target.uri, lambda conn: _live_xml(conn, target.domain_name))
         except LibvirtUnavailable as failure:
@@ -321,7 +324,7 @@ class LibvirtDetector:
         deadline = self._clock() + self.timeout
         with daemon.lock:
             if daemon.conn is None and self._clock() < daemon.retry_at:
-                raise LibvirtUnavailable("unreachable", daemon.last_error)
+                raise LibvirtUnavailable(daemon.last_reason, daemon.last_error)
             if daemon.stuck_calls:
                 # A call already overran: the daemon is hung, and another call would only hang
                 # beside it. One stuck thread per daemon; its return is what signals recovery.
@@ -389,7 +392,7 @@ class LibvirtDetector:
                 conn = self._open(self._sockets.shorten(daemon.uri))
             except (libvirt.libvirtError, OSError) as error:
                 self._connect_failed(daemon, error)
-                raise LibvirtUnavailable("unreachable", _describe(error)) from None
+                raise LibvirtUnavailable(_connect_reason(error), _describe(error)) from None
             if conn is None:  # old bindings return None instead of raising
                 raise LibvirtUnavailable("unreachable", f"cannot open {daemon.uri}")
             fresh = True
@@ -480,6 +483,7 @@ class LibvirtDetector:
             delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_INITIAL * 2 ** (daemon.failures - 1))
             daemon.retry_at = self._clock() + delay
             daemon.last_error = _describe(error)
+            daemon.last_reason = _connect_reason(error)
             first = daemon.failures == 1
         if first:
             # With one daemon per launcher, the VMI's own "unknown" warning already says this.
@@ -548,6 +552,21 @@ def _alive(conn: Any) -> bool:
 def _close_quietly(conn: Any) -> None:
     with contextlib.suppress(libvirt.libvirtError):
         conn.close()
+
+
+def _connect_reason(error: Exception) -> str:
+    """Why a connection could not be opened, as a bounded label: the operator's fix differs.
+
+    no_socket: nothing at the socket path (pods root not mounted, launcher gone);
+    permission_denied: the agent lacks the rights to the socket (not root, or no DAC_OVERRIDE);
+    unreachable: anything else (daemon down, refused).
+    """
+    text = _describe(error).lower()
+    if "permission denied" in text:
+        return "permission_denied"
+    if "no such file or directory" in text:
+        return "no_socket"
+    return "unreachable"
 
 
 def _describe(error: Exception) -> str:

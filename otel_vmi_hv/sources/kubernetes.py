@@ -35,6 +35,15 @@ BACKOFF_MAX = 30.0
 NON_ROOT_UID = 107
 
 
+# What an operator should do about the API answers that are not transient.
+API_HINTS = {
+    401: " (the agent's credentials were refused: check the service account token or KUBECONFIG)",
+    403: " (the service account may not list virtualmachineinstances.kubevirt.io: it needs get, list and"
+    " watch on them cluster-wide; see config/kubernetes/clusterrole.yaml)",
+    404: " (no virtualmachineinstances.kubevirt.io resource: is KubeVirt installed in this cluster?)",
+}
+
+
 class ResourceExpired(Exception):
     """The resume point (resourceVersion or continue token) is gone: a relist is needed."""
 
@@ -137,6 +146,7 @@ class KubernetesVMISource:
         self._response: Any = None
         self._thread: threading.Thread | None = None
         self.last_sync: float | None = None
+        self.last_error: str | None = None  # why the last list or watch failed, for `detect`
         self.synced = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -184,11 +194,12 @@ class KubernetesVMISource:
                 self._on_watch_restart("expired")
                 continue
             except ApiException as error:
-                reason = f"HTTP {error.status} {error.reason}"
+                reason = f"HTTP {error.status} {error.reason}" + API_HINTS.get(error.status or 0, "")
             except Exception as error:  # connection refused/reset, timeouts, bad JSON: all transient
                 if self._stop.is_set():
                     return
                 reason = f"{type(error).__name__}: {error}"
+            self.last_error = reason
             failures += 1
             self._on_watch_restart("error")
             delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)  # noqa: S311

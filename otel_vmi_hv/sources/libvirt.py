@@ -64,6 +64,7 @@ class LibvirtDomainSource:
         self._thread: threading.Thread | None = None
         self._events_conn = 0
         self.last_sync: float | None = None
+        self.last_error: str | None = None  # why the last listing failed, for `detect`
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="libvirt-source", daemon=True)
@@ -100,6 +101,7 @@ class LibvirtDomainSource:
             try:
                 self.sync_once()
             except LibvirtUnavailable as failure:
+                self.last_error = f"{failure.reason}: {failure.detail}"
                 failures += 1
                 if failures == 1:
                     log.warning(

@@ -268,6 +268,8 @@ def test_vmi_without_launcher_pod_is_reported_unknown(api, tmp_path, pods_root) 
     api.create(vmi)
     with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
         wait_until(lambda: series(agent) == {("ops", "odd"): "unknown"}, 10, "unknown for the odd VMI")
+        ((_, detection),) = agent.tracker.detections()
+        assert detection is not None and detection.error == "no_launcher_pod"
 
 
 def test_api_server_restored_with_a_new_history_converges(api, tmp_path, pods_root, launchers) -> None:

@@ -73,7 +73,7 @@ def test_unreachable_daemon_is_unknown_and_backs_off() -> None:
     detector = LibvirtDetector(2.0, open_read_only=opener)
     first = detector.detect(_target("x"))
     second = detector.detect(_target("x"))
-    assert (first.error, second.error) == ("unreachable", "unreachable")
+    assert (first.error, second.error) == ("no_socket", "no_socket")
     assert len(attempts) == 1, "the second detection must not hammer a daemon in backoff"
     assert detector.states() == {DEMO_URI: "disconnected"}
 
@@ -127,7 +127,7 @@ def test_unreachable_socket_falls_back_to_the_launcher_domain_file(tmp_path: Pat
     )
     assert detection.hypervisor_type == "kvm"
     assert detection.method is DetectionMethod.DOMAIN_FILE
-    assert detection.detail == "unreachable"
+    assert detection.detail == "no_socket"
 
 
 def test_unreadable_domain_file_keeps_the_libvirt_reason(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_unreadable_domain_file_keeps_the_libvirt_reason(tmp_path: Path) -> None
     )
     assert (detection.hypervisor_type, detection.error, detection.method) == (
         "unknown",
-        "unreachable",
+        "no_socket",
         DetectionMethod.NONE,
     )
     assert "missing.xml" in detection.detail

@@ -1,0 +1,109 @@
+"""`otel-vmi-hv detect`, the operator's first debugging tool: what it says when the agent lacks its
+RBAC, its pods-root mount, or the privileges to open a launcher's socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.fakes.kube_apiserver import FakeKubeAPIServer
+from tests.fakes.kubevirt_objects import make_vmi
+
+NODE = "node-a"
+SOCKET_SUFFIX = "volumes/kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPIServer]:
+    with FakeKubeAPIServer() as server:
+        yield server
+
+
+def _detect(
+    api: FakeKubeAPIServer, tmp_path: Path, pods_root: Path, *args: str, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        KUBECONFIG=str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+        OTEL_VMI_HV_SOURCE="kubernetes",
+        OTEL_VMI_HV_NODE_NAME=NODE,
+        OTEL_VMI_HV_PODS_ROOT=str(pods_root),
+        OTEL_VMI_HV_LIBVIRT_TIMEOUT="2s",
+    )
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "otel_vmi_hv", "detect", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_missing_rbac_is_named(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    api.fail_requests(100, status=403)
+    result = _detect(api, tmp_path, tmp_path)
+    assert result.returncode == 1
+    assert "HTTP 403" in result.stderr
+    assert "get, list and watch" in result.stderr and "virtualmachineinstances.kubevirt.io" in result.stderr
+
+
+def test_kubevirt_not_installed_is_named(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    api.fail_requests(100, status=404)
+    result = _detect(api, tmp_path, tmp_path)
+    assert result.returncode == 1
+    assert "is KubeVirt installed" in result.stderr
+
+
+def test_missing_pods_root_mount_is_named(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    api.create(make_vmi("prod", "web", NODE, pod_uid="pod-1"))
+    result = _detect(api, tmp_path, tmp_path / "not-mounted", "--output", "json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert (row["name"], row["hypervisor_type"], row["error"]) == ("web", "unknown", "no_socket")
+    assert "OTEL_VMI_HV_PODS_ROOT" in result.stderr and "does not exist" in result.stderr
+    table = _detect(api, tmp_path, tmp_path / "not-mounted").stdout
+    assert "no_socket: no libvirt socket" in table and "/var/lib/kubelet/pods" in table
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop CAP_DAC_OVERRIDE from a root process")
+def test_missing_privileges_to_open_a_launcher_socket_are_named(
+    api: FakeKubeAPIServer, tmp_path: Path
+) -> None:
+    pods = tmp_path / "pods"
+    path = pods / "pod-1" / SOCKET_SUFFIX
+    path.parent.mkdir(parents=True)
+    os.chmod(tmp_path, 0o755)
+    listener = socket.socket(socket.AF_UNIX)
+    cwd = os.getcwd()
+    os.chdir(path.parent)  # bind by a short relative name: the absolute path is longer than sun_path
+    try:
+        listener.bind(path.name)
+    finally:
+        os.chdir(cwd)
+    listener.listen(1)
+    # As in a non-root launcher: the socket belongs to its user and nobody else may write to it.
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o700)
+    api.create(make_vmi("prod", "web", NODE, pod_uid="pod-1"))
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed"
+    # Root, but without the capability that lets root ignore file permissions: what the DaemonSet
+    # would be if it dropped DAC_OVERRIDE.
+    drop = ("--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search")
+    try:
+        result = _detect(api, tmp_path, pods, prefix=(setpriv, *drop, "--"))
+    finally:
+        listener.close()
+    assert result.returncode == 0, result.stderr
+    assert "permission_denied" in result.stdout
+    assert "CAP_DAC_OVERRIDE" in result.stdout
