@@ -31,7 +31,8 @@ def rows(detections: Sequence[tuple[VMI, Detection | None]], node: str) -> list[
 
 HINTS = {
     "no_socket": "no libvirt socket where the launcher's should be: is the host's /var/lib/kubelet/pods "
-    "mounted at OTEL_VMI_HV_PODS_ROOT (the DaemonSet mounts it at /pods)? On a plain host: is libvirtd running?",
+    "mounted at OTEL_VMI_HV_PODS_ROOT (the DaemonSet mounts it at /pods)? "
+    "On a plain host: is libvirtd running?",
     "permission_denied": "not allowed to open the libvirt socket: the agent must run as root with "
     "CAP_DAC_OVERRIDE (launcher sockets belong to uid 107); see config/kubernetes/daemonset.yaml",
     "timeout": "libvirt did not answer within OTEL_VMI_HV_LIBVIRT_TIMEOUT: the daemon may be hung",

@@ -82,7 +82,7 @@ def test_missing_privileges_to_open_a_launcher_socket_are_named(
     pods = tmp_path / "pods"
     path = pods / "pod-1" / SOCKET_SUFFIX
     path.parent.mkdir(parents=True)
-    os.chmod(tmp_path, 0o755)
+    os.chmod(tmp_path, 0o755)  # noqa: S103 - a test folder the socket's owner must traverse
     listener = socket.socket(socket.AF_UNIX)
     cwd = os.getcwd()
     os.chdir(path.parent)  # bind by a short relative name: the absolute path is longer than sun_path
