@@ -27,8 +27,8 @@ pytest: $(VENV)/.dev-installed
 docs: $(VENV)/.run-installed
 	$(BIN)/python scripts/update_readme_config.py
 
-bench: $(VENV)/.dev-installed
-	$(BIN)/python -m bench.run
+bench: system-deps-test $(VENV)/.dev-installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 system-deps:
 	scripts/install-system-deps.sh run

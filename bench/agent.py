@@ -118,6 +118,36 @@ def event_to_visible(node: Node, count: int = 300) -> dict[str, Any]:
     return result
 
 
+def event_to_visible_real_daemon(node: Node, count: int = 40) -> dict[str, float]:
+    """The same measure with each launcher socket leading to a real libvirt daemon and QEMU domain."""
+    from tests.harness.libvirtd import LibvirtDaemon, kubevirt_launcher
+
+    daemon = LibvirtDaemon.launch()
+    try:
+        for index in range(count):
+            daemon.define(f"bench_real-{index}", paused=True)
+            kubevirt_launcher(node.pods, f"real-pod-{index}", daemon)
+        # Empty: the KubeVirt default template, i.e. each launcher's virtqemud socket.
+        settings = load_settings({**node.env(0), "OTEL_VMI_HV_LIBVIRT_URI": ""})
+        agent = Agent(settings)
+        agent.start()
+        assert agent.synced.wait(10) and agent.telemetry is not None
+        render = agent.telemetry.render_prometheus
+        latencies = []
+        for index in range(count):
+            vmi = make_vmi("bench", f"real-{index}", NODE, pod_uid=f"real-pod-{index}")
+            needle = f'hypervisor_type="qemu-tcg",name="real-{index}"'.encode()
+            started = time.perf_counter()
+            node.api.create(vmi)
+            latencies.append(_poll(lambda needle=needle: needle in render(), 10) - started)  # type: ignore[misc]
+        agent.stop(budget=2)
+        for index in range(count):
+            node.api.delete("bench", f"real-{index}")
+    finally:
+        daemon.cleanup()
+    return {"median": median(latencies), "p99": p99(latencies)}
+
+
 def _free_port() -> int:
     import socket
 
@@ -245,6 +275,7 @@ def run(churn_total: int = 100_000) -> str:
         node = Node(Path(root))
         try:
             e2v = event_to_visible(node)
+            e2v_real = event_to_visible_real_daemon(node)
             memory = startup_and_memory(node)
             rate = throughput(node)
             churned = churn(node, churn_total)
@@ -255,6 +286,11 @@ def run(churn_total: int = 100_000) -> str:
     rows = [
         ["event to visible (watch event → series in /metrics), median", f"{ms(e2v['median'])} ms"],
         ["event to visible, p99", f"{ms(e2v['p99'])} ms"],
+        [
+            "event to visible with a real libvirt daemon (launcher sockets), median",
+            f"{ms(e2v_real['median'])} ms",
+        ],
+        ["event to visible with a real libvirt daemon, p99", f"{ms(e2v_real['p99'])} ms"],
         ["libvirt calls per scrape (steady state, 1,000 scrapes)", f"{e2v['calls_per_scrape']:.3f}"],
         ["libvirt calls per VMI lifetime", f"{e2v['calls_per_vmi']:.2f}"],
         ["RSS of an idle agent (no VMI)", f"{memory['rss_idle']:.1f} MiB"],

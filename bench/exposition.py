@@ -9,6 +9,7 @@ C  the lower bound: joining pre-rendered exposition lines
 from __future__ import annotations
 
 import http.client
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -94,19 +95,28 @@ class StockOtel:
             INFO_METRIC, callbacks=[self.observe], description=INFO_HELP
         )
 
-    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(
-                1,
-                {
-                    "namespace": r.namespace,
-                    "name": r.name,
-                    "node": r.node,
-                    "hypervisor_type": r.hypervisor_type,
-                },
-            )
-            for r in self.rows
-        ]
+    @staticmethod
+    def observe_rows(rows: tuple[Series, ...]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """An ordinary callback: observations built from the rows at every collection."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(
+                    1,
+                    {
+                        "namespace": r.namespace,
+                        "name": r.name,
+                        "node": r.node,
+                        "hypervisor_type": r.hypervisor_type,
+                    },
+                )
+                for r in rows
+            ]
+
+        return observe
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self.observe_rows(self.rows)(options)
 
     def prometheus(self) -> bytes:
         body: bytes = generate_latest(self.registry)
@@ -135,13 +145,14 @@ class PlainCollector:
 class AgentSide:
     """The agent's Telemetry on a snapshot the benchmark controls, OTLP through an encoding exporter."""
 
-    def __init__(self, rows: tuple[Series, ...]) -> None:
+    def __init__(self, rows: tuple[Series, ...], extra: Any = None) -> None:
         self.rows = rows
         self.snapshot = Snapshot(1, rows, 0)
         self.encoder = EncodeOnlyExporter(CachingEncoder(INFO_METRIC).encode)
         self.otlp = PeriodicExportingMetricReader(self.encoder, export_interval_millis=10**9)
         settings = load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_VMI_HV_NODE_NAME": "worker-1"})
-        self.telemetry = Telemetry(settings, lambda: self.snapshot, extra_readers=[self.otlp])
+        readers = [self.otlp] if extra is None else [extra]
+        self.telemetry = Telemetry(settings, lambda: self.snapshot, extra_readers=readers)
         self.variants = (rows, make_rows(len(rows), flip=1))
 
     def change(self) -> None:
@@ -173,10 +184,55 @@ def _http_scrape(render: Callable[[], bytes], repeat: int) -> list[float]:
         server.stop()
 
 
-def run(sizes: tuple[int, ...] = (100, 1_000, 10_000)) -> str:
+def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[list[object]]:
+    """collect + encode + send over gRPC to a real receiver, stock exporter against the agent's."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    from otel_vmi_hv.otlp import grpc_exporter
+
+    endpoint = receiver.grpc_endpoint
+    limits: dict[type, int] = {ObservableGauge: 10_000_000}
+    stock_reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=endpoint, insecure=True),
+        export_interval_millis=10**9,
+        cardinality_limits=limits,
+    )
+    stock_provider = MeterProvider(metric_readers=[stock_reader], shutdown_on_exit=False)
+    stock_provider.get_meter("baseline").create_observable_gauge(
+        INFO_METRIC, callbacks=[StockOtel.observe_rows(rows)], description=INFO_HELP
+    )
+    # The agent's exporter reads its endpoint from the environment, as in the agent.
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    try:
+        agent_reader = PeriodicExportingMetricReader(
+            grpc_exporter(CachingEncoder(INFO_METRIC)), export_interval_millis=10**9
+        )
+    finally:
+        del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    agent = AgentSide(rows, extra=agent_reader)
+
+    def agent_cycle() -> None:
+        agent.change()
+        agent_reader.collect()
+
+    results = {
+        "A stock OTel": timings(stock_reader.collect, repeat=repeat),
+        "agent": timings(agent_cycle, repeat=repeat),
+    }
+    a = median(results["A stock OTel"])
+    out: list[list[object]] = [
+        [len(rows), name, ms(median(v)), ms(p99(v)), f"{median(v) / a:.3f}"] for name, v in results.items()
+    ]
+    stock_provider.shutdown()
+    agent.telemetry.shutdown(2)
+    return out
+
+
+def run(sizes: tuple[int, ...] = (100, 1_000, 10_000), receiver: Any = None) -> str:
     render_rows = []
     http_rows = []
     otlp_rows = []
+    send_rows: list[list[object]] = []
     for n in sizes:
         repeat = {100: 200, 1_000: 60, 10_000: 15}.get(n, 10)
         rows = make_rows(n)
@@ -231,6 +287,8 @@ def run(sizes: tuple[int, ...] = (100, 1_000, 10_000)) -> str:
             otlp_rows.append([n, name, ms(m), ms(p99(samples)), f"{m / oa:.3f}"])
         agent.telemetry.shutdown(2)
         stock.provider.shutdown()
+        if receiver is not None:
+            send_rows.extend(_otlp_send(rows, receiver, repeat))
 
     return "\n\n".join(
         [
@@ -240,6 +298,14 @@ def run(sizes: tuple[int, ...] = (100, 1_000, 10_000)) -> str:
             + table(["N", "exporter", "median", "p99", "÷A", "÷B"], http_rows),
             "OTLP export cycle: collect + encode (ms)\n"
             + table(["N", "path", "median", "p99", "÷A"], otlp_rows),
+            *(
+                [
+                    "OTLP export cycle: collect + encode + send over gRPC to rotel on loopback (ms)\n"
+                    + table(["N", "path", "median", "p99", "÷A"], send_rows)
+                ]
+                if send_rows
+                else []
+            ),
         ]
     )
 

@@ -1,0 +1,50 @@
+"""Every benchmark, one run, one report: `make bench` (or `python -m bench.run [--quick]`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from importlib.metadata import version
+
+import libvirt
+
+from bench import agent, exposition
+from tests.harness.otlp_receiver import RotelReceiver
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    with open("/proc/meminfo") as meminfo:
+        memory = int(meminfo.readline().split()[1]) / 2**20
+    lib = libvirt.getVersion()
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; Linux {platform.release()}; "
+        f"Python {sys.version.split()[0]}; opentelemetry-sdk {version('opentelemetry-sdk')}, "
+        f"prometheus_client {version('prometheus_client')}, libvirt {lib // 1_000_000}.{lib // 1000 % 1000}, "
+        f"libvirt-python {version('libvirt-python')}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and churn, for a smoke run")
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n")
+    receiver = RotelReceiver().start()
+    try:
+        sizes = (100, 1_000) if args.quick else (100, 1_000, 10_000)
+        print(exposition.run(sizes, receiver=receiver), end="\n\n", flush=True)
+    finally:
+        receiver.stop()
+    print(agent.run(churn_total=5_000 if args.quick else 100_000))
+
+
+if __name__ == "__main__":
+    main()
