@@ -448,13 +448,6 @@ class LibvirtDetector:
         with contextlib.suppress(libvirt.libvirtError):
             conn.registerCloseCallback(closed, None)
 
-    def _notify_disconnected(self, uri: str) -> None:
-        if self._on_disconnected is not None:
-            try:
-                self._on_disconnected(uri)
-            except Exception:
-                log.exception("disconnect callback for %s failed", uri)
-
     def _keep(self, daemon: _Daemon, conn: Any, fresh: bool) -> None:
         if not fresh:
             return
@@ -504,11 +497,10 @@ class LibvirtDetector:
             del conn
 
     def _notify_recovered(self, uri: str) -> None:
-        if self._on_recovered is not None:
-            try:
-                self._on_recovered(uri)
-            except Exception:
-                log.exception("recovery callback for %s failed", uri)
+        _notify(self._on_recovered, uri, "recovery")
+
+    def _notify_disconnected(self, uri: str) -> None:
+        _notify(self._on_disconnected, uri, "disconnect")
 
     def _detect_from_file(self, target: LibvirtTarget, failure: LibvirtUnavailable) -> Detection:
         path = target.domain_file
@@ -527,6 +519,15 @@ class LibvirtDetector:
         if parsed.error:
             return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain file {path}")
         return Detection(parsed.hypervisor_type, DetectionMethod.DOMAIN_FILE, "", failure.reason)
+
+
+def _notify(callback: Callable[[str], None] | None, uri: str, what: str) -> None:
+    """Tell a listener about ``uri``; a failing listener is logged, never propagated into libvirt."""
+    if callback is not None:
+        try:
+            callback(uri)
+        except Exception:
+            log.exception("%s callback for %s failed", what, uri)
 
 
 def _live_xml(conn: Any, domain_name: str) -> str:

@@ -100,6 +100,11 @@ class AgentProcess:
         assert status == 200, body
         return body
 
+    def rss_mib(self) -> float:
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
     def output(self) -> str:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")

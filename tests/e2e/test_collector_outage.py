@@ -17,12 +17,6 @@ pytestmark = pytest.mark.e2e
 INTERVAL_S = 0.5
 
 
-def _rss_mib(agent: AgentProcess) -> float:
-    assert agent.process is not None
-    with open(f"/proc/{agent.process.pid}/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_collector_absent_then_up_then_gone(protocol: str) -> None:
     grpc_port, http_port = free_ports(2)
@@ -42,7 +36,7 @@ def test_collector_absent_then_up_then_gone(protocol: str) -> None:
         expected = info_series(agent.metrics())
         assert len(expected) == 6
         wait_until(lambda: "OTLP export to" in agent.output(), 10, "the first failed export to be reported")
-        rss_start = _rss_mib(agent)
+        rss_start = agent.rss_mib()
         deadline = time.monotonic() + 10 * INTERVAL_S
         while time.monotonic() < deadline:  # ten export intervals without a collector
             started = time.monotonic()
@@ -50,7 +44,7 @@ def test_collector_absent_then_up_then_gone(protocol: str) -> None:
             assert time.monotonic() - started < 0.5, "scrapes must not wait for OTLP"
             assert http_get(f"{agent.base_url}/readyz")[0] == 200
             time.sleep(INTERVAL_S / 2)
-        assert _rss_mib(agent) - rss_start < 10
+        assert agent.rss_mib() - rss_start < 10
 
         receiver.start(ports=(grpc_port, http_port))
         up_at = time.monotonic()

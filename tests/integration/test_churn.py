@@ -23,11 +23,6 @@ NODE = "churn-node"
 RSS_GROWTH_LIMIT_MIB = 20
 
 
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
-
-
 @pytest.fixture
 def api() -> Iterator[FakeKubeAPIServer]:
     # A short history keeps the fake's own memory flat; the agent never needs to resume far back.
@@ -72,7 +67,7 @@ def test_churn_of_100k_vmis_stays_exact_and_bounded(api: FakeKubeAPIServer, tmp_
         for index in range(RUNNING):
             create(index)
         wait_until(lambda: len(visible(agent)) == RUNNING, 30, "the first 100 VMIs")
-        rss_before = _rss_mib(agent.process.pid)
+        rss_before = agent.rss_mib()
         for index in range(RUNNING, TOTAL):
             remove(index - RUNNING)
             create(index)
@@ -84,7 +79,7 @@ def test_churn_of_100k_vmis_stays_exact_and_bounded(api: FakeKubeAPIServer, tmp_
         }
         wait_until(lambda: visible(agent) == expected, 60, "exactly the last 100 VMIs with their types")
         body = agent.metrics()
-        rss_after = _rss_mib(agent.process.pid)
+        rss_after = agent.rss_mib()
         assert "otel_metric_overflow" not in body and "overflow" not in body
         print(f"\nchurn of {TOTAL:,} VMIs through the API: agent RSS {rss_before:.1f} → {rss_after:.1f} MiB")
         assert rss_after - rss_before < RSS_GROWTH_LIMIT_MIB
