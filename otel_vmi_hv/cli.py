@@ -113,6 +113,8 @@ def run(settings: Settings) -> int:
         settings.source,
         settings.libvirt_uri,
     )
+    if settings.sdk_disabled:
+        log.warning("OTEL_SDK_DISABLED=true: the OpenTelemetry SDK is off, no metric will be exported")
     try:
         agent = Agent(settings)
         agent.start()

@@ -92,6 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
     # delayed ACK of the headers: 40 ms added to every small response.
     disable_nagle_algorithm = True
     server_version = "otel-vmi-hv"
+    sys_version = ""  # no Python version in the Server header
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

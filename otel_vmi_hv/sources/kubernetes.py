@@ -194,6 +194,12 @@ class KubernetesVMISource:
                 self._on_watch_restart("expired")
                 continue
             except ApiException as error:
+                if error.status == 410 and self._resource_version is not None:
+                    # Some servers refuse a too-old watch with HTTP 410 instead of an ERROR event.
+                    log.info("VMI watch position expired (HTTP 410); relisting")
+                    self._resource_version = None
+                    self._on_watch_restart("expired")
+                    continue
                 reason = f"HTTP {error.status} {error.reason}" + API_HINTS.get(error.status or 0, "")
             except Exception as error:  # connection refused/reset, timeouts, bad JSON: all transient
                 if self._stop.is_set():

@@ -64,3 +64,20 @@ def test_collector_absent_then_up_then_gone(protocol: str) -> None:
     failing = len(re.findall(r"OTLP export to .* is failing", log))
     recovered = log.count("works again")
     assert (failing, recovered) == (2, 1), log
+
+
+def test_sigterm_sends_a_last_export(otlp_receiver: RotelReceiver) -> None:
+    env = {
+        "OTEL_VMI_HV_SOURCE": "libvirt",
+        "OTEL_VMI_HV_LIBVIRT_URI": demo_uri(),
+        "OTEL_METRICS_EXPORTER": "prometheus,otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.grpc_endpoint,
+        "OTEL_METRIC_EXPORT_INTERVAL": "3600000",  # no periodic export would happen during the test
+    }
+    with AgentProcess(env) as agent:
+        agent.wait_ready()
+        wait_until(lambda: len(info_series(agent.metrics())) == 6, 10, "the demo node detected")
+        assert otlp_receiver.points("kubevirt_vmi_hypervisor_info") == []
+        assert agent.terminate() < 5.0
+    points = otlp_receiver.wait_for(lambda rx: rx.points("kubevirt_vmi_hypervisor_info"), timeout=5)
+    assert len(points) == 6

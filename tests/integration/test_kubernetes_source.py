@@ -343,3 +343,18 @@ def test_names_at_the_length_limits(api, tmp_path, pods_root, launchers) -> None
     api.create(vmi)
     with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
         wait_until(lambda: series(agent) == {(namespace, name): "kvm"}, 10, "the long-named VMI")
+
+
+def test_watch_refused_with_http_410_leads_to_a_relist(api, tmp_path, pods_root, launchers) -> None:
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        assert agent.synced.wait(10)
+        assert api.wait_for_watches(1)
+        lists = api.list_requests
+        api.fail_requests(1, status=410, verbs=["watch"])
+        api.drop_streams()
+        api.wait_for(lambda: api.list_requests > lists, 10)
+        assert api.list_requests > lists
+        vmi = make_vmi("ops", "after-410", NODE_A)
+        launchers.run_vmi(vmi, "kvm", NODE_A)
+        api.create(vmi)
+        wait_until(lambda: series(agent) == {("ops", "after-410"): "kvm"}, 10, "changes after the relist")
