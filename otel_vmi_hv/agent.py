@@ -43,7 +43,12 @@ class Agent:
         )
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
         self.telemetry: Telemetry | None = None
-        self.tracker = Tracker(self._detect, settings.node_name, on_detection=self._record_detection)
+        self.tracker = Tracker(
+            self._detect,
+            settings.node_name,
+            on_detection=self._record_detection,
+            on_discarded=self._detection_discarded,
+        )
         self.source: Source = self._build_source()
         self.http: HttpServer | None = None
         if with_telemetry:
@@ -88,6 +93,11 @@ class Agent:
         if self.telemetry is not None:
             self.telemetry.self_metrics.record_detection(detection, seconds)
 
+    def _detection_discarded(self, vmi: VMI) -> None:
+        """A detection finished after its VMI left: release the launcher state it may have created."""
+        if self.settings.source == "kubernetes" and vmi.target.uri not in self.tracker.uris():
+            self.detector.forget(vmi.target.uri)
+
     def _record_relist(self) -> None:
         if self.telemetry is not None:
             self.telemetry.self_metrics.record_relist()
@@ -130,7 +140,7 @@ class Agent:
                 self.settings.prometheus_port,
                 self.telemetry.render_prometheus,
                 self.readiness,
-                tls,
+                tls=tls,
             )
             self.http.start()
             log.info(

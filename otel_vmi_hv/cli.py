@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -171,5 +170,3 @@ def config_reference() -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["json", "main"]

@@ -153,6 +153,12 @@ def _endpoint(raw: str) -> str:
     parsed = urllib.parse.urlsplit(value if "://" in value else f"//{value}")
     if parsed.scheme not in ("", "http", "https") or not parsed.hostname:
         raise ValueError
+    if parsed.username or parsed.password:
+        # It would end up in logs and check-config; credentials belong in the headers variable.
+        raise ConfigError(
+            "credentials in the URL are refused (they would show in logs): "
+            "put them in OTEL_EXPORTER_OTLP_HEADERS"
+        )
     _ = parsed.port  # raises ValueError for a port that is not a number or out of range
     return value
 
@@ -504,6 +510,9 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTION_BY_ENV = {option.env: option for option in OPTIONS}
+_KUBE_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
+# Never echoed back, not even in an error message: they carry tokens.
+SECRET_OPTIONS = frozenset({"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"})
 
 
 def _check_tls(values: Mapping[str, Any]) -> None:
@@ -567,11 +576,14 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
             continue
         try:
             parsed = option.parse(raw)
-        except ConfigError:
-            raise
+        except ConfigError as error:
+            if option.env in str(error):
+                raise
+            raise ConfigError(f"{option.env}: {error}") from None
         except ValueError:
             source = "flag " + (option.flag or "") if origin == "flag" else option.env
-            raise ConfigError(f"{source}={raw!r} is invalid: expected {option.allowed}") from None
+            shown = " (value not shown)" if option.env in SECRET_OPTIONS else f"={raw!r}"
+            raise ConfigError(f"{source}{shown} is invalid: expected {option.allowed}") from None
         if option.field is not None:
             values[option.field] = parsed
             origins[option.field] = origin
@@ -604,6 +616,18 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
             )
         kubeconfig = default_kubeconfig
     values["kubeconfig"] = kubeconfig
+    if values["source"] == "kubernetes" and not _KUBE_NODE_NAME.fullmatch(values["node_name"]):
+        # It becomes the value of the label selector kubevirt.io/nodeName=<node>: a comma or "="
+        # would silently change the selector, an invalid value would be refused on every request.
+        raise ConfigError(
+            f"OTEL_VMI_HV_NODE_NAME={values['node_name']!r} is not a Kubernetes node name usable in a label "
+            "selector: lowercase letters, digits, '-' and '.', at most 63 characters"
+            + (
+                " (it came from the host name; set OTEL_VMI_HV_NODE_NAME or NODE_NAME)"
+                if origins.get("node_name") == "default"
+                else ""
+            )
+        )
 
     uri = values.get("libvirt_uri")
     if uri is None:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GZIP_MIN_BYTES = 4096
 HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 30.0  # longer than any scrape interval's keep-alive gap Prometheus uses
 
 
 class Readiness:
@@ -56,6 +57,7 @@ class _Server(ThreadingHTTPServer):
     render_metrics: Callable[[], bytes]
     readiness: Readiness
     tls: ssl.SSLContext | None = None
+    idle_timeout: float = IDLE_TIMEOUT
     _gzip_cache: tuple[bytes, bytes] = (b"", b"")
 
     def gzipped(self, body: bytes) -> bytes:
@@ -77,7 +79,7 @@ class _Server(ThreadingHTTPServer):
                 log.debug("TLS handshake with %s failed: %s", client_address[0], error)
                 request.close()
                 return
-            request.settimeout(None)
+            request.settimeout(self.idle_timeout)
         super().finish_request(request, client_address)
 
 
@@ -91,6 +93,12 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the body waits for the client's
     # delayed ACK of the headers: 40 ms added to every small response.
     disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        # A client that connects and goes silent must not pin a thread forever.
+        self.connection.settimeout(self.server.idle_timeout)
+
     server_version = "otel-vmi-hv"
     sys_version = ""  # no Python version in the Server header
 
@@ -153,13 +161,16 @@ class HttpServer:
         port: int,
         render_metrics: Callable[[], bytes],
         readiness: Readiness,
+        *,
         tls: ssl.SSLContext | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         server_class = _Server6 if ":" in host else _Server
         self._server = server_class((host, port), _Handler)
         self._server.render_metrics = render_metrics
         self._server.readiness = readiness
         self._server.tls = tls
+        self._server.idle_timeout = idle_timeout
         self._thread: threading.Thread | None = None
 
     @property

@@ -12,8 +12,11 @@ the VMIs that were left ``unknown`` get detected again without waiting for their
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -181,6 +184,7 @@ class _Daemon:
         self.retry_at = 0.0
         self.last_error = ""
         self.last_reason = "unreachable"
+        self.generation = 0  # connections stored so far
 
     @property
     def state(self) -> str:
@@ -222,7 +226,10 @@ class LibvirtDetector:
         self._daemons: dict[str, _Daemon] = {}
         self._lock = threading.Lock()
         self._inflight_total = 0
-        self.state_version = 0  # bumped whenever any daemon's state may have changed
+        # Bumped (after the change, under its own leaf lock) whenever any daemon's state changed:
+        # the /metrics cache compares it, so it must never lag behind a change or go backwards.
+        self.state_version = 0
+        self._version_lock = threading.Lock()
         self.libvirt_calls = 0  # every call that reached libvirt, for benchmarks and tests
 
     # ------------------------------------------------------------------ public operations
@@ -241,7 +248,10 @@ class LibvirtDetector:
             self._drop_if_settled(target.uri)
         parsed = parse_domain_type(xml)
         if parsed.error:
-            return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain {target.domain_name}")
+            detail = f"domain {target.domain_name}" + (
+                f": type {parsed.raw_type!r}" if parsed.raw_type else ""
+            )
+            return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, detail)
         return Detection(parsed.hypervisor_type, DetectionMethod.LIBVIRT)
 
     def list_active_domains(self, uri: str) -> list[ActiveDomain]:
@@ -270,9 +280,12 @@ class LibvirtDetector:
         self._call(uri, op)
 
     def connection_id(self, uri: str) -> int:
-        """Identity of the current connection (changes on reconnect); 0 when not connected."""
+        """Generation of the current connection (grows with every reconnect); 0 when not connected.
+
+        Not id(conn): CPython reuses the address of a freed connection object for the next one.
+        """
         daemon = self._daemons.get(uri)
-        return id(daemon.conn) if daemon is not None and daemon.conn is not None else 0
+        return daemon.generation if daemon is not None and daemon.conn is not None else 0
 
     def states(self) -> dict[str, str]:
         """State of every known daemon: idle, connected, disconnected or hung."""
@@ -284,7 +297,7 @@ class LibvirtDetector:
         """Close and drop the connection of a daemon no VMI needs any more (launcher gone)."""
         with self._lock:
             daemon = self._daemons.pop(uri, None)
-            self.state_version += 1
+            self._changed()
         if daemon is not None:
             self._drop_connection(daemon)
         self._sockets.release(uri)
@@ -299,6 +312,10 @@ class LibvirtDetector:
 
     # ------------------------------------------------------------------ internals
 
+    def _changed(self) -> None:
+        with self._version_lock:
+            self.state_version += 1
+
     def _drop_if_settled(self, uri: str) -> None:
         """Forget a per-launcher daemon that answered and has nothing in flight: no state to keep."""
         with self._lock:
@@ -309,14 +326,14 @@ class LibvirtDetector:
                 if daemon.conn is not None or daemon.stuck_calls or daemon.failures:
                     return
                 del self._daemons[uri]
-                self.state_version += 1
+                self._changed()
 
     def _daemon(self, uri: str) -> _Daemon:
         with self._lock:
             daemon = self._daemons.get(uri)
             if daemon is None:
                 daemon = self._daemons[uri] = _Daemon(uri, self._max_per_daemon)
-                self.state_version += 1
+                self._changed()
             return daemon
 
     def _call(self, uri: str, op: Callable[[Any], T]) -> T:
@@ -348,10 +365,10 @@ class LibvirtDetector:
                 recovered = False
                 with daemon.lock:
                     call.finished = True
-                    self.state_version += 1
                     if call.overran:
                         daemon.stuck_calls -= 1
                         recovered = daemon.stuck_calls == 0 and call.error is None
+                    self._changed()
                 daemon.slots.release()
                 with self._lock:
                     self._inflight_total -= 1
@@ -360,13 +377,19 @@ class LibvirtDetector:
                     log.info("libvirt at %s answers again", uri)
                     self._notify_recovered(uri)
 
-        self._workers.submit(run)
+        try:
+            self._workers.submit(run)
+        except RuntimeError as error:  # "can't start new thread": out of threads or pids
+            daemon.slots.release()
+            with self._lock:
+                self._inflight_total -= 1
+            raise LibvirtUnavailable("busy", f"cannot start a libvirt worker: {error}") from None
         if not call.done.wait(max(0.0, deadline - self._clock())):
             with daemon.lock:
                 if not call.finished:
                     call.overran = True
                     daemon.stuck_calls += 1
-                    self.state_version += 1
+                    self._changed()
                     first = daemon.stuck_calls == 1
                 else:
                     first = False
@@ -435,7 +458,7 @@ class LibvirtDetector:
                     daemon.conn = None
                     daemon.failures += 1
                     daemon.retry_at = 0.0  # reconnect on the next call; the backoff starts if that fails
-                    self.state_version += 1
+                    self._changed()
             if current:
                 log.warning(
                     "connection to libvirt at %s closed (reason %d); reconnecting", daemon.uri, reason
@@ -459,10 +482,12 @@ class LibvirtDetector:
                 daemon.retry_at = 0.0
             elif daemon.conn is None:
                 daemon.conn = conn
+                daemon.generation += 1
                 was_failing = daemon.failures > 0
                 daemon.failures = 0
                 daemon.retry_at = 0.0
                 conn = None
+            self._changed()
         if conn is not None:  # not kept, or another call connected first: one connection per URI
             _close_quietly(conn)
         if was_failing:
@@ -471,13 +496,13 @@ class LibvirtDetector:
 
     def _connect_failed(self, daemon: _Daemon, error: Exception) -> None:
         with daemon.lock:
-            self.state_version += 1
             daemon.failures += 1
             delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_INITIAL * 2 ** (daemon.failures - 1))
             daemon.retry_at = self._clock() + delay
             daemon.last_error = _describe(error)
             daemon.last_reason = _connect_reason(error)
             first = daemon.failures == 1
+            self._changed()
         if first:
             # With one daemon per launcher, the VMI's own "unknown" warning already says this.
             (log.warning if self._keep_connections else log.debug)(
@@ -487,7 +512,7 @@ class LibvirtDetector:
     def _drop_connection(self, daemon: _Daemon) -> None:
         with daemon.lock:
             conn, daemon.conn = daemon.conn, None
-            self.state_version += 1
+            self._changed()
         if conn is not None:
             # close() is an RPC, and so is the close libvirt-python's __del__ does when the last
             # reference goes: on a hung daemon either blocks forever. Whoever drops a connection
@@ -506,8 +531,7 @@ class LibvirtDetector:
         path = target.domain_file
         assert path is not None
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_DOMAIN_XML_BYTES + 1)
+            data = _read_regular_file(path, MAX_DOMAIN_XML_BYTES + 1)
         except OSError as error:
             return Detection(
                 UNKNOWN,
@@ -519,6 +543,22 @@ class LibvirtDetector:
         if parsed.error:
             return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain file {path}")
         return Detection(parsed.hypervisor_type, DetectionMethod.DOMAIN_FILE, "", failure.reason)
+
+
+def _read_regular_file(path: str, limit: int) -> bytes:
+    """Read at most ``limit`` bytes of a regular file, refusing anything that could block.
+
+    The launcher's domain file lives where the VM's own user can write: a FIFO or device put in
+    its place must not hang a detection worker, and a symlink must not lead elsewhere.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit)
+    finally:
+        os.close(fd)
 
 
 def _notify(callback: Callable[[str], None] | None, uri: str, what: str) -> None:

@@ -26,8 +26,6 @@ from opentelemetry.sdk.metrics.export import (
 )
 from prometheus_client.utils import floatToGoString
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 
 def _escape_help(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n")

@@ -204,7 +204,6 @@ class Telemetry:
         last_sync: Callable[[], float | None] = lambda: None,
         extra_readers: Sequence[MetricReader] = (),
     ) -> None:
-        self._settings = settings
         self._snapshot = snapshot
         self._connection_states = connection_states
         self._connection_state_version = connection_state_version

@@ -53,12 +53,14 @@ class Tracker:
         *,
         workers: int = DEFAULT_WORKERS,
         on_detection: Callable[[Detection, float], None] | None = None,
+        on_discarded: Callable[[VMI], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._detect = detect
         self._node = node_name
         self._workers = workers
         self._on_detection = on_detection
+        self._on_discarded = on_discarded
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
@@ -66,6 +68,7 @@ class Tracker:
         self._queue: list[tuple[float, int, str]] = []  # (due, seq, key) heap
         self._queued: dict[str, float] = {}  # key → due time of its live heap item
         self._running: set[str] = set()
+        self._deferred: set[str] = set()  # due while already running: run again when it ends
         self._seq = itertools.count()
         self._version = 0
         self._dirty = True
@@ -115,6 +118,7 @@ class Tracker:
         with self._lock:
             if self._entries.pop(key, None) is not None:
                 self._queued.pop(key, None)
+                self._deferred.discard(key)
                 self._changed()
 
     def replace_all(self, vmis: Iterable[VMI]) -> None:
@@ -129,10 +133,6 @@ class Tracker:
                 self._changed()
         for vmi in fresh.values():
             self.upsert(vmi)
-
-    def keys(self) -> set[str]:
-        with self._lock:
-            return set(self._entries)
 
     def retry_unknown(self, uri: str | None = None) -> int:
         """Re-detect now every VMI left unknown (of one libvirt URI, or all): the peer recovered."""
@@ -210,7 +210,8 @@ class Tracker:
             return
         self._queued[key] = due
         heapq.heappush(self._queue, (due, next(self._seq), key))
-        self._work.notify()
+        # notify_all: wait_idle() waits on the same condition and must not swallow a worker's wakeup.
+        self._work.notify_all()
 
     def _next_job(self) -> str | None:
         with self._lock:
@@ -221,14 +222,13 @@ class Tracker:
                     if self._queued.get(key) != due:  # superseded or removed
                         heapq.heappop(self._queue)
                         continue
-                    if key in self._running:  # one attempt per VMI at a time; retry after it
-                        heapq.heappop(self._queue)
-                        self._queued.pop(key, None)
-                        heapq.heappush(self._queue, (now + 0.05, next(self._seq), key))
-                        self._queued[key] = now + 0.05
-                        break
                     if due > now:
                         break
+                    if key in self._running:  # one attempt per VMI at a time: run it after this one
+                        heapq.heappop(self._queue)
+                        del self._queued[key]
+                        self._deferred.add(key)
+                        continue
                     heapq.heappop(self._queue)
                     del self._queued[key]
                     self._running.add(key)
@@ -249,6 +249,10 @@ class Tracker:
             finally:
                 with self._lock:
                     self._running.discard(key)
+                    if key in self._deferred:
+                        self._deferred.discard(key)
+                        if key in self._entries:
+                            self._schedule(key, 0.0)
                     self._work.notify_all()
 
     def _run_detection(self, key: str) -> None:
@@ -268,28 +272,32 @@ class Tracker:
             self._on_detection(detection, elapsed)
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry.vmi.target.lifetime_key != vmi.target.lifetime_key:
-                return  # gone or restarted meanwhile; the new lifetime has its own job
-            previous = entry.detection
-            if detection.ok:
-                entry.failures = 0
-            else:
-                keep_known = (
-                    previous is not None
-                    and previous.ok
-                    and entry.detected_lifetime == vmi.target.lifetime_key
-                )
-                entry.failures += 1
-                delay = min(RETRY_MAX, RETRY_INITIAL * 2 ** (entry.failures - 1))
-                self._schedule(key, delay)
-                if keep_known:
-                    return
-            entry.detection = detection
-            entry.detected_lifetime = vmi.target.lifetime_key
-            if previous is None or previous.hypervisor_type != detection.hypervisor_type:
-                self._changed()
+            discarded = entry is None or entry.vmi.target.lifetime_key != vmi.target.lifetime_key
+            previous = None if entry is None or discarded else self._record(key, entry, vmi, detection)
+        if discarded:
+            # Gone or restarted meanwhile (the new lifetime has its own job): whatever this late
+            # attempt set up for the old launcher (daemon state) may have to be released.
+            if self._on_discarded is not None:
+                self._on_discarded(vmi)
+            return
         label = f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name
         if detection.ok:
             log.debug("%s: hypervisor %s (via %s)", label, detection.hypervisor_type, detection.method.value)
         elif previous is None or previous.ok or previous.error != detection.error:
             log.warning("%s: hypervisor unknown (%s: %s)", label, detection.error, detection.detail)
+
+    def _record(self, key: str, entry: _Entry, vmi: VMI, detection: Detection) -> Detection | None:
+        """Store a finished detection (must hold the lock); returns the one it replaces."""
+        previous = entry.detection
+        if detection.ok:
+            entry.failures = 0
+        else:
+            entry.failures += 1
+            self._schedule(key, min(RETRY_MAX, RETRY_INITIAL * 2 ** (entry.failures - 1)))
+            if previous is not None and previous.ok and entry.detected_lifetime == vmi.target.lifetime_key:
+                return previous  # a retry of a known lifetime failed: keep what was learned
+        entry.detection = detection
+        entry.detected_lifetime = vmi.target.lifetime_key
+        if previous is None or previous.hypervisor_type != detection.hypervisor_type:
+            self._changed()
+        return previous

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -33,6 +35,9 @@ READ_SLACK = 30.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 NON_ROOT_UID = 107
+MIN_WATCH_SECONDS = 1.0
+# Pod UIDs are UUIDs; anything else is refused before it becomes part of a path.
+_POD_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 # What an operator should do about the API answers that are not transient.
@@ -54,7 +59,11 @@ def launcher_pod_on(vmi: Mapping[str, Any], node: str) -> str | None:
     active = status.get("activePods") if isinstance(status, Mapping) else None
     if not isinstance(active, Mapping):
         return None
-    pods = sorted(str(uid) for uid, pod_node in active.items() if pod_node == node and uid)
+    pods = sorted(
+        uid
+        for uid, pod_node in active.items()
+        if pod_node == node and isinstance(uid, str) and _POD_UID.fullmatch(uid)
+    )
     return pods[0] if pods else None
 
 
@@ -141,6 +150,7 @@ class KubernetesVMISource:
         self._selector = f"{NODE_LABEL}={settings.node_name}"
         self._interpret = VMIInterpreter(settings.node_name, settings.libvirt_uri, settings.pods_root)
         self._targets: dict[str, LibvirtTarget] = {}  # uid → target of every VMI being reported
+        self._uri_users: Counter[str] = Counter()  # libvirt URI → VMIs using it
         self._resource_version: str | None = None
         self._stop = threading.Event()
         self._response: Any = None
@@ -184,9 +194,14 @@ class KubernetesVMISource:
             try:
                 if self._resource_version is None:
                     self.relist()
+                opened = time.monotonic()
                 self._watch_once()
                 failures = 0
                 self._on_watch_restart("closed")
+                if time.monotonic() - opened < MIN_WATCH_SECONDS:
+                    # A stream that ends at once (a proxy, a misbehaving server) must not make
+                    # the agent spin against the API server.
+                    self._stop.wait(MIN_WATCH_SECONDS)
                 continue
             except ResourceExpired:
                 log.info("VMI watch position expired (410 Gone); relisting")
@@ -250,11 +265,13 @@ class KubernetesVMISource:
             vmi = self._interpret_safely(item)
             if vmi is not None:
                 reported[vmi.key] = vmi
+        # The tracker first: once it no longer holds a VMI, nothing will call its launcher again,
+        # so forgetting the launcher's daemon afterwards cannot be undone by a late retry.
+        self._tracker.replace_all(reported.values())
         for uid in [uid for uid in self._targets if uid not in reported]:
             self._release(uid)
         for uid, vmi in reported.items():
             self._remember(uid, vmi.target)
-        self._tracker.replace_all(reported.values())
         self._resource_version = str(version) if version else None
         self.last_sync = time.time()
         self._on_relist()
@@ -338,27 +355,36 @@ class KubernetesVMISource:
             if isinstance(uid, str):
                 self._forget(uid)
             return
-        self._remember(vmi.key, vmi.target)
         self._tracker.upsert(vmi)
+        self._remember(vmi.key, vmi.target)
 
     def _remember(self, uid: str, target: LibvirtTarget) -> None:
         previous = self._targets.get(uid)
         self._targets[uid] = target
-        if previous is not None and previous.uri != target.uri:
-            self._launcher_gone(previous.uri)
+        if previous is None or previous.uri != target.uri:
+            self._uri_users[target.uri] += 1
+            if previous is not None:
+                self._unuse(previous.uri)
 
     def _forget(self, uid: str) -> None:
         if uid in self._targets:
-            self._release(uid)
             self._tracker.remove(uid)
+            self._release(uid)
 
     def _release(self, uid: str) -> None:
-        target = self._targets.pop(uid)
-        self._launcher_gone(target.uri)
+        self._unuse(self._targets.pop(uid).uri)
 
-    def _launcher_gone(self, uri: str) -> None:
-        if uri and not any(t.uri == uri for t in self._targets.values()):
-            self._on_launcher_gone(uri)
+    def _unuse(self, uri: str) -> None:
+        """One VMI fewer uses ``uri``; the last one gone means its launcher's daemon is gone.
+
+        Counted, not searched: with thousands of VMIs a scan per deletion would be quadratic.
+        (Launcher URIs are one per pod; a template without {pod_uid} shares one among many.)
+        """
+        self._uri_users[uri] -= 1
+        if self._uri_users[uri] <= 0:
+            del self._uri_users[uri]
+            if uri:
+                self._on_launcher_gone(uri)
 
 
 def _events(response: Any) -> Iterator[Mapping[str, Any]]:

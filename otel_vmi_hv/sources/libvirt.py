@@ -100,8 +100,14 @@ class LibvirtDomainSource:
             self._wake.clear()
             try:
                 self.sync_once()
-            except LibvirtUnavailable as failure:
-                self.last_error = f"{failure.reason}: {failure.detail}"
+            except Exception as failure:  # the loop must outlive any one bad listing
+                self.last_error = (
+                    f"{failure.reason}: {failure.detail}"
+                    if isinstance(failure, LibvirtUnavailable)
+                    else repr(failure)
+                )
+                if not isinstance(failure, LibvirtUnavailable):
+                    log.exception("listing domains of %s failed unexpectedly", self._uri)
                 failures += 1
                 if failures == 1:
                     log.warning(

@@ -12,6 +12,7 @@ import pytest
 from otel_vmi_hv.config import (
     KUBEVIRT_LIBVIRT_URI,
     OPTIONS,
+    SECRET_OPTIONS,
     STANDALONE_LIBVIRT_URI,
     ConfigError,
     load_settings,
@@ -62,7 +63,10 @@ def test_bad_value_names_the_variable_and_value(variable: str, value: str) -> No
         load_settings({variable: value})
     message = str(raised.value)
     assert variable in message
-    assert repr(value) in message or value in message
+    if variable in SECRET_OPTIONS:
+        assert value not in message, "header values carry tokens: never echoed"
+    else:
+        assert repr(value) in message or value in message
 
 
 @pytest.mark.parametrize(
@@ -71,6 +75,22 @@ def test_bad_value_names_the_variable_and_value(variable: str, value: str) -> No
 def test_tls_settings_alone_are_explained(variable: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"{variable} is set but .* is not"):
         load_settings({variable: str(tmp_path / "x.pem")})
+
+
+def test_credentials_in_an_endpoint_url_are_refused_without_echoing_them() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://agent:hunter2@collector:4317"})
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize("node", ["worker-1,tenant=a", "Worker-1", "w" * 64, "worker_1"])
+def test_kubernetes_node_name_must_fit_a_label_selector(node: str, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    with pytest.raises(ConfigError, match="OTEL_VMI_HV_NODE_NAME"):
+        load_settings({"KUBECONFIG": str(kubeconfig), "OTEL_VMI_HV_NODE_NAME": node})
+    assert load_settings({"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_NODE_NAME": node}).node_name == node
 
 
 def test_defaults_match_the_documented_contract() -> None:

@@ -7,6 +7,7 @@ test driver.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import libvirt
 
 from otel_vmi_hv.libvirt_detector import LibvirtDetector, silence_libvirt_stderr
-from otel_vmi_hv.model import DetectionMethod, LibvirtTarget
+from otel_vmi_hv.model import Detection, DetectionMethod, LibvirtTarget
 from tests.conftest import DEMO_NODE, FIXTURES
 
 silence_libvirt_stderr()
@@ -160,3 +161,26 @@ def test_forget_closes_the_connection() -> None:
     while not closed() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert closed()
+
+
+def test_domain_file_that_could_block_or_redirect_is_refused(tmp_path: Path) -> None:
+    """The launcher's files are writable by the VM's user: a FIFO must not hang a worker, and a
+    symlink must not make the agent read elsewhere."""
+    uri = f"qemu+unix:///session?socket={tmp_path}/virtqemud-sock"
+    fifo = tmp_path / "fifo.xml"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.xml"
+    link.symlink_to(FIXTURES / "domain-ocp411-cat8kv-01.xml")
+    detector = LibvirtDetector(1.0)
+    for path, why in ((fifo, "not a regular file"), (link, "symbolic links")):
+        results: list[Detection] = []
+
+        def run(path: Path = path, results: list[Detection] = results) -> None:
+            results.append(detector.detect(_target("a_b", uri=uri, domain_file=str(path))))
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(5)
+        assert results, f"reading {path.name} blocked"
+        assert results[0].hypervisor_type == "unknown"
+        assert why in results[0].detail
