@@ -415,7 +415,8 @@ class LibvirtDetector:
                 conn = self._open(self._sockets.shorten(daemon.uri))
             except (libvirt.libvirtError, OSError) as error:
                 self._connect_failed(daemon, error)
-                raise LibvirtUnavailable(_connect_reason(error), _describe(error)) from None
+                detail = self._sockets.explain(_describe(error))
+                raise LibvirtUnavailable(_connect_reason(error), detail) from None
             if conn is None:  # old bindings return None instead of raising
                 raise LibvirtUnavailable("unreachable", f"cannot open {daemon.uri}")
             fresh = True
@@ -499,7 +500,7 @@ class LibvirtDetector:
             daemon.failures += 1
             delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_INITIAL * 2 ** (daemon.failures - 1))
             daemon.retry_at = self._clock() + delay
-            daemon.last_error = _describe(error)
+            daemon.last_error = self._sockets.explain(_describe(error))
             daemon.last_reason = _connect_reason(error)
             first = daemon.failures == 1
             self._changed()

@@ -66,6 +66,15 @@ class SocketPathShortener:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
 
+    def explain(self, text: str) -> str:
+        """Put the real socket paths back into a message that names their short links."""
+        with self._lock:
+            links = list(self._links.items())
+        for long_path, link in links:
+            if link in text:
+                text = text.replace(link, long_path)
+        return text
+
     def close(self) -> None:
         with self._lock:
             self._links.clear()

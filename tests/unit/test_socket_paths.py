@@ -42,5 +42,9 @@ def test_long_socket_path_is_reached_through_a_link(tmp_path: Path) -> None:
     client.close()
     server.close()
     assert shortener.shorten(uri) == short, "one link per socket"
+    assert (
+        shortener.explain(f"Failed to connect socket to '{link}'")
+        == f"Failed to connect socket to '{target}'"
+    )
     shortener.release(uri)
     assert not os.path.lexists(link)
