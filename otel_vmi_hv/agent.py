@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 READY_SYNC = "initial VMI sync not done"
 READY_EXPORTERS = "exporters not started"
-SHUTDOWN_BUDGET = 4.5  # SIGTERM to exit must stay under 5 s, final OTLP export included
+SHUTDOWN_BUDGET = 3.5  # SIGTERM to exit must stay under 5 s (final OTLP export included), with margin
 
 
 class Source(Protocol):

@@ -81,3 +81,31 @@ def test_sigterm_sends_a_last_export(otlp_receiver: RotelReceiver) -> None:
         assert agent.terminate() < 5.0
     points = otlp_receiver.wait_for(lambda rx: rx.points("kubevirt_vmi_hypervisor_info"), timeout=5)
     assert len(points) == 6
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_sigterm_during_a_hung_export_still_exits_within_5s(protocol: str) -> None:
+    """A collector that accepts connections and never answers: every export hangs until its timeout."""
+    import socket
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)  # never accepted: the kernel completes handshakes, nothing ever answers
+    port = blackhole.getsockname()[1]
+    env = {
+        "OTEL_VMI_HV_SOURCE": "libvirt",
+        "OTEL_VMI_HV_LIBVIRT_URI": demo_uri(),
+        "OTEL_METRICS_EXPORTER": "prometheus,otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "30",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+    }
+    try:
+        with AgentProcess(env) as agent:
+            agent.wait_ready()
+            time.sleep(1)  # the first export is now stuck waiting for an answer
+            assert agent.terminate() < 5.0
+            assert agent.process is not None and agent.process.returncode == 0, agent.output()
+    finally:
+        blackhole.close()
