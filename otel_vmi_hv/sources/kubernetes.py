@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "kubevirt.io", "v1", "virtualmachineinstances"
 NODE_LABEL = "kubevirt.io/nodeName"
-LIST_PAGE_SIZE = 500
+LIST_PAGE_SIZE = 100
 WATCH_TIMEOUT_RANGE = (240, 360)  # seconds; spread so a fleet of agents does not re-watch in step
 CONNECT_TIMEOUT = 10.0
 READ_SLACK = 30.0
@@ -238,7 +238,10 @@ class KubernetesVMISource:
         from kubernetes.client.exceptions import ApiException
 
         api = self._api()
-        items: list[Mapping[str, Any]] = []
+        # Pages are turned into VMIs as they arrive: a full VMI object is ~20 KB of JSON, and
+        # holding thousands of them at once would raise the process's memory high-water mark.
+        reported: dict[str, VMI] = {}
+        listed = 0
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"label_selector": self._selector, "limit": self._page_size}
@@ -251,20 +254,21 @@ class KubernetesVMISource:
             except ApiException as error:
                 if error.status == 410 and token:
                     log.info("VMI list continue token expired; restarting the list")
-                    items, token = [], None
+                    reported, listed, token = {}, 0, None
                     continue
                 raise
-            items.extend(item for item in page.get("items") or () if isinstance(item, Mapping))
+            for item in page.get("items") or ():
+                if isinstance(item, Mapping):
+                    listed += 1
+                    vmi = self._interpret_safely(item)
+                    if vmi is not None:
+                        reported[vmi.key] = vmi
             metadata = page.get("metadata") or {}
             token = metadata.get("continue") or None
+            del page
             if not token:
                 version = metadata.get("resourceVersion")
                 break
-        reported: dict[str, VMI] = {}
-        for item in items:
-            vmi = self._interpret_safely(item)
-            if vmi is not None:
-                reported[vmi.key] = vmi
         # The tracker first: once it no longer holds a VMI, nothing will call its launcher again,
         # so forgetting the launcher's daemon afterwards cannot be undone by a late retry.
         self._tracker.replace_all(reported.values())
@@ -275,9 +279,7 @@ class KubernetesVMISource:
         self._resource_version = str(version) if version else None
         self.last_sync = time.time()
         self._on_relist()
-        log.debug(
-            "listed %d VMIs on %s, %d running here", len(items), self._settings.node_name, len(reported)
-        )
+        log.debug("listed %d VMIs on %s, %d running here", listed, self._settings.node_name, len(reported))
         if not self.synced:
             self.synced = True
             self._on_synced()
