@@ -278,7 +278,8 @@ class Telemetry:
             "otel_vmi_hv_last_sync_timestamp",
             callbacks=[self._observe_last_sync],
             unit="s",
-            description="Unix time of the last successful full listing of VMIs (or libvirt domains)",
+            description="Unix time the VMI list was last confirmed current "
+            "(a full listing, a watch event or a bookmark)",
         )
 
     # ------------------------------------------------------------------ callbacks (snapshot reads only)
