@@ -31,62 +31,22 @@ def _openssl(*args: str) -> None:
 def _issue(
     directory: Path, name: str, ca: Path | None, ca_key: Path | None, san: str | None = None
 ) -> tuple[Path, Path]:
+    """A P-256 key and certificate: self-signed (a CA) when ``ca`` is None, else signed by it."""
     key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    new_key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key))
+    subject = ("-subj", f"/CN={name}")
     if ca is None:
-        _openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={name}",
-        )
+        _openssl("req", "-x509", *new_key, "-out", str(cert), "-days", "2", *subject)
         return cert, key
+    assert ca_key is not None
     csr = directory / f"{name}.csr"
-    _openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-        "-subj",
-        f"/CN={name}",
-    )
+    _openssl("req", "-new", *new_key, "-out", str(csr), *subject)
     extensions = directory / f"{name}.ext"
     extensions.write_text(f"subjectAltName={san}\n" if san else "extendedKeyUsage=clientAuth\n")
-    assert ca_key is not None
     _openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(ca),
-        "-CAkey",
-        str(ca_key),
-        "-CAcreateserial",
-        "-out",
-        str(cert),
-        "-days",
-        "2",
-        "-extfile",
-        str(extensions),
-    )
+        "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", "2", "-extfile", str(extensions),
+    )  # fmt: skip
     return cert, key
 
 
