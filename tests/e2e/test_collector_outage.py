@@ -32,7 +32,8 @@ def test_collector_absent_then_up_then_gone(protocol: str) -> None:
     }
     receiver = RotelReceiver()
     with AgentProcess(env) as agent:
-        agent.wait_ready()
+        agent.wait_ready()  # ready = listed; the detections finish just after
+        wait_until(lambda: len(info_series(agent.metrics())) == 6, 10, "all six demo domains detected")
         expected = info_series(agent.metrics())
         assert len(expected) == 6
         wait_until(lambda: "OTLP export to" in agent.output(), 10, "the first failed export to be reported")

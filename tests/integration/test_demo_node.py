@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from otel_vmi_hv.model import hypervisor_type_for
-from tests.agent_process import AgentProcess, demo_uri, http_get
+from tests.agent_process import AgentProcess, demo_uri, http_get, wait_until
 from tests.conftest import DEMO_NODE, ROOT
 from tests.exposition import info_series, parse_samples
 
@@ -30,7 +30,8 @@ def _expected_demo_series() -> dict[tuple[str, str], str]:
 @pytest.fixture(scope="module")
 def demo_agent() -> Iterator[AgentProcess]:
     with AgentProcess({"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_LIBVIRT_URI": demo_uri()}) as agent:
-        agent.wait_ready()
+        agent.wait_ready()  # ready = listed; the detections finish just after
+        wait_until(lambda: len(info_series(agent.metrics())) == 6, 10, "all six demo domains detected")
         yield agent
 
 
