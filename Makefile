@@ -7,7 +7,7 @@ DEMO_URI := test://$(CURDIR)/config/demo-node.xml
 OTEL_METRICS_EXPORTER ?= prometheus
 export OTEL_METRICS_EXPORTER
 
-.PHONY: run test lint typecheck pytest bench docs system-deps system-deps-test clean
+.PHONY: run test test-newest lint typecheck pytest bench docs lock system-deps system-deps-test clean
 
 run: system-deps $(VENV)/.run-installed
 	$(BIN)/otel-vmi-hv run --source libvirt --libvirt-uri "$(DEMO_URI)"
@@ -41,13 +41,39 @@ $(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.run-installed: pyproject.toml | $(VENV)/bin/pip
-	$(BIN)/pip install -q -e .
+# Dependencies come from the lock files (exact versions, hashes checked); the project itself is
+# installed on top without resolving anything again.
+$(VENV)/.run-installed: pyproject.toml requirements.lock | $(VENV)/bin/pip
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/pip
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.dev-installed: pyproject.toml requirements-dev.lock | $(VENV)/bin/pip
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@ $(VENV)/.run-installed
 
+# The newest OpenTelemetry releases the index serves, in an environment of their own, against the
+# unit and integration tests: tells whether the ranges in pyproject.toml still hold.
+NEWEST := .venv-newest
+OTEL_PACKAGES = $(shell grep -o '^opentelemetry[-a-z]*' requirements-dev.lock)
+test-newest: system-deps-test
+	test -x $(NEWEST)/bin/pip || $(PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/pip install -q --require-hashes -r requirements-dev.lock
+	$(NEWEST)/bin/pip install -q --upgrade --upgrade-strategy only-if-needed $(OTEL_PACKAGES)
+	$(NEWEST)/bin/pip install -q --no-deps -e .
+	$(NEWEST)/bin/pip check
+	$(NEWEST)/bin/pip list 2>/dev/null | grep -i '^opentelemetry'
+	$(NEWEST)/bin/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+# Re-resolves the lock files from pyproject.toml (run after changing a dependency).
+lock:
+	test -x .venv-lock/bin/pip-compile || ($(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q pip-tools)
+	for extra in "" dev; do \
+	  .venv-lock/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	    --no-emit-trusted-host --no-emit-find-links $${extra:+--extra $$extra} \
+	    -o requirements$${extra:+-$$extra}.lock pyproject.toml; \
+	done
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(NEWEST) .venv-lock .mypy_cache .ruff_cache .pytest_cache *.egg-info
