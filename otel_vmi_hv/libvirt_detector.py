@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
+from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
 from otel_vmi_hv.model import UNKNOWN, Detection, DetectionMethod, LibvirtTarget
 from otel_vmi_hv.socket_paths import SocketPathShortener
@@ -35,8 +36,7 @@ T = TypeVar("T")
 
 MAX_INFLIGHT_PER_DAEMON = 2
 MAX_INFLIGHT_TOTAL = 64
-RECONNECT_BACKOFF_INITIAL = 0.5
-RECONNECT_BACKOFF_MAX = 30.0
+RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
 
@@ -498,7 +498,7 @@ class LibvirtDetector:
     def _connect_failed(self, daemon: _Daemon, error: Exception) -> None:
         with daemon.lock:
             daemon.failures += 1
-            delay = min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_INITIAL * 2 ** (daemon.failures - 1))
+            delay = RECONNECT_BACKOFF.delay(daemon.failures)
             daemon.retry_at = self._clock() + delay
             daemon.last_error = self._sockets.explain(_describe(error))
             daemon.last_reason = _connect_reason(error)

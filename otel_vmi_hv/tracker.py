@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, Series
 
 log = logging.getLogger(__name__)
 
-RETRY_INITIAL = 1.0
-RETRY_MAX = 60.0
+RETRY = Backoff(initial=1.0, maximum=60.0)
 DEFAULT_WORKERS = 4
 
 
@@ -293,7 +293,7 @@ class Tracker:
             entry.failures = 0
         else:
             entry.failures += 1
-            self._schedule(key, min(RETRY_MAX, RETRY_INITIAL * 2 ** (entry.failures - 1)))
+            self._schedule(key, RETRY.delay(entry.failures))
             if previous is not None and previous.ok and entry.detected_lifetime == vmi.target.lifetime_key:
                 return previous  # a retry of a known lifetime failed: keep what was learned
         entry.detection = detection

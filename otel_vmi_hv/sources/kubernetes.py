@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.model import VMI, LibvirtTarget
 from otel_vmi_hv.tracker import Tracker
@@ -32,8 +33,7 @@ LIST_PAGE_SIZE = 100
 WATCH_TIMEOUT_RANGE = (240, 360)  # seconds; spread so a fleet of agents does not re-watch in step
 CONNECT_TIMEOUT = 10.0
 READ_SLACK = 30.0
-BACKOFF_INITIAL = 0.5
-BACKOFF_MAX = 30.0
+BACKOFF = Backoff(initial=0.5, maximum=30.0)
 NON_ROOT_UID = 107
 MIN_WATCH_SECONDS = 1.0
 # Pod UIDs are UUIDs; anything else is refused before it becomes part of a path.
@@ -223,7 +223,7 @@ class KubernetesVMISource:
             self.last_error = reason
             failures += 1
             self._on_watch_restart("error")
-            delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)  # noqa: S311
+            delay = BACKOFF.delay(failures)
             (log.warning if failures in (1, 5) or failures % 20 == 0 else log.debug)(
                 "VMI %s from the Kubernetes API failed (%s); retrying in %.1fs (attempt %d)",
                 "list" if self._resource_version is None else "watch",

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.libvirt_detector import ActiveDomain, LibvirtDetector, LibvirtUnavailable
 from otel_vmi_hv.model import VMI, LibvirtTarget
 from otel_vmi_hv.tracker import Tracker
@@ -23,8 +24,6 @@ log = logging.getLogger(__name__)
 # KubeVirt names domains "<namespace>_<name>"; neither part may contain "_" (DNS label and
 # DNS subdomain rules), so a single "_" between two such parts is unambiguous.
 _KUBEVIRT_DOMAIN = re.compile(r"([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)_([a-z0-9](?:[-.a-z0-9]*[a-z0-9])?)")
-
-RETRY_INITIAL = 0.5
 
 
 def labels_for_domain(domain_name: str) -> tuple[str, str]:
@@ -113,7 +112,7 @@ class LibvirtDomainSource:
                     log.warning(
                         "cannot list domains of %s (%s); keeping the last known list", self._uri, failure
                     )
-                delay = min(self._resync, RETRY_INITIAL * 2 ** (failures - 1))
+                delay = Backoff(initial=0.5, maximum=self._resync).delay(failures)
             else:
                 if failures:
                     log.info("listing domains of %s works again", self._uri)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, LibvirtTarget
 from otel_vmi_hv.tracker import Tracker
 from tests.agent_process import wait_until
@@ -90,7 +91,7 @@ def test_new_lifetime_is_detected_again_and_old_type_shown_meanwhile(
 def test_unknown_is_published_and_retried_until_it_resolves(
     detector: ScriptedDetector, make_tracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("otel_vmi_hv.tracker.RETRY_INITIAL", 0.05)
+    monkeypatch.setattr("otel_vmi_hv.tracker.RETRY", Backoff(initial=0.05, maximum=0.05))
     tracker = make_tracker()
     tracker.upsert(vmi("b"))
     wait_until(lambda: rows(tracker) == {"b": UNKNOWN}, 5, "b unknown")
