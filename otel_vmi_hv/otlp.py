@@ -1,122 +1,156 @@
-"""OTLP exporters whose encoding reuses the protobuf attributes of the info gauge's series.
+"""OTLP push through the SDK's own ``OTLPMetricExporter`` (gRPC or HTTP), told honestly.
 
-``encode_metrics`` rebuilds every data point's attribute KeyValues on every export: half of an
-export cycle at 10,000 VMIs. A VMI's four attributes do not change during its lifetime, so their
-encoded form is kept (bounded to the series present in the last export) and copied into each new
-point. Everything else is encoded by the SDK's own encoder, and the result is the same message
-``encode_metrics`` builds (a test compares them). Transport, retries, TLS, headers, compression and
-timeouts stay the SDK exporters' own: only the encoding step is swapped.
+Transport, retries, TLS, headers, compression and timeouts are the stock exporter's, configured by
+the standard OTEL_EXPORTER_OTLP_* variables. What the agent adds is how failures reach the
+operator: the SDK logs every failed attempt of every interval, so an absent Collector would fill
+the log. Here the first failure after a success is logged once, with its reason (the gRPC status
+name, the HTTP status, a timeout or a refused connection), a change of reason is logged again,
+recovery is logged once, and every failure is counted by reason. The reason comes from the SDK's
+own log records of that export (their arguments, by type), which are then not repeated; every
+other record of those loggers passes untouched.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import threading
+from collections import Counter
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common._internal import _encode_attributes
-from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.metrics.v1 import metrics_pb2
-from opentelemetry.sdk.metrics.export import Gauge, MetricsData
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+
+from otel_vmi_hv.revision import Revision
 
 log = logging.getLogger(__name__)
 
-
-class CachingEncoder:
-    def __init__(self, metric_name: str) -> None:
-        self._name = metric_name
-        self._templates: dict[tuple[Any, ...], metrics_pb2.NumberDataPoint] = {}
-
-    def encode(self, data: MetricsData) -> ExportMetricsServiceRequest:
-        found = _find_gauge(data, self._name)
-        if found is None:
-            return encode_metrics(data)
-        stripped, points = found
-        if any(point.exemplars for point in points):
-            return encode_metrics(data)
-        request = encode_metrics(stripped)
-        target = _find_pb_metric(request, self._name)
-        if target is None:  # cannot happen with the stripped copy; stay correct regardless
-            return encode_metrics(data)
-        previous, current = self._templates, {}
-        pb_points = target.gauge.data_points
-        for point in points:
-            key = tuple(point.attributes.items())
-            template = previous.get(key)
-            if template is None:
-                template = metrics_pb2.NumberDataPoint(attributes=_encode_attributes(point.attributes))
-            current[key] = template
-            pb_point = pb_points.add()
-            pb_point.MergeFrom(template)
-            pb_point.time_unix_nano = point.time_unix_nano
-            if isinstance(point.value, int):
-                pb_point.as_int = point.value
-            else:
-                pb_point.as_double = point.value
-        self._templates = current
-        return request
+# Where the stock exporters log a failed export (module loggers of their public packages).
+SDK_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+)
 
 
-def _find_gauge(data: MetricsData, name: str) -> tuple[MetricsData, list[Any]] | None:
-    """A copy of ``data`` whose gauge ``name`` has no points, and those points."""
-    for r_index, resource_metrics in enumerate(data.resource_metrics):
-        for s_index, scope_metrics in enumerate(resource_metrics.scope_metrics):
-            for m_index, metric in enumerate(scope_metrics.metrics):
-                if metric.name != name or not isinstance(metric.data, Gauge):
-                    continue
-                empty = dataclasses.replace(metric, data=dataclasses.replace(metric.data, data_points=[]))
-                metrics = [*scope_metrics.metrics[:m_index], empty, *scope_metrics.metrics[m_index + 1 :]]
-                scopes = list(resource_metrics.scope_metrics)
-                scopes[s_index] = dataclasses.replace(scope_metrics, metrics=metrics)
-                resources = list(data.resource_metrics)
-                resources[r_index] = dataclasses.replace(resource_metrics, scope_metrics=scopes)
-                return dataclasses.replace(data, resource_metrics=resources), list(metric.data.data_points)
+def failure_reason(args: Any) -> str | None:
+    """A bounded label for what an SDK failure record says, read from its arguments by type."""
+    values = args if isinstance(args, tuple) else (args,)
+    for value in values:
+        name = getattr(type(value), "__name__", "")
+        if name == "StatusCode" and hasattr(value, "name"):  # grpc.StatusCode
+            return str(value.name)
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return f"http_{value}"
+    for value in values:
+        if isinstance(value, BaseException):
+            return _exception_reason(value)
     return None
 
 
-def _find_pb_metric(request: ExportMetricsServiceRequest, name: str) -> metrics_pb2.Metric | None:
-    for resource_metrics in request.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                if metric.name == name:
-                    found: metrics_pb2.Metric = metric
-                    return found
-    return None
+def _exception_reason(error: BaseException) -> str:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection_refused"
+        if isinstance(current, TimeoutError) or "Timeout" in type(current).__name__:
+            return "timeout"
+        nested = [arg for arg in current.args if isinstance(arg, BaseException)]
+        current = current.__cause__ or current.__context__ or (nested[0] if nested else None)
+    return "connection_error" if "Connection" in type(error).__name__ else "error"
 
 
-def grpc_exporter(encoder: CachingEncoder) -> Any:
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+class ExportStatus:
+    """Whether OTLP exports work, and failures by reason (read by the failures self-metric)."""
 
-    class GrpcExporter(OTLPMetricExporter):
-        def _translate_data(self, data: MetricsData) -> ExportMetricsServiceRequest:
-            return encoder.encode(data)
+    def __init__(self, target: str, revision: Revision) -> None:
+        self.target = target
+        self._revision = revision
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.failing_reason: str | None = None
+        self.failures: Counter[str] = Counter()
 
-    return GrpcExporter()
+    # The SDK's records of one export are captured on the exporting thread.
+    def filter(self, record: logging.LogRecord) -> bool:
+        capture: list[tuple[str | None, str]] | None = getattr(self._local, "capture", None)
+        if capture is None or record.levelno < logging.WARNING:
+            return True
+        capture.append((failure_reason(record.args), _detail(record)))
+        return log.isEnabledFor(logging.DEBUG)  # repeated in our own words below
+
+    def export(self, inner_export: Any, metrics_data: MetricsData, **kwargs: Any) -> MetricExportResult:
+        self._local.capture = capture = []
+        try:
+            result: MetricExportResult = inner_export(metrics_data, **kwargs)
+        except Exception as error:  # an exporter bug must not kill the export thread
+            log.debug("OTLP export raised", exc_info=True)
+            capture.append((_exception_reason(error), repr(error)))
+            result = MetricExportResult.FAILURE
+        finally:
+            self._local.capture = None
+        if result is MetricExportResult.SUCCESS:
+            self._succeeded()
+        else:
+            reasons = [reason for reason, _ in capture if reason]
+            details = [detail for _, detail in capture if detail]
+            reason = reasons[-1] if reasons else self.failing_reason or "failed"
+            self._failed(reason, details[-1] if details else "")
+        return result
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            was, self.failing_reason = self.failing_reason, None
+        if was is not None:
+            log.info("OTLP export to %s works again", self.target)
+
+    def _failed(self, reason: str, detail: str) -> None:
+        with self._lock:
+            was, self.failing_reason = self.failing_reason, reason
+            self.failures[reason] += 1
+        self._revision.bump()
+        if was != reason:
+            log.warning(
+                "OTLP export to %s is failing: %s%s; retrying every interval",
+                self.target,
+                reason,
+                f" ({detail})" if detail else "",
+            )
 
 
-def http_exporter(encoder: CachingEncoder) -> Any:
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter, _split_metrics_data
-    from opentelemetry.sdk.metrics.export import MetricExportResult
+def _detail(record: logging.LogRecord) -> str:
+    """The human part of an SDK failure record: gRPC's error details or HTTP's reason phrase."""
+    values = record.args if isinstance(record.args, tuple) else ()
+    texts = [v for v in values if isinstance(v, str) and v and "://" not in v and v != "metrics"]
+    return texts[-1][:200] if texts else ""
 
-    class HttpExporter(OTLPMetricExporter):
-        # The SDK's export() with encode_metrics replaced by the caching encoder.
+
+def build_exporter(protocol: str, status: ExportStatus) -> MetricExporter:
+    """The stock exporter for ``protocol``, reporting to ``status``; reads OTEL_EXPORTER_OTLP_*."""
+    base: type[Any]
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+        base = Http
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+        base = Grpc
+
+    class Exporter(base):  # type: ignore[misc]
         def export(
-            self, metrics_data: MetricsData, timeout_millis: float | None = 10_000, **kwargs: Any
+            self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
         ) -> MetricExportResult:
-            if self._shutdown:
-                return MetricExportResult.FAILURE
-            try:
-                request = encoder.encode(metrics_data)
-            except Exception:  # the SDK logs and fails the batch the same way
-                log.exception("failed to encode metrics for OTLP")
-                return MetricExportResult.FAILURE
-            if self._max_export_batch_size is None:
-                result: MetricExportResult = self._export_batch(request)
-                return result
-            for batch in _split_metrics_data(request, self._max_export_batch_size):
-                if self._export_batch(batch) != MetricExportResult.SUCCESS:
-                    return MetricExportResult.FAILURE
-            return MetricExportResult.SUCCESS
+            inner = super().export
+            return status.export(inner, metrics_data, timeout_millis=timeout_millis, **kwargs)
 
-    return HttpExporter()
+    for name in SDK_EXPORT_LOGGERS:
+        # First in line: the gRPC exporter's own filter drops repeated records, and every failed
+        # export must be seen to be counted with its reason.
+        logging.getLogger(name).filters.insert(0, status)
+    exporter: MetricExporter = Exporter()
+    return exporter
+
+
+def detach(status: ExportStatus) -> None:
+    for name in SDK_EXPORT_LOGGERS:
+        logging.getLogger(name).removeFilter(status)
