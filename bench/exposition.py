@@ -30,7 +30,7 @@ from bench.common import median, ms, p99, table, timings
 from otel_vmi_hv.config import load_settings
 from otel_vmi_hv.http import HttpServer, Readiness
 from otel_vmi_hv.model import Series
-from otel_vmi_hv.otlp import CachingEncoder
+from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.telemetry import INFO_HELP, INFO_METRIC, Telemetry
 from otel_vmi_hv.tracker import Snapshot
 
@@ -148,17 +148,26 @@ class AgentSide:
     def __init__(self, rows: tuple[Series, ...], extra: Any = None) -> None:
         self.rows = rows
         self.snapshot = Snapshot(1, rows, 0)
-        self.encoder = EncodeOnlyExporter(CachingEncoder(INFO_METRIC).encode)
+        self.encoder = EncodeOnlyExporter()
         self.otlp = PeriodicExportingMetricReader(self.encoder, export_interval_millis=10**9)
         settings = load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_VMI_HV_NODE_NAME": "worker-1"})
         readers = [self.otlp] if extra is None else [extra]
-        self.telemetry = Telemetry(settings, lambda: self.snapshot, extra_readers=readers)
+        self.revision = Revision()
+        self.telemetry = Telemetry(settings, self.revision, extra_readers=readers)
+        self.telemetry.publish(self, self)
         self.variants = (rows, make_rows(len(rows), flip=1))
+
+    def publish(self) -> Snapshot:
+        return self.snapshot
+
+    def states(self) -> dict[str, str]:
+        return {}
 
     def change(self) -> None:
         """One VMI changes type: a new snapshot, as the tracker publishes after a detection."""
         version = self.snapshot.version + 1
         self.snapshot = Snapshot(version, self.variants[version % 2], 0)
+        self.revision.bump()
 
     def collect_after_change(self) -> None:
         """Only the MeterProvider collection the scrape makes (callbacks, aggregation), no text."""
@@ -195,7 +204,7 @@ def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[lis
     """collect + encode + send over gRPC to a real receiver, stock exporter against the agent's."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    from otel_vmi_hv.otlp import grpc_exporter
+    from otel_vmi_hv.otlp import ExportStatus, build_exporter
 
     endpoint = receiver.grpc_endpoint
     limits: dict[type, int] = {ObservableGauge: 10_000_000}
@@ -212,7 +221,7 @@ def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[lis
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
     try:
         agent_reader = PeriodicExportingMetricReader(
-            grpc_exporter(CachingEncoder(INFO_METRIC)), export_interval_millis=10**9
+            build_exporter("grpc", ExportStatus(endpoint, Revision())), export_interval_millis=10**9
         )
     finally:
         del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
@@ -235,13 +244,13 @@ def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[lis
     return out
 
 
-def run(sizes: tuple[int, ...] = (100, 1_000, 10_000), receiver: Any = None) -> str:
+def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None) -> str:
     render_rows = []
     http_rows = []
     otlp_rows = []
     send_rows: list[list[object]] = []
     for n in sizes:
-        repeat = {100: 200, 1_000: 60, 10_000: 15}.get(n, 10)
+        repeat = {110: 200, 250: 150, 1_000: 60, 10_000: 15}.get(n, 10)
         rows = make_rows(n)
         stock, plain, agent = StockOtel(rows), PlainCollector(rows), AgentSide(rows)
         lines = [

@@ -39,7 +39,7 @@ def main() -> None:
     print(f"machine: {machine()}\n")
     receiver = RotelReceiver().start()
     try:
-        sizes = (100, 1_000) if args.quick else (100, 1_000, 10_000)
+        sizes = (110, 250) if args.quick else (110, 250, 1_000, 10_000)
         print(exposition.run(sizes, receiver=receiver), end="\n\n", flush=True)
     finally:
         receiver.stop()

@@ -44,7 +44,7 @@ _RENAMED_TYPES = {
 
 
 def hypervisor_type_for(domain_type: str) -> str:
-    """Map a libvirt ``<domain type>`` to the ``hypervisor_type`` label value (DESIGN.md 3)."""
+    """Map a libvirt ``<domain type>`` to the ``hypervisor_type`` label value."""
     lowered = domain_type.strip().lower()
     if lowered not in LIBVIRT_DOMAIN_TYPES:
         return UNKNOWN
@@ -106,3 +106,32 @@ class Series:
     name: str
     namespace: str
     node: str
+
+    def attributes(self) -> dict[str, str]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "node": self.node,
+            "hypervisor_type": self.hypervisor_type,
+        }
+
+
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def encodable_label(value: str) -> str:
+    """``value`` with what no exposition can carry (NUL, lone surrogates) replaced by U+FFFD.
+
+    Such a value only comes from a broken or hostile API server, and one of them must not make the
+    whole /metrics body or OTLP request fail to encode.
+    """
+    if "\x00" not in value:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return value
+    return "".join(
+        REPLACEMENT_CHARACTER if char == "\x00" or "\ud800" <= char <= "\udfff" else char for char in value
+    )

@@ -1,21 +1,23 @@
 """A MetricReader that renders the Prometheus text format (0.0.4) straight from MetricsData.
 
-The stock PrometheusMetricReader converts every data point into prometheus_client objects and
-formats them through that library: ~100 ms per scrape at 10,000 series on a small node. This reader
-stays inside the OpenTelemetry SDK pipeline (it is a MetricReader registered on the one
-MeterProvider, fed by the same collection) but writes the text itself, with the same naming rules as
-the stock exporter (its sanitizers and unit map are reused) and no scope labels or target_info.
-Series are sorted, so the body depends only on the collected state, never on insertion history;
-that is what lets the caller keep a rendered body until something changes.
+It is a plain SDK ``MetricReader`` on the agent's one MeterProvider, fed by the same collections
+as the OTLP reader. The stock ``PrometheusMetricReader`` would do, but it renders every scope it
+is given; this one can leave out the process metrics, which /metrics renders fresh per scrape
+while the rest of the body is reused until something changes (see ``telemetry.py``).
+
+The naming rules are the OpenTelemetry specification's Prometheus compatibility rules, written
+here rather than imported from the exporter's private ``_mapping`` module, and kept equal to the
+stock exporter's output by a conformance test (tests/unit/test_prometheus_text.py). Series are
+sorted, so a body depends only on the collected state, never on insertion history.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_attribute, sanitize_full_name
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
@@ -26,29 +28,105 @@ from opentelemetry.sdk.metrics.export import (
 )
 from prometheus_client.utils import floatToGoString
 
+_INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9:]+")
+_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9]+")
+_UNIT_ANNOTATION = re.compile(r"{.*}")
+# UCUM units to the words Prometheus names end in; "1" (a ratio) adds nothing.
+_UNIT_WORDS = {
+    "d": "days",
+    "h": "hours",
+    "min": "minutes",
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "By": "bytes",
+    "KiBy": "kibibytes",
+    "MiBy": "mebibytes",
+    "GiBy": "gibibytes",
+    "TiBy": "tibibytes",
+    "KBy": "kilobytes",
+    "MBy": "megabytes",
+    "GBy": "gigabytes",
+    "TBy": "terabytes",
+    "m": "meters",
+    "V": "volts",
+    "A": "amperes",
+    "J": "joules",
+    "W": "watts",
+    "g": "grams",
+    "Cel": "celsius",
+    "Hz": "hertz",
+    "1": "",
+    "%": "percent",
+}
+_PER_UNIT_WORDS = {
+    "s": "second",
+    "m": "minute",
+    "h": "hour",
+    "d": "day",
+    "w": "week",
+    "mo": "month",
+    "y": "year",
+}
+
+
+def _leading_digit(text: str) -> str:
+    return "_" + text[1:] if text and text[0].isdigit() else text
+
+
+def label_name(key: str) -> str:
+    """An attribute key as a Prometheus label name."""
+    return _INVALID_LABEL_CHARS.sub("_", _leading_digit(key))
+
+
+def _unit_suffix(unit: str) -> str:
+    unit = _UNIT_ANNOTATION.sub("", unit)
+    if unit in _UNIT_WORDS:
+        return _UNIT_WORDS[unit]
+    top, slash, bottom = unit.partition("/")
+    if slash:
+        bottom = _INVALID_NAME_CHARS.sub("_", bottom)
+        if bottom:
+            top = _INVALID_NAME_CHARS.sub("_", top)
+            top = _UNIT_WORDS.get(top, top)
+            bottom = _PER_UNIT_WORDS.get(bottom, bottom)
+            return f"{top}_per_{bottom}" if top else f"per_{bottom}"
+    return _INVALID_NAME_CHARS.sub("_", unit).strip("_")
+
+
+def family_name(name: str, unit: str) -> str:
+    """The exposed metric name: sanitized, with the unit's word appended unless already there."""
+    sanitized = _INVALID_NAME_CHARS.sub("_", _leading_digit(name))
+    suffix = _unit_suffix(unit or "")
+    if suffix and not sanitized.endswith("_" + suffix):
+        sanitized = f"{sanitized}_{suffix}"
+    return sanitized
+
 
 def _escape_help(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
 def _escape_value(text: str) -> str:
-    if "\\" in text or '"' in text or "\n" in text:
-        return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return text
+    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _number(value: float) -> str:
-    if value == 1:
-        return "1.0"
-    if value == 0:
-        return "0.0"
+def number(value: float) -> str:
+    """A sample value as Prometheus' Go clients write it (1.0, 2.5e+06, +Inf, NaN)."""
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
     return text
 
 
-def _label_text(attributes: Mapping[str, Any], extra: str = "") -> str:
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+def labels_text(attributes: Mapping[str, Any], extra: str = "") -> str:
     parts = [
-        f'{_label_name(key)}="{_escape_value(_attribute_value(value))}"'
+        f'{label_name(key)}="{_escape_value(_value_text(value))}"'
         for key, value in sorted(attributes.items())
     ]
     if extra:
@@ -56,126 +134,68 @@ def _label_text(attributes: Mapping[str, Any], extra: str = "") -> str:
     return "{" + ",".join(parts) + "}" if parts else ""
 
 
-_LABEL_NAMES: dict[str, str] = {}
+def family_header(name: str, kind: str, description: str) -> list[str]:
+    return [f"# HELP {name} {_escape_help(description)}", f"# TYPE {name} {kind}"]
 
 
-def _label_name(key: str) -> str:
-    name = _LABEL_NAMES.get(key)
-    if name is None:
-        name = sanitize_attribute(key)
-        if len(_LABEL_NAMES) < 1024:  # attribute keys are a small fixed set; bound it anyway
-            _LABEL_NAMES[key] = name
-    return name
-
-
-class _LabelCache:
-    """Rendered label sets of one metric, reused across collections while the series lives.
-
-    Rendering and escaping four labels costs more than everything else the renderer does; the
-    info gauge's label sets rarely change, so the text is kept, keyed by the attribute values,
-    and entries not seen in a collection are dropped so the cache never outgrows the metric.
-    """
-
-    def __init__(self) -> None:
-        self._texts: dict[tuple[Any, ...], str] = {}
-
-    def sorted_points(self, points: Iterable[Any]) -> list[tuple[str, Any]]:
-        previous: dict[tuple[Any, ...], str] = self._texts
-        current: dict[tuple[Any, ...], str] = {}
-        labelled = []
-        for point in points:
-            key = tuple(point.attributes.items())
-            text = previous.get(key)
-            if text is None:
-                text = _label_text(point.attributes)
-            current[key] = text
-            labelled.append((text, point))
-        self._texts = current
-        labelled.sort(key=lambda item: item[0])
-        return labelled
-
-
-def _attribute_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def family_name(name: str, unit: str) -> str:
-    """The exposed metric name: sanitized, with the unit suffix the stock exporter would add."""
-    sanitized = sanitize_full_name(name)
-    mapped = map_unit(unit or "")
-    if mapped and not sanitized.endswith("_" + mapped):
-        sanitized = f"{sanitized}_{mapped}"
-    return sanitized
-
-
-def render(metrics_data: MetricsData | None, caches: dict[str, _LabelCache] | None = None) -> bytes:
-    """Prometheus text exposition of every metric in ``metrics_data``.
-
-    ``caches`` (metric name → label cache) lets a long-lived reader skip re-rendering labels.
-    """
+def render(metrics_data: MetricsData | None, skip_scopes: Collection[str] = ()) -> bytes:
+    """Prometheus text exposition of every metric in ``metrics_data`` outside ``skip_scopes``."""
     if metrics_data is None:
         return b""
-    caches = {} if caches is None else caches
     out: list[str] = []
     for resource_metrics in metrics_data.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
+            if scope_metrics.scope.name in skip_scopes:
+                continue
             for metric in scope_metrics.metrics:
-                data = metric.data
-                name = family_name(metric.name, metric.unit or "")
-                cache = caches.get(metric.name)
-                if cache is None:
-                    cache = caches[metric.name] = _LabelCache()
-                _sorted_points = cache.sorted_points
-                help_line = f"# HELP {name} {_escape_help(metric.description or '')}"
-                if (
-                    isinstance(data, Sum)
-                    and data.is_monotonic
-                    and (data.aggregation_temporality is AggregationTemporality.CUMULATIVE)
-                ):
-                    base = name[: -len("_total")] if name.endswith("_total") else name
-                    out.append(f"# HELP {base}_total {_escape_help(metric.description or '')}")
-                    out.append(f"# TYPE {base}_total counter")
-                    out.extend(
-                        f"{base}_total{labels} {_number(point.value)}"
-                        for labels, point in _sorted_points(data.data_points)
-                    )
-                elif isinstance(data, Gauge | Sum):
-                    out.append(help_line)
-                    out.append(f"# TYPE {name} gauge")
-                    out.extend(
-                        f"{name}{labels} {_number(point.value)}"
-                        for labels, point in _sorted_points(data.data_points)
-                    )
-                elif isinstance(data, Histogram):
-                    out.append(help_line)
-                    out.append(f"# TYPE {name} histogram")
-                    for _, point in _sorted_points(data.data_points):
-                        cumulative = 0
-                        bounds = [*(_number(bound) for bound in point.explicit_bounds), "+Inf"]
-                        for bound, count in zip(bounds, point.bucket_counts, strict=False):
-                            cumulative += count
-                            le = 'le="' + bound + '"'
-                            out.append(
-                                f"{name}_bucket{_label_text(point.attributes, le)} {_number(cumulative)}"
-                            )
-                        labels = _label_text(point.attributes)
-                        out.append(f"{name}_count{labels} {_number(point.count)}")
-                        out.append(f"{name}_sum{labels} {_number(point.sum)}")
+                out.extend(_family(metric))
     return ("\n".join(out) + "\n").encode() if out else b""
+
+
+def _family(metric: Any) -> list[str]:
+    data = metric.data
+    name = family_name(metric.name, metric.unit or "")
+    description = metric.description or ""
+    points = sorted(data.data_points, key=lambda point: labels_text(point.attributes or {}))
+    if (
+        isinstance(data, Sum)
+        and data.is_monotonic
+        and data.aggregation_temporality is AggregationTemporality.CUMULATIVE
+    ):
+        base = name.removesuffix("_total")
+        return [
+            *family_header(f"{base}_total", "counter", description),
+            *(f"{base}_total{labels_text(p.attributes or {})} {number(p.value)}" for p in points),
+        ]
+    if isinstance(data, Gauge | Sum):
+        return [
+            *family_header(name, "gauge", description),
+            *(f"{name}{labels_text(p.attributes or {})} {number(p.value)}" for p in points),
+        ]
+    if isinstance(data, Histogram):
+        lines = family_header(name, "histogram", description)
+        for point in points:
+            attributes = point.attributes or {}
+            cumulative = 0
+            bounds = [*(number(bound) for bound in point.explicit_bounds), "+Inf"]
+            for bound, count in zip(bounds, point.bucket_counts, strict=False):
+                cumulative += count
+                le = 'le="' + bound + '"'
+                lines.append(f"{name}_bucket{labels_text(attributes, le)} {number(cumulative)}")
+            lines.append(f"{name}_count{labels_text(attributes)} {number(point.count)}")
+            lines.append(f"{name}_sum{labels_text(attributes)} {number(point.sum)}")
+        return lines
+    return []  # exponential histograms: the agent creates none
 
 
 class PrometheusTextReader(MetricReader):
     """Pull reader: each ``render()`` is one collection through the MeterProvider."""
 
-    def __init__(self) -> None:
+    def __init__(self, skip_scopes: Collection[str] = ()) -> None:
         super().__init__()
         self._lock = threading.Lock()
+        self._skip = frozenset(skip_scopes)
         self._received: MetricsData | None = None
-        self._label_caches: dict[str, _LabelCache] = {}
 
     def _receive_metrics(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -187,7 +207,7 @@ class PrometheusTextReader(MetricReader):
             self._received = None
             self.collect()
             data, self._received = self._received, None
-            return render(data, self._label_caches)
+            return render(data, self._skip)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         return None

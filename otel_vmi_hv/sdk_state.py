@@ -1,19 +1,28 @@
 """Keeps the OpenTelemetry SDK's per-attribute-set state of the info gauge bounded.
 
-The SDK (1.45) never frees the aggregation it creates for an attribute set of an asynchronous
-instrument: every VMI ever seen keeps ~1.5 KB per reader forever, and past the cardinality limit
-the whole metric collapses into one ``otel.metric.overflow`` series. A node agent that sees
-thousands of short-lived VMIs must not do either.
+This is the only module of the agent that touches SDK internals, and why it must:
 
-For an observable gauge that state is disposable between collections: every collection resets
-each aggregation's value to None and the callback re-observes what is current. The pruner runs
-inside the gauge's own callback, which the SDK calls with its measurement-consumer lock held, so
-no other collection is half-way through and every aggregation of this instrument is empty at that
-moment: dropping them loses nothing. It only does so when the table has grown well past the live
-series count, so the cost is amortised to O(1) per series.
+The OpenTelemetry metrics SDK specification (metrics/sdk.md, on observations of asynchronous
+instruments) says: "The implementation SHOULD NOT produce aggregated metric data for a
+previously-observed attribute set which is not observed during a successful callback": a reader
+receives only the attribute sets observed since its last collection. The Python SDK exports
+correctly, but it keeps the aggregation object of every attribute set ever observed (~1.5 KB per
+reader) until the provider shuts down, and past the cardinality limit it folds every series into one
+``otel.metric.overflow`` series. A node agent sees thousands of short-lived VMIs in its lifetime,
+so both would happen; the public API has no way to release that state.
 
-This reaches into SDK internals. ``supported`` is False when they are not where expected (another
-SDK version); the agent then warns once and relies on the raised cardinality limit alone.
+Because of that rule, the state is disposable between collections: each collection resets every
+aggregation of the instrument and the callback observes what is current. The pruner runs inside
+the gauge's own callback, which the SDK calls with its measurement-consumer lock held, so no other
+collection is half-way through and every aggregation of the instrument is empty at that moment:
+dropping them changes no exported point. It only does so when the table has grown well past the
+live series count, so the cost is amortised to O(1) per series.
+
+Checked with opentelemetry-sdk 1.45.x (`make test-newest` runs the tests against the newest
+release). tests/unit/test_sdk_state.py fails if the SDK stops keeping this state (then this module
+can go), if it stops following the rule above (then pruning would no longer be safe), or if the
+internals moved (``supported`` turns False: the agent warns once and relies on the raised
+cardinality limit alone).
 """
 
 from __future__ import annotations
@@ -27,13 +36,12 @@ SLACK = 64
 
 
 class AttributeStatePruner:
-    def __init__(self, meter_provider: Any, instrument: Any) -> None:
+    def __init__(self, meter_provider: Any, instrument_name: str) -> None:
         self._provider = meter_provider
-        self._instrument = instrument
+        self._name = instrument_name
         self.pruned = 0
         try:
-            consumer = meter_provider._measurement_consumer
-            _ = consumer._reader_storages
+            _ = meter_provider._measurement_consumer._reader_storages
             self.supported = True
         except AttributeError:
             self.supported = False
@@ -46,7 +54,9 @@ class AttributeStatePruner:
         storages = self._provider._measurement_consumer._reader_storages
         matches: list[Any] = []
         for storage in storages.values():
-            matches.extend(storage._instrument_view_instrument_matches.get(self._instrument, ()))
+            for instrument, instrument_matches in list(storage._instrument_view_instrument_matches.items()):
+                if instrument.name == self._name:
+                    matches.extend(instrument_matches)
         return matches
 
     def state_size(self) -> int:

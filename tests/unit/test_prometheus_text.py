@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from otel_vmi_hv.config import load_settings
 from otel_vmi_hv.model import Detection, DetectionMethod, Series
+from otel_vmi_hv.prometheus_text import family_name
+from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.telemetry import Telemetry
 from otel_vmi_hv.tracker import Snapshot
 
@@ -20,29 +22,40 @@ ODD_NAMES = ["plain", 'with "quotes"', "back\\slash", "new\nline", "ünïcödé-
 
 
 class State:
-    def __init__(self) -> None:
+    """Stands in for the tracker and the libvirt connections; changes bump the shared revision."""
+
+    def __init__(self, revision: Revision) -> None:
+        self.revision = revision
         self.snapshot = Snapshot(0, (), 0)
-        self.states: dict[str, str] = {}
-        self.state_version = 0
-        self.last_sync: float | None = None
+        self.connection_states: dict[str, str] = {}
 
     def set_rows(self, rows: list[Series]) -> None:
         self.snapshot = Snapshot(self.snapshot.version + 1, tuple(rows), 0)
+        self.revision.bump()
+
+    def set_states(self, states: dict[str, str]) -> None:
+        self.connection_states = states
+        self.revision.bump()
+
+    def publish(self) -> Snapshot:
+        return self.snapshot
+
+    def states(self) -> dict[str, str]:
+        return self.connection_states
 
 
 @pytest.fixture
 def setup() -> Iterator[tuple[Telemetry, State, CollectorRegistry]]:
-    state = State()
+    revision = Revision()
+    state = State(revision)
     registry = CollectorRegistry(auto_describe=False)
     stock = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=registry)
     telemetry = Telemetry(
         load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "NODE_NAME": "n"}),
-        lambda: state.snapshot,
-        connection_states=lambda: state.states,
-        connection_state_version=lambda: state.state_version,
-        last_sync=lambda: state.last_sync,
+        revision,
         extra_readers=[stock],
     )
+    telemetry.publish(state, state)
     yield telemetry, state, registry
     telemetry.shutdown(2)
 
@@ -68,10 +81,9 @@ def _fill(telemetry: Telemetry, state: State) -> None:
         for name in ODD_NAMES
     ]
     state.set_rows(rows)
-    state.states = {"u1": "connected", "u2": "hung"}
-    state.state_version += 1
-    state.last_sync = 1_790_000_000.25
+    state.set_states({"u1": "connected", "u2": "hung"})
     metrics = telemetry.self_metrics
+    metrics.record_sync(1_790_000_000.25)
     metrics.record_detection(Detection("kvm", DetectionMethod.LIBVIRT), 0.004)
     metrics.record_detection(Detection("unknown", DetectionMethod.NONE, "timeout"), 5.0)
     metrics.record_watch_restart("expired")
@@ -122,7 +134,7 @@ def test_cached_body_is_byte_identical_to_a_fresh_collection(setup) -> None:
     assert telemetry._prometheus.render() == first
 
 
-@pytest.mark.parametrize("change", ["snapshot", "detection", "connection", "sync", "relist"])
+@pytest.mark.parametrize("change", ["snapshot", "detection", "connection", "sync", "relist", "label"])
 def test_any_change_invalidates_the_cached_body(setup, change: str) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
@@ -132,13 +144,42 @@ def test_any_change_invalidates_the_cached_body(setup, change: str) -> None:
     elif change == "detection":
         telemetry.self_metrics.record_detection(Detection("kvm", DetectionMethod.LIBVIRT), 0.001)
     elif change == "connection":
-        state.states = {"u1": "connected"}
-        state.state_version += 1
+        state.set_states({"u1": "connected"})
     elif change == "sync":
-        state.last_sync = 1_790_000_100.0
+        telemetry.self_metrics.record_sync(1_790_000_100.0)
+    elif change == "label":
+        telemetry.self_metrics.record_label_replaced()
     else:
         telemetry.self_metrics.record_relist()
     after = telemetry.render_prometheus()
     assert after != before
     assert telemetry._prometheus is not None
     assert telemetry._prometheus.render() == after
+
+
+@pytest.mark.parametrize(
+    ("name", "unit"),
+    [
+        ("otel_vmi_hv_detection_duration", "s"),
+        ("already_seconds", "s"),
+        ("process.resident_memory", "By"),
+        ("rate", "m/s"),
+        ("per_thing", "1/s"),
+        ("ratio", "1"),
+        ("annotated", "{vmi}"),
+        ("percent", "%"),
+        ("odd-name.with/chars", "weird unit"),
+        ("bytes_total", "KiBy"),
+    ],
+)
+def test_names_follow_the_stock_exporter(name: str, unit: str) -> None:
+    """The naming rules are the agent's own code: compared with the stock exporter's output."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    registry = CollectorRegistry(auto_describe=False)
+    reader = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=registry)
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    provider.get_meter("t").create_gauge(name, unit=unit).set(1)
+    (stock_name,) = [f.name for f in text_string_to_metric_families(generate_latest(registry).decode())]
+    assert family_name(name, unit) == stock_name
+    provider.shutdown()
