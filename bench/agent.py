@@ -102,10 +102,10 @@ def event_to_visible(node: Node, count: int = 300) -> dict[str, Any]:
         started = time.perf_counter()
         node.api.create(vmi)
         latencies.append(_poll(lambda needle=needle: needle in render(), 10) - started)  # type: ignore[misc]
-    calls_after_detection = agent.detector.libvirt_calls
+    calls_after_detection = agent.libvirt.calls_made
     for _ in range(1000):
         render()
-    calls_per_scrape = (agent.detector.libvirt_calls - calls_after_detection) / 1000
+    calls_per_scrape = (agent.libvirt.calls_made - calls_after_detection) / 1000
     result = {
         "median": median(latencies),
         "p99": p99(latencies),

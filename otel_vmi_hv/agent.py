@@ -1,4 +1,8 @@
-"""Wires source → tracker → telemetry → HTTP, and owns start-up and shutdown order."""
+"""Wires source → tracker → telemetry → HTTP, and owns start-up and shutdown order.
+
+Parts are built bottom-up and handed to each other explicitly; nothing refers to a part built
+later. One ``Revision`` is shared by every part whose state /metrics shows.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ import time
 from typing import Protocol
 
 from otel_vmi_hv.config import Settings
+from otel_vmi_hv.domain_detector import DomainDetector
 from otel_vmi_hv.http import HttpServer, Readiness, tls_context
-from otel_vmi_hv.libvirt_detector import EventLoop, LibvirtDetector, silence_libvirt_stderr
+from otel_vmi_hv.libvirt_calls import EventLoop, LibvirtCalls, silence_libvirt_stderr
 from otel_vmi_hv.model import VMI, Detection
-from otel_vmi_hv.telemetry import Telemetry
+from otel_vmi_hv.revision import Revision
+from otel_vmi_hv.telemetry import Recorder, Telemetry
 from otel_vmi_hv.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -23,43 +29,38 @@ SHUTDOWN_BUDGET = 3.5  # SIGTERM to exit must stay under 5 s (final OTLP export 
 
 
 class Source(Protocol):
-    last_sync: float | None
-    last_error: str | None
+    last_error: str | None  # why the last listing failed, for `detect`
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
-    def poke(self) -> None: ...
 
 
 class Agent:
     def __init__(self, settings: Settings, *, with_telemetry: bool = True) -> None:
         self.settings = settings
         silence_libvirt_stderr()
-        self.detector = LibvirtDetector(
-            settings.libvirt_timeout,
-            on_recovered=self._libvirt_recovered,
-            on_disconnected=lambda _uri: self.source.poke(),
-            keep_connections=settings.source != "kubernetes",
-        )
+        kubernetes = settings.source == "kubernetes"
+        self.revision = Revision()
+        self.telemetry = Telemetry(settings, self.revision) if with_telemetry else None
+        self.metrics: Recorder = self.telemetry.self_metrics if self.telemetry else Recorder()
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
-        self.telemetry: Telemetry | None = None
+        self.synced = threading.Event()
+        self.libvirt = LibvirtCalls(settings.libvirt_timeout, self.revision, keep_connections=not kubernetes)
+        self.detector = DomainDetector(self.libvirt)
         self.tracker = Tracker(
             self._detect,
             settings.node_name,
-            on_detection=self._record_detection,
-            on_discarded=self._detection_discarded,
+            metrics=self.metrics,
+            revision=self.revision,
+            # A launcher's daemon is one per VMI: forgotten once no VMI needs it. The standalone
+            # daemon serves every domain and is kept.
+            release=self.libvirt.forget if kubernetes else None,
         )
+        self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
         self.source: Source = self._build_source()
+        if self.telemetry is not None:
+            self.telemetry.publish(self.tracker, self.libvirt)
         self.http: HttpServer | None = None
-        if with_telemetry:
-            self.telemetry = Telemetry(
-                settings,
-                self.tracker.publish,
-                connection_states=self.detector.states,
-                connection_state_version=lambda: self.detector.state_version,
-                last_sync=lambda: self.source.last_sync,
-            )
-        self.synced = threading.Event()
 
     def _build_source(self) -> Source:
         if self.settings.source == "kubernetes":
@@ -69,54 +70,29 @@ class Agent:
                 self.settings,
                 self.tracker,
                 on_synced=self._synced,
-                on_relist=self._record_relist,
-                on_watch_restart=self._record_watch_restart,
-                on_launcher_gone=self.detector.forget,
+                on_relist=self.metrics.record_relist,
+                on_sync=self.metrics.record_sync,
+                on_watch_restart=self.metrics.record_watch_restart,
             )
         from otel_vmi_hv.sources.libvirt import LibvirtDomainSource
 
         return LibvirtDomainSource(
-            self.detector,
+            self.libvirt,
             self.tracker,
             self.settings.libvirt_uri,
             self.settings.resync_interval,
+            metrics=self.metrics,
             on_synced=self._synced,
-            on_relist=self._record_relist,
         )
-
-    # ------------------------------------------------------------------ callbacks between parts
 
     def _detect(self, vmi: VMI) -> Detection:
         return self.detector.detect(vmi.target)
-
-    def _record_detection(self, detection: Detection, seconds: float) -> None:
-        if self.telemetry is not None:
-            self.telemetry.self_metrics.record_detection(detection, seconds)
-
-    def _detection_discarded(self, vmi: VMI) -> None:
-        """A detection finished after its VMI left: release the launcher state it may have created."""
-        if self.settings.source == "kubernetes" and vmi.target.uri not in self.tracker.uris():
-            self.detector.forget(vmi.target.uri)
-
-    def _record_relist(self) -> None:
-        if self.telemetry is not None:
-            self.telemetry.self_metrics.record_relist()
-
-    def _record_watch_restart(self, reason: str) -> None:
-        if self.telemetry is not None:
-            self.telemetry.self_metrics.record_watch_restart(reason)
 
     def _synced(self) -> None:
         if not self.synced.is_set():
             log.info("initial VMI sync done")
         self.readiness.done(READY_SYNC)
         self.synced.set()
-
-    def _libvirt_recovered(self, uri: str) -> None:
-        count = self.tracker.retry_unknown(uri)
-        if count:
-            log.info("re-detecting %d VMIs of %s after recovery", count, uri)
-        self.source.poke()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,30 +106,30 @@ class Agent:
         EventLoop.ensure_running()
         self.tracker.start()
         if self.telemetry is not None:
-            tls = None
-            if self.settings.tls_cert_file and self.settings.tls_key_file:
-                tls = tls_context(
-                    self.settings.tls_cert_file, self.settings.tls_key_file, self.settings.tls_client_ca_file
-                )
-            self.http = HttpServer(
-                self.settings.prometheus_host,
-                self.settings.prometheus_port,
-                self.telemetry.render_prometheus,
-                self.readiness,
-                tls=tls,
-            )
-            self.http.start()
-            log.info(
-                "serving /metrics, /healthz, /readyz over %s on %s:%d (exporters: %s)",
-                "HTTPS" + (" with client certificates" if self.settings.tls_client_ca_file else "")
-                if tls
-                else "HTTP",
-                self.settings.prometheus_host,
-                self.http.port,
-                ",".join(self.settings.metrics_exporters) or "none",
-            )
+            self._start_http(self.telemetry)
         self.readiness.done(READY_EXPORTERS)
         self.source.start()
+
+    def _start_http(self, telemetry: Telemetry) -> None:
+        settings = self.settings
+        tls = None
+        if settings.tls_cert_file and settings.tls_key_file:
+            tls = tls_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+        self.http = HttpServer(
+            settings.prometheus_host,
+            settings.prometheus_port,
+            telemetry.render_prometheus,
+            self.readiness,
+            tls=tls,
+        )
+        self.http.start()
+        log.info(
+            "serving /metrics, /healthz, /readyz over %s on %s:%d (exporters: %s)",
+            "HTTPS" + (" with client certificates" if settings.tls_client_ca_file else "") if tls else "HTTP",
+            settings.prometheus_host,
+            self.http.port,
+            ",".join(settings.metrics_exporters) or "none",
+        )
 
     def stop(self, budget: float = SHUTDOWN_BUDGET) -> None:
         started = time.monotonic()
@@ -163,5 +139,5 @@ class Agent:
         self.tracker.stop(timeout=0.5)
         if self.telemetry is not None:
             self.telemetry.shutdown(max(0.5, budget - (time.monotonic() - started)))
-        self.detector.close()
+        self.libvirt.close()
         log.info("stopped in %.2fs", time.monotonic() - started)

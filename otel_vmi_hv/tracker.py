@@ -4,6 +4,10 @@ Sources tell the tracker what should be reported (upsert/remove/replace_all); a 
 workers detects each new domain lifetime once; the result table is turned into a tuple of rows
 that the metric callback reads without taking a lock. Everything slow (libvirt, retries) happens
 here, off the scrape path.
+
+The tracker is also the one place that knows when a libvirt URI stops mattering: no VMI uses it
+and no detection for it is running. Only then is ``release`` called (KubeVirt mode: forget the
+launcher's daemon state), so a late detection of a VMI that already left cannot leave state behind.
 """
 
 from __future__ import annotations
@@ -13,11 +17,17 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from otel_vmi_hv.backoff import Backoff
-from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, Series
+from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, Series, encodable_label
+from otel_vmi_hv.revision import Revision
+
+if TYPE_CHECKING:
+    from otel_vmi_hv.telemetry import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,7 @@ class Snapshot:
 @dataclass(slots=True)
 class _Entry:
     vmi: VMI
+    labels: tuple[str, str]  # (namespace, name) as exported: encodable
     detection: Detection | None = None  # latest finished attempt for any lifetime
     detected_lifetime: str | None = None  # lifetime the detection belongs to
     failures: int = 0
@@ -51,18 +62,21 @@ class Tracker:
         detect: Callable[[VMI], Detection],
         node_name: str,
         *,
+        metrics: Recorder,
+        revision: Revision,
+        release: Callable[[str], None] | None = None,
         workers: int = DEFAULT_WORKERS,
-        on_detection: Callable[[Detection, float], None] | None = None,
-        on_discarded: Callable[[VMI], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._detect = detect
         self._node = node_name
+        self._metrics = metrics
+        self._revision = revision
+        self._release = release
         self._workers = workers
-        self._on_detection = on_detection
-        self._on_discarded = on_discarded
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        self._uri_users: Counter[str] = Counter()  # libvirt URI → entries and running detections
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._queue: list[tuple[float, int, str]] = []  # (due, seq, key) heap
@@ -96,10 +110,12 @@ class Tracker:
 
     def upsert(self, vmi: VMI) -> None:
         """A VMI should be reported; detect it if its domain lifetime is new."""
+        released: list[str] = []
         with self._lock:
             entry = self._entries.get(vmi.key)
             if entry is None:
-                self._entries[vmi.key] = _Entry(vmi)
+                self._entries[vmi.key] = _Entry(vmi, self._labels(vmi))
+                self._use(vmi.target.uri)
                 self._schedule(vmi.key, 0.0)
                 self._changed()
                 return
@@ -107,49 +123,46 @@ class Tracker:
                 return
             lifetime_changed = entry.vmi.target.lifetime_key != vmi.target.lifetime_key
             labels_changed = (entry.vmi.namespace, entry.vmi.name) != (vmi.namespace, vmi.name)
+            if entry.vmi.target.uri != vmi.target.uri:
+                self._use(vmi.target.uri)
+                self._unuse(entry.vmi.target.uri, released)
             entry.vmi = vmi
             if lifetime_changed:
                 entry.failures = 0
                 self._schedule(vmi.key, 0.0)
             if labels_changed:
+                entry.labels = self._labels(vmi)
                 self._changed()
+        self._release_all(released)
 
     def remove(self, key: str) -> None:
+        released: list[str] = []
         with self._lock:
-            if self._entries.pop(key, None) is not None:
-                self._queued.pop(key, None)
-                self._deferred.discard(key)
-                self._changed()
+            self._drop(key, released)
+        self._release_all(released)
 
     def replace_all(self, vmis: Iterable[VMI]) -> None:
         """Reconcile with a full listing: what is absent goes, what is new or changed is upserted."""
         fresh = {vmi.key: vmi for vmi in vmis}
-        with self._lock:
-            gone = [key for key in self._entries if key not in fresh]
-            for key in gone:
-                del self._entries[key]
-                self._queued.pop(key, None)
-            if gone:
-                self._changed()
-        for vmi in fresh.values():
+        for vmi in fresh.values():  # upserts first, so a launcher kept by the listing is never released
             self.upsert(vmi)
+        released: list[str] = []
+        with self._lock:
+            for key in [key for key in self._entries if key not in fresh]:
+                self._drop(key, released)
+        self._release_all(released)
 
-    def retry_unknown(self, uri: str | None = None) -> int:
-        """Re-detect now every VMI left unknown (of one libvirt URI, or all): the peer recovered."""
+    def retry_unknown(self, uri: str) -> None:
+        """Re-detect now every VMI of ``uri`` left unknown: its daemon answers again."""
         count = 0
         with self._lock:
             for key, entry in self._entries.items():
-                if uri is not None and entry.vmi.target.uri != uri:
-                    continue
-                if entry.detection is None or entry.detection.ok:
+                if entry.vmi.target.uri != uri or entry.detection is None or entry.detection.ok:
                     continue
                 self._schedule(key, 0.0)
                 count += 1
-        return count
-
-    def uris(self) -> set[str]:
-        with self._lock:
-            return {entry.vmi.target.uri for entry in self._entries.values()}
+        if count:
+            log.info("re-detecting %d VMIs of %s after recovery", count, uri)
 
     # ------------------------------------------------------------------ reading
 
@@ -169,9 +182,8 @@ class Tracker:
             if entry.detection is None:
                 pending += 1
                 continue
-            rows.append(
-                Series(entry.detection.hypervisor_type, entry.vmi.name, entry.vmi.namespace, self._node)
-            )
+            namespace, name = entry.labels
+            rows.append(Series(entry.detection.hypervisor_type, name, namespace, self._node))
         rows.sort(key=lambda row: (row.namespace, row.name))
         self._version += 1
         unknown = sum(1 for row in rows if row.hypervisor_type == UNKNOWN)
@@ -201,6 +213,40 @@ class Tracker:
 
     def _changed(self) -> None:
         self._dirty = True
+        self._revision.bump()
+
+    def _labels(self, vmi: VMI) -> tuple[str, str]:
+        labels = (encodable_label(vmi.namespace), encodable_label(vmi.name))
+        if labels != (vmi.namespace, vmi.name):
+            log.warning("%r/%r: label values replaced: they cannot be encoded", vmi.namespace, vmi.name)
+            self._metrics.record_label_replaced()
+        return labels
+
+    def _drop(self, key: str, released: list[str]) -> None:
+        """Forget ``key`` (must hold the lock); URIs nobody uses any more go to ``released``."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self._queued.pop(key, None)
+        self._deferred.discard(key)
+        self._unuse(entry.vmi.target.uri, released)
+        self._changed()
+
+    def _use(self, uri: str) -> None:
+        self._uri_users[uri] += 1
+
+    def _unuse(self, uri: str, released: list[str]) -> None:
+        self._uri_users[uri] -= 1
+        if self._uri_users[uri] <= 0:
+            del self._uri_users[uri]
+            released.append(uri)
+
+    def _release_all(self, uris: list[str]) -> None:
+        if self._release is None:
+            return
+        for uri in uris:
+            if uri:
+                self._release(uri)
 
     def _schedule(self, key: str, delay: float) -> None:
         """Queue a detection of ``key`` after ``delay``; must hold the lock."""
@@ -261,24 +307,24 @@ class Tracker:
             if entry is None:
                 return
             vmi = entry.vmi
+            self._use(vmi.target.uri)  # held until this attempt is recorded or discarded
         started = self._clock()
         try:
             detection = self._detect(vmi)
         except Exception as error:  # a detector must not raise, but one bug must not stop the pool
             log.exception("%s/%s: detection raised", vmi.namespace, vmi.name)
             detection = Detection(UNKNOWN, DetectionMethod.NONE, "internal_error", repr(error))
-        elapsed = self._clock() - started
-        if self._on_detection is not None:
-            self._on_detection(detection, elapsed)
+        self._metrics.record_detection(detection, self._clock() - started)
+        released: list[str] = []
         with self._lock:
             entry = self._entries.get(key)
             discarded = entry is None or entry.vmi.target.lifetime_key != vmi.target.lifetime_key
             previous = None if entry is None or discarded else self._record(key, entry, vmi, detection)
+            self._unuse(vmi.target.uri, released)
+        # Gone or restarted meanwhile (the new lifetime has its own job): whatever this late attempt
+        # set up for the old launcher (daemon state) is released here if nothing else uses it.
+        self._release_all(released)
         if discarded:
-            # Gone or restarted meanwhile (the new lifetime has its own job): whatever this late
-            # attempt set up for the old launcher (daemon state) may have to be released.
-            if self._on_discarded is not None:
-                self._on_discarded(vmi)
             return
         label = f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name
         if detection.ok:

@@ -134,6 +134,7 @@ class KubernetesVMISource:
         *,
         on_synced: Callable[[], None] = lambda: None,
         on_relist: Callable[[], None] = lambda: None,
+        on_sync: Callable[[float], None] = lambda when: None,
         on_watch_restart: Callable[[str], None] = lambda reason: None,
         on_launcher_gone: Callable[[str], None] = lambda uri: None,
         api_client: Any = None,
@@ -143,6 +144,7 @@ class KubernetesVMISource:
         self._tracker = tracker
         self._on_synced = on_synced
         self._on_relist = on_relist
+        self._on_sync = on_sync
         self._on_watch_restart = on_watch_restart
         self._on_launcher_gone = on_launcher_gone
         self._api_client = api_client
@@ -173,9 +175,6 @@ class KubernetesVMISource:
                 response.close()
             except Exception:  # closing a half-dead socket may fail in many ways; it is going anyway
                 log.debug("closing the watch response failed", exc_info=True)
-
-    def poke(self) -> None:
-        """Nothing to do: the watch already delivers changes as they happen."""
 
     # ------------------------------------------------------------------ the loop
 
@@ -278,6 +277,7 @@ class KubernetesVMISource:
             self._remember(uid, vmi.target)
         self._resource_version = str(version) if version else None
         self.last_sync = time.time()
+        self._on_sync(self.last_sync)
         self._on_relist()
         log.debug("listed %d VMIs on %s, %d running here", listed, self._settings.node_name, len(reported))
         if not self.synced:
@@ -333,6 +333,7 @@ class KubernetesVMISource:
         if isinstance(version, str) and version:
             self._resource_version = version
         self.last_sync = time.time()
+        self._on_sync(self.last_sync)
 
     # ------------------------------------------------------------------ cache updates
 

@@ -13,17 +13,55 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import libvirt
 
 from otel_vmi_hv.backoff import Backoff
-from otel_vmi_hv.libvirt_detector import ActiveDomain, LibvirtDetector, LibvirtUnavailable
+from otel_vmi_hv.libvirt_calls import EventLoop, LibvirtCalls, LibvirtUnavailable
 from otel_vmi_hv.model import VMI, LibvirtTarget
 from otel_vmi_hv.tracker import Tracker
+
+if TYPE_CHECKING:
+    from otel_vmi_hv.telemetry import Recorder
 
 log = logging.getLogger(__name__)
 
 # KubeVirt names domains "<namespace>_<name>"; neither part may contain "_" (DNS label and
 # DNS subdomain rules), so a single "_" between two such parts is unambiguous.
 _KUBEVIRT_DOMAIN = re.compile(r"([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)_([a-z0-9](?:[-.a-z0-9]*[a-z0-9])?)")
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveDomain:
+    name: str
+    uuid: str
+    id: int
+
+
+def list_active_domains(calls: LibvirtCalls, uri: str) -> list[ActiveDomain]:
+    """Active domains of ``uri``; raises LibvirtUnavailable."""
+
+    def op(conn: Any) -> list[ActiveDomain]:
+        domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        return [ActiveDomain(d.name(), d.UUIDString(), d.ID()) for d in domains]
+
+    return calls.call(uri, op)
+
+
+def register_lifecycle_events(calls: LibvirtCalls, uri: str, callback: Callable[[], None]) -> None:
+    """Call ``callback`` (on the event-loop thread) whenever a domain of ``uri`` changes state.
+
+    Registration belongs to the connection, so the source repeats it after every reconnect.
+    """
+    if not EventLoop.running():
+        return
+
+    def op(conn: Any) -> None:
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda *_: callback(), None)
+
+    calls.call(uri, op)
 
 
 def labels_for_domain(domain_name: str) -> tuple[str, str]:
@@ -44,26 +82,27 @@ def vmi_for_domain(uri: str, domain: ActiveDomain) -> VMI:
 class LibvirtDomainSource:
     def __init__(
         self,
-        detector: LibvirtDetector,
+        calls: LibvirtCalls,
         tracker: Tracker,
         uri: str,
         resync_interval: float,
         *,
-        on_synced: Callable[[], None] = lambda: None,
-        on_relist: Callable[[], None] = lambda: None,
+        metrics: Recorder,
+        on_synced: Callable[[], None],
     ) -> None:
-        self._detector = detector
+        self._calls = calls
         self._tracker = tracker
         self._uri = uri
         self._resync = resync_interval
+        self._metrics = metrics
         self._on_synced = on_synced
-        self._on_relist = on_relist
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._events_conn = 0
-        self.last_sync: float | None = None
         self.last_error: str | None = None  # why the last listing failed, for `detect`
+        # A killed or restarted daemon: re-list (and reconnect) now rather than at the next resync.
+        calls.subscribe(recovered=self._daemon_changed, disconnected=self._daemon_changed)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="libvirt-source", daemon=True)
@@ -74,19 +113,23 @@ class LibvirtDomainSource:
         self._wake.set()
 
     def poke(self) -> None:
-        """Re-list soon (a lifecycle event arrived, or the daemon recovered)."""
+        """Re-list soon (a lifecycle event arrived)."""
         self._wake.set()
+
+    def _daemon_changed(self, uri: str) -> None:
+        if uri == self._uri:
+            self._wake.set()
 
     def sync_once(self) -> None:
         """List the active domains and reconcile the tracker; raises LibvirtUnavailable."""
-        domains = self._detector.list_active_domains(self._uri)
+        domains = list_active_domains(self._calls, self._uri)
         self._tracker.replace_all(vmi_for_domain(self._uri, domain) for domain in domains)
-        self.last_sync = time.time()
-        self._on_relist()
-        connection = self._detector.connection_id(self._uri)
+        self._metrics.record_relist()
+        self._metrics.record_sync(time.time())
+        connection = self._calls.connection_id(self._uri)
         if connection and connection != self._events_conn:
             try:
-                self._detector.register_lifecycle_events(self._uri, self.poke)
+                register_lifecycle_events(self._calls, self._uri, self.poke)
                 self._events_conn = connection
             except LibvirtUnavailable as failure:
                 log.info("no lifecycle events from %s (%s); relying on re-listing", self._uri, failure)

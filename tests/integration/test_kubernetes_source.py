@@ -111,7 +111,7 @@ def test_new_launcher_pod_means_new_detection(api, tmp_path, pods_root, launcher
         api.patch_status("dev", "vm2", activePods={"pod-new": NODE_A})
         wait_until(lambda: series(agent) == {("dev", "vm2"): "kvm"}, 5, "the new launcher's type")
         uri_old = TEST_DRIVER_TEMPLATE.format(pods_root=pods_root, pod_uid="pod-old")
-        assert uri_old not in agent.detector.states(), "the old launcher's connection must be closed"
+        assert uri_old not in agent.libvirt.states(), "the old launcher's connection must be closed"
 
 
 def test_live_migration_hands_over_between_two_agents(api, tmp_path, pods_root, launchers) -> None:

@@ -71,14 +71,14 @@ def test_started_domain_appears_and_destroyed_one_disappears(agent: Agent, admin
 def test_scrapes_make_no_libvirt_calls(agent: Agent, admin: libvirt.virConnect) -> None:
     admin.createXML(_domain_xml("default_steady", "kvm"), 0)
     wait_until(lambda: ("default", "steady") in _series(agent), 5, "the domain's series")
-    calls = agent.detector.libvirt_calls
+    calls = agent.libvirt.calls_made
     for _ in range(20):
         _series(agent)
-    assert agent.detector.libvirt_calls == calls
+    assert agent.libvirt.calls_made == calls
 
 
 def test_each_domain_lifetime_is_detected_once(agent: Agent, admin: libvirt.virConnect) -> None:
-    before = agent.detector.libvirt_calls
+    before = agent.libvirt.calls_made
     for index in range(5):
         admin.createXML(_domain_xml(f"batch_vm-{index}", "kvm"), 0)
     wait_until(lambda: sum(1 for ns, _ in _series(agent) if ns == "batch") == 5, 5, "five series")
@@ -90,7 +90,7 @@ def test_each_domain_lifetime_is_detected_once(agent: Agent, admin: libvirt.virC
         if vmi.namespace == "batch" and detection is not None
     )
     assert detections == 5
-    assert agent.detector.libvirt_calls - before <= 5 + 5
+    assert agent.libvirt.calls_made - before <= 5 + 5
 
 
 def test_restarted_domain_with_the_same_name_is_detected_again(
@@ -107,7 +107,7 @@ def test_restarted_domain_with_the_same_name_is_detected_again(
 def test_agent_connection_is_read_only(agent: Agent, admin: libvirt.virConnect) -> None:
     admin.createXML(_domain_xml("default_victim", "kvm"), 0)
     wait_until(lambda: ("default", "victim") in _series(agent), 5, "the domain's series")
-    conn = agent.detector._daemons[URI].conn
+    conn = agent.libvirt._daemons[URI].conn
     with pytest.raises(libvirt.libvirtError) as refused:
         conn.lookupByName("default_victim").destroy()
     assert refused.value.get_error_code() == libvirt.VIR_ERR_OPERATION_DENIED

@@ -10,12 +10,22 @@ import pytest
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, LibvirtTarget
+from otel_vmi_hv.revision import Revision
+from otel_vmi_hv.telemetry import Recorder
 from otel_vmi_hv.tracker import Tracker
 from tests.agent_process import wait_until
 
 
-def vmi(name: str, lifetime: str = "pod-1", namespace: str = "default") -> VMI:
-    return VMI(f"uid-{name}", namespace, name, LibvirtTarget("test:///x", f"{namespace}_{name}", lifetime))
+def vmi(name: str, lifetime: str = "pod-1", namespace: str = "default", uri: str = "test:///x") -> VMI:
+    return VMI(f"uid-{name}", namespace, name, LibvirtTarget(uri, f"{namespace}_{name}", lifetime))
+
+
+class CountingRecorder(Recorder):
+    def __init__(self) -> None:
+        self.replaced = 0
+
+    def record_label_replaced(self) -> None:
+        self.replaced += 1
 
 
 class ScriptedDetector:
@@ -26,8 +36,10 @@ class ScriptedDetector:
         self.calls: Counter[tuple[str, str]] = Counter()
         self.gate = threading.Event()
         self.gate.set()
+        self.entered: list[str] = []  # lifetimes whose detection has started
 
     def __call__(self, item: VMI) -> Detection:
+        self.entered.append(item.target.lifetime_key)
         self.gate.wait()
         self.calls[(item.target.domain_name, item.target.lifetime_key)] += 1
         answer = self.answers.get(item.target.domain_name, UNKNOWN)
@@ -46,6 +58,8 @@ def make_tracker(detector: ScriptedDetector) -> Iterator[Callable[..., Tracker]]
     trackers: list[Tracker] = []
 
     def make(**kwargs: object) -> Tracker:
+        kwargs.setdefault("metrics", Recorder())
+        kwargs.setdefault("revision", Revision())
         tracker = Tracker(detector, "node-1", **kwargs)  # type: ignore[arg-type]
         tracker.start()
         trackers.append(tracker)
@@ -105,7 +119,10 @@ def test_retry_unknown_skips_the_backoff(detector: ScriptedDetector, make_tracke
     tracker.upsert(vmi("c"))
     wait_until(lambda: rows(tracker) == {"c": UNKNOWN}, 5, "c unknown")
     detector.answers["default_c"] = "kvm"
-    assert tracker.retry_unknown("test:///x") == 1
+    tracker.retry_unknown("test:///other")  # another daemon recovered: not this VMI's
+    assert tracker.wait_idle(2)
+    assert rows(tracker) == {"c": UNKNOWN}
+    tracker.retry_unknown("test:///x")
     wait_until(lambda: rows(tracker) == {"c": "kvm"}, 2, "c re-detected at once")
 
 
@@ -143,3 +160,61 @@ def test_snapshot_version_changes_only_with_content(detector: ScriptedDetector, 
     assert tracker.publish().version == version
     tracker.remove("uid-h")
     assert tracker.publish().version == version + 1
+
+
+def test_every_change_moves_the_shared_revision(detector: ScriptedDetector, make_tracker) -> None:
+    revision = Revision()
+    detector.answers["default_i"] = "kvm"
+    tracker = make_tracker(revision=revision)
+    seen = revision.value
+    tracker.upsert(vmi("i"))
+    assert revision.value > seen, "a new VMI (pending) is a change /metrics must show"
+    wait_until(lambda: rows(tracker) == {"i": "kvm"}, 5, "i")
+    seen = revision.value
+    tracker.upsert(vmi("i"))
+    assert revision.value == seen, "an identical upsert changes nothing"
+    tracker.remove("uid-i")
+    assert revision.value > seen
+
+
+def test_a_launcher_is_released_only_when_no_vmi_and_no_detection_needs_it(
+    detector: ScriptedDetector, make_tracker
+) -> None:
+    released: list[str] = []
+    detector.answers.update({"default_j": "kvm", "default_k": "kvm"})
+    tracker = make_tracker(release=released.append)
+    tracker.upsert(vmi("j", uri="launcher-1"))
+    tracker.upsert(vmi("k", uri="launcher-2"))
+    wait_until(lambda: rows(tracker) == {"j": "kvm", "k": "kvm"}, 5, "both")
+    tracker.upsert(vmi("k", lifetime="pod-2", uri="launcher-3"))  # migrated: a new launcher
+    wait_until(lambda: released == ["launcher-2"], 5, "old launcher released")
+    # A detection still running when its VMI goes: released when it ends, not before.
+    detector.gate.clear()
+    tracker.upsert(vmi("j", lifetime="pod-9", uri="launcher-9"))
+    wait_until(lambda: released == ["launcher-2", "launcher-1"], 5, "launcher-1 released")
+    wait_until(lambda: "pod-9" in detector.entered, 5, "detection of launcher-9 running")
+    tracker.remove("uid-j")
+    assert released == ["launcher-2", "launcher-1"], "launcher-9 is still being asked"
+    detector.gate.set()
+    wait_until(lambda: "launcher-9" in released, 5, "released after the late detection")
+    assert tracker.wait_idle(5)
+    assert "launcher-3" not in released
+    assert rows(tracker) == {"k": "kvm"}
+
+
+def test_label_values_no_exposition_can_carry_are_replaced_and_counted(
+    detector: ScriptedDetector, make_tracker
+) -> None:
+    recorder = CountingRecorder()
+    detector.answers.update({"default_bad\x00name": "kvm", "default_ok": "kvm"})
+    tracker = make_tracker(metrics=recorder)
+    tracker.upsert(vmi("bad\x00name"))
+    tracker.upsert(vmi("ok"))
+    tracker.upsert(VMI("uid-s", "ns\udcff", "s", LibvirtTarget("test:///x", "x", "pod-1")))
+    assert tracker.wait_idle(5)
+    names = {(row.namespace, row.name) for row in tracker.publish().series}
+    assert names == {("default", "bad\ufffdname"), ("default", "ok"), ("ns\ufffd", "s")}
+    for row in tracker.publish().series:
+        (row.namespace + row.name).encode("utf-8")  # encodable, whatever came in
+    tracker.upsert(vmi("bad\x00name"))  # the same object again is not counted again
+    assert recorder.replaced == 2

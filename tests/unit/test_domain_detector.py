@@ -1,4 +1,4 @@
-"""The detector's guarantees: bounded calls, capped stuck calls, recovery, fallback to the domain file.
+"""Detection guarantees: bounded calls, capped stuck calls, recovery, fallback to the domain file.
 
 The hung-daemon behaviour is simulated here with an opener that blocks on an Event (the real
 SIGSTOP'd daemon is exercised in the real-daemon tests); everything else runs on libvirt's real
@@ -15,12 +15,22 @@ from typing import Any
 
 import libvirt
 
-from otel_vmi_hv.libvirt_detector import LibvirtDetector, silence_libvirt_stderr
+from otel_vmi_hv.domain_detector import DomainDetector
+from otel_vmi_hv.libvirt_calls import LibvirtCalls, silence_libvirt_stderr
 from otel_vmi_hv.model import Detection, DetectionMethod, LibvirtTarget
+from otel_vmi_hv.revision import Revision
 from tests.conftest import DEMO_NODE, FIXTURES
 
 silence_libvirt_stderr()
 DEMO_URI = f"test://{DEMO_NODE}"
+
+
+class Detector(DomainDetector):
+    """A detector with its own call runner, as the agent builds them."""
+
+    def __init__(self, timeout: float, **kwargs: Any) -> None:
+        self.calls = LibvirtCalls(timeout, Revision(), **kwargs)
+        super().__init__(self.calls)
 
 
 def _target(name: str, uri: str = DEMO_URI, domain_file: str | None = None) -> LibvirtTarget:
@@ -51,16 +61,16 @@ def test_detects_types_over_one_reused_connection() -> None:
         opened.append(uri)
         return libvirt.openReadOnly(uri)
 
-    detector = LibvirtDetector(2.0, open_read_only=opener)
+    detector = Detector(2.0, open_read_only=opener)
     assert detector.detect(_target("default_web-frontend")).hypervisor_type == "kvm"
     assert detector.detect(_target("ci_build-runner-7")).hypervisor_type == "qemu-tcg"
     assert detector.detect(_target("windows_win2022-dc")).hypervisor_type == "mshv"
     assert opened == [DEMO_URI]
-    assert detector.states() == {DEMO_URI: "connected"}
+    assert detector.calls.states() == {DEMO_URI: "connected"}
 
 
 def test_missing_domain_is_unknown_with_reason() -> None:
-    detection = LibvirtDetector(2.0).detect(_target("default_no-such-vm"))
+    detection = Detector(2.0).detect(_target("default_no-such-vm"))
     assert (detection.hypervisor_type, detection.error) == ("unknown", "no_domain")
 
 
@@ -71,27 +81,26 @@ def test_unreachable_daemon_is_unknown_and_backs_off() -> None:
         attempts.append(time.monotonic())
         return libvirt.openReadOnly("qemu+unix:///system?socket=/nonexistent/libvirt-sock")
 
-    detector = LibvirtDetector(2.0, open_read_only=opener)
+    detector = Detector(2.0, open_read_only=opener)
     first = detector.detect(_target("x"))
     second = detector.detect(_target("x"))
     assert (first.error, second.error) == ("no_socket", "no_socket")
     assert len(attempts) == 1, "the second detection must not hammer a daemon in backoff"
-    assert detector.states() == {DEMO_URI: "disconnected"}
+    assert detector.calls.states() == {DEMO_URI: "disconnected"}
 
 
 def test_hung_open_is_bounded_and_stuck_calls_are_capped() -> None:
     opener = GatedOpener()
     recovered: list[str] = []
-    detector = LibvirtDetector(
-        0.2, max_inflight_per_daemon=2, open_read_only=opener, on_recovered=recovered.append
-    )
+    detector = Detector(0.2, max_inflight_per_daemon=2, open_read_only=opener)
+    detector.calls.subscribe(recovered=recovered.append)
     started = time.monotonic()
     results = [detector.detect(_target("default_web-frontend")) for _ in range(5)]
     elapsed = time.monotonic() - started
     assert [r.error for r in results] == ["timeout", "busy", "busy", "busy", "busy"]
     assert elapsed < 0.2 + 0.3, "busy answers must not wait for the timeout"
     assert opener.blocked == 1, "a hung daemon holds one stuck call, not one per attempt"
-    assert detector.states() == {DEMO_URI: "hung"}
+    assert detector.calls.states() == {DEMO_URI: "hung"}
 
     opener.gate.set()  # the daemon answers again (SIGCONT)
     deadline = time.monotonic() + 5
@@ -99,7 +108,7 @@ def test_hung_open_is_bounded_and_stuck_calls_are_capped() -> None:
         time.sleep(0.01)
     assert recovered == [DEMO_URI]
     assert detector.detect(_target("default_web-frontend")).hypervisor_type == "kvm"
-    assert detector.states() == {DEMO_URI: "connected"}
+    assert detector.calls.states() == {DEMO_URI: "connected"}
 
 
 def test_a_hung_daemon_does_not_delay_another() -> None:
@@ -111,7 +120,7 @@ def test_a_hung_daemon_does_not_delay_another() -> None:
             gate.wait()
         return libvirt.openReadOnly(uri)
 
-    detector = LibvirtDetector(0.3, open_read_only=opener)
+    detector = Detector(0.3, open_read_only=opener)
     assert detector.detect(_target("test", uri=hung_uri)).error == "timeout"
     started = time.monotonic()
     assert detector.detect(_target("default_postgres-0")).hypervisor_type == "kvm"
@@ -123,9 +132,7 @@ def test_unreachable_socket_falls_back_to_the_launcher_domain_file(tmp_path: Pat
     domain_file = tmp_path / "default_cat8kv-01.xml"
     domain_file.write_bytes((FIXTURES / "domain-ocp411-cat8kv-01.xml").read_bytes())
     uri = f"qemu+unix:///session?socket={tmp_path}/virtqemud-sock"
-    detection = LibvirtDetector(1.0).detect(
-        _target("default_cat8kv-01", uri=uri, domain_file=str(domain_file))
-    )
+    detection = Detector(1.0).detect(_target("default_cat8kv-01", uri=uri, domain_file=str(domain_file)))
     assert detection.hypervisor_type == "kvm"
     assert detection.method is DetectionMethod.DOMAIN_FILE
     assert detection.detail == "no_socket"
@@ -133,9 +140,7 @@ def test_unreachable_socket_falls_back_to_the_launcher_domain_file(tmp_path: Pat
 
 def test_unreadable_domain_file_keeps_the_libvirt_reason(tmp_path: Path) -> None:
     uri = f"qemu+unix:///session?socket={tmp_path}/virtqemud-sock"
-    detection = LibvirtDetector(1.0).detect(
-        _target("a_b", uri=uri, domain_file=str(tmp_path / "missing.xml"))
-    )
+    detection = Detector(1.0).detect(_target("a_b", uri=uri, domain_file=str(tmp_path / "missing.xml")))
     assert (detection.hypervisor_type, detection.error, detection.method) == (
         "unknown",
         "no_socket",
@@ -145,11 +150,11 @@ def test_unreadable_domain_file_keeps_the_libvirt_reason(tmp_path: Path) -> None
 
 
 def test_forget_closes_the_connection() -> None:
-    detector = LibvirtDetector(2.0)
+    detector = Detector(2.0)
     detector.detect(_target("default_web-frontend"))
-    conn = detector._daemons[DEMO_URI].conn
-    detector.forget(DEMO_URI)
-    assert detector.states() == {}
+    conn = detector.calls._daemons[DEMO_URI].conn
+    detector.calls.forget(DEMO_URI)
+    assert detector.calls.states() == {}
 
     def closed() -> bool:
         try:
@@ -171,7 +176,7 @@ def test_domain_file_that_could_block_or_redirect_is_refused(tmp_path: Path) -> 
     os.mkfifo(fifo)
     link = tmp_path / "link.xml"
     link.symlink_to(FIXTURES / "domain-ocp411-cat8kv-01.xml")
-    detector = LibvirtDetector(1.0)
+    detector = Detector(1.0)
     for path, why in ((fifo, "not a regular file"), (link, "symbolic links")):
         results: list[Detection] = []
 
@@ -184,3 +189,34 @@ def test_domain_file_that_could_block_or_redirect_is_refused(tmp_path: Path) -> 
         assert results, f"reading {path.name} blocked"
         assert results[0].hypervisor_type == "unknown"
         assert why in results[0].detail
+
+
+def test_failure_reasons_come_from_error_codes_whatever_the_language(tmp_path: Path) -> None:
+    """libvirt translates its messages; the reason must not depend on them."""
+    import socket
+
+    listening = tmp_path / "no-daemon-sock"
+    bound = socket.socket(socket.AF_UNIX)
+    bound.bind(str(listening))  # bound but not listening: connection refused
+    try:
+        results = {}
+        for name, path in (("missing", tmp_path / "missing-sock"), ("refused", listening)):
+            uri = f"qemu+unix:///session?socket={path}"
+            results[name] = Detector(1.0).detect(_target("a_b", uri=uri)).error
+    finally:
+        bound.close()
+    assert results == {"missing": "no_socket", "refused": "unreachable"}
+
+
+def test_a_launcher_daemon_that_answered_leaves_no_state() -> None:
+    """KubeVirt mode: one daemon per VMI, asked once; nothing is kept per answered launcher."""
+    detector = Detector(2.0, keep_connections=False)
+    assert detector.detect(_target("default_web-frontend")).hypervisor_type == "kvm"
+    assert detector.calls.states() == {}
+
+
+def test_a_name_libvirt_cannot_take_is_unknown_without_asking() -> None:
+    detector = Detector(2.0)
+    detection = detector.detect(_target("default_bad\x00name"))
+    assert (detection.hypervisor_type, detection.error) == ("unknown", "invalid_name")
+    assert detector.calls.calls_made == 0

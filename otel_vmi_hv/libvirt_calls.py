@@ -1,4 +1,4 @@
-"""Read-only libvirt access that can never block the agent.
+"""Read-only libvirt calls that can never block the agent.
 
 A SIGSTOP'd or wedged daemon makes ``open()`` and ``XMLDesc()`` hang forever (the kernel still
 accepts on the socket backlog), and keepalive cannot protect ``open()``. So every call runs on a
@@ -7,6 +7,9 @@ counts against a small per-daemon cap, and while a daemon is at its cap new work
 once as ``busy`` instead of piling up threads (KubeVirt's per-launcher virtqemud serves only five
 client requests anyway). When the stuck call finally returns, the daemon is reported recovered so
 the VMIs that were left ``unknown`` get detected again without waiting for their backoff.
+
+This module only runs calls and keeps connections; what is asked (a domain's XML, the list of
+domains) belongs to ``domain_detector.py`` and ``sources/libvirt.py``.
 """
 
 from __future__ import annotations
@@ -14,20 +17,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import libvirt
 
 from otel_vmi_hv.backoff import Backoff
-from otel_vmi_hv.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
-from otel_vmi_hv.model import UNKNOWN, Detection, DetectionMethod, LibvirtTarget
+from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.socket_paths import SocketPathShortener
 
 log = logging.getLogger(__name__)
@@ -61,13 +60,6 @@ class LibvirtUnavailable(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class ActiveDomain:
-    name: str
-    uuid: str
-    id: int
 
 
 def silence_libvirt_stderr() -> None:
@@ -125,16 +117,12 @@ class _WorkerPool:
         self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
-        self.threads = 0
 
     def submit(self, task: Callable[[], None]) -> None:
         with self._lock:
-            if self._idle > 0:
+            spawn = self._idle == 0
+            if not spawn:
                 self._idle -= 1
-                spawn = False
-            else:
-                self.threads += 1
-                spawn = True
         self._tasks.put(task)
         if spawn:
             threading.Thread(target=self._work, name=self._name, daemon=True).start()
@@ -147,7 +135,6 @@ class _WorkerPool:
                 with self._lock:
                     if self._idle > 0:
                         self._idle -= 1
-                        self.threads -= 1
                         return
                 continue  # a task was promised to this worker: wait for it
             try:
@@ -195,30 +182,29 @@ class _Daemon:
         return "disconnected" if self.failures else "idle"
 
 
-class LibvirtDetector:
-    """Learns hypervisor types over read-only connections, one reused connection per URI."""
+class LibvirtCalls:
+    """Bounded read-only calls to libvirt daemons, one reused connection per URI."""
 
     def __init__(
         self,
         timeout: float,
+        revision: Revision,
         *,
+        keep_connections: bool = True,
         max_inflight_per_daemon: int = MAX_INFLIGHT_PER_DAEMON,
         max_inflight_total: int = MAX_INFLIGHT_TOTAL,
-        keep_connections: bool = True,
-        on_recovered: Callable[[str], None] | None = None,
-        on_disconnected: Callable[[str], None] | None = None,
         open_read_only: Callable[[str], Any] = libvirt.openReadOnly,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.timeout = timeout
+        self._revision = revision
         self._max_per_daemon = max_inflight_per_daemon
         self._max_total = max_inflight_total
         # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
         # (KubeVirt launchers), asked once per domain lifetime: an open connection per running
-        # VMI would cost ~25 KB and a socket each for nothing, so close it after each call.
+        # VMI would cost ~25 KB and a socket each for nothing, so close it after each call, and
+        # forget a launcher's daemon once it answered.
         self._keep_connections = keep_connections
-        self._on_recovered = on_recovered
-        self._on_disconnected = on_disconnected
         self._open = open_read_only
         self._clock = clock
         self._sockets = SocketPathShortener()
@@ -226,58 +212,30 @@ class LibvirtDetector:
         self._daemons: dict[str, _Daemon] = {}
         self._lock = threading.Lock()
         self._inflight_total = 0
-        # Bumped (after the change, under its own leaf lock) whenever any daemon's state changed:
-        # the /metrics cache compares it, so it must never lag behind a change or go backwards.
-        self.state_version = 0
-        self._version_lock = threading.Lock()
-        self.libvirt_calls = 0  # every call that reached libvirt, for benchmarks and tests
+        self._on_recovered: list[Callable[[str], None]] = []
+        self._on_disconnected: list[Callable[[str], None]] = []
+        self.calls_made = 0  # calls that reached libvirt (benchmarks and tests), under _lock
 
     # ------------------------------------------------------------------ public operations
 
-    def detect(self, target: LibvirtTarget) -> Detection:
-        """Return the domain's hypervisor type, falling back to its XML file; never raises."""
-        if not target.uri:  # an empty URI would make libvirt pick a default daemon: never that
-            return Detection(UNKNOWN, DetectionMethod.NONE, "no_launcher_pod", "no launcher pod on this node")
-        try:
-            xml = self._call(target.uri, lambda conn: _live_xml(conn, target.domain_name))
-        except LibvirtUnavailable as failure:
-            if target.domain_file is not None and failure.reason != "no_domain":
-                return self._detect_from_file(target, failure)
-            return Detection(UNKNOWN, DetectionMethod.NONE, failure.reason, failure.detail)
+    def subscribe(
+        self,
+        *,
+        recovered: Callable[[str], None] | None = None,
+        disconnected: Callable[[str], None] | None = None,
+    ) -> None:
+        """Be told (on a libvirt thread) when a daemon answers again, or a kept connection closed."""
+        if recovered is not None:
+            self._on_recovered.append(recovered)
+        if disconnected is not None:
+            self._on_disconnected.append(disconnected)
+
+    def call(self, uri: str, op: Callable[[Any], T]) -> T:
+        """``op(connection)`` on a worker, waiting at most ``timeout``; raises LibvirtUnavailable."""
+        result = self._call(uri, op)
         if not self._keep_connections:
-            self._drop_if_settled(target.uri)
-        parsed = parse_domain_type(xml)
-        if parsed.error:
-            detail = f"domain {target.domain_name}" + (
-                f": type {parsed.raw_type!r}" if parsed.raw_type else ""
-            )
-            return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, detail)
-        return Detection(parsed.hypervisor_type, DetectionMethod.LIBVIRT)
-
-    def list_active_domains(self, uri: str) -> list[ActiveDomain]:
-        """Active domains of ``uri`` (standalone mode); raises LibvirtUnavailable."""
-
-        def op(conn: Any) -> list[ActiveDomain]:
-            domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            return [ActiveDomain(d.name(), d.UUIDString(), d.ID()) for d in domains]
-
-        return self._call(uri, op)
-
-    def register_lifecycle_events(self, uri: str, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the event-loop thread) whenever a domain of ``uri`` changes state.
-
-        Registration belongs to the connection, so it is repeated after every reconnect by the
-        caller (the standalone source does it on each resync that finds a new connection).
-        """
-        if not EventLoop.running():
-            return
-
-        def op(conn: Any) -> None:
-            conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda *_args: callback(), None
-            )
-
-        self._call(uri, op)
+            self._drop_if_settled(uri)
+        return result
 
     def connection_id(self, uri: str) -> int:
         """Generation of the current connection (grows with every reconnect); 0 when not connected.
@@ -297,8 +255,8 @@ class LibvirtDetector:
         """Close and drop the connection of a daemon no VMI needs any more (launcher gone)."""
         with self._lock:
             daemon = self._daemons.pop(uri, None)
-            self._changed()
         if daemon is not None:
+            self._revision.bump()
             self._drop_connection(daemon)
         self._sockets.release(uri)
 
@@ -313,8 +271,7 @@ class LibvirtDetector:
     # ------------------------------------------------------------------ internals
 
     def _changed(self) -> None:
-        with self._version_lock:
-            self.state_version += 1
+        self._revision.bump()
 
     def _drop_if_settled(self, uri: str) -> None:
         """Forget a per-launcher daemon that answered and has nothing in flight: no state to keep."""
@@ -326,7 +283,7 @@ class LibvirtDetector:
                 if daemon.conn is not None or daemon.stuck_calls or daemon.failures:
                     return
                 del self._daemons[uri]
-                self._changed()
+        self._changed()
 
     def _daemon(self, uri: str) -> _Daemon:
         with self._lock:
@@ -415,31 +372,32 @@ class LibvirtDetector:
                 conn = self._open(self._sockets.shorten(daemon.uri))
             except (libvirt.libvirtError, OSError) as error:
                 self._connect_failed(daemon, error)
-                detail = self._sockets.explain(_describe(error))
-                raise LibvirtUnavailable(_connect_reason(error), detail) from None
+                detail = self._sockets.explain(describe(error))
+                raise LibvirtUnavailable(connect_reason(error), detail) from None
             if conn is None:  # old bindings return None instead of raising
                 raise LibvirtUnavailable("unreachable", f"cannot open {daemon.uri}")
             fresh = True
             _enable_keepalive(conn)
             if self._keep_connections:
                 self._watch_close(daemon, conn)
+        with self._lock:
+            self.calls_made += 1
         try:
-            self.libvirt_calls += 1
             result = op(conn)
         except libvirt.libvirtError as error:
             code = error.get_error_code()
             if code == libvirt.VIR_ERR_NO_DOMAIN:
                 self._keep(daemon, conn, fresh)
-                raise LibvirtUnavailable("no_domain", _describe(error)) from None
+                raise LibvirtUnavailable("no_domain", describe(error)) from None
             if code in _CONNECTION_ERRORS or not _alive(conn):
                 _close_quietly(conn)
                 with daemon.lock:
                     if daemon.conn is conn:
                         daemon.conn = None
                 self._connect_failed(daemon, error)
-                raise LibvirtUnavailable("unreachable", _describe(error)) from None
+                raise LibvirtUnavailable("unreachable", describe(error)) from None
             self._keep(daemon, conn, fresh)
-            raise LibvirtUnavailable("libvirt_error", _describe(error)) from None
+            raise LibvirtUnavailable("libvirt_error", describe(error)) from None
         self._keep(daemon, conn, fresh)
         return result
 
@@ -500,8 +458,8 @@ class LibvirtDetector:
             daemon.failures += 1
             delay = RECONNECT_BACKOFF.delay(daemon.failures)
             daemon.retry_at = self._clock() + delay
-            daemon.last_error = self._sockets.explain(_describe(error))
-            daemon.last_reason = _connect_reason(error)
+            daemon.last_error = self._sockets.explain(describe(error))
+            daemon.last_reason = connect_reason(error)
             first = daemon.failures == 1
             self._changed()
         if first:
@@ -528,52 +486,14 @@ class LibvirtDetector:
     def _notify_disconnected(self, uri: str) -> None:
         _notify(self._on_disconnected, uri, "disconnect")
 
-    def _detect_from_file(self, target: LibvirtTarget, failure: LibvirtUnavailable) -> Detection:
-        path = target.domain_file
-        assert path is not None
-        try:
-            data = _read_regular_file(path, MAX_DOMAIN_XML_BYTES + 1)
-        except OSError as error:
-            return Detection(
-                UNKNOWN,
-                DetectionMethod.NONE,
-                failure.reason,
-                f"{failure.detail}; domain file {path}: {error.strerror}",
-            )
-        parsed = parse_domain_type(data)
-        if parsed.error:
-            return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain file {path}")
-        return Detection(parsed.hypervisor_type, DetectionMethod.DOMAIN_FILE, "", failure.reason)
 
-
-def _read_regular_file(path: str, limit: int) -> bytes:
-    """Read at most ``limit`` bytes of a regular file, refusing anything that could block.
-
-    The launcher's domain file lives where the VM's own user can write: a FIFO or device put in
-    its place must not hang a detection worker, and a symlink must not lead elsewhere.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(limit)
-    finally:
-        os.close(fd)
-
-
-def _notify(callback: Callable[[str], None] | None, uri: str, what: str) -> None:
-    """Tell a listener about ``uri``; a failing listener is logged, never propagated into libvirt."""
-    if callback is not None:
+def _notify(callbacks: list[Callable[[str], None]], uri: str, what: str) -> None:
+    """Tell listeners about ``uri``; a failing listener is logged, never propagated into libvirt."""
+    for callback in callbacks:
         try:
             callback(uri)
         except Exception:
             log.exception("%s callback for %s failed", what, uri)
-
-
-def _live_xml(conn: Any, domain_name: str) -> str:
-    xml: str = conn.lookupByName(domain_name).XMLDesc(0)
-    return xml
 
 
 def _enable_keepalive(conn: Any) -> None:
@@ -596,22 +516,26 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
 
 
-def _connect_reason(error: Exception) -> str:
+def connect_reason(error: Exception) -> str:
     """Why a connection could not be opened, as a bounded label: the operator's fix differs.
 
     no_socket: nothing at the socket path (pods root not mounted, launcher gone);
     permission_denied: the agent lacks the rights to the socket (not root, or no DAC_OVERRIDE);
-    unreachable: anything else (daemon down, refused).
+    unreachable: anything else (daemon down, refused). Read from libvirt's error code and the
+    errno it carries (int1 of a system error), never from the message, which libvirt translates.
     """
-    text = _describe(error).lower()
-    if "permission denied" in text:
+    if isinstance(error, libvirt.libvirtError):
+        number = error.get_int1() if error.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR else None
+    else:
+        number = getattr(error, "errno", None)
+    if number in (errno.EACCES, errno.EPERM):
         return "permission_denied"
-    if "no such file or directory" in text:
+    if number in (errno.ENOENT, errno.ENOTDIR):
         return "no_socket"
     return "unreachable"
 
 
-def _describe(error: Exception) -> str:
+def describe(error: Exception) -> str:
     if not isinstance(error, libvirt.libvirtError):
         return str(error)
     message = error.get_error_message() or str(error)

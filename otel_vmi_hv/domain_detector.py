@@ -1,0 +1,77 @@
+"""Learns one domain's hypervisor type: its live XML over libvirt, else the launcher's domain file.
+
+Never raises: every way of failing becomes a ``Detection`` of ``unknown`` with a bounded reason
+(the label of the errors self-metric) and a detail for `detect` and the log.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Any
+
+from otel_vmi_hv.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
+from otel_vmi_hv.libvirt_calls import LibvirtCalls, LibvirtUnavailable
+from otel_vmi_hv.model import UNKNOWN, Detection, DetectionMethod, LibvirtTarget
+
+
+class DomainDetector:
+    def __init__(self, calls: LibvirtCalls) -> None:
+        self._calls = calls
+
+    def detect(self, target: LibvirtTarget) -> Detection:
+        if not target.uri:  # an empty URI would make libvirt pick a default daemon: never that
+            return Detection(UNKNOWN, DetectionMethod.NONE, "no_launcher_pod", "no launcher pod on this node")
+        if "\x00" in target.domain_name:  # libvirt cannot even be asked; retrying would not help
+            return Detection(UNKNOWN, DetectionMethod.NONE, "invalid_name", "the domain name contains NUL")
+        try:
+            xml = self._calls.call(target.uri, lambda conn: _live_xml(conn, target.domain_name))
+        except LibvirtUnavailable as failure:
+            if target.domain_file is not None and failure.reason != "no_domain":
+                return _detect_from_file(target.domain_file, failure)
+            return Detection(UNKNOWN, DetectionMethod.NONE, failure.reason, failure.detail)
+        parsed = parse_domain_type(xml)
+        if parsed.error:
+            detail = f"domain {target.domain_name}" + (
+                f": type {parsed.raw_type!r}" if parsed.raw_type else ""
+            )
+            return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, detail)
+        return Detection(parsed.hypervisor_type, DetectionMethod.LIBVIRT)
+
+
+def _live_xml(conn: Any, domain_name: str) -> str:
+    xml: str = conn.lookupByName(domain_name).XMLDesc(0)
+    return xml
+
+
+def _detect_from_file(path: str, failure: LibvirtUnavailable) -> Detection:
+    try:
+        data = _read_regular_file(path, MAX_DOMAIN_XML_BYTES + 1)
+    except OSError as error:
+        return Detection(
+            UNKNOWN,
+            DetectionMethod.NONE,
+            failure.reason,
+            f"{failure.detail}; domain file {path}: {error.strerror}",
+        )
+    parsed = parse_domain_type(data)
+    if parsed.error:
+        return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain file {path}")
+    return Detection(parsed.hypervisor_type, DetectionMethod.DOMAIN_FILE, "", failure.reason)
+
+
+def _read_regular_file(path: str, limit: int) -> bytes:
+    """Read at most ``limit`` bytes of a regular file, refusing anything that could block.
+
+    The launcher's domain file lives where the VM's own user can write: a FIFO or device put in
+    its place must not hang a detection worker, and a symlink must not lead elsewhere.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit)
+    finally:
+        os.close(fd)
