@@ -36,7 +36,7 @@ DEMO_NODE = ROOT / "config" / "demo-node.xml"
 COLLECTOR_SERVICE = "otel-collector"
 AGENT_SERVICE = "agent"
 COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
-AGENT_METRICS_PORT = 9464  # OTEL_EXPORTER_PROMETHEUS_PORT default (DESIGN section 4)
+AGENT_METRICS_PORT = 9464  # OTEL_EXPORTER_PROMETHEUS_PORT default
 
 COMPONENT_KINDS = {
     "receivers": "receiver",
