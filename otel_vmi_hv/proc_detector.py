@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,10 +70,10 @@ def _classify(process: QemuProcess, where: str) -> Detection:
                 f"{where} runs without -name debug-threads=on: its vCPU threads are never named",
             )
         return Detection(UNKNOWN, DetectionMethod.PROC, PENDING, f"{where} has no vCPU thread yet")
-    counts = Counter(process.accelerators)
-    accelerator, _ = counts.most_common(1)[0]
-    if len(counts) > 1:
-        return _unknown(AMBIGUOUS, f"{where} has vCPU threads of several accelerators: {sorted(counts)}")
+    kinds = sorted(set(process.accelerators))
+    if len(kinds) > 1:  # QEMU runs one accelerator; two mean the names cannot be trusted
+        return _unknown(AMBIGUOUS, f"{where} has vCPU threads of several accelerators: {kinds}")
+    accelerator = kinds[0]
     threads = len(process.accelerators)
     return Detection(
         hypervisor_type_for_accelerator(accelerator),
@@ -151,11 +150,16 @@ class ProcDetector:
         try:
             scan = self._fresh_scan()
         except Exception as error:  # a bug must cost one unknown, not the detector thread
-            log.exception("proc scan of %s failed", self.proc_root)
+            log.exception("%s: proc scan of %s failed", _vmi(domain_name), self.proc_root)
             return _unknown(UNREADABLE, f"scan of {self.proc_root} failed: {error}")
         detection = detect_in_scan(scan, domain_name, pod_uid)
-        log.debug("%s: proc detection %s %s %s", _vmi(domain_name), detection.hypervisor_type,
-                  detection.error, detection.detail)  # fmt: skip
+        log.debug(
+            "%s: proc detection gave %s %s (%s)",
+            _vmi(domain_name),
+            detection.hypervisor_type,
+            detection.error or "ok",
+            detection.detail,
+        )
         return detection
 
     def _fresh_scan(self) -> ProcScan:
