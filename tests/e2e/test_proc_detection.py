@@ -9,6 +9,7 @@ variant does; the hidepid tests mount a private procfs in a private mount namesp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,13 @@ from typing import Any
 
 import pytest
 
-from tests.harness.libvirtd import QEMU_SYSTEM_X86_64, LibvirtDaemon, SystemLibvirtDaemon, domain_xml
+from tests.harness.libvirtd import (
+    QEMU_SYSTEM_X86_64,
+    LibvirtDaemon,
+    SystemLibvirtDaemon,
+    domain_xml,
+    kvm_usable,
+)
 
 pytestmark = pytest.mark.libvirtd
 
@@ -180,26 +187,38 @@ def test_hidepid_noaccess_without_group_is_permission_denied(tcg_domain: str, pr
 # --------------------------------------------------------- a real QEMU before its vCPUs exist
 
 
-class PreconfigQemu:
-    """A QEMU stopped before machine init (``--preconfig``): it has no vCPU thread until told to
-    go on over QMP (``x-exit-preconfig``), the state every QEMU passes through at start."""
+class DirectQemu:
+    """A QEMU started without libvirt, driven over QMP.
 
-    def __init__(self, name: str, workdir: Path, *, debug_threads: bool = True) -> None:
-        self.qmp_path = workdir / "qmp.sock"
+    With ``preconfig`` it stops before machine init: no vCPU thread until ``exit_preconfig``
+    (``x-exit-preconfig``), the state every QEMU passes through at start. Without it, the vCPU
+    threads exist once QMP answers (the monitor starts after machine init); ``-S`` keeps them idle.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        *,
+        debug_threads: bool = True,
+        preconfig: bool = True,
+        accel: str = "tcg",
+    ) -> None:
+        self.qmp_path = workdir / f"qmp-{uuid.uuid4().hex[:8]}.sock"
         option = f"guest={name}" + (",debug-threads=on" if debug_threads else "")
         self.process = subprocess.Popen(
             [
                 QEMU_SYSTEM_X86_64,
                 "-name",
                 option,
-                "--preconfig",
+                "--preconfig" if preconfig else "-S",
                 "-nodefaults",
                 "-display",
                 "none",
                 "-machine",
                 "pc",
                 "-accel",
-                "tcg",
+                accel,
                 "-m",
                 "32",
                 "-qmp",
@@ -245,6 +264,10 @@ class PreconfigQemu:
     def exit_preconfig(self) -> None:
         self._command("x-exit-preconfig")
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def stop(self) -> None:
         self.process.kill()
         self.process.wait(10)
@@ -259,7 +282,7 @@ def qemu_workdir(tmp_path: Path) -> Path:
 
 def test_qemu_without_vcpu_threads_is_pending_then_detected(qemu_workdir: Path) -> None:
     name = _unique("proc-preconfig")
-    qemu = PreconfigQemu(name, qemu_workdir)
+    qemu = DirectQemu(name, qemu_workdir)
     try:
         (answer,) = detect_as_other_user([(name, None)])
         assert (answer["hypervisor_type"], answer["error"]) == ("unknown", "pending"), answer["detail"]
@@ -272,10 +295,62 @@ def test_qemu_without_vcpu_threads_is_pending_then_detected(qemu_workdir: Path) 
 
 def test_qemu_without_debug_threads_is_not_left_pending(qemu_workdir: Path) -> None:
     name = _unique("proc-unnamed")
-    qemu = PreconfigQemu(name, qemu_workdir, debug_threads=False)
+    qemu = DirectQemu(name, qemu_workdir, debug_threads=False)
     try:
         qemu.exit_preconfig()
         (answer,) = detect_as_other_user([(name, None)])
         assert (answer["hypervisor_type"], answer["error"]) == ("unknown", "no_thread_names")
     finally:
         qemu.stop()
+
+
+# ------------------------------------------- launcher pods told apart by the real /proc/<pid>/cgroup
+
+
+@contextlib.contextmanager
+def pod_cgroup(pod_uid: str) -> Iterator[Path]:
+    """A real cgroup named as the kubelet's systemd driver names a burstable pod's, in a private
+    parent folder (removed after), in the first writable hierarchy: cgroup v1 ``pids`` or v2."""
+    for hierarchy in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        if not (hierarchy / "cgroup.procs").exists():
+            continue
+        parent = hierarchy / f"ovh-test-{uuid.uuid4().hex[:8]}"
+        leaf = parent / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
+        try:
+            leaf.mkdir(parents=True)
+        except OSError:
+            continue
+        try:
+            yield leaf
+        finally:
+            for path in (leaf, parent):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        return
+    pytest.skip("no writable cgroup hierarchy to put a QEMU in a pod-like cgroup")
+
+
+def test_migration_launchers_on_one_node_are_told_apart_by_pod(qemu_workdir: Path) -> None:
+    """Two real QEMUs run the same domain, each in its own pod-like cgroup, as a migration's source
+    and target launchers do: each pod UID gets its own QEMU's type, never the other's."""
+    name = _unique("proc-migration")
+    source_pod, target_pod = str(uuid.uuid4()), str(uuid.uuid4())
+    target_accel = "kvm" if kvm_usable()[0] else "tcg"
+    with pod_cgroup(source_pod) as source_cgroup, pod_cgroup(target_pod) as target_cgroup:
+        source = DirectQemu(name, qemu_workdir, preconfig=False, accel="tcg")
+        try:
+            target = DirectQemu(name, qemu_workdir, preconfig=False, accel=target_accel)
+            try:
+                (source_cgroup / "cgroup.procs").write_text(str(source.pid))
+                (target_cgroup / "cgroup.procs").write_text(str(target.pid))
+                by_source, by_target, by_name = detect_as_other_user(
+                    [(name, source_pod), (name, target_pod), (name, None)]
+                )
+            finally:
+                target.stop()
+        finally:
+            source.stop()
+    assert by_source["hypervisor_type"] == "qemu-tcg" and f"pid {source.pid}" in by_source["detail"]
+    expected = "kvm" if target_accel == "kvm" else "qemu-tcg"
+    assert by_target["hypervisor_type"] == expected and f"pid {target.pid}" in by_target["detail"]
+    assert by_name["error"] == "ambiguous"
