@@ -48,10 +48,15 @@ def _unknown(reason: str, detail: str) -> Detection:
     return Detection(UNKNOWN, DetectionMethod.PROC, reason, detail)
 
 
-def _hidepid_hint(scan: ProcScan) -> str:
+def _hidden_hint(scan: ProcScan) -> str:
     mount = scan.mount
-    where = f"{scan.proc_root} is mounted with hidepid={mount.hidepid}" if mount else "processes are hidden"
-    if mount is not None and mount.gid is not None:
+    if mount is None or not mount.restricted:
+        return (
+            f"{scan.refused} reads in {scan.proc_root} were refused and it is not a hidepid mount: "
+            "a security module (SELinux, AppArmor) may deny reading other containers' processes"
+        )
+    where = f"{scan.proc_root} is mounted with hidepid={mount.hidepid}"
+    if mount.gid is not None:
         return (
             f"{where}: other users' processes are hidden; add group {mount.gid} (the mount's gid=) "
             "to the agent's supplemental groups"
@@ -99,7 +104,7 @@ def detect_in_scan(scan: ProcScan, domain_name: str, pod_uid: str | None) -> Det
         process = candidates[0]
         return _classify(process, f"QEMU pid {process.pid} ({scan.proc_root}/{process.pid})")
     if scan.hidden:
-        return _unknown(PERMISSION_DENIED, _hidepid_hint(scan))
+        return _unknown(PERMISSION_DENIED, _hidden_hint(scan))
     others = ", ".join(f"pid {p.pid} in pod {p.pod_uid or '(none)'}" for p in named)
     detail = f"no QEMU process runs domain {domain_name!r} in {scan.proc_root}"
     if pod_uid is not None:

@@ -53,6 +53,7 @@ class ProcScan:
     # True when processes were (or probably were) hidden from this reader: a read refused with
     # EACCES, or a hidepid mount that hides pid 1. Then "no QEMU found" proves nothing.
     hidden: bool = False
+    refused: int = 0  # reads refused with EACCES/EPERM during the pass
     error: str = ""  # the root itself could not be listed
     by_domain: dict[str, list[QemuProcess]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -184,4 +185,6 @@ def scan_proc(proc_root: str, *, mountinfo_path: str = SELF_MOUNTINFO) -> ProcSc
     # pid 1 always exists in a host (or any pid-namespace) procfs and is root's: hidepid hides it
     # from everyone outside the gid= group, so its absence is the tell of an "invisible" mount.
     hides_init = mount is not None and mount.restricted and "1" not in entries
-    return ProcScan(proc_root, tuple(processes), mount, hidden=reader.refused > 0 or hides_init)
+    return ProcScan(
+        proc_root, tuple(processes), mount, hidden=reader.refused > 0 or hides_init, refused=reader.refused
+    )

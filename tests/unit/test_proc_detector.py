@@ -4,6 +4,7 @@ hint, shared passes over /proc between concurrent callers, and a /proc that cann
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -90,6 +91,17 @@ def test_hidepid_without_gid_says_to_add_one(tmp_path: Path) -> None:
     detection = detector.detect("default_vm", None)
     assert detection.error == "permission_denied"
     assert "no gid=" in detection.detail
+
+
+def test_refused_reads_without_hidepid_point_at_a_security_module(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    proc = write_proc_tree(tmp_path / "proc", [FakeProcess(60, "qemu-kvm")])
+    (proc / "60" / "comm").chmod(0)
+    (proc / "60" / "cmdline").chmod(0)
+    detection = ProcDetector(str(proc)).detect("default_vm", None)
+    assert detection.error == "permission_denied"
+    assert "not a hidepid mount" in detection.detail
 
 
 def test_missing_proc_root_is_unknown_not_an_exception(tmp_path: Path) -> None:
