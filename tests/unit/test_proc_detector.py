@@ -4,7 +4,12 @@ hint, shared passes over /proc between concurrent callers, and a /proc that cann
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -93,15 +98,32 @@ def test_hidepid_without_gid_says_to_add_one(tmp_path: Path) -> None:
     assert "no gid=" in detection.detail
 
 
-def test_refused_reads_without_hidepid_point_at_a_security_module(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads files whatever their mode")
-    proc = write_proc_tree(tmp_path / "proc", [FakeProcess(60, "qemu-kvm")])
-    (proc / "60" / "comm").chmod(0)
-    (proc / "60" / "cmdline").chmod(0)
-    detection = ProcDetector(str(proc)).detect("default_vm", None)
-    assert detection.error == "permission_denied"
-    assert "not a hidepid mount" in detection.detail
+_DETECT_AS_CHILD = """
+import json, sys
+from otel_vmi_hv.proc_detector import ProcDetector
+d = ProcDetector(sys.argv[1]).detect("default_vm", None)
+print(json.dumps([d.error, d.detail]))
+"""
+
+
+def test_refused_reads_without_hidepid_point_at_a_security_module() -> None:
+    """Files this reader may not open, on a /proc that is no hidepid mount (as SELinux denials look)."""
+    base = Path(tempfile.mkdtemp(prefix="ovh-proc-refused-"))
+    try:
+        base.chmod(0o755)
+        proc = write_proc_tree(base / "proc", [FakeProcess(60, "qemu-kvm")])
+        for name in ("comm", "cmdline"):
+            (proc / "60" / name).chmod(0)
+        argv = [sys.executable, "-c", _DETECT_AS_CHILD, str(proc)]
+        if os.geteuid() == 0:  # root reads any file: run the detector as another user
+            argv = ["setpriv", "--reuid=65532", "--regid=65532", "--clear-groups", *argv]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/", check=False)
+        assert result.returncode == 0, result.stderr
+        error, detail = json.loads(result.stdout)
+        assert error == "permission_denied"
+        assert "not a hidepid mount" in detail
+    finally:
+        shutil.rmtree(base)
 
 
 def test_missing_proc_root_is_unknown_not_an_exception(tmp_path: Path) -> None:
