@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import libvirt
 
-from bench import agent, exposition
+from bench import agent, exposition, proc_scan
 from tests.harness.otlp_receiver import RotelReceiver
 
 
@@ -43,7 +43,8 @@ def main() -> None:
         print(exposition.run(sizes, receiver=receiver), end="\n\n", flush=True)
     finally:
         receiver.stop()
-    print(agent.run(churn_total=5_000 if args.quick else 100_000))
+    print(agent.run(churn_total=5_000 if args.quick else 100_000), end="\n\n", flush=True)
+    print(proc_scan.run(repeat=5 if args.quick else 30))
 
 
 if __name__ == "__main__":

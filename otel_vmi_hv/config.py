@@ -58,6 +58,7 @@ class Settings:
     pods_root: str
     resync_interval: float
     kubeconfig: str | None = None
+    proc_root: str | None = None  # the host's /proc for the proc detection method; None: off
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
@@ -213,6 +214,13 @@ def _path(raw: str) -> str:
 def _absolute_path(raw: str) -> str:
     value = _path(raw)
     if not os.path.isabs(value):
+        raise ValueError
+    return value
+
+
+def _existing_directory(raw: str) -> str:
+    value = _absolute_path(raw)
+    if not os.path.isdir(value):
         raise ValueError
     return value
 
@@ -468,6 +476,17 @@ OPTIONS: tuple[Option, ...] = (
         "Where the host's /var/lib/kubelet/pods is mounted (kubernetes source).",
         _absolute_path,
         "--pods-root",
+    ),
+    Option(
+        "OTEL_VMI_HV_PROC_ROOT",
+        "proc_root",
+        None,
+        "an existing absolute directory: the host's /proc (e.g. /host/proc from a read-only hostPath)",
+        "Detect from the running QEMU's vCPU thread names in this /proc before asking libvirt "
+        "(no socket, no privilege needed); see docs/proc-detection.md.",
+        _existing_directory,
+        "--proc-root",
+        default_doc="unset: off",
     ),
     Option(
         "OTEL_VMI_HV_RESYNC_INTERVAL",

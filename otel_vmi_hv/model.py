@@ -56,6 +56,7 @@ class DetectionMethod(enum.StrEnum):
 
     LIBVIRT = "libvirt"  # live domain XML over a read-only connection
     DOMAIN_FILE = "domain_file"  # the launcher's persistent domain XML, when the socket is unreachable
+    PROC = "proc"  # the running QEMU's vCPU thread names in /proc (no socket, no privilege)
     NONE = "none"  # nothing worked: the type is unknown
 
 

@@ -46,6 +46,7 @@ BAD_VALUES = {
     "OTEL_VMI_HV_LIBVIRT_TIMEOUT": "forever",
     "OTEL_VMI_HV_LOG_LEVEL": "verbose",
     "OTEL_VMI_HV_PODS_ROOT": "pods",
+    "OTEL_VMI_HV_PROC_ROOT": "/nonexistent/proc",
     "OTEL_VMI_HV_RESYNC_INTERVAL": "0s",
     "OTEL_VMI_HV_TLS_CERT_FILE": "cert.pem",
     "OTEL_VMI_HV_TLS_KEY_FILE": "key.pem",
@@ -105,6 +106,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.libvirt_uri == STANDALONE_LIBVIRT_URI
     assert settings.libvirt_timeout == 5.0
     assert settings.log_level == "info"
+    assert settings.proc_root is None  # the proc method is off unless asked for
 
 
 def test_flags_win_over_environment() -> None:
@@ -213,3 +215,14 @@ def test_check_config_prints_effective_values_and_never_header_values() -> None:
     assert "worker-9" in result.stdout
     assert "(flag)" in result.stdout
     assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_proc_root_must_be_an_absolute_existing_directory(tmp_path: Path) -> None:
+    settings = load_settings({"NODE_NAME": "w", "OTEL_VMI_HV_PROC_ROOT": str(tmp_path)})
+    assert settings.proc_root == str(tmp_path)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for bad in (str(a_file), "proc", str(tmp_path / "absent")):
+        with pytest.raises(ConfigError, match="OTEL_VMI_HV_PROC_ROOT") as raised:
+            load_settings({"OTEL_VMI_HV_PROC_ROOT": bad})
+        assert bad in str(raised.value)

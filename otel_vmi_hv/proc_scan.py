@@ -1,0 +1,190 @@
+"""One pass over a /proc tree: every QEMU process with its domain name, pod UID and vCPU threads.
+
+Why a whole pass and not a lookup by pid: nothing maps a VMI to a pid without asking libvirt, and
+asking libvirt is what this method avoids. A pass reads two small files per process (``comm``,
+and the start of ``cmdline`` when ``comm`` is not QEMU's) and the details of QEMU processes only,
+so it stays cheap on busy nodes (see ``bench/proc_scan.py``). Processes that exit during the pass
+are skipped; nothing here raises for what a live /proc does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from otel_vmi_hv.proc_parse import (
+    ProcMountOptions,
+    is_qemu_name,
+    parse_qemu_name,
+    pod_uid_from_cgroup,
+    proc_mount_options,
+    split_cmdline,
+    vcpu_accelerator,
+)
+
+SELF_MOUNTINFO = "/proc/self/mountinfo"
+# argv[0] sits at the start of cmdline; a path longer than this is no QEMU we would find anyway.
+_ARGV0_READ = 4096
+_SMALL_READ = 256
+# A QEMU command line is a few KiB; cap what one process can make the agent read.
+_CMDLINE_MAX = 1 << 20
+_CGROUP_MAX = 64 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class QemuProcess:
+    """A running QEMU as /proc shows it."""
+
+    pid: int
+    executable: str  # the comm or argv[0] base name that identified it as QEMU
+    domain_name: str | None  # from -name guest=...
+    pod_uid: str | None  # the kubelet pod whose cgroup it runs in
+    thread_names_enabled: bool  # -name debug-threads=on: without it vCPU threads are never named
+    accelerators: tuple[str, ...]  # the accelerator word of each vCPU thread ("KVM", "TCG", ...)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcScan:
+    """The result of one pass: what was found and what may have been hidden from the reader."""
+
+    proc_root: str
+    processes: tuple[QemuProcess, ...] = ()
+    mount: ProcMountOptions | None = None
+    # True when processes were (or probably were) hidden from this reader: a read refused with
+    # EACCES, or a hidepid mount that hides pid 1. Then "no QEMU found" proves nothing.
+    hidden: bool = False
+    refused: int = 0  # reads refused with EACCES/EPERM during the pass
+    error: str = ""  # the root itself could not be listed
+    by_domain: dict[str, list[QemuProcess]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for process in self.processes:
+            if process.domain_name is not None:
+                self.by_domain.setdefault(process.domain_name, []).append(process)
+
+
+class _Reader:
+    """File reads that tell "gone" (None) from "refused" (counted), never raising either."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+
+    def read(self, path: str, limit: int) -> bytes | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            self.refused += 1
+            return None
+        except OSError:  # ENOENT, ESRCH: the process or thread is gone
+            return None
+        try:
+            chunks: list[bytes] = []
+            remaining = limit
+            while remaining > 0:
+                chunk = os.read(fd, min(remaining, 65536))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            return b"".join(chunks)
+        except PermissionError:
+            self.refused += 1
+            return None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def text(self, path: str, limit: int) -> str | None:
+        raw = self.read(path, limit)
+        return None if raw is None else raw.decode("utf-8", "replace")
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return os.listdir(path)
+        except PermissionError:
+            self.refused += 1
+            return []
+        except OSError:
+            return []
+
+
+def _qemu_executable(reader: _Reader, pid_dir: str) -> str | None:
+    comm = reader.text(f"{pid_dir}/comm", _SMALL_READ)
+    if comm is not None:
+        comm = comm.rstrip("\n")
+        if is_qemu_name(comm):
+            return comm
+    head = reader.read(f"{pid_dir}/cmdline", _ARGV0_READ)
+    if not head:
+        return None
+    argv0 = os.path.basename(os.fsdecode(head.split(b"\0", 1)[0]))
+    return argv0 if is_qemu_name(argv0) else None
+
+
+def _vcpu_accelerators(reader: _Reader, pid_dir: str) -> tuple[str, ...]:
+    accelerators: list[tuple[int, str]] = []
+    for tid in reader.listdir(f"{pid_dir}/task"):
+        if not tid.isdigit():
+            continue
+        name = reader.text(f"{pid_dir}/task/{tid}/comm", _SMALL_READ)
+        accelerator = vcpu_accelerator(name) if name is not None else None
+        if accelerator is not None:
+            accelerators.append((int(tid), accelerator))
+    return tuple(accelerator for _, accelerator in sorted(accelerators))
+
+
+def _read_process(reader: _Reader, proc_root: str, pid: int) -> QemuProcess | None:
+    pid_dir = f"{proc_root}/{pid}"
+    executable = _qemu_executable(reader, pid_dir)
+    if executable is None:
+        return None
+    cmdline = reader.read(f"{pid_dir}/cmdline", _CMDLINE_MAX)
+    if cmdline is None:
+        return None  # exited in between
+    name = parse_qemu_name(split_cmdline(cmdline))
+    cgroup = reader.text(f"{pid_dir}/cgroup", _CGROUP_MAX)
+    return QemuProcess(
+        pid=pid,
+        executable=executable,
+        domain_name=name.guest,
+        pod_uid=pod_uid_from_cgroup(cgroup) if cgroup is not None else None,
+        thread_names_enabled=name.debug_threads,
+        accelerators=_vcpu_accelerators(reader, pid_dir),
+    )
+
+
+def _mount_options(proc_root: str, mountinfo_path: str) -> ProcMountOptions | None:
+    try:
+        with open(mountinfo_path, encoding="utf-8", errors="replace") as file:
+            text = file.read()
+    except OSError:
+        return None
+    return proc_mount_options(text, os.path.realpath(proc_root))
+
+
+def scan_proc(proc_root: str, *, mountinfo_path: str = SELF_MOUNTINFO) -> ProcScan:
+    """Walk ``proc_root`` once and return every QEMU process found, never raising.
+
+    ``mountinfo_path`` is where the reader's own mount table is (tests point it at a fixture);
+    it tells whether ``proc_root`` is a procfs mounted with ``hidepid``.
+    """
+    reader = _Reader()
+    try:
+        entries = os.listdir(proc_root)
+    except OSError as error:
+        return ProcScan(proc_root, error=f"cannot list {proc_root}: {error.strerror or error}")
+    mount = _mount_options(proc_root, mountinfo_path)
+    processes = []
+    for entry in entries:
+        if entry.isdigit():
+            process = _read_process(reader, proc_root, int(entry))
+            if process is not None:
+                processes.append(process)
+    processes.sort(key=lambda p: p.pid)
+    # pid 1 always exists in a host (or any pid-namespace) procfs and is root's: hidepid hides it
+    # from everyone outside the gid= group, so its absence is the tell of an "invisible" mount.
+    hides_init = mount is not None and mount.restricted and "1" not in entries
+    return ProcScan(
+        proc_root, tuple(processes), mount, hidden=reader.refused > 0 or hides_init, refused=reader.refused
+    )
