@@ -13,10 +13,11 @@ import time
 from typing import Protocol
 
 from otel_vmi_hv.config import Settings
+from otel_vmi_hv.detection_order import DetectionOrder
 from otel_vmi_hv.domain_detector import DomainDetector
 from otel_vmi_hv.http import HttpServer, Readiness, tls_context
 from otel_vmi_hv.libvirt_calls import EventLoop, LibvirtCalls, silence_libvirt_stderr
-from otel_vmi_hv.model import VMI, Detection
+from otel_vmi_hv.proc_detector import ProcDetector
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.telemetry import Recorder, Telemetry
 from otel_vmi_hv.tracker import Tracker
@@ -36,7 +37,8 @@ class Source(Protocol):
 
 
 class Agent:
-    def __init__(self, settings: Settings, *, with_telemetry: bool = True) -> None:
+    def __init__(self, settings: Settings, *, with_telemetry: bool = True, cross_check: bool = False) -> None:
+        """``cross_check`` asks libvirt even where /proc answered (``detect`` compares the two)."""
         self.settings = settings
         silence_libvirt_stderr()
         kubernetes = settings.source == "kubernetes"
@@ -46,9 +48,14 @@ class Agent:
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
         self.synced = threading.Event()
         self.libvirt = LibvirtCalls(settings.libvirt_timeout, self.revision, keep_connections=not kubernetes)
-        self.detector = DomainDetector(self.libvirt)
+        self.detector = DetectionOrder(
+            DomainDetector(self.libvirt) if self._libvirt_reachable() else None,
+            ProcDetector(settings.proc_root) if settings.proc_root else None,
+            self.metrics,
+            ask_both=cross_check,
+        )
         self.tracker = Tracker(
-            self._detect,
+            self.detector.detect,
             settings.node_name,
             metrics=self.metrics,
             revision=self.revision,
@@ -85,8 +92,12 @@ class Agent:
             on_synced=self._synced,
         )
 
-    def _detect(self, vmi: VMI) -> Detection:
-        return self.detector.detect(vmi.target)
+    def _libvirt_reachable(self) -> bool:
+        """False only for a /proc-only deployment: KubeVirt mode with no pods-root mount."""
+        settings = self.settings
+        return not (
+            settings.source == "kubernetes" and settings.proc_root and not os.path.isdir(settings.pods_root)
+        )
 
     def _synced(self) -> None:
         if not self.synced.is_set():
@@ -97,7 +108,9 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self.settings.source == "kubernetes" and not os.path.isdir(self.settings.pods_root):
+        if self.settings.proc_root and not self._libvirt_reachable():
+            log.info("detecting through %s only (no pods root mounted)", self.settings.proc_root)
+        elif self.settings.source == "kubernetes" and not os.path.isdir(self.settings.pods_root):
             log.error(
                 "OTEL_VMI_HV_PODS_ROOT %s does not exist: mount the host's /var/lib/kubelet/pods there "
                 "(read-only), or every VMI will be reported unknown (reason no_socket)",

@@ -130,7 +130,7 @@ def detect(settings: Settings, output: str) -> int:
     from otel_vmi_hv.agent import Agent
     from otel_vmi_hv.detect_report import render_json, render_table, rows
 
-    agent = Agent(settings, with_telemetry=False)
+    agent = Agent(settings, with_telemetry=False, cross_check=True)
     agent.start()
     try:
         deadline = time.monotonic() + settings.libvirt_timeout + DETECT_TIMEOUT_SLACK

@@ -24,6 +24,8 @@ def rows(detections: Sequence[tuple[VMI, Detection | None]], node: str) -> list[
                 "domain_file": vmi.target.domain_file,
                 "error": (detection.error if detection else "not detected in time") or None,
                 "detail": (detection.detail if detection else "") or None,
+                # /proc and libvirt disagreed: what /proc said (the reported type is libvirt's)
+                "proc_says": (detection.mismatch if detection else "") or None,
             }
         )
     return result
@@ -41,6 +43,13 @@ HINTS = {
     "no_domain": "the daemon has no such domain: the VMI is not (or no longer) running there",
     "no_launcher_pod": "status.activePods names no launcher pod on this node",
     "libvirt_error": "libvirt answered with an error; see the detail (--output json)",
+    "invalid_name": "the domain name holds a NUL: the API server sent a broken VMI object",
+    "no_process": "no QEMU process of this domain in OTEL_VMI_HV_PROC_ROOT: is the host's /proc mounted "
+    "there (not the container's own)?",
+    "ambiguous": "several QEMU processes run this domain and no launcher pod UID tells them apart",
+    "no_thread_names": "QEMU runs without -name debug-threads=on, so /proc cannot tell its accelerator",
+    "unreadable": "OTEL_VMI_HV_PROC_ROOT cannot be listed; see the detail (--output json)",
+    "pending": "QEMU has no vCPU thread yet (starting, or waiting in --preconfig); asked again shortly",
 }
 
 
@@ -63,8 +72,8 @@ def render_table(report: list[dict[str, Any]]) -> str:
             row["node"],
             row["hypervisor_type"],
             row["method"],
-            row["domain_file"] if row["method"] == "domain_file" else row["libvirt_uri"],
-            row["error"] or "",
+            {"domain_file": row["domain_file"], "proc": "/proc"}.get(row["method"], row["libvirt_uri"]),
+            row["error"] or (f"mismatch: /proc says {row['proc_says']}" if row["proc_says"] else ""),
         )
         for row in report
     ]

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 
 UNKNOWN = "unknown"
+PENDING = "pending"
 
 # libvirt's documented <domain type> values (the "virtType" choice of domaincommon.rng plus
 # "parallels", the older name of "vz"). Anything outside this set is not something libvirt would
@@ -72,6 +73,7 @@ class LibvirtTarget:
     domain_name: str
     lifetime_key: str
     domain_file: str | None = None
+    pod_uid: str | None = None  # the launcher pod (KubeVirt): tells a migration's two QEMUs apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +95,16 @@ class Detection:
     # Short machine-readable reason on failure (label of the errors self-metric), "" on success.
     error: str = ""
     detail: str = ""
+    mismatch: str = ""  # where two methods answered differently: the type the other one said
 
     @property
     def ok(self) -> bool:
         return self.hypervisor_type != UNKNOWN
+
+    @property
+    def pending(self) -> bool:
+        """Not an answer yet (a QEMU without vCPU threads): retry soon, report nothing meanwhile."""
+        return self.error == PENDING
 
 
 @dataclass(frozen=True, slots=True)

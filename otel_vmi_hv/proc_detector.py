@@ -25,13 +25,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from otel_vmi_hv.model import UNKNOWN, Detection, DetectionMethod
+from otel_vmi_hv.model import PENDING, UNKNOWN, Detection, DetectionMethod
 from otel_vmi_hv.proc_parse import hypervisor_type_for_accelerator
 from otel_vmi_hv.proc_scan import ProcScan, QemuProcess, scan_proc
 
 log = logging.getLogger(__name__)
 
-PENDING = "pending"
 NO_PROCESS = "no_process"
 PERMISSION_DENIED = "permission_denied"
 AMBIGUOUS = "ambiguous"
@@ -41,7 +40,7 @@ UNREADABLE = "unreadable"
 
 def is_pending(detection: Detection) -> bool:
     """True for the answer "QEMU found, no vCPU thread yet": retry shortly, it is not a failure."""
-    return detection.method is DetectionMethod.PROC and detection.error == PENDING
+    return detection.method is DetectionMethod.PROC and detection.pending
 
 
 def _unknown(reason: str, detail: str) -> Detection:

@@ -80,6 +80,9 @@ class Recorder:
     def record_label_replaced(self) -> None:
         """A VMI label value could not be encoded and was replaced."""
 
+    def record_mismatch(self) -> None:
+        """/proc and libvirt answered differently for one VMI."""
+
 
 class SelfMetrics(Recorder):
     """Instruments about the agent itself; none carries a per-VMI attribute."""
@@ -113,6 +116,11 @@ class SelfMetrics(Recorder):
             "otel_vmi_hv_label_values_replaced",
             unit="{value}",
             description="VMI label values that could not be encoded (NUL, lone surrogates) and were replaced",
+        )
+        self.mismatches = meter.create_counter(
+            "otel_vmi_hv_detection_mismatches",
+            unit="{detection}",
+            description="Detections where /proc and libvirt named different hypervisor types",
         )
         meter.create_observable_gauge(
             "otel_vmi_hv_last_sync_timestamp",
@@ -149,6 +157,10 @@ class SelfMetrics(Recorder):
 
     def record_label_replaced(self) -> None:
         self.labels_replaced.add(1)
+        self._revision.bump()
+
+    def record_mismatch(self) -> None:
+        self.mismatches.add(1)
         self._revision.bump()
 
     def _observe_last_sync(self, _options: CallbackOptions) -> Iterable[Observation]:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY = Backoff(initial=1.0, maximum=60.0)
+PENDING_RETRY = Backoff(initial=0.2, maximum=5.0)  # a QEMU about to name its vCPU threads
 DEFAULT_WORKERS = 4
 
 
@@ -52,6 +53,7 @@ class _Entry:
     detection: Detection | None = None  # latest finished attempt for any lifetime
     detected_lifetime: str | None = None  # lifetime the detection belongs to
     failures: int = 0
+    pending_attempts: int = 0  # answers of "not yet" for the current lifetime
 
 
 class Tracker:
@@ -128,7 +130,7 @@ class Tracker:
                 self._unuse(entry.vmi.target.uri, released)
             entry.vmi = vmi
             if lifetime_changed:
-                entry.failures = 0
+                entry.failures = entry.pending_attempts = 0
                 self._schedule(vmi.key, 0.0)
             if labels_changed:
                 entry.labels = self._labels(vmi)
@@ -314,17 +316,25 @@ class Tracker:
         except Exception as error:  # a detector must not raise, but one bug must not stop the pool
             log.exception("%s/%s: detection raised", vmi.namespace, vmi.name)
             detection = Detection(UNKNOWN, DetectionMethod.NONE, "internal_error", repr(error))
-        self._metrics.record_detection(detection, self._clock() - started)
+        if not detection.pending:
+            self._metrics.record_detection(detection, self._clock() - started)
         released: list[str] = []
         with self._lock:
             entry = self._entries.get(key)
             discarded = entry is None or entry.vmi.target.lifetime_key != vmi.target.lifetime_key
-            previous = None if entry is None or discarded else self._record(key, entry, vmi, detection)
+            previous = None
+            if entry is not None and not discarded:
+                if detection.pending:  # not an answer: ask again soon, publish nothing new
+                    entry.pending_attempts += 1
+                    self._schedule(key, PENDING_RETRY.delay(entry.pending_attempts))
+                else:
+                    entry.pending_attempts = 0
+                    previous = self._record(key, entry, vmi, detection)
             self._unuse(vmi.target.uri, released)
         # Gone or restarted meanwhile (the new lifetime has its own job): whatever this late attempt
         # set up for the old launcher (daemon state) is released here if nothing else uses it.
         self._release_all(released)
-        if discarded:
+        if discarded or detection.pending:
             return
         label = f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name
         if detection.ok:

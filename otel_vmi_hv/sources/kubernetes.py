@@ -112,6 +112,7 @@ class VMIInterpreter:
             domain_name=domain,
             lifetime_key=pod_uid,
             domain_file=f"{empty_dirs}/private/libvirt/qemu/{domain}.xml",
+            pod_uid=pod_uid,
         )
         return VMI(uid, namespace, name, target)
 

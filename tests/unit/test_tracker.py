@@ -218,3 +218,24 @@ def test_label_values_no_exposition_can_carry_are_replaced_and_counted(
         (row.namespace + row.name).encode("utf-8")  # encodable, whatever came in
     tracker.upsert(vmi("bad\x00name"))  # the same object again is not counted again
     assert recorder.replaced == 2
+
+
+def test_a_pending_answer_is_not_reported_and_is_asked_again_soon(make_tracker) -> None:
+    """A QEMU without vCPU threads yet: neither a series nor `unknown`, and no failure backoff."""
+    answers = iter([Detection(UNKNOWN, DetectionMethod.PROC, "pending", "no vCPU thread yet")] * 3)
+
+    def detect(_vmi: VMI) -> Detection:
+        return next(answers, Detection("kvm", DetectionMethod.PROC))
+
+    tracker = Tracker(detect, "node-1", metrics=Recorder(), revision=Revision())
+    tracker.start()
+    try:
+        tracker.upsert(vmi("p"))
+        assert tracker.publish().pending == 1
+        assert rows(tracker) == {}
+        # Three "not yet" answers, then the type; never an unknown series in between.
+        wait_until(lambda: rows(tracker) in ({"p": "kvm"}, {"p": UNKNOWN}), 5, "p answered")
+        assert rows(tracker) == {"p": "kvm"}
+        assert tracker.publish().unknown == 0
+    finally:
+        tracker.stop()
