@@ -24,10 +24,16 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev libvirt-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Only what `pip install .` needs (pyproject.toml names README.md as the long description).
+# Reproducible: every dependency is the exact version of requirements.lock, checked against its
+# hashes (--require-hashes), so two builds on different days get the same packages. Only
+# libvirt-python is compiled here (from its hash-checked source archive). The project's own wheel
+# is built without resolving anything again (--no-deps).
+COPY requirements.lock ./
+RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock
+# Only what building the project needs (pyproject.toml names README.md as the long description).
 COPY pyproject.toml README.md ./
 COPY otel_vmi_hv/ ./otel_vmi_hv/
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="otel-vmi-hv" \
@@ -42,10 +48,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libvirt0 \
     && rm -rf /var/lib/apt/lists/*
-# Install from the builder's wheels only (--no-index: nothing is fetched here); the bind mount keeps
-# the wheels out of the image layers.
+# Install exactly the builder's wheels (--no-index --no-deps: nothing is fetched or resolved here;
+# their versions and hashes were checked in the builder), then let pip confirm the set is complete
+# and consistent. The bind mount keeps the wheels out of the image layers.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels otel-vmi-hv
+    pip install --no-index --no-deps /wheels/*.whl \
+    && pip check
 
 # Unprivileged by default (65532, the usual "nonroot" id). The demo and libvirt's read-only socket
 # (mode 0777 by default) need nothing more. On a KubeVirt node the agent must run as root (set in the
