@@ -7,7 +7,7 @@ DEMO_URI := test://$(CURDIR)/config/demo-node.xml
 OTEL_METRICS_EXPORTER ?= prometheus
 export OTEL_METRICS_EXPORTER
 
-.PHONY: run test test-newest lint typecheck pytest bench docs lock system-deps system-deps-test clean
+.PHONY: run test test-newest lint typecheck pytest bench docs lock system-deps system-deps-test clean image image-test
 
 run: system-deps $(VENV)/.run-installed
 	$(BIN)/otel-vmi-hv run --source libvirt --libvirt-uri "$(DEMO_URI)"
@@ -23,6 +23,19 @@ typecheck: $(VENV)/.dev-installed
 
 pytest: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The agent image, with docker where its daemon answers, else podman; the official slim Python base
+# unless PYTHON_IMAGE names another (`make image IMAGE=registry/otel-vmi-hv:0.1.0`).
+IMAGE ?= otel-vmi-hv:local
+PYTHON_IMAGE ?=
+image:
+	IMAGE="$(IMAGE)" PYTHON_IMAGE="$(PYTHON_IMAGE)" scripts/image-build.sh
+
+# Builds the image with podman on a locally made base (no registry needed) and smoke-tests it: the
+# demo as the Dockerfile runs it, and the DaemonSet's settings against a real launcher socket.
+# Needs root; installs podman and mmdebstrap when missing. CI runs it after `make test`.
+image-test: system-deps-test $(VENV)/.dev-installed
+	scripts/image-test.sh
 
 docs: $(VENV)/.run-installed
 	$(BIN)/python scripts/update_readme_config.py
