@@ -7,15 +7,16 @@ process rather than trusted from podman's configuration.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NoReturn
+
+import pytest
 
 from tests.harness.fixtures import in_ci
 
@@ -135,18 +136,8 @@ def image_size(image: str) -> int:
     return int(data[0]["Size"])
 
 
-def fail_or_skip(reason: str) -> None:
+def fail_or_skip(reason: str) -> NoReturn:
     """Skip outside CI; in CI a run that cannot test the image is a failure, never a silent skip."""
-    import pytest
-
     if in_ci():
         pytest.fail(f"image tests cannot run: {reason} (CI=true: a failure, not a skip)", pytrace=False)
     pytest.skip(f"image tests cannot run: {reason}")
-
-
-@contextlib.contextmanager
-def cannot_run_is_reported() -> Iterator[None]:
-    try:
-        yield
-    except CannotRun as exc:
-        fail_or_skip(str(exc))
