@@ -25,11 +25,13 @@ pytest: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The agent image, with docker where its daemon answers, else podman; the official slim Python base
-# unless PYTHON_IMAGE names another (`make image IMAGE=registry/otel-vmi-hv:0.1.0`).
+# unless PYTHON_IMAGE names another (`make image IMAGE=registry/otel-vmi-hv:0.1.0`); IMAGE_BUILD_ARGS
+# go to the build command as they are.
 IMAGE ?= otel-vmi-hv:local
 PYTHON_IMAGE ?=
+IMAGE_BUILD_ARGS ?=
 image:
-	IMAGE="$(IMAGE)" PYTHON_IMAGE="$(PYTHON_IMAGE)" scripts/image-build.sh
+	IMAGE="$(IMAGE)" PYTHON_IMAGE="$(PYTHON_IMAGE)" scripts/image-build.sh $(IMAGE_BUILD_ARGS)
 
 # Builds the image with podman on a locally made base (no registry needed) and smoke-tests it: the
 # demo as the Dockerfile runs it, and the DaemonSet's settings against a real launcher socket.
