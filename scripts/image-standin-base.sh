@@ -21,7 +21,7 @@ command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed"
 command -v podman >/dev/null || die "podman is not installed"
 
 # The machine's Debian mirror: the first deb URI of the main archive in its apt sources (deb822
-# .sources files or one-line .list files); Debian's default when none is found.
+# .sources files or one-line .list files).
 mirror_from_apt() {
   local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list)
   local f
@@ -35,7 +35,7 @@ mirror_from_apt() {
   done | grep -m1 -i 'debian' || true
 }
 mirror="$(mirror_from_apt)"
-mirror="${mirror:-http://deb.debian.org/debian}"
+[[ -n "$mirror" ]] || die "found no Debian mirror in the apt sources (/etc/apt/sources.list*)"
 security="${mirror%/debian}/debian-security"
 
 work="$(mktemp -d /tmp/otel-vmi-hv-base.XXXXXX)"
