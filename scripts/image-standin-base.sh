@@ -20,23 +20,24 @@ die() { echo "image-standin-base: $*" >&2; exit 1; }
 command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed"
 command -v podman >/dev/null || die "podman is not installed"
 
-# The machine's Debian mirror: the first deb URI of the main archive in its apt sources (deb822
-# .sources files or one-line .list files).
-mirror_from_apt() {
+# The machine's Debian mirrors, the main archive and the security archive, as its apt sources name
+# them (deb822 .sources files or one-line .list files): every deb URI there, one a line.
+apt_uris() {
   local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list)
   local f
   for f in "${files[@]}"; do
     [[ -r "$f" ]] || continue
     awk '
       /^[[:space:]]*#/ { next }
-      /^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }
-      /^deb[[:space:]]/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { if ($i !~ /security/) { print $i; exit } } }
+      /^URIs:/ { for (i = 2; i <= NF; i++) print $i }
+      /^deb[[:space:]]/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { print $i; break } }
     ' "$f"
-  done | grep -m1 -i 'debian' || true
+  done
 }
-mirror="$(mirror_from_apt)"
+mirror="$(apt_uris | grep -i 'debian' | grep -v -m1 'security' || true)"
 [[ -n "$mirror" ]] || die "found no Debian mirror in the apt sources (/etc/apt/sources.list*)"
-security="${mirror%/debian}/debian-security"
+security="$(apt_uris | grep -i -m1 'debian-security' || true)"
+security="${security:-${mirror%/debian}/debian-security}"
 
 work="$(mktemp -d /tmp/otel-vmi-hv-base.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
