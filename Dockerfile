@@ -33,7 +33,8 @@ RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock
 # Only what building the project needs (pyproject.toml names README.md as the long description).
 COPY pyproject.toml README.md ./
 COPY otel_vmi_hv/ ./otel_vmi_hv/
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && cd /wheels && sha256sum -- *.whl > /wheels.sha256
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="otel-vmi-hv" \
@@ -48,11 +49,16 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libvirt0 \
     && rm -rf /var/lib/apt/lists/*
-# Install exactly the builder's wheels (--no-index --no-deps: nothing is fetched or resolved here;
-# their versions and hashes were checked in the builder), then let pip confirm the set is complete
-# and consistent. The bind mount keeps the wheels out of the image layers.
+# The list of the wheels installed below, with their hashes: a record of exactly what the image
+# holds, and the reason the next step is rebuilt whenever a wheel changed (podman's layer cache does
+# not look into a bind mount's content, and would otherwise keep a stale install of the agent).
+COPY --from=builder /wheels.sha256 /opt/otel-vmi-hv/wheels.sha256
+# Install exactly those wheels (--no-index --no-deps: nothing is fetched or resolved here; their
+# versions and hashes were checked in the builder), then let pip confirm the set is complete and
+# consistent. The bind mount keeps the wheels out of the image layers.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --no-deps /wheels/*.whl \
+    cd /wheels && sha256sum --check --quiet /opt/otel-vmi-hv/wheels.sha256 \
+    && pip install --no-index --no-deps /wheels/*.whl \
     && pip check
 
 # Unprivileged by default (65532, the usual "nonroot" id). The demo and libvirt's read-only socket

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 
 import pytest
 
 from tests.agent_process import free_port, http_get, wait_until
+from tests.conftest import ROOT
 from tests.exposition import info_series
 from tests.image.podman import Container, image_size, podman, process_status
 from tests.integration.test_demo_node import _expected_demo_series
@@ -106,3 +108,23 @@ def test_sigterm_ends_it_with_status_0_within_5_seconds(image: str) -> None:
 
 
 _READY_PROBE = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/readyz', timeout=2)"
+
+
+_SOURCE_DIGEST = """
+import hashlib, pathlib, otel_vmi_hv
+root = pathlib.Path(otel_vmi_hv.__file__).parent
+digest = hashlib.sha256()
+for path in sorted(root.rglob("*.py")):
+    digest.update(str(path.relative_to(root)).encode() + b"\\0" + path.read_bytes())
+print(digest.hexdigest())
+"""
+
+
+def test_the_image_holds_this_checkouts_agent(image: str) -> None:
+    """A stale build cache must not pass for the code under test (podman once reused one)."""
+    digest = hashlib.sha256()
+    root = ROOT / "otel_vmi_hv"
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    result = podman("run", "--rm", "--network=none", "--entrypoint", "python3", image, "-c", _SOURCE_DIGEST)
+    assert result.stdout.strip() == digest.hexdigest(), "the image's otel_vmi_hv differs from this checkout"
