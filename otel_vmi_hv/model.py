@@ -74,6 +74,18 @@ class LibvirtTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class SoftwareEmulation:
+    """KubeVirt's ``SoftwareEmulation`` VMI condition with status True: a cross-architecture guest.
+
+    Kept on the VMI so that the condition appearing or going makes the VMI compare unequal, which
+    is how the tracker learns that the reason for its emulation must be looked at again.
+    """
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class VMI:
     """A VMI that should be reported right now, as its source sees it."""
 
@@ -81,6 +93,7 @@ class VMI:
     namespace: str
     name: str
     target: LibvirtTarget
+    software_emulation: SoftwareEmulation | None = None  # only the Kubernetes source knows it
 
 
 @dataclass(frozen=True, slots=True)
