@@ -128,6 +128,7 @@ class _Callbacks:
     on_relist: Callable[[], None] = lambda: None
     on_watch_restart: Callable[[str], None] = lambda reason: None
     on_failure: Callable[[int | None, str], None] = lambda status, reason: None
+    on_watching: Callable[[], None] = lambda: None
 
 
 class ListWatch:
@@ -144,12 +145,13 @@ class ListWatch:
         on_relist: Callable[[], None] = lambda: None,
         on_watch_restart: Callable[[str], None] = lambda reason: None,
         on_failure: Callable[[int | None, str], None] = lambda status, reason: None,
+        on_watching: Callable[[], None] = lambda: None,
     ) -> None:
         self.resource = resource
         self._handler = handler
         self._api_client = api_client
         self._options = options
-        self._callbacks = _Callbacks(on_synced, on_relist, on_watch_restart, on_failure)
+        self._callbacks = _Callbacks(on_synced, on_relist, on_watch_restart, on_failure, on_watching)
         self._resource_version: str | None = None  # where the watch resumes; None: list first
         self._last_seen: str | None = None  # newest version seen, for a NotOlderThan relist
         self._paginated = False  # the server paginated a list: it has no watch cache for this resource
@@ -367,6 +369,7 @@ class ListWatch:
             **params,
         )
         self._response = response
+        self._callbacks.on_watching()
         try:
             for event in watch_events(response, self._options.max_line_bytes, self.resource.name):
                 if self._stop.is_set():
