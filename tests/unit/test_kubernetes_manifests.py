@@ -536,7 +536,7 @@ def test_alert_tests_catch_an_emulation_alert_that_needs_kubevirt_vmi_info(tmp_p
 # ------------------------------------------------------------------------------------ (b) RBAC
 
 
-def test_rbac_is_exactly_read_access_to_vmis() -> None:
+def test_rbac_is_exactly_read_access_to_vmis_nodes_and_the_kubevirt_cr() -> None:
     manifests = all_manifests()
     assert of_kind("Role", manifests) == []
     assert of_kind("RoleBinding", manifests) == []
@@ -544,12 +544,16 @@ def test_rbac_is_exactly_read_access_to_vmis() -> None:
     assert len(roles) == 1, "exactly one ClusterRole"
     role = roles[0]
     assert "aggregationRule" not in role
-    assert len(role["rules"]) == 1, "exactly one rule"
-    (rule,) = role["rules"]
-    assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs"
-    assert rule["apiGroups"] == ["kubevirt.io"]
-    assert rule["resources"] == ["virtualmachineinstances"]
-    assert sorted(rule["verbs"]) == ["get", "list", "watch"]
+    granted = set()
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs"
+        assert sorted(rule["verbs"]) == ["get", "list", "watch"], "read-only"
+        granted |= {(group, resource) for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert granted == {
+        ("kubevirt.io", "virtualmachineinstances"),
+        ("", "nodes"),  # the agent's own Node: allocatable devices.kubevirt.io/kvm
+        ("kubevirt.io", "kubevirts"),  # the KubeVirt CR: developerConfiguration.useEmulation
+    }
 
 
 def test_binding_grants_that_role_to_the_daemonsets_service_account() -> None:
