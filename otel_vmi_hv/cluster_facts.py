@@ -162,6 +162,7 @@ class ClusterFacts:
         self._api_client = api_client
         self._on_change = on_change
         self._lock = threading.Lock()
+        self._recompute_lock = threading.Lock()
         self._version = 0
         self._node = _Cache(self._recompute)
         self._kubevirt = _Cache(self._recompute)
@@ -273,12 +274,14 @@ class ClusterFacts:
         return emulation_policy_from(self._kubevirt.objects())
 
     def _recompute(self) -> None:
-        derived = (self._node_fact(), self._policy_fact())
-        with self._lock:
-            if derived == self._derived:
-                return
-            self._derived = derived
-            self._version += 1
+        # Serialised: two watch threads deriving at once must not store an older result last.
+        with self._recompute_lock:
+            derived = (self._node_fact(), self._policy_fact())
+            with self._lock:
+                if derived == self._derived:
+                    return
+                self._derived = derived
+                self._version += 1
         log.info("emulation facts: %s; %s", derived[0].evidence, derived[1].evidence)
         self._on_change()
 
