@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import libvirt
 
-from bench import agent, exposition
+from bench import agent, api_requests, exposition
 from tests.harness.otlp_receiver import RotelReceiver
 
 
@@ -43,7 +43,8 @@ def main() -> None:
         print(exposition.run(sizes, receiver=receiver), end="\n\n", flush=True)
     finally:
         receiver.stop()
-    print(agent.run(churn_total=5_000 if args.quick else 100_000))
+    print(agent.run(churn_total=5_000 if args.quick else 100_000), end="\n\n", flush=True)
+    print(api_requests.run(agents=3 if args.quick else 10, scale=600.0 if args.quick else 120.0))
 
 
 if __name__ == "__main__":
