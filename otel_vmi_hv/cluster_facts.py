@@ -348,3 +348,16 @@ class HostFacts:
         with self._lock:
             state = self._state
         return [] if state.available is not None else [f"KVM device: {state.detail}"]
+
+
+def emulation_facts_for(
+    settings: Settings, *, on_change: Callable[[], None] = lambda: None, api_client: Any = None
+) -> ClusterFacts | HostFacts:
+    """The facts source matching the VMI source: the cluster's objects, or this host's KVM device.
+
+    In a pod the agent cannot open the node's /dev/kvm (it is not privileged and gets no KVM device), so
+    the probe is used only with the libvirt source.
+    """
+    if settings.source == "kubernetes":
+        return ClusterFacts(settings, api_client=api_client, on_change=on_change)
+    return HostFacts(settings.kvm_device, interval=settings.resync_interval, on_change=on_change)

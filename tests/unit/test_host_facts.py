@@ -42,3 +42,16 @@ def test_kvm_appearing_is_picked_up_on_refresh(tmp_path: Path) -> None:
     assert facts.version == 1 and changes == [1]
     facts.refresh()  # nothing changed: no new version, no notification
     assert facts.version == 1 and changes == [1]
+
+
+def test_the_libvirt_source_gets_host_facts(tmp_path: Path) -> None:
+    from otel_vmi_hv.cluster_facts import emulation_facts_for
+    from otel_vmi_hv.config import load_settings
+
+    settings = load_settings(
+        {"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_KVM_DEVICE": str(tmp_path / "no-kvm")}
+    )
+    facts = emulation_facts_for(settings)
+    assert isinstance(facts, HostFacts)
+    assert facts.explain(TCG_DOMAIN)[0] == "node_without_kvm"
+    assert str(tmp_path / "no-kvm") in facts.explain(TCG_DOMAIN)[1]
