@@ -5,7 +5,8 @@ label ``kubevirt.io/nodeName=<node>``, which KubeVirt keeps equal to ``status.no
 switches when a live migration completes). A BOOKMARK moves the resume point without an object;
 ``410 Gone`` (or an expired continue token) means the resume point is lost, so the cache is
 rebuilt from a fresh list and reconciled (VMIs deleted meanwhile go, nothing is duplicated). Any
-other failure resumes the watch from the last version seen, with backoff.
+other failure resumes the watch from the last version seen, with backoff. The loop itself (lists from
+the API server's watch cache, spread relists, silent watches, the line cap) is ``list_watch.py``.
 """
 
 from __future__ import annotations
