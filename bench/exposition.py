@@ -154,7 +154,7 @@ class AgentSide:
         readers = [self.otlp] if extra is None else [extra]
         self.revision = Revision()
         self.telemetry = Telemetry(settings, self.revision, extra_readers=readers)
-        self.telemetry.publish(self, self)
+        self.telemetry.publish(self, self, self)
         self.variants = (rows, make_rows(len(rows), flip=1))
 
     def publish(self) -> Snapshot:
@@ -162,6 +162,12 @@ class AgentSide:
 
     def states(self) -> dict[str, str]:
         return {}
+
+    def node_kvm_available(self) -> bool | None:
+        return None
+
+    def explain(self, vmi: object) -> tuple[str, str]:
+        return ("unknown", "")
 
     def change(self) -> None:
         """One VMI changes type: a new snapshot, as the tracker publishes after a detection."""

@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import libvirt
 
-from bench import agent, exposition, proc_scan
+from bench import agent, api_requests, exposition, proc_scan
 from tests.harness.otlp_receiver import RotelReceiver
 
 
@@ -45,6 +45,7 @@ def main() -> None:
         receiver.stop()
     print(agent.run(churn_total=5_000 if args.quick else 100_000), end="\n\n", flush=True)
     print(proc_scan.run(repeat=5 if args.quick else 30))
+    print(api_requests.run(agents=3 if args.quick else 10, scale=600.0 if args.quick else 120.0))
 
 
 if __name__ == "__main__":

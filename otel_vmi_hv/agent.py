@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Protocol
 
+from otel_vmi_hv.cluster_facts import emulation_facts_for
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.detection_order import DetectionOrder
 from otel_vmi_hv.domain_detector import DomainDetector
@@ -65,8 +66,10 @@ class Agent:
         )
         self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
         self.source: Source = self._build_source()
+        # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device.
+        self.emulation = emulation_facts_for(settings, on_change=self.revision.bump)
         if self.telemetry is not None:
-            self.telemetry.publish(self.tracker, self.libvirt)
+            self.telemetry.publish(self.tracker, self.libvirt, self.emulation)
         self.http: HttpServer | None = None
 
     def _build_source(self) -> Source:
@@ -121,6 +124,7 @@ class Agent:
         if self.telemetry is not None:
             self._start_http(self.telemetry)
         self.readiness.done(READY_EXPORTERS)
+        self.emulation.start()
         self.source.start()
 
     def _start_http(self, telemetry: Telemetry) -> None:
@@ -147,6 +151,7 @@ class Agent:
     def stop(self, budget: float = SHUTDOWN_BUDGET) -> None:
         started = time.monotonic()
         self.source.stop()
+        self.emulation.stop()
         if self.http is not None:
             self.http.stop()
         self.tracker.stop(timeout=0.5)

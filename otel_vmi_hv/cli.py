@@ -144,10 +144,13 @@ def detect(settings: Settings, output: str) -> int:
             )
             return 1
         agent.tracker.wait_idle(settings.libvirt_timeout * 2 + DETECT_TIMEOUT_SLACK)
-        report = rows(agent.tracker.detections(), settings.node_name)
+        while not agent.emulation.settled() and time.monotonic() < deadline + DETECT_TIMEOUT_SLACK:
+            time.sleep(0.05)
+        report = rows(agent.tracker.detections(), settings.node_name, agent.emulation.explain)
+        problems = agent.emulation.problems()
     finally:
         agent.stop(budget=1.0)
-    sys.stdout.write(render_json(report) if output == "json" else render_table(report))
+    sys.stdout.write(render_json(report) if output == "json" else render_table(report, problems))
     return 0
 
 

@@ -62,6 +62,9 @@ class Settings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
+    kvm_device: str = "/dev/kvm"
+    relist_spread: float = 10.0
+    watch_silence_timeout: float = 180.0
     # What each value came from ("env", "flag", "default"), for check-config.
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -525,6 +528,36 @@ OPTIONS: tuple[Option, ...] = (
         _absolute_path,
         "--tls-client-ca-file",
         default_doc="unset: no client certificate asked",
+    ),
+    Option(
+        "OTEL_VMI_HV_KVM_DEVICE",
+        "kvm_device",
+        "/dev/kvm",
+        "an absolute path",
+        "libvirt source: the KVM device opened (and asked KVM_GET_API_VERSION) to tell why a domain is"
+        " emulated; in a cluster the Node's allocatable devices.kubevirt.io/kvm is used instead.",
+        _absolute_path,
+        "--kvm-device",
+    ),
+    Option(
+        "OTEL_VMI_HV_RELIST_SPREAD",
+        "relist_spread",
+        "10s",
+        "a duration 0s-10m",
+        "kubernetes source: longest random wait before a relist that follows an outage, so the agents"
+        " of all nodes do not relist in the same second.",
+        _duration_between(0, 600),
+        "--relist-spread",
+    ),
+    Option(
+        "OTEL_VMI_HV_WATCH_SILENCE_TIMEOUT",
+        "watch_silence_timeout",
+        "3m",
+        "a duration 100ms-1h",
+        "kubernetes source: a watch that brings neither an event nor a bookmark for this long is ended"
+        " and resumed (the API server sends bookmarks about every minute).",
+        _duration_between(0.1, 3600),
+        "--watch-silence-timeout",
     ),
 )
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from otel_vmi_hv.model import UNKNOWN, VMI, Detection
+from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection
 
 
-def rows(detections: Sequence[tuple[VMI, Detection | None]], node: str) -> list[dict[str, Any]]:
+def rows(
+    detections: Sequence[tuple[VMI, Detection | None]],
+    node: str,
+    explain: Callable[[VMI], tuple[str, str]],
+) -> list[dict[str, Any]]:
+    """One row per VMI; ``explain`` gives (reason, evidence) for the emulated ones."""
     result = []
     for vmi, detection in sorted(detections, key=lambda item: (item[0].namespace, item[0].name)):
+        why, evidence = explain(vmi) if detection and detection.hypervisor_type == EMULATED else ("", "")
         result.append(
             {
                 "namespace": vmi.namespace,
@@ -26,6 +32,8 @@ def rows(detections: Sequence[tuple[VMI, Detection | None]], node: str) -> list[
                 "detail": (detection.detail if detection else "") or None,
                 # /proc and libvirt disagreed: what /proc said (the reported type is libvirt's)
                 "proc_says": (detection.mismatch if detection else "") or None,
+                "emulation_reason": why or None,
+                "emulation_evidence": evidence or None,
             }
         )
     return result
@@ -63,14 +71,15 @@ def render_json(report: list[dict[str, Any]]) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
 
-def render_table(report: list[dict[str, Any]]) -> str:
-    headers = ("NAMESPACE", "NAME", "NODE", "HYPERVISOR", "METHOD", "SOURCE", "ERROR")
+def render_table(report: list[dict[str, Any]], problems: Sequence[str] = ()) -> str:
+    headers = ("NAMESPACE", "NAME", "NODE", "HYPERVISOR", "WHY", "METHOD", "SOURCE", "ERROR")
     table = [
         (
             row["namespace"] or "-",
             row["name"],
             row["node"],
             row["hypervisor_type"],
+            row["emulation_reason"] or "",
             row["method"],
             {"domain_file": row["domain_file"], "proc": "/proc"}.get(row["method"], row["libvirt_uri"]),
             row["error"] or (f"mismatch: /proc says {row['proc_says']}" if row["proc_says"] else ""),
@@ -92,6 +101,17 @@ def render_table(report: list[dict[str, Any]]) -> str:
     if notes:
         out.append("")
         out.extend(notes)
+    evidence = sorted(
+        {
+            f"{row['emulation_reason']}: {row['emulation_evidence']}"
+            for row in report
+            if row["emulation_reason"]
+        }
+    )
+    if evidence or problems:
+        out.append("")
+        out.extend(f"why emulated, {line}" for line in evidence)
+        out.extend(f"cannot tell why VMIs are emulated: {problem}" for problem in problems)
     return "\n".join(out) + "\n"
 
 

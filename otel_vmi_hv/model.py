@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 UNKNOWN = "unknown"
 PENDING = "pending"
+EMULATED = "qemu-tcg"  # the hypervisor_type of software emulation
 
 # libvirt's documented <domain type> values (the "virtType" choice of domaincommon.rng plus
 # "parallels", the older name of "vz"). Anything outside this set is not something libvirt would
@@ -77,6 +78,18 @@ class LibvirtTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class SoftwareEmulation:
+    """KubeVirt's ``SoftwareEmulation`` VMI condition with status True: a cross-architecture guest.
+
+    Kept on the VMI so that the condition appearing or going makes the VMI compare unequal, which
+    is how the tracker learns that the reason for its emulation must be looked at again.
+    """
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class VMI:
     """A VMI that should be reported right now, as its source sees it."""
 
@@ -84,6 +97,7 @@ class VMI:
     namespace: str
     name: str
     target: LibvirtTarget
+    software_emulation: SoftwareEmulation | None = None  # only the Kubernetes source knows it
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_vmi_hv import __version__
 from otel_vmi_hv.config import Settings
-from otel_vmi_hv.model import Detection
+from otel_vmi_hv.model import VMI, Detection
 from otel_vmi_hv.otlp import ExportStatus, build_exporter, detach
 from otel_vmi_hv.prometheus_text import PrometheusTextReader
 from otel_vmi_hv.revision import Revision
@@ -180,6 +180,11 @@ class ConnectionStates(Protocol):
     def states(self) -> dict[str, str]: ...
 
 
+class EmulationFacts(Protocol):
+    def node_kvm_available(self) -> bool | None: ...
+    def explain(self, vmi: VMI) -> tuple[str, str]: ...
+
+
 def build_resource(settings: Settings) -> Resource:
     attributes: dict[str, str] = dict(settings.resource_attributes)
     attributes.update(
@@ -244,8 +249,8 @@ class Telemetry:
         self.self_metrics = SelfMetrics(self._meter, revision, self.export_status)
         self.pruner: AttributeStatePruner | None = None
 
-    def publish(self, snapshots: Snapshots, connections: ConnectionStates) -> None:
-        """Export the tracker's VMIs and the libvirt connection states (once, at start)."""
+    def publish(self, snapshots: Snapshots, connections: ConnectionStates, facts: EmulationFacts) -> None:
+        """Export the tracker's VMIs, why emulated ones are, and the connection states (once, at start)."""
         cache: tuple[int, list[Observation]] = (-1, [])
         pruner = AttributeStatePruner(self.meter_provider, INFO_METRIC)
         self.pruner = pruner
@@ -257,6 +262,19 @@ class Telemetry:
                 cache = (snapshot.version, [Observation(1, row.attributes()) for row in snapshot.series])
             pruner.prune_if_bloated(len(cache[1]))
             return cache[1]
+
+        def observe_emulation(_options: CallbackOptions) -> Iterable[Observation]:
+            # Only the emulated VMIs, and a pure function of cached facts: cheap per collection.
+            observations = []
+            for row, vmi in snapshots.publish().emulated:
+                attributes = {"namespace": row.namespace, "name": row.name, "node": row.node}
+                attributes["reason"] = facts.explain(vmi)[0]
+                observations.append(Observation(1, attributes))
+            return observations
+
+        def observe_node_kvm(_options: CallbackOptions) -> Iterable[Observation]:
+            available = facts.node_kvm_available()
+            return [] if available is None else [Observation(int(available))]
 
         def observe_vmis(_options: CallbackOptions) -> Iterable[Observation]:
             snapshot = snapshots.publish()
@@ -274,6 +292,19 @@ class Telemetry:
 
         self._meter.create_observable_gauge(
             INFO_METRIC, callbacks=[observe_info], unit="", description=INFO_HELP
+        )
+        self._meter.create_observable_gauge(
+            "otel_vmi_hv_vmi_emulation_info",
+            callbacks=[observe_emulation],
+            unit="",
+            description="Why a VMI runs under QEMU TCG software emulation "
+            "(reason: cross_arch, node_without_kvm, kvm_not_requested, unknown); 1 for emulated VMIs only",
+        )
+        self._meter.create_observable_gauge(
+            "otel_vmi_hv_node_kvm_available",
+            callbacks=[observe_node_kvm],
+            unit="",
+            description="1 when this node offers KVM to VMIs, 0 when it does not; absent while unknown",
         )
         self._meter.create_observable_gauge(
             "otel_vmi_hv_vmis",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from otel_vmi_hv.backoff import Backoff
-from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, Series, encodable_label
+from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, DetectionMethod, Series, encodable_label
 from otel_vmi_hv.revision import Revision
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class Snapshot:
     series: tuple[Series, ...]
     pending: int  # VMIs whose first detection has not finished
     unknown: int = 0  # series whose hypervisor_type is unknown
+    emulated: tuple[tuple[Series, VMI], ...] = ()  # the qemu-tcg rows with their VMI, to explain them
 
 
 @dataclass(slots=True)
@@ -125,6 +126,8 @@ class Tracker:
                 return
             lifetime_changed = entry.vmi.target.lifetime_key != vmi.target.lifetime_key
             labels_changed = (entry.vmi.namespace, entry.vmi.name) != (vmi.namespace, vmi.name)
+            # The condition explains why a VMI is emulated: its change must reach /metrics too.
+            exported_changed = labels_changed or entry.vmi.software_emulation != vmi.software_emulation
             if entry.vmi.target.uri != vmi.target.uri:
                 self._use(vmi.target.uri)
                 self._unuse(entry.vmi.target.uri, released)
@@ -134,6 +137,7 @@ class Tracker:
                 self._schedule(vmi.key, 0.0)
             if labels_changed:
                 entry.labels = self._labels(vmi)
+            if exported_changed:
                 self._changed()
         self._release_all(released)
 
@@ -179,17 +183,21 @@ class Tracker:
         if not self._dirty:  # another reader rebuilt it while this one waited for the lock
             return self.snapshot
         rows = []
+        emulated = []
         pending = 0
         for entry in self._entries.values():
             if entry.detection is None:
                 pending += 1
                 continue
             namespace, name = entry.labels
-            rows.append(Series(entry.detection.hypervisor_type, name, namespace, self._node))
+            row = Series(entry.detection.hypervisor_type, name, namespace, self._node)
+            rows.append(row)
+            if row.hypervisor_type == EMULATED:
+                emulated.append((row, entry.vmi))
         rows.sort(key=lambda row: (row.namespace, row.name))
         self._version += 1
         unknown = sum(1 for row in rows if row.hypervisor_type == UNKNOWN)
-        self.snapshot = Snapshot(self._version, tuple(rows), pending, unknown)
+        self.snapshot = Snapshot(self._version, tuple(rows), pending, unknown, tuple(emulated))
         self._dirty = False
         return self.snapshot
 

@@ -1,18 +1,23 @@
-"""A protocol-faithful fake Kubernetes API server for KubeVirt VirtualMachineInstances.
+"""A protocol-faithful fake Kubernetes API server for KubeVirt VMIs, Nodes and the KubeVirt CR.
 
 Why this exists
 ---------------
 No real kube-apiserver can run in this test environment, yet the agent talks to the API through the real
-``kubernetes`` Python client (``CustomObjectsApi`` + ``kubernetes.watch.Watch``).  A mock at the Python level
-would only prove that the agent calls the methods we expected; it would not prove that the agent survives what
-a real API server does on the wire: chunked JSON-lines watch streams, ``410 Expired`` for stale
-resourceVersions, paginated lists served from one consistent snapshot, selector transitions delivered as
-synthetic ``DELETED``/``ADDED`` events, bookmarks, dropped connections, restarts on the same port.  This
-module reproduces those behaviours over real HTTP on 127.0.0.1 so that the client library, urllib3 and the
-agent are exercised end to end.
+``kubernetes`` Python client: ``CustomObjectsApi.list_cluster_custom_object`` and ``CoreV1Api.list_node``,
+for lists and, with ``watch=True`` and ``_preload_content=False``, for watch streams that the agent reads
+line by line itself (``otel_vmi_hv/sources/list_watch.py``; it does not use ``kubernetes.watch.Watch``).
+A mock at the Python level would only prove that the agent calls the methods we expected; it would not
+prove that the agent survives what a real API server does on the wire: chunked JSON-lines watch streams,
+``410 Expired`` for stale resourceVersions, paginated lists served from one consistent snapshot, selector
+transitions delivered as synthetic ``DELETED``/``ADDED`` events, bookmarks, dropped connections, restarts
+on the same port.  This module reproduces those behaviours over real HTTP on 127.0.0.1 so that the client
+library, urllib3 and the agent are exercised end to end.
 
-Only one resource is served: ``virtualmachineinstances`` in group ``kubevirt.io``, version ``v1``.  The
-behaviours copied from the real server (k8s.io/apiserver, cacher + etcd3 store) are:
+Three resources are served: ``virtualmachineinstances`` and ``kubevirts`` in group ``kubevirt.io``,
+version ``v1`` (namespaced), and the core ``nodes`` (cluster-scoped, under ``/api/v1``; field selector
+``metadata.name`` and ``spec.unschedulable``).  They share one store and one resourceVersion sequence, as
+they share etcd.  :meth:`FakeKubeAPIServer.forbid` answers one resource with the real 403 message (RBAC
+missing).  The behaviours copied from the real server (k8s.io/apiserver, cacher + etcd3 store) are:
 
 * resourceVersions are a single global, monotonically increasing integer rendered as a string (an etcd
   revision); every create/update/delete bumps it and stamps ``metadata.resourceVersion``.
@@ -33,15 +38,24 @@ behaviours copied from the real server (k8s.io/apiserver, cacher + etcd3 store) 
   state (sorted by key), then live events.  ``sendInitialEvents=true`` additionally ends the initial burst
   with a ``BOOKMARK`` annotated ``k8s.io/initial-events-end: "true"``.
 * Error bodies are ``kind: Status`` objects with the reason/code pairs the real server uses.
+* Which store a list reaches follows the cacher's ``shouldDelegateList`` (Kubernetes 1.30, default feature
+  gates): ``resourceVersion=0`` is answered from the watch cache and ``limit`` is IGNORED there (the whole
+  list, no continue token); a non-zero resourceVersion without ``limit`` is answered from the watch cache;
+  an unset resourceVersion, ``resourceVersionMatch=Exact``, a continue token, or a non-zero
+  resourceVersion WITH ``limit`` read etcd (paginated).  Every request is recorded with that cost
+  (``consistent_list``, ``cached_list``, ``watch``; see :func:`read_kind` and
+  :meth:`FakeKubeAPIServer.request_kinds`).  ``watch_cache=False`` models ``--watch-cache=false``.
+* :meth:`FakeKubeAPIServer.restart` is an API server restart: the store survives (etcd), but the new watch
+  cache starts at the current revision, so resuming an older watch gets 410.
 
 Deliberate simplifications (documented so nobody relies on them by accident): only ``GET`` is served over
-HTTP (the test drives writes through Python methods); ``limit`` is honoured even with ``resourceVersion=0``
-(older real servers ignore it there); a watch from a *future* resourceVersion simply waits for it; the
-``fieldSelector`` supports ``metadata.name`` and ``metadata.namespace`` only (all a CRD supports without
-``selectableFields``); ``create`` keeps a caller-supplied ``metadata.uid`` so fixtures can stay correlated
-with their launcher pod and domain XML (the real server always generates one).
+HTTP (the test drives writes through Python methods); a watch from a *future* resourceVersion simply waits
+for it; the ``fieldSelector`` supports ``metadata.name`` and ``metadata.namespace`` only for the CRDs (all a
+CRD supports without ``selectableFields``); ``create`` keeps a caller-supplied ``metadata.uid`` so fixtures
+can stay correlated with their launcher pod and domain XML (the real server always generates one).
 
-Findings about the installed client (kubernetes 37.0.2, ``kubernetes/watch/watch.py``)
+Findings about the installed client (kubernetes 37.0.2, ``kubernetes/watch/watch.py``), kept for tests
+that drive ``kubernetes.watch.Watch`` directly against this fake
 -----------------------------------------------------------------------------------------
 * ``BOOKMARK`` events ARE yielded to the caller, as ``{"type": "BOOKMARK", "object": <raw dict>,
   "raw_object": <raw dict>}``: the object is deliberately not deserialized (it may be incomplete), and
@@ -100,6 +114,82 @@ SINGULAR: Final = "virtualmachineinstance"
 KIND: Final = "VirtualMachineInstance"
 LIST_KIND: Final = "VirtualMachineInstanceList"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    """One served collection: where it lives in the URL space and what its objects are called."""
+
+    group: str  # "" for the core group, served under /api/v1
+    version: str
+    plural: str
+    singular: str
+    kind: str
+    namespaced: bool
+    # Fields a fieldSelector may name: metadata.name and metadata.namespace for CRDs without
+    # selectableFields; the built-in resources add a few of their own.
+    fields: frozenset[str]
+    short_names: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def list_kind(self) -> str:
+        return f"{self.kind}List"
+
+    @property
+    def qualified(self) -> str:
+        """``<plural>.<group>``, as in the server's messages and RBAC rules (just ``<plural>`` for core)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def prefix(self) -> str:
+        """Start of this resource's store keys: ``<plural>/`` (then ``<namespace>/`` if namespaced)."""
+        return f"{self.plural}/"
+
+    def key(self, namespace: str, name: str) -> str:
+        return f"{self.plural}/{namespace}/{name}" if self.namespaced else f"{self.plural}/{name}"
+
+
+_CRD_FIELDS: Final = frozenset({"metadata.name", "metadata.namespace"})
+VMI_RESOURCE: Final = ResourceType(GROUP, VERSION, PLURAL, SINGULAR, KIND, True, _CRD_FIELDS, ("vmi", "vmis"))
+NODE_RESOURCE: Final = ResourceType(
+    "", "v1", "nodes", "node", "Node", False, frozenset({"metadata.name", "spec.unschedulable"}), ("no",)
+)
+KUBEVIRT_RESOURCE: Final = ResourceType(
+    GROUP, VERSION, "kubevirts", "kubevirt", "KubeVirt", True, _CRD_FIELDS, ("kv", "kvs")
+)
+RESOURCES: Final = (VMI_RESOURCE, NODE_RESOURCE, KUBEVIRT_RESOURCE)
+_RESOURCE_BY_KIND: Final = {r.kind: r for r in RESOURCES}
+
+# How the real server answers a GET on a collection (k8s.io/apiserver's cacher in front of etcd3, as
+# in Kubernetes 1.30 with the default feature gates): what the agent is charged with, per request.
+CONSISTENT_LIST: Final = "consistent_list"  # read from etcd (a quorum read, or continued / exact pages)
+CACHED_LIST: Final = "cached_list"  # answered from the watch cache, etcd untouched
+WATCH: Final = "watch"
+
+
+def read_kind(verb: str, params: Mapping[str, str]) -> str | None:
+    """Which store a list or watch reaches, by the rules of the cacher's ``shouldDelegateList``.
+
+    ``resourceVersion=0`` is served from the watch cache and ``limit`` is ignored there; a non-zero
+    resourceVersion without ``limit`` (match unset or ``NotOlderThan``) is served from the cache once
+    it has caught up; a continue token, ``resourceVersionMatch=Exact``, an unset resourceVersion
+    (consistent read) or a non-zero one with ``limit`` go to etcd.
+    """
+    if verb == "watch":
+        return WATCH
+    if verb != "list":
+        return None
+    rv = params.get("resourceVersion", "")
+    if params.get("continue") or params.get("resourceVersionMatch") == "Exact" or rv == "":
+        return CONSISTENT_LIST
+    if rv == "0" or not params.get("limit") or params.get("limit") == "0":
+        return CACHED_LIST
+    return CONSISTENT_LIST
+
 
 ADDED: Final = "ADDED"
 MODIFIED: Final = "MODIFIED"
@@ -369,7 +459,7 @@ class FieldSelector:
     terms: tuple[tuple[str, bool, str], ...] = ()  # (field, negated, value)
 
     @classmethod
-    def parse(cls, text: str) -> FieldSelector:
+    def parse(cls, text: str, supported: Collection[str] = _SUPPORTED_FIELDS) -> FieldSelector:
         """Parse like ``fields.ParseSelector``: split on unescaped commas, backslash escapes in values."""
         if not text.strip():
             return cls()
@@ -383,7 +473,7 @@ class FieldSelector:
                     break
             else:
                 raise SelectorError(f"invalid selector: '{text}'; can't understand '{term}'")
-            if name not in _SUPPORTED_FIELDS:
+            if name not in supported:
                 raise SelectorError(f"field label not supported: {name}")
             terms.append((name, op == "!=", value))
         return cls(tuple(terms))
@@ -391,7 +481,10 @@ class FieldSelector:
     def matches(self, metadata: Mapping[str, Any]) -> bool:
         """Return whether an object's metadata satisfies every term."""
         for name, negated, value in self.terms:
-            actual = metadata.get(name.partition(".")[2], "")
+            section, _, attribute = name.partition(".")
+            if section != "metadata":
+                continue  # other fields are checked by _Filter.matches on the whole object
+            actual = metadata.get(attribute, "")
             if (actual == value) == negated:
                 return False
         return True
@@ -433,10 +526,18 @@ class _Filter:
     namespace: str | None = None
     labels: LabelSelector = field(default_factory=LabelSelector)
     fields: FieldSelector = field(default_factory=FieldSelector)
+    resource: ResourceType = VMI_RESOURCE
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
         """Return whether ``obj`` is visible to this request."""
+        if obj.get("kind") != self.resource.kind:
+            return False
         metadata = obj.get("metadata") or {}
+        for name, negated, value in self.fields.terms:
+            if name == "spec.unschedulable":
+                actual = str(bool((obj.get("spec") or {}).get("unschedulable"))).lower()
+                if (actual == value) == negated:
+                    return False
         if self.namespace is not None and metadata.get("namespace") != self.namespace:
             return False
         if self.fields and not self.fields.matches(metadata):
@@ -475,8 +576,8 @@ def _top_level_copy(obj: Mapping[str, Any]) -> JsonObj:
     values stay shared with the caller until :meth:`FakeKubeAPIServer._commit` encodes them.
     """
     new = dict(obj)
-    new.setdefault("apiVersion", API_VERSION)
     new.setdefault("kind", KIND)
+    new.setdefault("apiVersion", _resource_of(new).api_version)
     new["metadata"] = dict(new.get("metadata") or {})
     return new
 
@@ -494,9 +595,18 @@ def _now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _key(namespace: str, name: str) -> str:
-    """The etcd-style key ``<namespace>/<name>``; lists are sorted by it as strings, like etcd ranges."""
-    return f"{namespace}/{name}"
+def _resource_of(obj: Mapping[str, Any]) -> ResourceType:
+    """The served resource an object belongs to, by its kind (VMIs when it has none)."""
+    kind = obj.get("kind") or KIND
+    resource = _RESOURCE_BY_KIND.get(kind)
+    if resource is None:
+        raise ValueError(f"kind {kind!r} is not served by the fake (only {sorted(_RESOURCE_BY_KIND)})")
+    return resource
+
+
+def _key(namespace: str, name: str, resource: ResourceType = VMI_RESOURCE) -> str:
+    """The etcd-style key ``<plural>/<namespace>/<name>``; lists are sorted by it as strings, like etcd."""
+    return resource.key(namespace, name)
 
 
 def _encode_line(event_type: str, obj: JsonObj) -> bytes:
@@ -619,6 +729,8 @@ class RecordedRequest:
     verb: str
     namespace: str | None
     authorization: str | None
+    resource: str | None = None  # plural of the collection asked for (None: discovery, health, ...)
+    kind: str | None = None  # consistent_list, cached_list or watch (see read_kind); None otherwise
 
 
 class _ApiError(Exception):
@@ -766,11 +878,26 @@ class _Route:
     verb: str
     namespace: str | None = None
     name: str | None = None
+    resource: ResourceType | None = None
 
 
-_COLLECTION: Final = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
-_NAMESPACED_RE: Final = re.compile(
-    rf"^/apis/{re.escape(GROUP)}/{VERSION}/namespaces/([^/]+)/{PLURAL}(?:/([^/]+))?$"
+def _collection_path(resource: ResourceType, namespace: str | None = None) -> str:
+    base = f"/apis/{resource.group}/{resource.version}" if resource.group else f"/api/{resource.version}"
+    return f"{base}/namespaces/{namespace}/{resource.plural}" if namespace else f"{base}/{resource.plural}"
+
+
+_NAME: Final = r"([^/]+)"
+_ROUTES: Final = tuple(
+    (
+        resource,
+        re.compile(
+            re.escape(_collection_path(resource)).replace(re.escape(resource.plural), "")
+            + (rf"(?:namespaces/{_NAME}/)?" if resource.namespaced else "")
+            + re.escape(resource.plural)
+            + rf"(?:/{_NAME})?$"
+        ),
+    )
+    for resource in RESOURCES
 )
 
 
@@ -778,19 +905,22 @@ def _route(path: str, params: Mapping[str, str]) -> _Route:
     """Classify a request path the way the real server's mux would."""
     path = path.rstrip("/") or "/"
     watch = _truthy(params.get("watch"))
-    if path == _COLLECTION:
-        return _Route("watch" if watch else "list")
-    match = _NAMESPACED_RE.match(path)
-    if match:
-        namespace, name = match.group(1), match.group(2)
+    for resource, pattern in _ROUTES:
+        match = pattern.match(path)
+        if match is None:
+            continue
+        groups = match.groups()
+        namespace, name = (groups[0], groups[1]) if resource.namespaced else (None, groups[0])
         if name is None:
-            return _Route("watch" if watch else "list", namespace)
-        return _Route("get", namespace, name)
+            return _Route("watch" if watch else "list", namespace, resource=resource)
+        if resource.namespaced and namespace is None:
+            break  # /apis/kubevirt.io/v1/kubevirts/<name> does not exist: namespaced objects need one
+        return _Route("get", namespace, name, resource)
     if path == "/version":
         return _Route("version")
     if path in ("/healthz", "/livez", "/readyz"):
         return _Route("health")
-    if path in ("/api", "/apis", f"/apis/{GROUP}", f"/apis/{GROUP}/{VERSION}"):
+    if path in ("/api", "/api/v1", "/apis", f"/apis/{GROUP}", f"/apis/{GROUP}/{VERSION}"):
         return _Route("discovery", name=path)
     return _Route("unknown")
 
@@ -819,6 +949,7 @@ class FakeKubeAPIServer:
         max_watch_queue: int | None = None,
         liveness_interval: float = 0.25,
         request_log_size: int = 10_000,
+        watch_cache: bool = True,
     ) -> None:
         """Configure the fake; nothing listens until :meth:`start` (or ``with``).
 
@@ -828,6 +959,8 @@ class FakeKubeAPIServer:
         server's 504 "Too large resource version".  ``max_watch_queue`` (None: unbounded) ends a watch whose
         client lags that many events behind, as the real server does with slow watchers.
         ``liveness_interval`` is how often an idle watch checks whether its client hung up.
+        ``watch_cache`` False models a server with the watch cache disabled (``--watch-cache=false``):
+        ``resourceVersion=0`` lists are then paginated like any other.
         """
         if history_window < 1:
             raise ValueError("history_window must be >= 1")
@@ -838,6 +971,8 @@ class FakeKubeAPIServer:
         self.snapshot_cache_size = snapshot_cache_size
         self.max_watch_queue = max_watch_queue
         self.liveness_interval = liveness_interval
+        self.watch_cache = watch_cache
+        self._forbidden: set[str] = set()
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -995,18 +1130,23 @@ class FakeKubeAPIServer:
         Raises ``ValueError`` if the object already exists.
         """
         new = _top_level_copy(obj)
+        resource = _resource_of(new)
         metadata = new["metadata"]
         name = metadata.get("name")
         if not name:
             raise ValueError("metadata.name is required")
-        namespace = metadata.setdefault("namespace", "default")
+        if resource.namespaced:
+            namespace = metadata.setdefault("namespace", "default")
+        else:
+            namespace = ""
+            metadata.pop("namespace", None)
         metadata["uid"] = metadata.get("uid") or str(uuid.uuid4())
         metadata["creationTimestamp"] = _now_rfc3339()
         metadata["generation"] = 1
-        key = _key(namespace, name)
+        key = _key(namespace, name, resource)
         with self._lock:
             if key in self._objects:
-                raise ValueError(f'{PLURAL}.{GROUP} "{name}" already exists')
+                raise ValueError(f'{resource.qualified} "{name}" already exists')
             text = self._commit(ADDED, key, new, None)
         return _loads_obj(text)
 
@@ -1017,9 +1157,10 @@ class FakeKubeAPIServer:
         is bumped when ``spec`` changed.  Raises ``KeyError`` if the object does not exist.
         """
         new = _top_level_copy(obj)
+        resource = _resource_of(new)
         metadata = new["metadata"]
-        namespace = metadata.setdefault("namespace", "default")
-        key = _key(namespace, metadata.get("name", ""))
+        namespace = metadata.setdefault("namespace", "default") if resource.namespaced else ""
+        key = _key(namespace, metadata.get("name", ""), resource)
         with self._lock:
             prev = self._objects.get(key)
             if prev is None:
@@ -1027,9 +1168,15 @@ class FakeKubeAPIServer:
             text = self._commit(MODIFIED, key, self._carry_metadata(prev, new), prev)
         return _loads_obj(text)
 
-    def patch(self, namespace: str, name: str, mutate: Callable[[JsonObj], None]) -> JsonObj:
-        """Apply ``mutate`` to a copy of the stored object atomically and store it as an update."""
-        key = _key(namespace, name)
+    def patch(
+        self, namespace: str, name: str, mutate: Callable[[JsonObj], None], *, kind: str = KIND
+    ) -> JsonObj:
+        """Apply ``mutate`` to a copy of the stored object atomically and store it as an update.
+
+        ``kind`` picks the resource (``Node``, ``KubeVirt``; VMIs by default); ``namespace`` is
+        ignored for cluster-scoped ones.
+        """
+        key = _key(namespace, name, _resource_of({"kind": kind}))
         with self._lock:
             prev = self._objects.get(key)
             if prev is None:
@@ -1065,12 +1212,12 @@ class FakeKubeAPIServer:
 
         return self.patch(namespace, name, mutate)
 
-    def delete(self, namespace: str, name: str) -> JsonObj:
+    def delete(self, namespace: str, name: str, *, kind: str = KIND) -> JsonObj:
         """Remove a VMI and emit DELETED (object = last state with the deletion RV); returns that object.
 
         Finalizers are not modelled: the object disappears at once.  Raises ``KeyError`` if missing.
         """
-        key = _key(namespace, name)
+        key = _key(namespace, name, _resource_of({"kind": kind}))
         with self._lock:
             prev = self._objects.get(key)
             if prev is None:
@@ -1078,16 +1225,16 @@ class FakeKubeAPIServer:
             text = self._commit(DELETED, key, prev, prev)
         return _loads_obj(text)
 
-    def get(self, namespace: str, name: str) -> JsonObj | None:
-        """Return a copy of one stored VMI, or None."""
+    def get(self, namespace: str, name: str, *, kind: str = KIND) -> JsonObj | None:
+        """Return a copy of one stored object (a VMI unless ``kind`` says otherwise), or None."""
         with self._lock:
-            obj = self._objects.get(_key(namespace, name))
+            obj = self._objects.get(_key(namespace, name, _resource_of({"kind": kind})))
         return None if obj is None else _clone(obj)
 
-    def objects(self) -> list[JsonObj]:
-        """Return copies of all stored VMIs, sorted by key."""
+    def objects(self, *, kind: str = KIND) -> list[JsonObj]:
+        """Return copies of all stored objects of ``kind`` (VMIs by default), sorted by key."""
         with self._lock:
-            items = sorted(self._objects.items())
+            items = sorted(item for item in self._objects.items() if item[1].get("kind") == kind)
         return [_clone(obj) for _, obj in items]
 
     def compact(self) -> None:
@@ -1123,11 +1270,14 @@ class FakeKubeAPIServer:
                 restored: dict[str, JsonObj] = {}
                 for obj in objects:
                     new = _clone(dict(obj))
+                    new.setdefault("kind", KIND)
+                    resource = _resource_of(new)
                     metadata = new.setdefault("metadata", {})
-                    metadata.setdefault("namespace", "default")
+                    if resource.namespaced:
+                        metadata.setdefault("namespace", "default")
                     metadata.setdefault("uid", str(uuid.uuid4()))
                     metadata.setdefault("resourceVersion", str(self._rv))
-                    restored[_key(metadata["namespace"], metadata["name"])] = new
+                    restored[_key(metadata.get("namespace", ""), metadata["name"], resource)] = new
                 self._objects = restored
             self._notify()
         for watcher in watchers:
@@ -1189,6 +1339,42 @@ class FakeKubeAPIServer:
             self._hung_release.set()
             self._hung_release = threading.Event()
 
+    def forbid(self, plural: str) -> None:
+        """Answer every request for resource ``plural`` (``nodes``, ``kubevirts``...) with 403 Forbidden,
+        as the real server does when the service account's RBAC lacks the rule, until :meth:`allow`.
+        """
+        with self._lock:
+            self._forbidden.add(plural)
+
+    def allow(self, plural: str) -> None:
+        """Undo :meth:`forbid` (the missing RBAC rule was granted)."""
+        with self._lock:
+            self._forbidden.discard(plural)
+
+    @staticmethod
+    def _forbidden_message(route: _Route) -> str:
+        """The real authorizer's wording (``k8s.io/apiserver/pkg/endpoints/handlers/responsewriters``)."""
+        assert route.resource is not None
+        verb = route.verb
+        scope = f'in the namespace "{route.namespace}"' if route.namespace else "at the cluster scope"
+        return (
+            f'{route.resource.qualified} is forbidden: User "system:serviceaccount:otel-vmi-hv:otel-vmi-hv" '
+            f'cannot {verb} resource "{route.resource.plural}" in API group "{route.resource.group}" {scope}'
+        )
+
+    def restart(self) -> None:
+        """Restart the API server process: etcd keeps the store, but the new process's watch cache
+        starts at the current revision, so a watch resumed from an older resourceVersion gets
+        ``410 Expired`` and its client must relist -- the thundering herd that cached lists soften.
+        """
+        self.stop()
+        with self._lock:
+            self._floor = self._rv
+            self._history = []
+            self._hstart = 0
+            self._notify()
+        self.start()
+
     def clear_faults(self) -> None:
         """Forget pending fail/hang injections."""
         with self._lock:
@@ -1205,6 +1391,17 @@ class FakeKubeAPIServer:
     def watch_requests(self) -> int:
         """How many watch requests arrived (including ones failed by injection or auth)."""
         return self.request_count("watch")
+
+    def request_kinds(self, resource: str | None = None) -> dict[str, int]:
+        """Recorded lists and watches (of one resource's plural, or all) by what they cost the server:
+        ``consistent_list`` (read from etcd), ``cached_list`` (answered from the watch cache), ``watch``.
+        Counted over the bounded request log.
+        """
+        counts: dict[str, int] = {}
+        for request in self.requests:
+            if request.kind is not None and (resource is None or request.resource == resource):
+                counts[request.kind] = counts.get(request.kind, 0) + 1
+        return counts
 
     def request_count(self, verb: str) -> int:
         """How many requests of ``verb`` (list, watch, get, discovery, version, health, unknown) arrived."""
@@ -1385,10 +1582,13 @@ class FakeKubeAPIServer:
                     route.verb,
                     route.namespace,
                     h.headers.get("Authorization"),
+                    route.resource.plural if route.resource else None,
+                    read_kind(route.verb, params),
                 )
             )
             self._verb_counts[route.verb] = self._verb_counts.get(route.verb, 0) + 1
             fault = self._take_fault(route.verb)
+            forbidden = route.resource is not None and route.resource.plural in self._forbidden
             release = self._hung_release
             self._notify()
         try:
@@ -1405,6 +1605,9 @@ class FakeKubeAPIServer:
             if self.token is not None and h.headers.get("Authorization") != f"Bearer {self.token}":
                 self._send_json(h, 401, status_object(401))
                 return
+            if forbidden:
+                assert route.resource is not None
+                raise _ApiError(403, self._forbidden_message(route), reason="Forbidden")
             self._dispatch(h, route, params)
         except _ApiError as err:
             body = status_object(
@@ -1445,14 +1648,18 @@ class FakeKubeAPIServer:
         elif route.verb == "discovery":
             self._send_json(h, 200, self._discovery(route.name or ""))
         elif route.verb == "get":
-            assert route.namespace is not None and route.name is not None
+            assert route.resource is not None and route.name is not None
             with self._lock:
-                obj = self._objects.get(_key(route.namespace, route.name))
+                obj = self._objects.get(_key(route.namespace or "", route.name, route.resource))
             if obj is None:
                 raise _ApiError(
                     404,
-                    f'{PLURAL}.{GROUP} "{route.name}" not found',
-                    details={"name": route.name, "group": GROUP, "kind": PLURAL},
+                    f'{route.resource.qualified} "{route.name}" not found',
+                    details={
+                        "name": route.name,
+                        "group": route.resource.group,
+                        "kind": route.resource.plural,
+                    },
                 )
             self._send_bytes(h, 200, _dumps(obj).encode())
         else:
@@ -1477,16 +1684,17 @@ class FakeKubeAPIServer:
             return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}
         if path == f"/apis/{GROUP}":
             return {"kind": "APIGroup", "apiVersion": "v1", **group}
+        served = [r for r in RESOURCES if (r.group == GROUP) == (path != "/api/v1")]
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
-            "groupVersion": API_VERSION,
+            "groupVersion": "v1" if path == "/api/v1" else API_VERSION,
             "resources": [
                 {
-                    "name": PLURAL,
-                    "singularName": SINGULAR,
-                    "namespaced": True,
-                    "kind": KIND,
+                    "name": r.plural,
+                    "singularName": r.singular,
+                    "namespaced": r.namespaced,
+                    "kind": r.kind,
                     "verbs": [
                         "delete",
                         "deletecollection",
@@ -1497,19 +1705,22 @@ class FakeKubeAPIServer:
                         "update",
                         "watch",
                     ],
-                    "shortNames": ["vmi", "vmis"],
-                    "categories": ["all"],
+                    "shortNames": list(r.short_names),
+                    **({"categories": ["all"]} if r is VMI_RESOURCE else {}),
                 }
+                for r in served
             ],
         }
 
     @staticmethod
     def _parse_filter(route: _Route, params: Mapping[str, str]) -> _Filter:
+        resource = route.resource or VMI_RESOURCE
         try:
             return _Filter(
                 route.namespace,
                 LabelSelector.parse(params.get("labelSelector", "")),
-                FieldSelector.parse(params.get("fieldSelector", "")),
+                FieldSelector.parse(params.get("fieldSelector", ""), resource.fields),
+                resource,
             )
         except SelectorError as exc:
             raise _ApiError(400, f"unable to parse requirement: {exc}") from None
@@ -1581,6 +1792,8 @@ class FakeKubeAPIServer:
         else:
             if rv_param not in ("", "0"):
                 self._wait_for_rv(self._parse_rv(rv_param))
+            if rv_param == "0" and self.watch_cache:
+                limit = 0  # the watch cache serves resourceVersion=0 whole, ignoring limit
             if limit:
                 snapshot = self._snapshot_at(int(self.resource_version))
 
@@ -1599,7 +1812,10 @@ class FakeKubeAPIServer:
                 if not flt.has_selectors:
                     metadata["remainingItemCount"] = remaining
         # Items are pre-serialised dicts; join their JSON to avoid re-walking a large list twice.
-        head = _dumps({"apiVersion": API_VERSION, "kind": LIST_KIND, "metadata": metadata})[:-1]
+        resource = flt.resource
+        head = _dumps({"apiVersion": resource.api_version, "kind": resource.list_kind, "metadata": metadata})[
+            :-1
+        ]
         return f'{head},"items":[{",".join(_dumps(o) for o in objs)}]}}'.encode()
 
     @staticmethod
@@ -1612,10 +1828,11 @@ class FakeKubeAPIServer:
         match, as with real etcd paging), and how many keys remain.
         """
         keys = snapshot.keys
-        lo, hi = 0, len(keys)
-        if flt.namespace is not None:  # the namespaced range "<ns>/" .. "<ns>0" ('0' follows '/')
-            lo = bisect.bisect_left(keys, f"{flt.namespace}/")
-            hi = bisect.bisect_left(keys, f"{flt.namespace}0")
+        # The resource's range "<plural>/" .. "<plural>0", or a namespace's "<plural>/<ns>/" ..
+        # "<plural>/<ns>0" ('0' follows '/').
+        prefix = flt.resource.prefix + (f"{flt.namespace}/" if flt.namespace is not None else "")
+        lo = bisect.bisect_left(keys, prefix)
+        hi = bisect.bisect_left(keys, prefix[:-1] + "0")
         i = max(lo, bisect.bisect_left(keys, start_key)) if start_key else lo
         items: list[JsonObj] = []
         while i < hi and (not limit or len(items) < limit):
@@ -1701,11 +1918,13 @@ class FakeKubeAPIServer:
                 self._watchers.discard(watcher)
                 self._notify()
 
-    def _bookmark(self, rv: int, initial_events_end: bool = False) -> bytes:
+    @staticmethod
+    def _bookmark(resource: ResourceType, rv: int, initial_events_end: bool = False) -> bytes:
         metadata: JsonObj = {"resourceVersion": str(rv)}
         if initial_events_end:
             metadata["annotations"] = {INITIAL_EVENTS_END_ANNOTATION: "true"}
-        return _chunk(_encode_line(BOOKMARK, {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata}))
+        bookmark = {"apiVersion": resource.api_version, "kind": resource.kind, "metadata": metadata}
+        return _chunk(_encode_line(BOOKMARK, bookmark))
 
     def _stream(
         self,
@@ -1730,7 +1949,7 @@ class FakeKubeAPIServer:
                     h.wfile.write(out)
                     out.clear()
         if send_initial:
-            out += self._bookmark(w.last_rv, initial_events_end=True)
+            out += self._bookmark(w.filter.resource, w.last_rv, initial_events_end=True)
         for event in replay:
             line = w.convert(event)
             if line is not None:
@@ -1766,7 +1985,7 @@ class FakeKubeAPIServer:
                     out += _chunk(line)
             now = time.monotonic()
             if w.bookmarks and (bookmark_requested or now >= next_bookmark):
-                out += self._bookmark(w.last_rv)
+                out += self._bookmark(w.filter.resource, w.last_rv)
                 next_bookmark = now + self.bookmark_interval
             finished = state == "end" or now >= deadline
             if finished:

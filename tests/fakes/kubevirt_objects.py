@@ -168,3 +168,52 @@ def make_migrating_vmi(
         state["endTimestamp"] = "2023-03-27T15:00:09Z"
     status["migrationState"] = state
     return vmi
+
+
+KUBEVIRT_CR_FIXTURE: Final = "kubevirt-cr-use-emulation.yaml"
+NODE_FIXTURE: Final = "node-SYNTHETIC-kubevirt-worker.yaml"
+KVM_DEVICE_RESOURCE: Final = "devices.kubevirt.io/kvm"
+
+
+def make_node(name: str, kvm: str | None) -> JsonObj:
+    """The worker Node fixture renamed, with allocatable (and capacity) ``devices.kubevirt.io/kvm``
+    set to ``kvm``, or removed when None (a node whose virt-handler found no /dev/kvm).
+    """
+    node: JsonObj = load_fixture(NODE_FIXTURE)
+    node["metadata"]["name"] = name
+    node["metadata"]["labels"]["kubernetes.io/hostname"] = name
+    node["metadata"].pop("resourceVersion", None)
+    node["metadata"]["uid"] = stable_uid("node", name)
+    for section in ("allocatable", "capacity"):
+        if kvm is None:
+            node["status"][section].pop(KVM_DEVICE_RESOURCE, None)
+        else:
+            node["status"][section][KVM_DEVICE_RESOURCE] = kvm
+    return node
+
+
+def make_kubevirt(use_emulation: bool | None) -> JsonObj:
+    """The KubeVirt CR fixture with ``developerConfiguration.useEmulation`` set, or removed when None."""
+    cr: JsonObj = load_fixture(KUBEVIRT_CR_FIXTURE)
+    cr["metadata"].pop("resourceVersion", None)
+    developer = cr["spec"]["configuration"]["developerConfiguration"]
+    if use_emulation is None:
+        developer.pop("useEmulation", None)
+    else:
+        developer["useEmulation"] = use_emulation
+    return cr
+
+
+def with_software_emulation(vmi: JsonObj, host: str = "amd64", guest: str = "arm64") -> JsonObj:
+    """Add virt-handler's condition for a cross-architecture guest (reason CrossArchitectureEmulation)."""
+    vmi["status"].setdefault("conditions", []).append(
+        {
+            "type": "SoftwareEmulation",
+            "status": "True",
+            "reason": "CrossArchitectureEmulation",
+            "message": f"VM running with software emulation (host={host}, guest={guest})",
+            "lastProbeTime": None,
+            "lastTransitionTime": "2025-03-04T10:00:00Z",
+        }
+    )
+    return vmi

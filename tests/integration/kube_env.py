@@ -51,6 +51,7 @@ def agent_settings(
         "OTEL_VMI_HV_PODS_ROOT": str(pods_root),
         "OTEL_VMI_HV_LIBVIRT_URI": template,
         "OTEL_VMI_HV_LIBVIRT_TIMEOUT": "2s",
+        "OTEL_VMI_HV_RELIST_SPREAD": "0s",  # relists at once: tests wait on outcomes, not on jitter
         "OTEL_METRICS_EXPORTER": "prometheus",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
         "OTEL_EXPORTER_PROMETHEUS_PORT": "0",

@@ -2,10 +2,11 @@
 docs/runbook.md and the examples in docs/kubernetes.md.
 
 No cluster is needed. Built-in kinds are validated against the official Kubernetes schemas shipped by
-kubernetes-validate; the Prometheus Operator kinds against the small schemas below. promtool checks and
-unit-tests the alert rules; the real Prometheus server checks that the ServiceMonitor's relabelings keep
-the agent's own `namespace` and `node` labels; `kubectl kustomize` builds the kustomization and the
-overlay example. The tests that need a binary skip when it is absent.
+kubernetes-validate; the Prometheus Operator kinds against the small schemas below. promtool checks the
+alert rules (their unit tests run in tests/unit/test_alert_rules.py); the real Prometheus server checks
+that the ServiceMonitor's relabelings keep the agent's own `namespace` and `node` labels; `kubectl
+kustomize` builds the kustomization and the overlay example. The tests that need a binary skip when it
+is absent.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ AGENT_METRICS = {
     "otel_vmi_hv_relists_total",
     "otel_vmi_hv_watch_restarts_total",
     "otel_vmi_hv_last_sync_timestamp_seconds",
+    "otel_vmi_hv_vmi_emulation_info",
+    "otel_vmi_hv_node_kvm_available",
 }
 QUERYABLE_METRICS = AGENT_METRICS | {"kubevirt_vmi_info", "up"}
 
@@ -402,141 +405,14 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------- (a) the alerts' behaviour
-
-# promtool unit tests of the rules, in promtool's own format (annotations are stripped from the rules
-# under test: these tests are about when and with which labels each alert fires). Steps of 1m; `for:` is
-# 10m (emulation, hung, down), 15m (unknown) and 2m (stale, after 900 s without a sync).
-ALERT_TESTS = """
-- interval: 1m
-  # Emulated VMI "a" has KubeVirt's info metric (twice: two virt-handlers during a migration), emulated
-  # "b" has none, "c" runs with KVM.
-  input_series:
-    - series: kubevirt_vmi_hypervisor_info{job="otel-vmi-hv",namespace="ci",name="a",node="w1",
-        hypervisor_type="qemu-tcg"}
-      values: "1x30"
-    - series: kubevirt_vmi_hypervisor_info{job="otel-vmi-hv",namespace="ci",name="b",node="w1",
-        hypervisor_type="qemu-tcg"}
-      values: "1x30"
-    - series: kubevirt_vmi_hypervisor_info{job="otel-vmi-hv",namespace="ci",name="c",node="w1",
-        hypervisor_type="kvm"}
-      values: "1x30"
-    - series: kubevirt_vmi_info{job="kubevirt",pod="h1",namespace="ci",name="a",node="w1",
-        phase="running",os="fedora",workload="server",flavor="small",instance_type="u1.small",
-        preference="fedora"}
-      values: "1x30"
-    - series: kubevirt_vmi_info{job="kubevirt",pod="h2",namespace="ci",name="a",node="w2",
-        phase="scheduled",os="fedora",workload="server",flavor="small",instance_type="u1.small",
-        preference="fedora"}
-      values: "1x30"
-    - series: kubevirt_vmi_info{job="kubevirt",pod="h1",namespace="ci",name="c",node="w1",
-        phase="running",os="rhel"}
-      values: "1x30"
-    - series: up{job="otel-vmi-hv",instance="10.0.0.1:9464"}
-      values: "1x30"
-  alert_rule_test:
-    - eval_time: 5m
-      alertname: KubeVirtVMIRunningUnderSoftwareEmulation
-      exp_alerts: []
-    - eval_time: 15m
-      alertname: KubeVirtVMIRunningUnderSoftwareEmulation
-      exp_alerts:
-        - exp_labels: {severity: warning, job: otel-vmi-hv, namespace: ci, name: a, node: w1,
-                       hypervisor_type: qemu-tcg, os: fedora, workload: server, flavor: small,
-                       instance_type: u1.small, preference: fedora}
-        - exp_labels: {severity: warning, job: otel-vmi-hv, namespace: ci, name: b, node: w1,
-                       hypervisor_type: qemu-tcg}
-    - eval_time: 20m
-      alertname: KubeVirtVMIHypervisorUnknown
-      exp_alerts: []
-    - eval_time: 20m
-      alertname: OtelVmiHvDown
-      exp_alerts: []
-- interval: 1m
-  input_series:
-    - series: kubevirt_vmi_hypervisor_info{job="otel-vmi-hv",namespace="ci",name="u",node="w2",
-        hypervisor_type="unknown"}
-      values: "1x30"
-    - series: otel_vmi_hv_libvirt_connections{job="otel-vmi-hv",node="w2",state="hung"}
-      values: "1x30"
-    - series: otel_vmi_hv_libvirt_connections{job="otel-vmi-hv",node="w3",state="hung"}
-      values: "0x30"
-    # w2 stopped syncing at time 0; w3 syncs every minute.
-    - series: otel_vmi_hv_last_sync_timestamp_seconds{job="otel-vmi-hv",node="w2"}
-      values: "0x30"
-    - series: otel_vmi_hv_last_sync_timestamp_seconds{job="otel-vmi-hv",node="w3"}
-      values: "0+60x30"
-    - series: up{job="otel-vmi-hv",instance="10.0.0.2:9464"}
-      values: "0x30"
-    - series: up{job="otel-vmi-hv",instance="10.0.0.3:9464"}
-      values: "1x30"
-  alert_rule_test:
-    - eval_time: 10m
-      alertname: KubeVirtVMIHypervisorUnknown
-      exp_alerts: []
-    - eval_time: 16m
-      alertname: KubeVirtVMIHypervisorUnknown
-      exp_alerts:
-        - exp_labels: {severity: warning, job: otel-vmi-hv, namespace: ci, name: u, node: w2,
-                       hypervisor_type: unknown}
-    - eval_time: 11m
-      alertname: OtelVmiHvLibvirtHung
-      exp_alerts:
-        - exp_labels: {severity: warning, job: otel-vmi-hv, node: w2, state: hung}
-    - eval_time: 14m
-      alertname: OtelVmiHvVMIListStale
-      exp_alerts: []
-    - eval_time: 20m
-      alertname: OtelVmiHvVMIListStale
-      exp_alerts:
-        - exp_labels: {severity: warning, job: otel-vmi-hv, node: w2}
-    - eval_time: 11m
-      alertname: OtelVmiHvDown
-      exp_alerts:
-        - exp_labels: {severity: warning, job: otel-vmi-hv, instance: "10.0.0.2:9464"}
-- interval: 1m
-  # No otel-vmi-hv target at all.
-  input_series:
-    - series: up{job="something-else",instance="x:1"}
-      values: "1x30"
-  alert_rule_test:
-    - eval_time: 11m
-      alertname: OtelVmiHvDown
-      exp_alerts:
-        - exp_labels: {severity: warning, job: otel-vmi-hv}
-"""
-
-
-def write_rule_tests(tmp_path: Path, rules_text: str) -> Path:
-    rules = yaml.safe_load(rules_text)
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
-    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": yaml.safe_load(ALERT_TESTS)}
-    test_file = tmp_path / "rules_test.yml"
-    test_file.write_text(yaml.safe_dump(tests, sort_keys=False), encoding="utf-8")
-    return test_file
-
-
-def test_alerts_fire_when_and_with_the_labels_intended(tmp_path: Path) -> None:
-    test_file = write_rule_tests(tmp_path, RULES.read_text(encoding="utf-8"))
-    result = run_promtool("test", "rules", str(test_file))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_alert_tests_catch_an_emulation_alert_that_needs_kubevirt_vmi_info(tmp_path: Path) -> None:
-    # Without the `or` fallback, VMI "b" (no kubevirt_vmi_info) raises no alert: the tests must see it.
-    text = RULES.read_text(encoding="utf-8")
-    fallback = re.search(r"\n\s*or on \(namespace, name, node\)\n.*?== 1\)\n", text, re.DOTALL)
-    assert fallback is not None, "the emulation alert's `or` fallback was not found"
-    test_file = write_rule_tests(tmp_path, text.replace(fallback.group(0), "\n", 1))
-    assert run_promtool("test", "rules", str(test_file)).returncode != 0
+# promtool unit tests of every alert, with labels and annotations, are files in config/prometheus/tests/,
+# run by tests/unit/test_alert_rules.py.
 
 
 # ------------------------------------------------------------------------------------ (b) RBAC
 
 
-def test_rbac_is_exactly_read_access_to_vmis() -> None:
+def test_rbac_is_exactly_read_access_to_vmis_nodes_and_the_kubevirt_cr() -> None:
     manifests = all_manifests()
     assert of_kind("Role", manifests) == []
     assert of_kind("RoleBinding", manifests) == []
@@ -544,12 +420,16 @@ def test_rbac_is_exactly_read_access_to_vmis() -> None:
     assert len(roles) == 1, "exactly one ClusterRole"
     role = roles[0]
     assert "aggregationRule" not in role
-    assert len(role["rules"]) == 1, "exactly one rule"
-    (rule,) = role["rules"]
-    assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs"
-    assert rule["apiGroups"] == ["kubevirt.io"]
-    assert rule["resources"] == ["virtualmachineinstances"]
-    assert sorted(rule["verbs"]) == ["get", "list", "watch"]
+    granted = set()
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs"
+        assert sorted(rule["verbs"]) == ["get", "list", "watch"], "read-only"
+        granted |= {(group, resource) for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert granted == {
+        ("kubevirt.io", "virtualmachineinstances"),
+        ("", "nodes"),  # the agent's own Node: allocatable devices.kubevirt.io/kvm
+        ("kubevirt.io", "kubevirts"),  # the KubeVirt CR: developerConfiguration.useEmulation
+    }
 
 
 def test_binding_grants_that_role_to_the_daemonsets_service_account() -> None:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_vmi_hv.config import load_settings
-from otel_vmi_hv.model import Detection, DetectionMethod, Series
+from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, Series
 from otel_vmi_hv.prometheus_text import family_name
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.telemetry import Telemetry
@@ -30,7 +30,12 @@ class State:
         self.connection_states: dict[str, str] = {}
 
     def set_rows(self, rows: list[Series]) -> None:
-        self.snapshot = Snapshot(self.snapshot.version + 1, tuple(rows), 0)
+        emulated = tuple(
+            (row, VMI(f"{row.namespace}/{row.name}", row.namespace, row.name, LibvirtTarget("", "", "")))
+            for row in rows
+            if row.hypervisor_type == "qemu-tcg"
+        )
+        self.snapshot = Snapshot(self.snapshot.version + 1, tuple(rows), 0, 0, emulated)
         self.revision.bump()
 
     def set_states(self, states: dict[str, str]) -> None:
@@ -42,6 +47,12 @@ class State:
 
     def states(self) -> dict[str, str]:
         return self.connection_states
+
+    def node_kvm_available(self) -> bool | None:
+        return False
+
+    def explain(self, vmi: VMI) -> tuple[str, str]:
+        return ("node_without_kvm", "no devices.kubevirt.io/kvm")
 
 
 @pytest.fixture
@@ -55,7 +66,7 @@ def setup() -> Iterator[tuple[Telemetry, State, CollectorRegistry]]:
         revision,
         extra_readers=[stock],
     )
-    telemetry.publish(state, state)
+    telemetry.publish(state, state, state)
     yield telemetry, state, registry
     telemetry.shutdown(2)
 
@@ -97,6 +108,9 @@ def test_same_samples_as_the_stock_exporter(setup) -> None:
     stock = _samples(generate_latest(registry).decode())
     assert ours == stock
     assert len(ours["kubevirt_vmi_hypervisor_info"][2]) == 2 * 2 * len(ODD_NAMES)  # type: ignore[index]
+    # the companion series: one per emulated VMI, with its reason
+    assert len(ours["otel_vmi_hv_vmi_emulation_info"][2]) == 2 * len(ODD_NAMES)  # type: ignore[index]
+    assert ours["otel_vmi_hv_node_kvm_available"][2] == [("otel_vmi_hv_node_kvm_available", (), 0.0)]  # type: ignore[index]
 
 
 def test_label_values_survive_escaping_exactly(setup) -> None:

@@ -31,6 +31,12 @@ class Rows:
     def states(self) -> dict[str, str]:
         return {}
 
+    def node_kvm_available(self) -> bool | None:
+        return None
+
+    def explain(self, vmi: object) -> tuple[str, str]:
+        return ("unknown", "")
+
 
 def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact() -> None:
     revision = Revision()
@@ -41,7 +47,7 @@ def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact() ->
         revision,
         extra_readers=[otlp_like],
     )
-    telemetry.publish(state, state)
+    telemetry.publish(state, state, state)
     assert telemetry.pruner is not None
     assert telemetry.pruner.supported, "the SDK's internals moved: sdk_state.py must be revisited"
     largest = 0

@@ -1,0 +1,371 @@
+"""The cluster facts that explain emulation, cached from list-watches like the VMIs.
+
+Two small caches: this node's Node object (field selector ``metadata.name=<node>``) for its
+allocatable ``devices.kubevirt.io/kvm``, and the KubeVirt CR (listed cluster-wide; there is one)
+for ``spec.configuration.developerConfiguration.useEmulation``. Nothing is read per scrape: the
+caches change only on watch events, and ``version`` grows with every change of the derived facts
+so a cached /metrics body can be invalidated. Without RBAC for either resource everything else
+works; the reason is ``unknown`` and the evidence names the missing rule.
+
+On a plain libvirt host ``HostFacts`` gives the same interface from the KVM device probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from otel_vmi_hv.config import Settings
+from otel_vmi_hv.emulation import EmulationPolicy, Explanation, NodeKvm, explain_emulation
+from otel_vmi_hv.kvm_device import KvmState, probe_kvm_device
+from otel_vmi_hv.model import VMI
+from otel_vmi_hv.sources.kubernetes import api_client_for, list_watch_options
+from otel_vmi_hv.sources.list_watch import ListWatch, Resource
+
+log = logging.getLogger(__name__)
+
+KVM_RESOURCE = "devices.kubevirt.io/kvm"
+NODES = Resource("nodes")
+KUBEVIRTS = Resource("kubevirts", "kubevirt.io", "v1")
+USE_EMULATION = "spec.configuration.developerConfiguration.useEmulation"
+
+
+class EmulationFacts(Protocol):
+    """What the tracker and telemetry need, whatever the source."""
+
+    @property
+    def version(self) -> int: ...
+    def node_kvm_available(self) -> bool | None: ...
+    def explain(self, vmi: VMI) -> tuple[str, str]: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def rbac_rule(resource: Resource) -> str:
+    return f"the agent's ClusterRole needs get, list and watch on {resource.name}"
+
+
+def node_kvm_from(node: Mapping[str, Any] | None, node_name: str) -> NodeKvm:
+    """KVM as virt-handler's device plugin advertises it: allocatable ``devices.kubevirt.io/kvm`` > 0."""
+    if node is None:
+        return NodeKvm(None, f"node {node_name} is not in the API (no Node object of that name)")
+    status = node.get("status")
+    allocatable = status.get("allocatable") if isinstance(status, Mapping) else None
+    raw = allocatable.get(KVM_RESOURCE) if isinstance(allocatable, Mapping) else None
+    if raw is None:
+        return NodeKvm(False, f"node {node_name} has no allocatable {KVM_RESOURCE}")
+    from kubernetes.utils import parse_quantity
+
+    try:
+        amount = parse_quantity(raw)
+    except (ValueError, TypeError):
+        return NodeKvm(None, f"node {node_name} allocatable {KVM_RESOURCE}={raw!r} is not a quantity")
+    if amount <= 0:
+        return NodeKvm(False, f"node {node_name} allocatable {KVM_RESOURCE}={raw}")
+    return NodeKvm(True, f"node {node_name} allocatable {KVM_RESOURCE}={raw}")
+
+
+def emulation_policy_from(kubevirts: list[Mapping[str, Any]]) -> EmulationPolicy:
+    """``useEmulation`` of the cluster's KubeVirt CR (the oldest, should there be several)."""
+    if not kubevirts:
+        return EmulationPolicy(None, "no KubeVirt CR (kubevirts.kubevirt.io) in the cluster")
+
+    def created(obj: Mapping[str, Any]) -> str:
+        metadata = obj.get("metadata")
+        return str(metadata.get("creationTimestamp") or "") if isinstance(metadata, Mapping) else ""
+
+    cr = min(kubevirts, key=created)
+    metadata = cr.get("metadata")
+    name = f"{metadata.get('namespace')}/{metadata.get('name')}" if isinstance(metadata, Mapping) else "?"
+    value: Any = cr
+    for part in USE_EMULATION.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    allowed = value is True
+    shown = "true" if allowed else ("false" if value is False else "unset (false)")
+    verb = "allows" if allowed else "does not allow"
+    return EmulationPolicy(allowed, f"KubeVirt CR {name} {verb} emulation ({USE_EMULATION}: {shown})")
+
+
+class _Cache:
+    """The objects of one list-watch, by uid; tells its owner after every change."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+        self._objects: dict[str, Mapping[str, Any]] = {}
+        self._listing: dict[str, Mapping[str, Any]] = {}
+        self.synced = False
+        self.failure: tuple[int | None, str] | None = None
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _uid(obj: Mapping[str, Any]) -> str | None:
+        metadata = obj.get("metadata")
+        uid = metadata.get("uid") or metadata.get("name") if isinstance(metadata, Mapping) else None
+        return uid if isinstance(uid, str) else None
+
+    def objects(self) -> list[Mapping[str, Any]]:
+        with self.lock:
+            return list(self._objects.values())
+
+    def relist_started(self) -> None:
+        self._listing = {}
+
+    def listed(self, obj: Mapping[str, Any]) -> None:
+        uid = self._uid(obj)
+        if uid is not None:
+            self._listing[uid] = obj
+
+    def relist_done(self) -> None:
+        with self.lock:
+            self._objects, self._listing = self._listing, {}
+            self.synced, self.failure = True, None
+        self._changed()
+
+    def changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        uid = self._uid(obj)
+        if uid is None:
+            return
+        with self.lock:
+            if event_type == "DELETED":
+                self._objects.pop(uid, None)
+            else:
+                self._objects[uid] = obj
+        self._changed()
+
+    def watching(self) -> None:
+        """A watch stream opened: an earlier failure (a 403 since fixed) is over."""
+        with self.lock:
+            failure, self.failure = self.failure, None
+        if failure is not None:
+            self._changed()
+
+    def failed(self, status: int | None, reason: str) -> None:
+        with self.lock:
+            self.failure = (status, reason)
+        self._changed()
+
+
+class ClusterFacts:
+    """Node and KubeVirt CR facts for one node's agent, kept current by two list-watches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        api_client: Any = None,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._settings = settings
+        self._node_name = settings.node_name
+        self._api_client = api_client
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._recompute_lock = threading.Lock()
+        self._version = 0
+        self._node = _Cache(self._recompute)
+        self._kubevirt = _Cache(self._recompute)
+        self._derived: tuple[NodeKvm, EmulationPolicy] = (
+            NodeKvm(None, f"node {self._node_name} not read yet"),
+            EmulationPolicy(None, "KubeVirt CR not read yet"),
+        )
+        self._watches = [
+            ListWatch(
+                NODES,
+                self._node,
+                self._client,
+                list_watch_options(settings, field_selector=f"metadata.name={self._node_name}"),
+                on_failure=self._node.failed,
+                on_watching=self._node.watching,
+            ),
+            ListWatch(
+                KUBEVIRTS,
+                self._kubevirt,
+                self._client,
+                list_watch_options(settings),
+                on_failure=self._kubevirt.failed,
+            ),
+        ]
+
+    def _client(self) -> Any:
+        if self._api_client is None:
+            self._api_client = api_client_for(self._settings)
+        return self._api_client
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for watch in self._watches:
+            watch.start(f"watch-{watch.resource.plural}")
+
+    def stop(self) -> None:
+        for watch in self._watches:
+            watch.stop()
+
+    # ------------------------------------------------------------------ what the agent asks
+
+    @property
+    def version(self) -> int:
+        """Grows whenever the node's KVM state or the emulation policy changes."""
+        with self._lock:
+            return self._version
+
+    def node_kvm(self) -> NodeKvm:
+        with self._lock:
+            return self._derived[0]
+
+    def emulation_policy(self) -> EmulationPolicy:
+        with self._lock:
+            return self._derived[1]
+
+    def node_kvm_available(self) -> bool | None:
+        return self.node_kvm().available
+
+    def explain(self, vmi: VMI) -> tuple[str, str]:
+        """``(reason, evidence)`` for a VMI reported ``qemu-tcg``."""
+        with self._lock:
+            node, policy = self._derived
+        explanation: Explanation = explain_emulation(vmi.software_emulation, node, policy)
+        return str(explanation.reason), explanation.evidence
+
+    def settled(self) -> bool:
+        """Both objects were listed, or their listing failed (for `detect`, which waits for it)."""
+        caches = (self._node, self._kubevirt)
+        return all(cache.synced or cache.failure is not None for cache in caches)
+
+    def problems(self) -> list[str]:
+        """Facts that cannot be read, each with what would fix it (for `detect`)."""
+        out = []
+        for resource, cache in ((NODES, self._node), (KUBEVIRTS, self._kubevirt)):
+            with cache.lock:
+                failure = cache.failure
+            if failure is not None:
+                out.append(f"{resource.name}: {self._failure_text(resource, failure)}")
+        return out
+
+    # ------------------------------------------------------------------ derivation
+
+    @staticmethod
+    def _failure_text(resource: Resource, failure: tuple[int | None, str]) -> str:
+        status, reason = failure
+        if status == 403:
+            return f"forbidden: {rbac_rule(resource)}"
+        if status == 404:
+            return f"not served by the API server ({resource.name} missing: is KubeVirt installed?)"
+        return f"cannot be read: {reason}"
+
+    def _node_fact(self) -> NodeKvm:
+        with self._node.lock:
+            synced, failure = self._node.synced, self._node.failure
+        if failure is not None and (failure[0] in (401, 403, 404) or not synced):
+            return NodeKvm(None, f"node {self._node_name}: {self._failure_text(NODES, failure)}")
+        if not synced:
+            return NodeKvm(None, f"node {self._node_name} not read yet")
+        nodes = [
+            n
+            for n in self._node.objects()
+            if isinstance(n.get("metadata"), Mapping) and n["metadata"].get("name") == self._node_name
+        ]
+        return node_kvm_from(nodes[0] if nodes else None, self._node_name)
+
+    def _policy_fact(self) -> EmulationPolicy:
+        with self._kubevirt.lock:
+            synced, failure = self._kubevirt.synced, self._kubevirt.failure
+        if failure is not None and (failure[0] in (401, 403, 404) or not synced):
+            return EmulationPolicy(None, f"KubeVirt CR {self._failure_text(KUBEVIRTS, failure)}")
+        if not synced:
+            return EmulationPolicy(None, "KubeVirt CR not read yet")
+        return emulation_policy_from(self._kubevirt.objects())
+
+    def _recompute(self) -> None:
+        # Serialised: two watch threads deriving at once must not store an older result last.
+        with self._recompute_lock:
+            derived = (self._node_fact(), self._policy_fact())
+            with self._lock:
+                if derived == self._derived:
+                    return
+                self._derived = derived
+                self._version += 1
+        log.info("emulation facts: %s; %s", derived[0].evidence, derived[1].evidence)
+        self._on_change()
+
+
+class HostFacts:
+    """The same interface on a plain libvirt host: the KVM device probe, re-run periodically."""
+
+    def __init__(
+        self,
+        kvm_device: str,
+        *,
+        interval: float = 30.0,
+        on_change: Callable[[], None] = lambda: None,
+        probe: Callable[[str], KvmState] = probe_kvm_device,
+    ) -> None:
+        self._device = kvm_device
+        self._interval = interval
+        self._on_change = on_change
+        self._probe = probe
+        self._lock = threading.Lock()
+        self._version = 0
+        self._state = probe(kvm_device)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="kvm-probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Probe again (a module loaded or unloaded since); counts a change in ``version``."""
+        state = self._probe(self._device)
+        with self._lock:
+            if state == self._state:
+                return
+            self._state = state
+            self._version += 1
+        log.info("KVM device: %s", state.detail)
+        self._on_change()
+
+    @property
+    def version(self) -> int:
+        with self._lock:
+            return self._version
+
+    def node_kvm_available(self) -> bool | None:
+        with self._lock:
+            return self._state.available
+
+    def explain(self, vmi: VMI) -> tuple[str, str]:
+        with self._lock:
+            state = self._state
+        explanation = explain_emulation(vmi.software_emulation, NodeKvm(state.available, state.detail), None)
+        return str(explanation.reason), explanation.evidence
+
+    def settled(self) -> bool:
+        return True  # probed at construction
+
+    def problems(self) -> list[str]:
+        with self._lock:
+            state = self._state
+        return [] if state.available is not None else [f"KVM device: {state.detail}"]
+
+
+def emulation_facts_for(
+    settings: Settings, *, on_change: Callable[[], None] = lambda: None, api_client: Any = None
+) -> ClusterFacts | HostFacts:
+    """The facts source matching the VMI source: the cluster's objects, or this host's KVM device.
+
+    In a pod the agent cannot open the node's /dev/kvm (it is not privileged and gets no KVM device), so
+    the probe is used only with the libvirt source.
+    """
+    if settings.source == "kubernetes":
+        return ClusterFacts(settings, api_client=api_client, on_change=on_change)
+    return HostFacts(settings.kvm_device, interval=settings.resync_interval, on_change=on_change)

@@ -1,0 +1,112 @@
+"""Why emulated VMIs are, as the operator sees it: /metrics, OTLP and `detect`.
+
+The agent runs in KubeVirt mode against the fake API server (VMIs, this node's Node, the KubeVirt
+CR, through the real client); each launcher is a libvirt test-driver node. The companion series
+carries the reason for emulated VMIs only; the main metric keeps its four labels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otel_vmi_hv.cli import main
+from tests.agent_process import wait_until
+from tests.exposition import parse_samples
+from tests.fakes.kube_apiserver import FakeKubeAPIServer
+from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi, with_software_emulation
+from tests.integration.kube_env import TEST_DRIVER_TEMPLATE, Launchers, running_agent
+
+NODE = "worker-1"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPIServer]:
+    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
+        yield server
+
+
+def _scrape(agent) -> str:
+    return str(agent.telemetry.render_prometheus().decode())
+
+
+def _reasons(body: str) -> dict[tuple[str, str], str]:
+    return {
+        (labels["namespace"], labels["name"]): labels["reason"]
+        for labels, value in parse_samples(body, "otel_vmi_hv_vmi_emulation_info")
+        if value == 1
+    }
+
+
+def _kvm_available(body: str) -> list[float]:
+    return [value for _, value in parse_samples(body, "otel_vmi_hv_node_kvm_available")]
+
+
+def test_reasons_follow_the_node_the_cr_and_the_vmi(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    pods = tmp_path / "pods"
+    launchers = Launchers(pods)
+    emulated, accelerated = make_vmi("ci", "runner", NODE), make_vmi("prod", "web", NODE)
+    launchers.run_vmi(emulated, "qemu", NODE)
+    launchers.run_vmi(accelerated, "kvm", NODE)
+    api.create(emulated)
+    api.create(accelerated)
+    api.create(make_node(NODE, None))
+    api.create(make_kubevirt(True))
+    with running_agent(api, tmp_path, NODE, pods) as agent:
+        wait_until(lambda: _reasons(_scrape(agent)) == {("ci", "runner"): "node_without_kvm"}, 10, "no KVM")
+        body = _scrape(agent)
+        assert _kvm_available(body) == [0.0]
+        info = parse_samples(body, "kubevirt_vmi_hypervisor_info")
+        assert {frozenset(labels) for labels, _ in info} == {
+            frozenset({"namespace", "name", "node", "hypervisor_type"})
+        }
+
+        def add_kvm(node: dict[str, dict[str, dict[str, str]]]) -> None:
+            node["status"]["allocatable"]["devices.kubevirt.io/kvm"] = "1k"
+
+        api.patch("", NODE, add_kvm, kind="Node")  # KVM is there now; the launcher did not ask for it
+        wait_until(lambda: _reasons(_scrape(agent)) == {("ci", "runner"): "kvm_not_requested"}, 10, "kvm")
+        assert _kvm_available(_scrape(agent)) == [1.0]
+
+        current = api.get("ci", "runner")
+        assert current is not None
+        api.update(with_software_emulation(current))
+        wait_until(lambda: _reasons(_scrape(agent)) == {("ci", "runner"): "cross_arch"}, 10, "condition")
+
+
+def test_detect_says_why_and_names_a_missing_rule(
+    api: FakeKubeAPIServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pods = tmp_path / "pods"
+    vmi = make_vmi("ci", "runner", NODE)
+    Launchers(pods).run_vmi(vmi, "qemu", NODE)
+    api.create(vmi)
+    api.create(make_node(NODE, None))
+    api.create(make_kubevirt(True))
+    for name, value in {
+        "KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+        "OTEL_VMI_HV_SOURCE": "kubernetes",
+        "OTEL_VMI_HV_NODE_NAME": NODE,
+        "OTEL_VMI_HV_PODS_ROOT": str(pods),
+        "OTEL_VMI_HV_LIBVIRT_URI": TEST_DRIVER_TEMPLATE,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["detect", "--output", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["hypervisor_type"], row["emulation_reason"]) == ("qemu-tcg", "node_without_kvm")
+    assert "devices.kubevirt.io/kvm" in row["emulation_evidence"]
+
+    api.forbid("nodes")
+    assert main(["detect"]) == 0
+    table = capsys.readouterr().out
+    header, line = table.splitlines()[:2]
+    assert header.split()[:5] == ["NAMESPACE", "NAME", "NODE", "HYPERVISOR", "WHY"]
+    assert line.split()[3:5] == ["qemu-tcg", "unknown"]
+    assert "needs get, list and watch on nodes" in table

@@ -1,0 +1,234 @@
+"""Why a VMI is emulated, from the Node and the KubeVirt CR served by the fake API server.
+
+Everything goes through the real ``kubernetes`` client: the agent's list-watches of its Node and of
+the KubeVirt CR, and the VMI source for the SoftwareEmulation condition.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otel_vmi_hv.cluster_facts import ClusterFacts
+from otel_vmi_hv.model import VMI, LibvirtTarget
+from tests.agent_process import wait_until
+from tests.fakes.kube_apiserver import FakeKubeAPIServer
+from tests.fakes.kubevirt_objects import (
+    KVM_DEVICE_RESOURCE,
+    make_kubevirt,
+    make_node,
+    make_vmi,
+    with_software_emulation,
+)
+from tests.integration.kube_env import Launchers, agent_settings, running_agent
+
+NODE = "worker-1"
+TCG_VMI = VMI("uid-1", "ci", "build-runner", LibvirtTarget("qemu:///x", "ci_build-runner", "pod-1"))
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPIServer]:
+    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
+        yield server
+
+
+class Facts:
+    """ClusterFacts of NODE against the fake, with its change notifications counted."""
+
+    def __init__(self, api: FakeKubeAPIServer, tmp_path: Path) -> None:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        self.changes = 0
+        self.changed = threading.Event()
+        self.facts = ClusterFacts(agent_settings(kubeconfig, NODE, tmp_path), on_change=self._on_change)
+
+    def _on_change(self) -> None:
+        self.changes += 1
+        self.changed.set()
+
+    def reason(self, vmi: VMI = TCG_VMI) -> str:
+        return self.facts.explain(vmi)[0]
+
+    def evidence(self, vmi: VMI = TCG_VMI) -> str:
+        return self.facts.explain(vmi)[1]
+
+    def wait_reason(self, reason: str, what: str) -> None:
+        wait_until(lambda: self.reason() == reason, 10, what)
+
+
+@pytest.fixture
+def facts(api: FakeKubeAPIServer, tmp_path: Path) -> Iterator[Facts]:
+    facts = Facts(api, tmp_path)
+    facts.facts.start()
+    try:
+        yield facts
+    finally:
+        facts.facts.stop()
+
+
+def test_node_without_kvm_device(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, None))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("node_without_kvm", "the node offers no KVM device")
+    assert KVM_DEVICE_RESOURCE in facts.evidence() and NODE in facts.evidence()
+    assert facts.facts.node_kvm_available() is False
+
+
+def test_node_with_zero_kvm_devices(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, "0"))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("node_without_kvm", "an allocatable of 0 is no KVM")
+    assert facts.facts.node_kvm_available() is False
+
+
+def test_kvm_not_requested_when_the_cluster_allows_emulation(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("kvm_not_requested", "KVM on the node, emulation allowed")
+    evidence = facts.evidence()
+    assert "useEmulation: true" in evidence and "kubevirt/kubevirt" in evidence
+    assert facts.facts.node_kvm_available() is True
+
+
+def test_other_nodes_do_not_count(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node("worker-2", "1k"))  # KVM elsewhere: says nothing about this node
+    api.create(make_node(NODE, None))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("node_without_kvm", "only this node's allocatable matters")
+    lists = [r for r in api.requests if r.resource == "nodes" and r.verb in ("list", "watch")]
+    assert lists and all(r.params.get("fieldSelector") == f"metadata.name={NODE}" for r in lists)
+
+
+def test_cross_arch_condition_wins(api: FakeKubeAPIServer, facts: Facts, tmp_path: Path) -> None:
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("kvm_not_requested", "facts read")
+    pods = tmp_path / "pods"
+    launchers = Launchers(pods)
+    vmi = with_software_emulation(make_vmi("ci", "arm-builder", NODE))
+    launchers.run_vmi(vmi, "qemu", NODE)
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE, pods) as agent:
+        wait_until(lambda: len(agent.tracker.detections()) == 1, 10, "the VMI in the tracker")
+        [(seen, _)] = agent.tracker.detections()
+        reason, evidence = facts.facts.explain(seen)
+    assert reason == "cross_arch"
+    assert "CrossArchitectureEmulation" in evidence and "guest=arm64" in evidence
+
+
+def test_condition_change_reaches_the_tracker_as_a_changed_vmi(
+    api: FakeKubeAPIServer, tmp_path: Path
+) -> None:
+    pods = tmp_path / "pods"
+    vmi = make_vmi("ci", "builder", NODE)
+    Launchers(pods).run_vmi(vmi, "qemu", NODE)
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE, pods) as agent:
+        wait_until(lambda: len(agent.tracker.detections()) == 1, 10, "the VMI in the tracker")
+        assert agent.tracker.detections()[0][0].software_emulation is None
+        conditions = with_software_emulation(api.get("ci", "builder") or {})["status"]["conditions"]
+        api.patch_status("ci", "builder", conditions=conditions)
+        wait_until(
+            lambda: agent.tracker.detections()[0][0].software_emulation is not None,
+            10,
+            "the condition on the tracked VMI",
+        )
+        api.patch_status("ci", "builder", conditions=[])
+        wait_until(
+            lambda: agent.tracker.detections()[0][0].software_emulation is None,
+            10,
+            "the condition gone again",
+        )
+
+
+def test_kvm_appearing_on_the_node_changes_the_reason(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, None))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("node_without_kvm", "no KVM at first")
+    version, changes = facts.facts.version, facts.changes
+
+    def add_kvm(node: dict[str, dict[str, dict[str, str]]]) -> None:
+        node["status"]["allocatable"][KVM_DEVICE_RESOURCE] = "1k"
+
+    api.patch("", NODE, add_kvm, kind="Node")  # virt-handler's device plugin found /dev/kvm
+    facts.wait_reason("kvm_not_requested", "KVM appeared; the launcher still did not ask for it")
+    assert facts.facts.version > version and facts.changes > changes
+    assert facts.facts.node_kvm_available() is True
+
+
+def test_emulation_switched_off(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("kvm_not_requested", "emulation allowed at first")
+    version = facts.facts.version
+
+    def disallow(cr: dict[str, dict[str, dict[str, dict[str, bool]]]]) -> None:
+        cr["spec"]["configuration"]["developerConfiguration"]["useEmulation"] = False
+
+    api.patch("kubevirt", "kubevirt", disallow, kind="KubeVirt")
+    facts.wait_reason("unknown", "emulation no longer allowed: the running VMI is left unexplained")
+    assert "not allowed" in facts.evidence() and "restart" in facts.evidence()
+    assert facts.facts.version > version
+
+
+def test_no_kubevirt_cr(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, "1k"))
+    facts.wait_reason("unknown", "without a KubeVirt CR the policy is unknown")
+    wait_until(lambda: "no KubeVirt CR" in facts.evidence(), 10, "the evidence says what is missing")
+
+
+def test_nodes_forbidden_names_the_missing_rule(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    api.forbid("nodes")
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    facts = Facts(api, tmp_path)
+    facts.facts.start()
+    try:
+        wait_until(lambda: "nodes" in facts.evidence() and "forbidden" in facts.evidence(), 10, "a 403")
+        assert facts.reason() == "unknown"
+        assert "get, list and watch on nodes" in facts.evidence()
+        assert facts.facts.node_kvm_available() is None
+        assert any("get, list and watch on nodes" in p for p in facts.facts.problems())
+        api.allow("nodes")  # the rule is granted: the facts come without a restart
+        facts.wait_reason("kvm_not_requested", "the node readable again")
+        assert facts.facts.problems() == []
+    finally:
+        facts.facts.stop()
+
+
+def test_kubevirts_forbidden_names_the_missing_rule(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    api.forbid("kubevirts")
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    facts = Facts(api, tmp_path)
+    facts.facts.start()
+    try:
+        wait_until(lambda: "get, list and watch on kubevirts.kubevirt.io" in facts.evidence(), 10, "a 403")
+        assert facts.reason() == "unknown"
+        assert facts.facts.node_kvm_available() is True, "the node is still read"
+    finally:
+        facts.facts.stop()
+
+
+def test_forbidden_kubevirts_do_not_hide_a_node_without_kvm(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    api.forbid("kubevirts")
+    api.create(make_node(NODE, None))
+    facts = Facts(api, tmp_path)
+    facts.facts.start()
+    try:
+        facts.wait_reason("node_without_kvm", "no KVM on the node needs no policy to explain")
+    finally:
+        facts.facts.stop()
+
+
+def test_facts_are_cached_not_read_per_call(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("kvm_not_requested", "facts read")
+    before = len(api.requests)
+    for _ in range(200):
+        facts.facts.explain(TCG_VMI)
+        facts.facts.node_kvm_available()
+    assert len([r for r in api.requests[before:] if r.verb in ("list", "get")]) == 0

@@ -1,0 +1,212 @@
+"""The generic list-watch loop against the fake API server: what it costs the server, and how it
+recovers from restarts, silent watches and oversized lines."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_vmi_hv.sources.list_watch import ListWatch, ListWatchOptions, Resource
+from tests.agent_process import wait_until
+from tests.fakes.kube_apiserver import CACHED_LIST, CONSISTENT_LIST, WATCH, FakeKubeAPIServer
+from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi
+from tests.integration.kube_env import Launchers, running_agent, series
+
+NODE = "worker-1"
+NODES = Resource("nodes")
+KUBEVIRTS = Resource("kubevirts", "kubevirt.io", "v1")
+
+
+class Recorder:
+    """A ListWatchHandler keeping what it was told, by object name."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, Mapping[str, Any]] = {}
+        self._listing: dict[str, Mapping[str, Any]] = {}
+        self.relists = 0
+        self.events: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _name(obj: Mapping[str, Any]) -> str:
+        return f"{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+
+    def relist_started(self) -> None:
+        self._listing = {}
+
+    def listed(self, obj: Mapping[str, Any]) -> None:
+        self._listing[self._name(obj)] = obj
+
+    def relist_done(self) -> None:
+        self.objects, self._listing = self._listing, {}
+        self.relists += 1
+
+    def changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        self.events.append((event_type, self._name(obj)))
+        if event_type == "DELETED":
+            self.objects.pop(self._name(obj), None)
+        else:
+            self.objects[self._name(obj)] = obj
+
+
+def restart_with_changes(api: FakeKubeAPIServer) -> None:
+    """The API server goes down, the cluster moves on (etcd's revision grows), the server comes back
+    with a fresh watch cache: resuming from any version seen before gets 410."""
+    api.stop()
+    api.create(make_node(f"other-{api.resource_version}", "1k"))
+    api.restart()
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeAPIServer]:
+    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
+        yield server
+
+
+class Running:
+    def __init__(
+        self, api: FakeKubeAPIServer, tmp_path: Path, resource: Resource, options: ListWatchOptions, **kw: Any
+    ) -> None:
+        from kubernetes import config
+
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        client = config.new_client_from_config(config_file=str(kubeconfig))
+        self.handler = Recorder()
+        self.restarts: list[str] = []
+        self.watch = ListWatch(
+            resource, self.handler, lambda: client, options, on_watch_restart=self.restarts.append, **kw
+        )
+
+    def __enter__(self) -> Running:
+        self.watch.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.watch.stop()
+        self.watch.join(5)
+
+
+def test_first_list_and_relists_come_from_the_watch_cache(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    api.create(make_node(NODE, "1k"))
+    options = ListWatchOptions(relist_spread=0.0, field_selector=f"metadata.name={NODE}")
+    with Running(api, tmp_path, NODES, options) as running:
+        assert api.wait_for_watches(1)
+        first = [r for r in api.requests if r.verb == "list"]
+        assert len(first) == 1 and first[0].params.get("resourceVersion") == "0"
+        last_seen = running.watch.resource_version
+        restart_with_changes(api)
+        wait_until(lambda: running.handler.relists == 2, 10, "a relist after the restart")
+        relist = [r for r in api.requests if r.verb == "list"][-1]
+        assert relist.params.get("resourceVersionMatch") == "NotOlderThan"
+        assert int(relist.params["resourceVersion"]) >= int(last_seen or 0)
+        assert "limit" not in relist.params, "a limit would send a non-zero resourceVersion to etcd"
+    kinds = api.request_kinds("nodes")
+    assert kinds.get(CONSISTENT_LIST, 0) == 0, kinds
+    assert kinds[CACHED_LIST] == 2 and kinds[WATCH] >= 2
+
+
+def test_the_agent_never_reads_etcd_for_its_vmis(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    pods = tmp_path / "pods"
+    vmi = make_vmi("ops", "web", NODE)
+    Launchers(pods).run_vmi(vmi, "kvm", NODE)
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE, pods) as agent:
+        wait_until(lambda: series(agent) == {("ops", "web"): "kvm"}, 10, "the VMI")
+        assert api.wait_for_watches(1)
+        api.stop()
+        api.delete("ops", "web")
+        api.restart()
+        wait_until(lambda: series(agent) == {}, 10, "the relist after the restart")
+    kinds = api.request_kinds("virtualmachineinstances")
+    assert kinds.get(CONSISTENT_LIST, 0) == 0 and kinds[CACHED_LIST] >= 2, kinds
+
+
+def test_pages_where_the_server_has_no_watch_cache(tmp_path: Path) -> None:
+    with FakeKubeAPIServer(bookmark_interval=0.2, watch_cache=False) as api:
+        for index in range(5):
+            cr = make_kubevirt(True)
+            cr["metadata"]["namespace"] = f"ns-{index}"
+            api.create(cr)
+        options = ListWatchOptions(relist_spread=0.0, page_size=2)
+        with Running(api, tmp_path, KUBEVIRTS, options) as running:
+            wait_until(lambda: running.handler.relists == 1, 10, "the first listing")
+            assert len(running.handler.objects) == 5
+            assert api.wait_for_watches(1)
+            restart_with_changes(api)
+            wait_until(lambda: running.handler.relists == 2, 10, "the relist")
+        lists = [r for r in api.requests if r.verb == "list"]
+        assert len(lists) == 6, "three pages, twice"
+        assert all(r.params.get("limit") == "2" for r in lists), "paginated, since the server paginates"
+
+
+def test_the_watch_cache_ignores_limit(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    for index in range(5):
+        cr = make_kubevirt(True)
+        cr["metadata"]["namespace"] = f"ns-{index}"
+        api.create(cr)
+    with Running(api, tmp_path, KUBEVIRTS, ListWatchOptions(relist_spread=0.0, page_size=2)) as running:
+        wait_until(lambda: running.handler.relists == 1, 10, "the first listing")
+    assert len(running.handler.objects) == 5
+    assert api.request_count("list") == 1
+
+
+def test_a_silent_watch_is_resumed(tmp_path: Path) -> None:
+    with FakeKubeAPIServer(bookmark_interval=3600) as api:  # no bookmark, no event: silence
+        api.create(make_node(NODE, "1k"))
+        options = ListWatchOptions(relist_spread=0.0, silence_timeout=0.3)
+        with Running(api, tmp_path, NODES, options) as running:
+            wait_until(lambda: running.restarts.count("silent") >= 2, 10, "silent watches ended")
+            api.patch(
+                "", NODE, lambda node: node["metadata"].setdefault("labels", {}).update(x="y"), kind="Node"
+            )
+            wait_until(
+                lambda: ("MODIFIED", f"/{NODE}") in running.handler.events, 10, "the resumed watch works"
+            )
+        assert api.list_requests == 1, "resumed from the last version, not relisted"
+
+
+def test_an_oversized_watch_line_restarts_the_watch(
+    api: FakeKubeAPIServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.create(make_node(NODE, "1k"))
+    options = ListWatchOptions(relist_spread=0.0, max_line_bytes=64 * 1024)
+    caplog.set_level(logging.WARNING)
+    with Running(api, tmp_path, NODES, options) as running:
+        assert api.wait_for_watches(1)
+        watches = api.watch_requests
+        huge = make_node("worker-huge", "1k")
+        huge["metadata"]["annotations"]["blob"] = "x" * (256 * 1024)
+        api.create(huge)
+        wait_until(lambda: api.watch_requests > watches, 10, "a new watch after the oversized line")
+        api.create(make_node("worker-2", "1k"))
+        assert "error" in running.restarts
+    assert any("watch line" in record.getMessage() for record in caplog.records)
+
+
+def test_stop_ends_an_open_watch_at_once(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    running = Running(api, tmp_path, NODES, ListWatchOptions(relist_spread=0.0))
+    running.watch.start()
+    assert api.wait_for_watches(1)
+    running.watch.stop()
+    running.watch.join(2)
+    assert running.watch._thread is not None and not running.watch._thread.is_alive()
+
+
+def test_relists_after_an_outage_wait_their_spread(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    api.create(make_node(NODE, "1k"))
+    relisted = threading.Event()
+    options = ListWatchOptions(relist_spread=36_000.0)
+    with Running(api, tmp_path, NODES, options, on_relist=relisted.set) as running:
+        assert relisted.wait(10), "the first list is not delayed"
+        relisted.clear()
+        assert api.wait_for_watches(1)
+        watches = api.watch_requests
+        restart_with_changes(api)
+        wait_until(lambda: "expired" in running.restarts, 10, "the 410 after the restart")
+        assert api.watch_requests > watches
+        assert not relisted.wait(1.0), "the relist waits a random part of 10 hours, not 0 s"
+    assert api.list_requests == 1
