@@ -263,7 +263,9 @@ class ProtobufSink:
         self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_port)
-        self._thread = threading.Thread(target=self.server.serve_forever, name="otlp-sink", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), name="otlp-sink", daemon=True
+        )  # a short poll interval: stop() returns at once, as rotel's own stop does
 
     @property
     def endpoint(self) -> str:
