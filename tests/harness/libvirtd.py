@@ -2,7 +2,7 @@
 
 Why a real daemon: the agent's hard cases (a daemon that is killed, restarted, or hangs; a domain
 that vanishes between list and XMLDesc) only exist against libvirtd itself; the in-process
-``test:///`` driver cannot reproduce them. The recipe this follows is ``/work/shared/libvirt-recipe.md``.
+``test:///`` driver cannot reproduce them.
 
 Layout of one session-mode daemon (``LibvirtDaemon``), everything inside ``state_dir``::
 
