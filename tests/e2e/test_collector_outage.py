@@ -11,12 +11,17 @@ import time
 import pytest
 
 from tests.agent_process import AgentProcess, demo_uri, http_get, wait_until
-from tests.exposition import info_series
+from tests.exposition import info_series, parse_samples
 from tests.harness.otlp_receiver import RotelReceiver
 from tests.harness.ports import free_ports
 
 pytestmark = pytest.mark.e2e
 INTERVAL_S = 0.5
+
+
+def _export_failures(agent: AgentProcess) -> float:
+    samples = parse_samples(agent.metrics(), "otel_vmi_hv_otlp_export_failures_total")
+    return sum(value for _, value in samples)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -69,7 +74,9 @@ def test_collector_absent_then_up_then_gone(protocol: str) -> None:
         finally:
             receiver.stop()
         wait_until(lambda: agent.output().count("is failing") == down_at + 1, 10, "the second outage logged")
-        time.sleep(5 * INTERVAL_S)  # five more failing intervals: still one line per state change
+        # Five more failed exports (counted by the agent itself): still one line per state change.
+        failed = _export_failures(agent)
+        wait_until(lambda: _export_failures(agent) >= failed + 5, 10, "five more failed exports")
         log = agent.output()
         assert info_series(agent.metrics()) == expected
     failing = len(re.findall(r"OTLP export to .* is failing", log))
