@@ -138,8 +138,25 @@ def test_new_launcher_pod_means_new_detection(api, tmp_path, pods_root, launcher
         wait_until(lambda: series(agent) == {("dev", "vm2"): "qemu-tcg"}, 10, "first launcher")
         api.patch_status("dev", "vm2", activePods={"pod-new": NODE_A})
         wait_until(lambda: series(agent) == {("dev", "vm2"): "kvm"}, 5, "the new launcher's type")
-        uri_old = TEST_DRIVER_TEMPLATE.format(pods_root=pods_root, pod_uid="pod-old")
-        assert uri_old not in agent.libvirt.states(), "the old launcher's connection must be closed"
+
+
+def _connections(agent) -> dict[str, float]:
+    return {labels["state"]: value for labels, value in samples(agent, "otel_vmi_hv_libvirt_connections")}
+
+
+def test_a_failing_launcher_is_let_go_when_its_vmi_moves_to_a_new_pod(
+    api, tmp_path, pods_root, launchers
+) -> None:
+    """The old launcher never answered (its daemon is gone): its state must not outlive its pod."""
+    vmi = make_vmi("dev", "vm3", NODE_A, pod_uid="pod-gone")
+    launchers.run("pod-new", "dev", "vm3", "kvm")
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: series(agent) == {("dev", "vm3"): "unknown"}, 10, "unknown on the dead launcher")
+        assert _connections(agent)["disconnected"] == 1
+        api.patch_status("dev", "vm3", activePods={"pod-new": NODE_A})
+        wait_until(lambda: series(agent) == {("dev", "vm3"): "kvm"}, 5, "the new launcher's type")
+        wait_until(lambda: not any(_connections(agent).values()), 5, "no launcher state left")
 
 
 def test_live_migration_hands_over_between_two_agents(api, tmp_path, pods_root, launchers) -> None:
