@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes and churn, for a smoke run")
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
-    receiver = RotelReceiver().start()
+    receiver = RotelReceiver(forward=False).start()  # a real peer; nothing decoded in this process
     try:
         sizes = (110, 250) if args.quick else (110, 250, 1_000, 10_000)
         print(exposition.run(sizes, receiver=receiver), end="\n\n", flush=True)

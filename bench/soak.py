@@ -54,7 +54,7 @@ class Soak:
             self.daemon.define(f"bench_real-{index}", paused=True)
             kubevirt_launcher(self.node.pods, f"real-pod-{index}", self.daemon)
         self.grpc_port, self.http_port = free_ports(2)
-        self.receiver = RotelReceiver()
+        self.receiver = RotelReceiver(forward=False)
         self.receiver.start(ports=(self.grpc_port, self.http_port))
 
     def agent_env(self) -> dict[str, str]:
@@ -208,7 +208,7 @@ class Soak:
             elif fault == "collector_down":
                 self.receiver.stop()
                 self.stop.wait(15)
-                self.receiver = RotelReceiver()
+                self.receiver = RotelReceiver(forward=False)
                 self.receiver.start(ports=(self.grpc_port, self.http_port))
 
 

@@ -60,6 +60,6 @@ def test_odd_domain_names_are_exact_in_both_outputs(tmp_path: Path, otlp_receive
             )
 
         wait_until(lambda: names_in_otlp() == set(ODD), 15, "every odd name over OTLP, exactly")
-        assert all(
-            str(p.attributes["namespace"]) == "" for p in otlp_receiver.points("kubevirt_vmi_hypervisor_info")
-        )
+        points = otlp_receiver.points("kubevirt_vmi_hypervisor_info")
+        assert all(p.attributes["namespace"] == "" for p in points)
+        assert otlp_receiver.errors == []

@@ -115,6 +115,8 @@ def test_running_domains_reach_metrics_prometheus_and_otlp(
         resource = export.of(INFO)[0].resource
         assert resource["service.name"] == "otel-vmi-hv"
         assert resource["k8s.node.name"] == "e2e-node"
+        assert {p.attributes["node"] for p in export.of(INFO)} == {"e2e-node"}
+        assert otlp_receiver.errors == []
 
         prometheus = prometheus_factory([f"127.0.0.1:{agent.port}"])
         query = f'{INFO}{{namespace="{namespace}"}}'

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.harness import libvirtd as lv
-from tests.harness import prometheus as prom
-from tests.harness.otlp_receiver import RotelReceiver, rotel_binary
+# The peers' modules are imported inside the fixtures that start them, so that loading this
+# plugin (which every test run does, through tests/conftest.py) imports neither libvirt nor the
+# daemon harness: unit tests must run where only the package's own dependencies are installed.
+if TYPE_CHECKING:
+    from tests.harness import libvirtd as lv
+    from tests.harness import prometheus as prom
+    from tests.harness.otlp_receiver import RotelReceiver
 
 
 def in_ci() -> bool:
@@ -47,6 +51,8 @@ def libvirtd() -> Iterator[lv.LibvirtDaemon]:
     names and undefine them. Tests that kill, stop, restart or pause a daemon use
     ``libvirtd_factory`` so they cannot break their neighbours.
     """
+    from tests.harness import libvirtd as lv
+
     require(lv.missing_binaries(), "the real libvirt daemon")
     daemon = lv.LibvirtDaemon.launch()
     try:
@@ -75,6 +81,8 @@ def _heal_shared_libvirtd(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def libvirtd_factory() -> Iterator[Callable[[], lv.LibvirtDaemon]]:
     """Return a function that starts a private session daemon; all are cleaned up after the test."""
+    from tests.harness import libvirtd as lv
+
     require(lv.missing_binaries(), "the real libvirt daemon")
     daemons: list[lv.LibvirtDaemon] = []
 
@@ -95,6 +103,8 @@ def system_libvirtd() -> Iterator[lv.SystemLibvirtDaemon]:
 
     Skips, printing why, when not root or when /dev/kvm cannot create a VM on this machine.
     """
+    from tests.harness import libvirtd as lv
+
     reason = lv.system_mode_missing()
     if reason is None:
         usable, probe = lv.kvm_usable()
@@ -115,6 +125,8 @@ def prometheus_factory() -> Iterator[Callable[..., prom.PrometheusServer]]:
 
     ``kwargs`` go to ``PrometheusServer`` (``scrape_interval``, ``extra_scrape_configs``, ``job``).
     """
+    from tests.harness import prometheus as prom
+
     require(prom.missing_binaries(), "the real Prometheus server")
     servers: list[prom.PrometheusServer] = []
 
@@ -132,6 +144,8 @@ def prometheus_factory() -> Iterator[Callable[..., prom.PrometheusServer]]:
 @pytest.fixture
 def otlp_receiver() -> Iterator[RotelReceiver]:
     """A started rotel OTLP receiver (gRPC + HTTP on 127.0.0.1), stopped after the test."""
+    from tests.harness.otlp_receiver import RotelReceiver, rotel_binary
+
     binary = rotel_binary()
     require([] if binary else ["rotel-agent (pip package 'rotel')"], "the real OTLP receiver")
     receiver = RotelReceiver(binary)

@@ -2,7 +2,7 @@
 
 Why a real daemon: the agent's hard cases (a daemon that is killed, restarted, or hangs; a domain
 that vanishes between list and XMLDesc) only exist against libvirtd itself; the in-process
-``test:///`` driver cannot reproduce them. The recipe this follows is ``/work/shared/libvirt-recipe.md``.
+``test:///`` driver cannot reproduce them.
 
 Layout of one session-mode daemon (``LibvirtDaemon``), everything inside ``state_dir``::
 
@@ -65,6 +65,7 @@ TINI: Final = "/usr/bin/tini"
 BASH: Final = "/bin/bash"
 UNSHARE: Final = "/usr/bin/unshare"
 QEMU_SYSTEM_X86_64: Final = "/usr/bin/qemu-system-x86_64"
+SS: Final = "/usr/bin/ss"
 NOBODY_UID: Final = 65534
 NOGROUP_GID: Final = 65534
 # Linux sun_path is 108 bytes including the terminating NUL.
@@ -100,7 +101,7 @@ class DomainRecord(TypedDict):
 
 def missing_binaries(extra: Iterable[str] = ()) -> list[str]:
     """Return the programs the session daemon needs that are not installed (empty when all are)."""
-    needed = [LIBVIRTD, TINI, BASH, QEMU_SYSTEM_X86_64, *extra]
+    needed = [LIBVIRTD, TINI, BASH, QEMU_SYSTEM_X86_64, SS, *extra]
     return [p for p in needed if not os.access(p, os.X_OK)]
 
 
@@ -542,6 +543,22 @@ class LibvirtDaemon:
         os.kill(pid, signal.SIGSTOP)
         self._paused = True
         self._wait_state(pid, lambda s: s in ("T", "t"), "stopped")
+
+    def unread_request_bytes(self) -> int:
+        """Bytes clients sent on connections libvirtd accepted but has not read yet.
+
+        While the daemon is paused, a non-zero value proves a client call is stuck waiting for it
+        (what a test needs before acting "during a hung call"). Read with ``ss`` (iproute2): the
+        receive queues of libvirtd's connected sockets. Connections still in the listen backlog
+        belong to no process and are not counted.
+        """
+        pid = self._require_pid()
+        out = subprocess.run([SS, "-xpH", "state", "established"], capture_output=True, text=True, check=True)
+        total = 0
+        for line in out.stdout.splitlines():
+            if f"pid={pid}," in line:
+                total += int(line.split()[1])  # Netid Recv-Q Send-Q ... (no State column when filtered)
+        return total
 
     def resume_daemon(self) -> None:
         """SIGCONT libvirtd; calls that were blocked then complete."""

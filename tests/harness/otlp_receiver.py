@@ -1,80 +1,61 @@
-"""A real OTLP receiver: the ``rotel`` PyPI package's ``rotel-agent``, turned into structured records.
+"""A real OTLP peer for the tests: ``rotel`` receives, and what it forwards is decoded exactly.
 
-Why rotel: it is a real OTLP/gRPC + OTLP/HTTP server (tonic/hyper, not a Python mock), installable
-from PyPI with no network at test time, and with ``--debug-log metrics --debug-log-verbosity
-detailed`` it prints every received data point to stdout. ``--exporter blackhole`` drops the data
-afterwards. This module reads that stdout in a thread and parses it.
+Why this shape: the agent must talk to a real OTLP server (``rotel-agent`` from the ``rotel`` PyPI
+package: tonic/hyper, gRPC and HTTP/protobuf, no network needed at test time), and the tests must
+see exactly what arrived. rotel is therefore started with its OTLP exporter pointed at a small
+OTLP/HTTP server inside the test process (``ProtobufSink``), which parses each forwarded request
+with ``opentelemetry-proto``'s own ``ExportMetricsServiceRequest``. No text is parsed anywhere:
+every string, int, double, bool, array and bytes value comes back as the protobuf carried it.
 
-What rotel's detailed output looks like (one ``write(2)`` per received request, measured with
-strace)::
+What rotel is asked to do, and why:
 
-    ResourceMetrics #0
-    Resource attributes:
-         -> service.name: Str(otel-vmi-hv)
-    ScopeMetrics #0
-    InstrumentationScope otel_vmi_hv 0.1.0
-    Metric #0
-    Descriptor:
-         -> Name: kubevirt_vmi_hypervisor_info
-         -> DataType: Gauge
-    NumberDataPoints #0
-    Data point attributes:
-         -> hypervisor_type: Str(qemu-tcg)
-    StartTimestamp: 0
-    Timestamp: 1795680629797808222
-    Value: 1
+* ``--disable-batching``: each request the agent sends is forwarded as one request, so an
+  ``Export`` here is one collection of the agent (with batching, rotel merges requests that arrive
+  within 200 ms, and the points of two collections would look like duplicates).
+* ``--otlp-exporter-protocol http`` to ``http://127.0.0.1:<sink>``: rotel appends ``/v1/metrics``
+  and sends ``application/x-protobuf``, gzip-compressed (rotel 0.0.1a15 compresses even when asked
+  not to); the sink accepts gzip, deflate and identity.
+* Clean environment and private pid/log files: inherited ``ROTEL_*`` variables would change the
+  flags silently, and the default /tmp paths would clash between two receivers.
 
-Fidelity of the parse (checked in test_harness.py with quotes, backslashes, newlines, tabs, CR,
-non-ASCII, emoji, ``)`` and look-alike text inside values):
-
-* Strings are printed raw, without escaping. Quotes, backslashes, tabs, CR, non-ASCII and text
-  like ``Int(5)`` or ``x: y`` are recovered exactly (stdout is read as bytes and split on ``\\n``
-  only, so a CR survives).
-* A newline inside a value continues on the next line. It is recovered exactly unless the text
-  before that newline ends with ``)`` AND the text after it looks like one of rotel's own lines
-  (``     -> k: Str(...``, ``Value: 3``, ``Metric #1``...): such a value is indistinguishable from
-  real structure, in rotel's output itself. The agent's values (hypervisor types, Kubernetes names
-  and node names) cannot contain newlines, so the contract tests are unaffected.
-* An attribute key containing ``: Str(`` (or another ``: <Type>(``) would be split at that point.
-* Array values (``Slice(Str(a), Str(b))``) are split best-effort: an element string containing
-  ``), Str(`` is ambiguous.
-* ``Value:`` prints doubles without a trailing ``.0`` (1.0 prints as ``1``), so int and double points
-  cannot be told apart: values are returned as ``float``.
-* The ``complete`` flag of an ``Export`` is set when the pipe runs dry after a whole line, or when
-  the next request starts. The pipe is enlarged to 1 MiB so a request's text (one write) arrives
-  whole; a request larger than that (about 3,000 points) could be flagged complete a little early.
+``RotelReceiver(forward=False)`` sends what rotel receives to its ``blackhole`` exporter instead,
+for benchmarks that only need a real peer to send to and must not share the CPU with decoding.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import gzip
+import http.server
 import importlib.util
 import os
-import re
-import select
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeVar
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 from tests.harness.ports import LOOPBACK, free_ports, wait_for_port
 
 T = TypeVar("T")
 
-AttrValue = str | int | float | bool | bytes | list["AttrValue"] | None
+AttrValue = str | int | float | bool | bytes | list["AttrValue"] | dict[str, "AttrValue"] | None
 
 SETPRIV: Final = "/usr/bin/setpriv"
-_F_SETPIPE_SZ: Final = 1031
-_PIPE_SIZE: Final = 1 << 20
-_MAX_RAW_LINES: Final = 200_000
+_MAX_BODY: Final = 64 << 20
 
 
 def rotel_binary() -> str | None:
@@ -86,9 +67,12 @@ def rotel_binary() -> str | None:
     return str(path) if os.access(path, os.X_OK) else None
 
 
+# ------------------------------------------------------------------------------------------ records
+
+
 @dataclass(frozen=True)
 class HistogramData:
-    """The histogram part of a HistogramDataPoint as rotel printed it."""
+    """The histogram part of a HistogramDataPoint, as sent."""
 
     count: int
     sum: float | None
@@ -103,9 +87,9 @@ class Point:
     """One received data point with everything needed to assert on it."""
 
     metric: str
-    data_type: str  # Gauge, Sum, Histogram, ...
+    data_type: str  # Gauge, Sum, Histogram, ExponentialHistogram, Summary
     attributes: dict[str, AttrValue]
-    value: float | None  # number points; None for histograms
+    value: int | float | None  # number points (int when sent as_int); None for histograms
     resource: dict[str, AttrValue]
     scope_name: str
     scope_version: str
@@ -115,284 +99,216 @@ class Point:
     time_unix_nano: int
     export: int  # index of the Export (received request) this point came in
     histogram: HistogramData | None = None
+    is_monotonic: bool | None = None  # Sum only
+    temporality: int | None = None  # Sum and Histogram: AggregationTemporality (2 = cumulative)
 
 
 @dataclass
 class Export:
-    """One received OTLP request (all its ResourceMetrics blocks), in arrival order."""
+    """One received OTLP request (all its ResourceMetrics), in arrival order."""
 
     index: int
-    received_at: float  # time.monotonic() when its first line was read
+    received_at: float  # time.monotonic() when the sink had read it
     points: list[Point] = field(default_factory=list)
     resources: list[dict[str, AttrValue]] = field(default_factory=list)
-    complete: bool = False
 
     def of(self, metric: str) -> list[Point]:
         """The points of ``metric`` in this export."""
         return [p for p in self.points if p.metric == metric]
 
 
-# ------------------------------------------------------------------------------------------ parsing
-
-_TYPES = "Str|Int|Double|Bool|Slice|Map|Bytes|Empty"
-_ATTR_RE = re.compile(rf"^     -> (?P<key>.*?): (?P<raw>(?:{_TYPES})\(.*)$", re.DOTALL)
-_FIELD_RE = re.compile(r"^     -> (?P<key>[A-Za-z]+): ?(?P<value>.*)$")
-_POINTS_RE = re.compile(r"^(?P<kind>Number|Histogram|ExponentialHistogram|Summary)DataPoints #\d+$")
-_LOG_RE = re.compile(r"^(?:\x1b\[[0-9;]*m)*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
-_STRUCTURE_RES = [
-    re.compile(p)
-    for p in (
-        r"^ResourceMetrics #\d+$",
-        r"^Resource SchemaURL: ",
-        r"^Resource attributes:$",
-        r"^ScopeMetrics #\d+$",
-        r"^ScopeMetrics SchemaURL: ",
-        r"^InstrumentationScope ",
-        r"^Metric #\d+$",
-        r"^Descriptor:$",
-        r"^     -> ",
-        r"^(?:Number|Histogram|ExponentialHistogram|Summary)DataPoints #\d+$",
-        r"^Data point attributes:$",
-        r"^(?:StartTimestamp|Timestamp|Count|Sum|Min|Max|Value|Flags|Scale|ZeroCount): ",
-        r"^ExplicitBounds #\d+: ",
-        r"^Buckets #\d+, Count: ",
-        r"^Exemplars",
-        r"^Exemplar #\d+",
-    )
-]
+# ------------------------------------------------------------------------------------------ decoding
 
 
-def _looks_structural(line: str) -> bool:
-    return bool(_LOG_RE.match(line)) or any(r.match(line) for r in _STRUCTURE_RES)
-
-
-def parse_typed_value(raw: str) -> AttrValue:
-    """Turn rotel's ``Str(x)``, ``Int(5)``, ``Double(1.5)``, ``Bool(true)``, ``Slice(...)`` into Python."""
-    match = re.match(rf"^({_TYPES})\((.*)\)$", raw, re.DOTALL)
-    if match is None:
-        return raw  # unknown shape: keep rotel's text rather than guess
-    kind, inner = match.group(1), match.group(2)
-    if kind == "Str":
-        return inner
-    if kind == "Int":
-        return int(inner)
-    if kind == "Double":
-        return float(inner)
-    if kind == "Bool":
-        return inner == "true"
-    if kind == "Slice":
-        if not inner:
-            return []
-        parts = re.split(rf"(?<=\)), (?=(?:{_TYPES})\()", inner)
-        return [parse_typed_value(p) for p in parts]
-    if kind == "Empty":
+def any_value(value: AnyValue) -> AttrValue:
+    """An OTLP ``AnyValue`` as the Python value it carries (unset: None)."""
+    kind = value.WhichOneof("value")
+    if kind is None:
         return None
-    return inner  # Map / Bytes: rotel's text
+    if kind == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return attributes(value.kvlist_value.values)
+    result: AttrValue = getattr(value, kind)
+    return result
 
 
-def _num(text: str) -> float | None:
-    text = text.strip()
-    if not text or text == "None":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
+def attributes(pairs: Iterable[KeyValue]) -> dict[str, AttrValue]:
+    """Key/value pairs as a dict; a key sent twice is an error, not a silent overwrite."""
+    result: dict[str, AttrValue] = {}
+    for pair in pairs:
+        if pair.key in result:
+            raise ValueError(f"attribute {pair.key!r} sent twice")
+        result[pair.key] = any_value(pair.value)
+    return result
 
 
-class RotelOutputParser:
-    """Incremental parser of rotel's detailed metrics debug output (fed one line at a time).
+def _optional(message: object, name: str) -> float | None:
+    value: float = getattr(message, name)
+    return value if message.HasField(name) else None  # type: ignore[attr-defined]
 
-    Kept separate from the process so the parser can be tested on captured text.
+
+def _points_of(metric: Metric, common: dict[str, object]) -> list[Point]:
+    kind = metric.WhichOneof("data")
+    if kind is None:
+        raise ValueError(f"metric {metric.name!r} carries no data")
+    data = getattr(metric, kind)
+    data_type = {
+        "gauge": "Gauge",
+        "sum": "Sum",
+        "histogram": "Histogram",
+        "exponential_histogram": "ExponentialHistogram",
+        "summary": "Summary",
+    }[kind]
+    extra: dict[str, object] = {}
+    if kind == "sum":
+        extra = {"is_monotonic": data.is_monotonic, "temporality": data.aggregation_temporality}
+    elif kind in ("histogram", "exponential_histogram"):
+        extra = {"temporality": data.aggregation_temporality}
+    points = []
+    for dp in data.data_points:
+        value: int | float | None = None
+        histogram = None
+        if kind in ("gauge", "sum"):
+            which = dp.WhichOneof("value")
+            value = None if which is None else getattr(dp, which)
+        elif kind == "histogram":
+            histogram = HistogramData(
+                count=dp.count,
+                sum=_optional(dp, "sum"),
+                min=_optional(dp, "min"),
+                max=_optional(dp, "max"),
+                bounds=list(dp.explicit_bounds),
+                bucket_counts=list(dp.bucket_counts),
+            )
+        points.append(
+            Point(
+                metric=metric.name,
+                data_type=data_type,
+                attributes=attributes(dp.attributes),
+                value=value,
+                description=metric.description,
+                unit=metric.unit,
+                start_time_unix_nano=dp.start_time_unix_nano,
+                time_unix_nano=dp.time_unix_nano,
+                histogram=histogram,
+                **common,  # type: ignore[arg-type]
+                **extra,  # type: ignore[arg-type]
+            )
+        )
+    return points
+
+
+def decode_export(body: bytes, index: int, received_at: float) -> Export:
+    """One ``ExportMetricsServiceRequest`` (already decompressed) as an ``Export``.
+
+    Raises ``google.protobuf.message.DecodeError`` or ``ValueError`` on anything malformed.
+    """
+    request = ExportMetricsServiceRequest.FromString(body)
+    export = Export(index=index, received_at=received_at)
+    for resource_metrics in request.resource_metrics:
+        resource = attributes(resource_metrics.resource.attributes)
+        export.resources.append(resource)
+        for scope_metrics in resource_metrics.scope_metrics:
+            common: dict[str, object] = {
+                "resource": resource,
+                "scope_name": scope_metrics.scope.name,
+                "scope_version": scope_metrics.scope.version,
+                "export": index,
+            }
+            for metric in scope_metrics.metrics:
+                export.points.extend(_points_of(metric, common))
+    return export
+
+
+def _decompress(body: bytes, encoding: str) -> bytes:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding == "gzip":
+        return gzip.decompress(body)
+    if encoding == "deflate":
+        return zlib.decompress(body)
+    raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+
+
+# ------------------------------------------------------------------------------------------ the sink
+
+
+class ProtobufSink:
+    """An OTLP/HTTP metrics server on 127.0.0.1 that decodes every request it gets.
+
+    Answers 200 with an empty ``ExportMetricsServiceResponse`` to a request that decodes, 400 (and
+    records the reason in ``errors``) to one that does not, so a test asserting ``errors == []``
+    notices anything it could not read.
     """
 
-    def __init__(self, on_point: Callable[[Point], None], on_export: Callable[[Export], None]) -> None:
-        """``on_point`` sees each finished point, ``on_export`` each new export (request)."""
-        self._on_point = on_point
+    def __init__(self, on_export: Callable[[Export], None], on_error: Callable[[str], None]) -> None:
+        """``on_export`` and ``on_error`` are called from the server's request threads."""
         self._on_export = on_export
-        self.export_count = 0
-        self.current: Export | None = None
-        self.log_lines: list[str] = []
-        self.unparsed: list[str] = []
-        self._reset_resource()
+        self._on_error = on_error
+        self._count = 0
+        self._count_lock = threading.Lock()
+        sink = self
 
-    def _reset_resource(self) -> None:
-        self._resource: dict[str, AttrValue] = {}
-        self._scope_name = ""
-        self._scope_version = ""
-        self._reset_metric()
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
 
-    def _reset_metric(self) -> None:
-        self._descriptor: dict[str, str] = {}
-        self._section = "none"  # resource_attrs | descriptor | point_attrs | point
-        self._point: dict[str, object] | None = None
-        self._open_attr: tuple[dict[str, AttrValue], str, str] | None = None  # target, key, raw
+            def do_POST(self) -> None:
+                sink._handle(self)
 
-    # -- entry points
-    def feed(self, line: str) -> None:
-        """Consume one line (without its ``\\n``)."""
-        if self._open_attr is not None:
-            target, key, raw = self._open_attr
-            if not raw.endswith(")") or not _looks_structural(line):
-                self._open_attr = (target, key, raw + "\n" + line)
-                return
-            self._close_attr()
-        if _LOG_RE.match(line):
-            self.log_lines.append(line)
-            return
-        self._dispatch(line)
+            def log_message(self, *args: object) -> None:
+                pass
 
-    def idle(self) -> None:
-        """The input ran dry after a whole line: finish what is pending and mark the export done."""
-        self._close_attr()
-        self._finish_point()
-        if self.current is not None:
-            self.current.complete = True
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_port)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), name="otlp-sink", daemon=True
+        )  # a short poll interval: stop() returns at once, as rotel's own stop does
 
-    # -- structure
-    def _dispatch(self, line: str) -> None:
-        if line.startswith("ResourceMetrics #"):
-            self._finish_point()
-            if line == "ResourceMetrics #0":
-                if self.current is not None:
-                    self.current.complete = True
-                self.current = Export(index=self.export_count, received_at=time.monotonic())
-                self.export_count += 1
-                self._on_export(self.current)
-            self._reset_resource()
-            if self.current is not None:
-                self.current.resources.append(self._resource)
-            return
-        if line == "Resource attributes:":
-            self._section = "resource_attrs"
-            return
-        if line.startswith("ScopeMetrics #"):
-            self._finish_point()
-            self._reset_metric()
-            return
-        if line.startswith("InstrumentationScope "):
-            rest = line[len("InstrumentationScope ") :]
-            name, _, version = rest.rpartition(" ") if " " in rest else (rest, "", "")
-            self._scope_name, self._scope_version = name, version
-            return
-        if line.startswith("Metric #"):
-            self._finish_point()
-            self._reset_metric()
-            return
-        if line == "Descriptor:":
-            self._section = "descriptor"
-            return
-        match = _POINTS_RE.match(line)
-        if match:
-            self._finish_point()
-            self._point = {"kind": match.group("kind"), "attributes": {}, "bounds": [], "buckets": []}
-            self._section = "point"
-            return
-        if line == "Data point attributes:":
-            self._section = "point_attrs"
-            return
-        if line.startswith("     -> "):
-            self._arrow_line(line)
-            return
-        if self._point is not None:
-            self._point_line(line)
-            return
-        if not (line.startswith(("Resource SchemaURL:", "ScopeMetrics SchemaURL:")) or line == ""):
-            self.unparsed.append(line)
+    @property
+    def endpoint(self) -> str:
+        """Base URL for an OTLP/HTTP exporter (which appends ``/v1/metrics``)."""
+        return f"http://{LOOPBACK}:{self.port}"
 
-    def _arrow_line(self, line: str) -> None:
-        if self._section == "descriptor":
-            match = _FIELD_RE.match(line)
-            if match:
-                self._descriptor[match.group("key")] = match.group("value")
-            return
-        match = _ATTR_RE.match(line)
-        if match is None:
-            self.unparsed.append(line)
-            return
-        if self._section == "resource_attrs":
-            target = self._resource
-        elif self._section == "point_attrs" and self._point is not None:
-            attrs = self._point["attributes"]
-            assert isinstance(attrs, dict)
-            target = attrs
-        else:
-            self.unparsed.append(line)
-            return
-        self._open_attr = (target, match.group("key"), match.group("raw"))
-        if self._open_attr[2].endswith(")") and not self._open_attr[2].startswith("Str("):
-            self._close_attr()  # non-strings cannot continue on the next line
+    def start(self) -> ProtobufSink:
+        """Serve in a thread."""
+        self._thread.start()
+        return self
 
-    def _close_attr(self) -> None:
-        if self._open_attr is None:
-            return
-        target, key, raw = self._open_attr
-        self._open_attr = None
-        target[key] = parse_typed_value(raw)
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._thread.is_alive():
+            self.server.shutdown()
+            self._thread.join(timeout=5)
+        self.server.server_close()
 
-    def _point_line(self, line: str) -> None:
-        point = self._point
-        assert point is not None
-        key, _, value = line.partition(": ")
-        if key in ("StartTimestamp", "Timestamp"):
-            point[key] = int(value)
-        elif key == "Value":
-            point["value"] = _num(value)
-            if point["kind"] == "Number":
-                self._finish_point()
-        elif key in ("Count", "Sum", "Min", "Max"):
-            point[key] = _num(value)
-        elif key.startswith("ExplicitBounds #"):
-            bounds = point["bounds"]
-            assert isinstance(bounds, list)
-            bounds.append(_num(value))
-        elif key.startswith("Buckets #"):
-            buckets = point["buckets"]
-            assert isinstance(buckets, list)
-            buckets.append(int(line.rpartition("Count: ")[2]))
-        # Flags, exemplars and anything newer: ignored on purpose.
-
-    def _finish_point(self) -> None:
-        self._close_attr()
-        point, self._point = self._point, None
-        if point is None or self.current is None:
-            return
-        attrs = point["attributes"]
-        assert isinstance(attrs, dict)
-        histogram = None
-        if point["kind"] == "Histogram":
-            bounds = point["bounds"]
-            buckets = point["buckets"]
-            assert isinstance(bounds, list) and isinstance(buckets, list)
-            histogram = HistogramData(
-                count=int(_as_float(point.get("Count")) or 0),
-                sum=_as_float(point.get("Sum")),
-                min=_as_float(point.get("Min")),
-                max=_as_float(point.get("Max")),
-                bounds=[float(b) for b in bounds],
-                bucket_counts=[int(b) for b in buckets],
-            )
-        result = Point(
-            metric=self._descriptor.get("Name", ""),
-            data_type=self._descriptor.get("DataType", ""),
-            attributes=dict(attrs),
-            value=_as_float(point.get("value")),
-            resource=dict(self._resource),
-            scope_name=self._scope_name,
-            scope_version=self._scope_version,
-            description=self._descriptor.get("Description", ""),
-            unit=self._descriptor.get("Unit", ""),
-            start_time_unix_nano=int(_as_float(point.get("StartTimestamp")) or 0),
-            time_unix_nano=int(_as_float(point.get("Timestamp")) or 0),
-            export=self.current.index,
-            histogram=histogram,
-        )
-        self._section = "point"
-        self._on_point(result)
-
-
-def _as_float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
+    def _handle(self, request: http.server.BaseHTTPRequestHandler) -> None:
+        status, reply = 200, ExportMetricsServiceResponse().SerializeToString()
+        try:
+            if request.path != "/v1/metrics":
+                raise ValueError(f"POST to {request.path}, not /v1/metrics")
+            length = int(request.headers.get("Content-Length", "0"))
+            if not 0 <= length <= _MAX_BODY:
+                raise ValueError(f"Content-Length {length}")
+            body = request.rfile.read(length)
+            content_type = request.headers.get("Content-Type", "")
+            if content_type != "application/x-protobuf":
+                raise ValueError(f"Content-Type {content_type!r}")
+            raw = _decompress(body, request.headers.get("Content-Encoding", ""))
+            with self._count_lock:
+                index, self._count = self._count, self._count + 1
+                export = decode_export(raw, index, time.monotonic())
+                self._on_export(export)
+        except Exception as exc:  # a bad request is recorded and refused; the server keeps going
+            status, reply = 400, str(exc).encode()
+            self._on_error(f"{type(exc).__name__}: {exc}")
+        request.send_response(status)
+        request.send_header("Content-Type", "application/x-protobuf" if status == 200 else "text/plain")
+        request.send_header("Content-Length", str(len(reply)))
+        request.end_headers()
+        request.wfile.write(reply)
 
 
 # ------------------------------------------------------------------------------------------ process
@@ -410,7 +326,7 @@ def _die_with_parent() -> list[str]:
 
 
 class RotelReceiver:
-    """``rotel-agent`` listening on 127.0.0.1 (gRPC and HTTP), with its received points parsed.
+    """``rotel-agent`` listening on 127.0.0.1 (gRPC and HTTP), forwarding to a decoding sink.
 
     Usage::
 
@@ -421,25 +337,24 @@ class RotelReceiver:
         rx.stop()
     """
 
-    def __init__(self, binary: str | None = None, rust_log: str = "warn") -> None:
-        """Prepare (not start). ``rust_log`` is rotel's log filter; its log lines are kept apart."""
+    def __init__(self, binary: str | None = None, rust_log: str = "warn", *, forward: bool = True) -> None:
+        """Prepare (not start). ``forward=False``: rotel drops what it receives (benchmarks)."""
         found = binary or rotel_binary()
         if found is None:
             raise FileNotFoundError("rotel-agent not found: pip install rotel (see pyproject dev extras)")
         self.binary: str = found
         self.rust_log = rust_log
+        self.forward = forward
         self.workdir = Path(tempfile.mkdtemp(prefix="ovh-rotel-", dir="/tmp"))
         self.grpc_port: int | None = None
         self.http_port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
         self._cond = threading.Condition()
-        self._points: list[Point] = []
         self._exports: list[Export] = []
-        self._raw: deque[str] = deque(maxlen=_MAX_RAW_LINES)
-        self._parser = RotelOutputParser(self._add_point, self._add_export)
-        self._reader: threading.Thread | None = None
-        self._stderr_path = self.workdir / "stderr.log"
+        self._errors: list[str] = []
+        self._sink: ProtobufSink | None = None
+        self._log_path = self.workdir / "rotel-output.log"
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -467,11 +382,13 @@ class RotelReceiver:
     def start(
         self, timeout: float = 15.0, attempts: int = 3, ports: tuple[int, int] | None = None
     ) -> RotelReceiver:
-        """Start rotel and return once both ports accept connections (retrying on port clashes).
+        """Start the sink and rotel; return once rotel's ports accept connections.
 
-        ``ports`` (grpc, http) pins the ports, e.g. to bring a receiver back where an exporter
-        already points; otherwise free ones are picked.
+        ``ports`` (grpc, http) pins rotel's ports, e.g. to bring a receiver back where an exporter
+        already points; otherwise free ones are picked (and retried on a clash).
         """
+        if self.forward and self._sink is None:
+            self._sink = ProtobufSink(self._add_export, self._add_error).start()
         last: Exception | None = None
         for _ in range(attempts):
             self.grpc_port, self.http_port = ports if ports is not None else free_ports(2)
@@ -488,76 +405,48 @@ class RotelReceiver:
                 continue
             self.start_seconds = time.monotonic() - t0
             return self
-        stderr = self._stderr_path.read_text(errors="replace")[-3000:] if self._stderr_path.exists() else ""
-        raise RuntimeError(f"rotel-agent did not start: {last}; stderr:\n{stderr}")
+        raise RuntimeError(f"rotel-agent did not start: {last}; output:\n{self.raw_output(last=40)}")
 
     def _spawn(self) -> None:
+        if self._sink is not None:
+            exporter = [
+                "--exporter", "otlp",
+                "--otlp-exporter-endpoint", self._sink.endpoint,
+                "--otlp-exporter-protocol", "http",
+                "--disable-batching",
+            ]  # fmt: skip
+        else:
+            exporter = ["--exporter", "blackhole"]
         args = [
             *_die_with_parent(),
             self.binary, "start",
             "--otlp-grpc-endpoint", f"{LOOPBACK}:{self.grpc_port}",
             "--otlp-http-endpoint", f"{LOOPBACK}:{self.http_port}",
-            "--debug-log", "metrics",
-            "--debug-log-verbosity", "detailed",
-            "--exporter", "blackhole",
-            # Defaults are shared /tmp paths: two receivers (or two engineers) would clash.
+            *exporter,
             "--pid-file", str(self.workdir / "rotel.pid"),
             "--log-file", str(self.workdir / "rotel.log"),
         ]  # fmt: skip
-        # A clean environment: inherited ROTEL_* variables would silently change the flags above.
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.workdir), "RUST_LOG": self.rust_log, "NO_COLOR": "1"}
-        with open(self._stderr_path, "ab") as err:
+        with open(self._log_path, "ab") as log:
             self.process = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.workdir,
                 start_new_session=True,
             )
-        assert self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        with contextlib.suppress(OSError):  # best effort; see the module docstring
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-        self._reader = threading.Thread(target=self._read_loop, args=(fd,), name="rotel-stdout", daemon=True)
-        self._reader.start()
-
-    def _read_loop(self, fd: int) -> None:
-        """Read rotel's stdout as bytes, split on ``\\n`` only, feed the parser, wake waiters."""
-        pending = b""
-        while True:
-            try:
-                chunk = os.read(fd, _PIPE_SIZE)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            *lines, pending = (pending + chunk).split(b"\n")
-            with self._cond:
-                for raw in lines:
-                    line = raw.decode("utf-8", errors="surrogateescape")
-                    self._raw.append(line)
-                    try:
-                        self._parser.feed(line)
-                    except Exception as exc:  # keep reading: a dead reader would hang every wait
-                        self._parser.unparsed.append(f"{line}  <- parser error: {exc!r}")
-                if not pending and not select.select([fd], [], [], 0)[0]:
-                    self._parser.idle()
-                self._cond.notify_all()
-        with self._cond:
-            if pending:
-                self._parser.feed(pending.decode("utf-8", errors="surrogateescape"))
-            self._parser.idle()
-            self._cond.notify_all()
-
-    def _add_point(self, point: Point) -> None:
-        self._points.append(point)
-        if self._parser.current is not None:
-            self._parser.current.points.append(point)
 
     def _add_export(self, export: Export) -> None:
-        self._exports.append(export)
+        with self._cond:
+            self._exports.append(export)
+            self._cond.notify_all()
+
+    def _add_error(self, error: str) -> None:
+        with self._cond:
+            self._errors.append(error)
+            self._cond.notify_all()
 
     def _terminate(self) -> None:
         proc, self.process = self.process, None
@@ -570,18 +459,18 @@ class RotelReceiver:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-            self._reader = None
-        if proc.stdout is not None:
-            proc.stdout.close()
+        with self._cond:
+            self._cond.notify_all()
 
     def stop(self) -> None:
-        """SIGTERM rotel (SIGKILL after 5 s), finish parsing, remove its folder. Idempotent.
+        """SIGTERM rotel (SIGKILL after 5 s), stop the sink, remove the folder. Idempotent.
 
         Received records stay readable after ``stop()``.
         """
         self._terminate()
+        if self._sink is not None:
+            self._sink.stop()
+            self._sink = None
         with contextlib.suppress(OSError):
             shutil.rmtree(self.workdir)
 
@@ -599,15 +488,15 @@ class RotelReceiver:
     def points(self, metric: str | None = None) -> list[Point]:
         """Every point received so far (of ``metric`` when given), oldest first."""
         with self._cond:
-            return [p for p in self._points if metric is None or p.metric == metric]
+            return [p for e in self._exports for p in e.points if metric is None or p.metric == metric]
 
-    def exports(self, complete_only: bool = True) -> list[Export]:
-        """Received requests, oldest first (by default only those fully read)."""
+    def exports(self) -> list[Export]:
+        """Received requests, oldest first."""
         with self._cond:
-            return [e for e in self._exports if e.complete or not complete_only]
+            return list(self._exports)
 
     def latest_export(self, metric: str | None = None) -> Export | None:
-        """The newest complete export (containing ``metric`` when given), None if there is none."""
+        """The newest export (containing ``metric`` when given), None if there is none."""
         for export in reversed(self.exports()):
             if metric is None or export.of(metric):
                 return export
@@ -616,36 +505,27 @@ class RotelReceiver:
     def clear(self) -> None:
         """Forget everything received so far (export indexes keep increasing)."""
         with self._cond:
-            self._points.clear()
-            self._exports[:] = [e for e in self._exports if not e.complete]
-            for export in self._exports:
-                export.points.clear()
+            self._exports.clear()
 
     @property
-    def log_lines(self) -> list[str]:
-        """rotel's own log lines (filtered by ``rust_log``), kept apart from the data."""
+    def errors(self) -> list[str]:
+        """Requests the sink could not decode (should stay empty)."""
         with self._cond:
-            return list(self._parser.log_lines)
-
-    @property
-    def unparsed_lines(self) -> list[str]:
-        """Lines the parser did not understand (should stay empty; check it when debugging)."""
-        with self._cond:
-            return list(self._parser.unparsed)
+            return list(self._errors)
 
     def raw_output(self, last: int | None = None) -> str:
-        """rotel's stdout as read (last ``last`` lines), for failure messages."""
-        with self._cond:
-            lines: Sequence[str] = list(self._raw)
-        if last is not None:
-            lines = lines[-last:]
-        return "\n".join(lines)
+        """rotel's own output (last ``last`` lines), for failure messages."""
+        try:
+            lines = self._log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-last:] if last is not None else lines)
 
     def wait_for(self, predicate: Callable[[RotelReceiver], T], timeout: float = 10.0) -> T:
         """Block until ``predicate(self)`` is truthy and return its value, or raise ``TimeoutError``.
 
-        The predicate is re-evaluated each time new output is parsed (a Condition, not a sleep).
-        It runs with the receiver's lock held; the reading methods are reentrant-safe to call.
+        Re-evaluated each time a request arrives (a Condition, not a sleep); it runs with the
+        receiver's lock held, which the reading methods take again safely (it is reentrant).
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -656,19 +536,17 @@ class RotelReceiver:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(
-                        f"rotel predicate not satisfied within {timeout}s; "
-                        f"{len(self._points)} points in {len(self._exports)} exports; "
-                        f"last output:\n{self.raw_output(last=40)}"
+                        f"predicate not satisfied within {timeout}s; {len(self._exports)} exports, "
+                        f"errors {self._errors}; rotel output:\n{self.raw_output(last=20)}"
                     )
                 if self.process is None or self.process.poll() is not None:
-                    # Stopped: no more data can arrive; one last evaluation already happened.
                     raise TimeoutError("rotel is not running; predicate not satisfied by what was received")
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, 0.5))
 
     def wait_for_export(
         self, predicate: Callable[[Export], bool], timeout: float = 10.0, after: int = -1
     ) -> Export:
-        """Wait for a complete export with index > ``after`` satisfying ``predicate``; return it."""
+        """Wait for an export with index > ``after`` satisfying ``predicate``; return it."""
 
         def check(rx: RotelReceiver) -> Export | None:
             for export in rx.exports():

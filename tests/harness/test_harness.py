@@ -17,6 +17,8 @@ import tempfile
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ import libvirt
 import pytest
 
 from tests.harness import libvirtd as lv
-from tests.harness.otlp_receiver import Export, Point, RotelOutputParser, RotelReceiver
+from tests.harness.otlp_receiver import Export, ProtobufSink, RotelReceiver
 from tests.harness.prometheus import PrometheusServer, promtool_check_metrics
 
 pytest_plugins = ["tests.harness.fixtures"]
@@ -313,11 +315,12 @@ TRICKY_VALUES = [
     "x: y",
     "p)\nq",
     "a\n     -> z: Str(q)",
+    "a)\nValue: 7",  # looked like a value plus a real Value: line in rotel's debug text
     "trailing  ",
 ]
 
 
-def _export_once(protocol: str, receiver: RotelReceiver, marker: str) -> None:
+def _export_once(protocol: str, receiver: RotelReceiver, marker: str, value: int | float = 1) -> None:
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
@@ -334,23 +337,26 @@ def _export_once(protocol: str, receiver: RotelReceiver, marker: str) -> None:
         exporter = Http(endpoint=receiver.http_metrics_url)
 
     def observe(_: CallbackOptions) -> list[Observation]:
-        return [Observation(1, {"value": v, "index": i, "flag": True}) for i, v in enumerate(TRICKY_VALUES)]
+        return [
+            Observation(value, {"value": v, "index": i, "flag": True, "list": ["x", "y)"]})
+            for i, v in enumerate(TRICKY_VALUES)
+        ]
 
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
     provider = MeterProvider(
         metric_readers=[reader], resource=Resource.create({"service.name": "harness", "marker": marker})
     )
-    provider.get_meter("harness-test", "1.0").create_observable_gauge(
-        "harness_info", callbacks=[observe], description="Harness self-test."
-    )
+    meter = provider.get_meter("harness-test", "1.0")
+    meter.create_observable_gauge("harness_info", callbacks=[observe], description="Harness self-test.")
+    meter.create_counter("harness_total", unit="1").add(3, {"kind": "a"})
     provider.force_flush()
-    provider.shutdown()
+    provider.shutdown(timeout_millis=5_000)  # exports once more: two requests in all
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-def test_rotel_receives_points_with_exact_attributes(otlp_receiver: RotelReceiver, protocol: str) -> None:
+def test_rotel_forwards_points_decoded_exactly(otlp_receiver: RotelReceiver, protocol: str) -> None:
     marker = _unique(protocol)
-    _export_once("grpc" if protocol == "grpc" else "http", otlp_receiver, marker)
+    _export_once("grpc" if protocol == "grpc" else "http", otlp_receiver, marker, value=1)
 
     def mine(e: Export) -> bool:
         return any(r.get("marker") == marker for r in e.resources)
@@ -358,43 +364,54 @@ def test_rotel_receives_points_with_exact_attributes(otlp_receiver: RotelReceive
     export = otlp_receiver.wait_for_export(mine, timeout=10)
     points = export.of("harness_info")
     assert [p.attributes["value"] for p in points] == TRICKY_VALUES
-    assert all(p.attributes["index"] == i and p.attributes["flag"] is True for i, p in enumerate(points))
-    assert {p.value for p in points} == {1.0}
+    for i, p in enumerate(points):
+        assert p.attributes["index"] == i and p.attributes["flag"] is True
+        assert p.attributes["list"] == ["x", "y)"]
+        assert p.value == 1 and isinstance(p.value, int), "an int point must not come back as a double"
     first = points[0]
     assert first.data_type == "Gauge" and first.description == "Harness self-test."
     assert (first.scope_name, first.scope_version) == ("harness-test", "1.0")
     assert first.resource["service.name"] == "harness" and first.resource["marker"] == marker
-    assert otlp_receiver.unparsed_lines == []
+    (counter,) = export.of("harness_total")
+    assert (counter.data_type, counter.value, counter.unit) == ("Sum", 3, "1")
+    assert counter.is_monotonic is True and counter.temporality == 2  # cumulative
+    assert otlp_receiver.errors == []
 
 
-def test_rotel_output_is_ambiguous_only_for_newline_before_look_alike_structure() -> None:
-    """Pins the documented limitation: rotel prints strings raw, so this one value cannot be told
-    from a value plus a real ``Value:`` line (the agent's values never contain newlines)."""
-    points: list[Point] = []
-    parser = RotelOutputParser(points.append, lambda e: None)
-    text = textwrap.dedent(
-        """\
-        ResourceMetrics #0
-        Resource attributes:
-        Metric #0
-        Descriptor:
-             -> Name: m
-             -> DataType: Gauge
-        NumberDataPoints #0
-        Data point attributes:
-             -> k: Str(a)
-        Value: 7)
-        StartTimestamp: 0
-        Timestamp: 5
-        Value: 1"""
-    )
-    for line in text.split("\n"):
-        parser.feed(line)
-    parser.idle()
-    # What was sent: k = "a)\nValue: 7" with value 1. What any reader of that text sees instead:
-    assert len(points) == 1 and points[0].attributes == {"k": "a"} and points[0].value is None
-    # ...but the leftovers are reported, so a test asserting unparsed_lines == [] notices.
-    assert parser.unparsed == ["StartTimestamp: 0", "Timestamp: 5", "Value: 1"]
+def test_each_request_arrives_as_one_export(otlp_receiver: RotelReceiver) -> None:
+    """rotel must not merge requests: one Export is one collection of the sender."""
+    marker = _unique("one-to-one")
+    _export_once("grpc", otlp_receiver, marker, value=2.5)
+
+    def mine(rx: RotelReceiver) -> list[Export]:
+        found = [e for e in rx.exports() if any(r.get("marker") == marker for r in e.resources)]
+        return found if len(found) >= 2 else []
+
+    exports = otlp_receiver.wait_for(mine, timeout=10)
+    assert len(exports) == 2  # force_flush, then shutdown's last collection
+    for export in exports:
+        assert len(export.resources) == 1
+        values = [p.value for p in export.of("harness_info")]
+        assert values == [2.5] * len(TRICKY_VALUES) and all(isinstance(v, float) for v in values)
+
+
+def test_sink_refuses_and_records_what_it_cannot_decode() -> None:
+    errors: list[str] = []
+    exports: list[Export] = []
+    sink = ProtobufSink(exports.append, errors.append).start()
+    try:
+        for body, headers in [
+            (b"\xff\xff\xff", {"Content-Type": "application/x-protobuf"}),
+            (b"", {"Content-Type": "application/json"}),
+            (b"x", {"Content-Type": "application/x-protobuf", "Content-Encoding": "br"}),
+        ]:
+            request = urllib.request.Request(f"{sink.endpoint}/v1/metrics", body, headers, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 400
+        assert len(errors) == 3 and exports == []
+    finally:
+        sink.stop()
 
 
 # ---------------------------------------------------------------------------------------- fixtures

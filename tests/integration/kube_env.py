@@ -14,7 +14,7 @@ from typing import Any
 
 from otel_vmi_hv.agent import Agent
 from otel_vmi_hv.config import load_settings
-from tests.exposition import info_series
+from tests.exposition import info_series, parse_samples
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
 
 TEST_DRIVER_TEMPLATE = "test://{pods_root}/{pod_uid}/node.xml"
@@ -74,13 +74,27 @@ def running_agent(
         agent.stop(budget=2)
 
 
-def series(agent: Agent) -> dict[tuple[str, str], str]:
+def _metrics_body(agent: Agent) -> str:
+    """The /metrics body of an in-process agent (the one place these helpers reach into it)."""
     assert agent.telemetry is not None
-    body = agent.telemetry.render_prometheus().decode()
-    return {key: labels["hypervisor_type"] for key, labels in info_series(body).items()}
+    return agent.telemetry.render_prometheus().decode()
+
+
+def series(agent: Agent) -> dict[tuple[str, str], str]:
+    return {key: labels["hypervisor_type"] for key, labels in info_series(_metrics_body(agent)).items()}
 
 
 def node_labels(agent: Agent) -> set[str]:
-    assert agent.telemetry is not None
-    body = agent.telemetry.render_prometheus().decode()
-    return {labels["node"] for labels in info_series(body).values()}
+    return {labels["node"] for labels in info_series(_metrics_body(agent)).values()}
+
+
+def samples(agent: Agent, metric: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of one metric in the agent's /metrics body."""
+    return parse_samples(_metrics_body(agent), metric)
+
+
+def vmi_states(agent: Agent) -> dict[str, float]:
+    """``otel_vmi_hv_vmis`` by state: every VMI the agent tracks, detected or still pending."""
+    return {
+        labels["state"]: value for labels, value in parse_samples(_metrics_body(agent), "otel_vmi_hv_vmis")
+    }

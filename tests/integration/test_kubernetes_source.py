@@ -13,13 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from otel_vmi_hv.model import DetectionMethod
-from otel_vmi_hv.sources.kubernetes import KubernetesVMISource
 from tests.agent_process import AgentProcess, http_get, wait_until
 from tests.conftest import FIXTURES
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
 from tests.fakes.kubevirt_objects import load_fixture, make_migrating_vmi, make_vmi
-from tests.integration.kube_env import TEST_DRIVER_TEMPLATE, Launchers, node_labels, running_agent, series
+from tests.integration.kube_env import (
+    TEST_DRIVER_TEMPLATE,
+    Launchers,
+    node_labels,
+    running_agent,
+    samples,
+    series,
+    vmi_states,
+)
 
 NODE_A, NODE_B = "node-a", "node-b"
 
@@ -40,6 +46,27 @@ def pods_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def launchers(pods_root: Path) -> Launchers:
     return Launchers(pods_root)
+
+
+BARRIER_NS = "barrier"
+
+
+def _barrier(api, launchers, agent, node: str, name: str) -> None:
+    """Create a running VMI and wait until ``agent`` reports it, then until nothing is pending.
+
+    The watch delivers events in order, so once this VMI shows, every change made before it has
+    reached the agent, and a detection it started has finished: what is absent now stays absent.
+    """
+    vmi = make_vmi(BARRIER_NS, name, node)
+    launchers.run_vmi(vmi, "kvm", node)
+    api.create(vmi)
+    wait_until(lambda: (BARRIER_NS, name) in series(agent), 10, f"the barrier VMI {name} on {node}")
+    wait_until(lambda: vmi_states(agent).get("pending") == 0, 10, "no detection pending")
+
+
+def _tenants(found: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
+    """The series without the barrier VMIs."""
+    return {key: value for key, value in found.items() if key[0] != BARRIER_NS}
 
 
 def test_initial_sync_reports_only_running_vmis_of_this_node(api, tmp_path, pods_root, launchers) -> None:
@@ -89,16 +116,17 @@ def test_add_modify_delete_and_phase_changes(api, tmp_path, pods_root, launchers
         vmi = make_vmi("dev", "vm1", NODE_A, phase="Scheduled")
         launchers.run_vmi(vmi, "qemu", NODE_A)
         api.create(vmi)
-        api.wait_for(lambda: True)
-        assert series(agent) == {}
+        _barrier(api, launchers, agent, NODE_A, "after-scheduled")
+        assert _tenants(series(agent)) == {}, "a Scheduled VMI is not reported"
+        assert sum(vmi_states(agent).values()) == 1, "nor tracked: only the barrier VMI is"
         api.patch_status("dev", "vm1", phase="Running")
-        wait_until(lambda: series(agent) == {("dev", "vm1"): "qemu-tcg"}, 5, "vm1 running")
+        wait_until(lambda: _tenants(series(agent)) == {("dev", "vm1"): "qemu-tcg"}, 5, "vm1 running")
         api.patch_status("dev", "vm1", phase="Succeeded")
-        wait_until(lambda: series(agent) == {}, 5, "vm1 gone after leaving Running")
+        wait_until(lambda: _tenants(series(agent)) == {}, 5, "vm1 gone after leaving Running")
         api.patch_status("dev", "vm1", phase="Running")
-        wait_until(lambda: series(agent) == {("dev", "vm1"): "qemu-tcg"}, 5, "vm1 running again")
+        wait_until(lambda: _tenants(series(agent)) == {("dev", "vm1"): "qemu-tcg"}, 5, "vm1 running again")
         api.delete("dev", "vm1")
-        wait_until(lambda: series(agent) == {}, 5, "vm1 gone after deletion")
+        wait_until(lambda: _tenants(series(agent)) == {}, 5, "vm1 gone after deletion")
 
 
 def test_new_launcher_pod_means_new_detection(api, tmp_path, pods_root, launchers) -> None:
@@ -110,8 +138,25 @@ def test_new_launcher_pod_means_new_detection(api, tmp_path, pods_root, launcher
         wait_until(lambda: series(agent) == {("dev", "vm2"): "qemu-tcg"}, 10, "first launcher")
         api.patch_status("dev", "vm2", activePods={"pod-new": NODE_A})
         wait_until(lambda: series(agent) == {("dev", "vm2"): "kvm"}, 5, "the new launcher's type")
-        uri_old = TEST_DRIVER_TEMPLATE.format(pods_root=pods_root, pod_uid="pod-old")
-        assert uri_old not in agent.libvirt.states(), "the old launcher's connection must be closed"
+
+
+def _connections(agent) -> dict[str, float]:
+    return {labels["state"]: value for labels, value in samples(agent, "otel_vmi_hv_libvirt_connections")}
+
+
+def test_a_failing_launcher_is_let_go_when_its_vmi_moves_to_a_new_pod(
+    api, tmp_path, pods_root, launchers
+) -> None:
+    """The old launcher never answered (its daemon is gone): its state must not outlive its pod."""
+    vmi = make_vmi("dev", "vm3", NODE_A, pod_uid="pod-gone")
+    launchers.run("pod-new", "dev", "vm3", "kvm")
+    api.create(vmi)
+    with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
+        wait_until(lambda: series(agent) == {("dev", "vm3"): "unknown"}, 10, "unknown on the dead launcher")
+        assert _connections(agent)["disconnected"] == 1
+        api.patch_status("dev", "vm3", activePods={"pod-new": NODE_A})
+        wait_until(lambda: series(agent) == {("dev", "vm3"): "kvm"}, 5, "the new launcher's type")
+        wait_until(lambda: not any(_connections(agent).values()), 5, "no launcher state left")
 
 
 def test_live_migration_hands_over_between_two_agents(api, tmp_path, pods_root, launchers) -> None:
@@ -135,9 +180,10 @@ def test_live_migration_hands_over_between_two_agents(api, tmp_path, pods_root, 
             uid=vmi["metadata"]["uid"],
         )
         api.update(migrating)
-        api.wait_for(lambda: True)
-        assert series(agent_a) == {("prod", "db"): "qemu-tcg"}, "the source keeps reporting during migration"
-        assert series(agent_b) == {}
+        _barrier(api, launchers, agent_a, NODE_A, "after-migrating-a")
+        _barrier(api, launchers, agent_b, NODE_B, "after-migrating-b")
+        assert _tenants(series(agent_a)) == {("prod", "db"): "qemu-tcg"}, "the source keeps reporting"
+        assert _tenants(series(agent_b)) == {}, "the target waits for the hand-off"
         done = make_migrating_vmi(
             "prod",
             "db",
@@ -149,8 +195,10 @@ def test_live_migration_hands_over_between_two_agents(api, tmp_path, pods_root, 
             uid=vmi["metadata"]["uid"],
         )
         api.update(done)
-        wait_until(lambda: series(agent_b) == {("prod", "db"): "kvm"}, 5, "target reports with its own type")
-        wait_until(lambda: series(agent_a) == {}, 5, "source stops reporting")
+        wait_until(
+            lambda: _tenants(series(agent_b)) == {("prod", "db"): "kvm"}, 5, "the target reports its own type"
+        )
+        wait_until(lambda: _tenants(series(agent_a)) == {}, 5, "source stops reporting")
         assert node_labels(agent_b) == {NODE_B}
 
 
@@ -202,13 +250,20 @@ def test_bookmarks_move_the_resume_point(api, tmp_path, pods_root, launchers) ->
         for index in range(3):  # changes this node's watch does not see...
             api.patch_status("ops", "noise", phase="Running", reason=str(index))
         current = api.resource_version
+        lists = api.list_requests
         api.send_bookmarks()  # ...but the bookmark tells it how far the store has moved
-        source = agent.source
-        assert isinstance(source, KubernetesVMISource)
-        wait_until(lambda: source._resource_version == current, 5, "the bookmark's version")
-        api.drop_streams()
-        api.wait_for(lambda: any(f"resourceVersion={current}" in q for q in api.queries("watch")), 5)
-        assert any(f"resourceVersion={current}" in q for q in api.queries("watch"))
+
+        def resumed_at_current() -> bool:
+            # Before the agent has read a bookmark, a cut stream resumes from the list's older
+            # version; after, from this one. Cut until it does (bookmarks also come every 0.2 s).
+            api.drop_streams()
+            resumed = api.wait_for(
+                lambda: any(f"resourceVersion={current}" in q for q in api.queries("watch")), 2
+            )
+            return bool(resumed)
+
+        wait_until(resumed_at_current, 10, "a watch resumed from the bookmark's version")
+        assert api.list_requests == lists, "the version must come from the bookmark, not from a relist"
 
 
 def test_api_server_down_at_start(tmp_path, pods_root, launchers) -> None:
@@ -257,8 +312,9 @@ def test_unreachable_launcher_socket_falls_back_to_its_domain_file(api, tmp_path
     # The default URI template: the launcher's virtqemud socket, which does not exist here.
     with running_agent(api, tmp_path, node, pods_root, OTEL_VMI_HV_LIBVIRT_URI="") as agent:
         wait_until(lambda: series(agent) == {("default", "cat8kv-01"): "kvm"}, 10, "kvm from the domain file")
-        ((item, detection),) = agent.tracker.detections()
-        assert detection is not None and detection.method is DetectionMethod.DOMAIN_FILE
+        durations = samples(agent, "otel_vmi_hv_detection_duration_seconds_count")
+        assert {labels["method"] for labels, count in durations if count} == {"domain_file"}
+        ((item, _),) = agent.tracker.detections()  # the URI tried first is not in any output
         assert "virtqemud-sock" in item.target.uri and "session" in item.target.uri
 
 
@@ -268,8 +324,8 @@ def test_vmi_without_launcher_pod_is_reported_unknown(api, tmp_path, pods_root) 
     api.create(vmi)
     with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
         wait_until(lambda: series(agent) == {("ops", "odd"): "unknown"}, 10, "unknown for the odd VMI")
-        ((_, detection),) = agent.tracker.detections()
-        assert detection is not None and detection.error == "no_launcher_pod"
+        errors = samples(agent, "otel_vmi_hv_detection_errors_total")
+        assert {labels["reason"] for labels, count in errors if count} == {"no_launcher_pod"}
 
 
 def test_api_server_restored_with_a_new_history_converges(api, tmp_path, pods_root, launchers) -> None:
@@ -307,19 +363,26 @@ def test_readiness_survives_a_transient_api_outage(api, tmp_path, pods_root, lau
 
 
 @pytest.mark.parametrize(
-    "mutate",
+    "case",
     [
-        pytest.param(lambda v: v.pop("status"), id="no-status"),
-        pytest.param(lambda v: v["status"].update(phase=None), id="null-phase"),
-        pytest.param(lambda v: v["status"].update(phase="Migrating"), id="unknown-phase"),
-        pytest.param(lambda v: v["status"].update(activePods=["not", "a", "map"]), id="activePods-list"),
-        pytest.param(lambda v: v["status"].update(nodeName=42), id="nodeName-int"),
-        pytest.param(lambda v: v["status"].update(runtimeUser="107"), id="runtimeUser-string"),
-        pytest.param(lambda v: v["metadata"].pop("uid"), id="no-uid"),
-        pytest.param(lambda v: v.update(status="Running"), id="status-string"),
+        # Not running on this node as far as the object can tell: not reported.
+        pytest.param((lambda v: v.pop("status"), None), id="no-status"),
+        pytest.param((lambda v: v["status"].update(phase=None), None), id="null-phase"),
+        pytest.param((lambda v: v["status"].update(phase="Migrating"), None), id="unknown-phase"),
+        pytest.param((lambda v: v["status"].update(nodeName=42), None), id="nodeName-int"),
+        pytest.param((lambda v: v.update(status="Running"), None), id="status-string"),
+        # Sent without a uid: the API server assigns one on create (as a real one does).
+        pytest.param((lambda v: v["metadata"].pop("uid"), "qemu-tcg"), id="no-uid"),
+        # Running here, but no launcher pod can be named: reported, as unknown (no_launcher_pod).
+        pytest.param(
+            (lambda v: v["status"].update(activePods=["not", "a", "map"]), "unknown"), id="activePods-list"
+        ),
+        # An unreadable runtimeUser means the default (root launcher): detected as usual.
+        pytest.param((lambda v: v["status"].update(runtimeUser="107"), "qemu-tcg"), id="runtimeUser-string"),
     ],
 )
-def test_odd_vmi_objects_never_break_the_agent(api, tmp_path, pods_root, launchers, mutate) -> None:
+def test_odd_vmi_objects_never_break_the_agent(api, tmp_path, pods_root, launchers, case) -> None:
+    mutate, reported_as = case
     good = make_vmi("ops", "good", NODE_A)
     launchers.run_vmi(good, "kvm", NODE_A)
     odd = make_vmi("ops", "odd", NODE_A)
@@ -333,7 +396,12 @@ def test_odd_vmi_objects_never_break_the_agent(api, tmp_path, pods_root, launche
         launchers.run_vmi(after, "kvm", NODE_A)
         api.create(after)
         wait_until(lambda: ("ops", "after") in series(agent), 10, "VMIs after the odd one still flow")
-        assert series(agent).get(("ops", "odd")) in (None, "qemu-tcg", "unknown")
+        if reported_as is None:
+            wait_until(lambda: vmi_states(agent).get("pending") == 0, 10, "no detection pending")
+            assert ("ops", "odd") not in series(agent)
+            assert sum(vmi_states(agent).values()) == 2, "only good and after are tracked"
+        else:
+            wait_until(lambda: series(agent).get(("ops", "odd")) == reported_as, 10, f"odd as {reported_as}")
 
 
 def test_names_at_the_length_limits(api, tmp_path, pods_root, launchers) -> None:

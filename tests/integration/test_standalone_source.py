@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 import libvirt
@@ -11,7 +12,7 @@ import pytest
 from otel_vmi_hv.agent import Agent
 from otel_vmi_hv.config import load_settings
 from tests.agent_process import wait_until
-from tests.exposition import info_series
+from tests.exposition import info_series, parse_samples
 
 URI = "test:///default"
 
@@ -33,8 +34,7 @@ def admin() -> Iterator[libvirt.virConnect]:
     conn.close()
 
 
-@pytest.fixture
-def agent() -> Iterator[Agent]:
+def _start_agent() -> Agent:
     settings = load_settings(
         {
             "OTEL_VMI_HV_SOURCE": "libvirt",
@@ -49,14 +49,59 @@ def agent() -> Iterator[Agent]:
     running = Agent(settings)
     running.start()
     assert running.synced.wait(10)
+    return running
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    running = _start_agent()
     yield running
     running.stop(budget=2)
 
 
-def _series(agent: Agent) -> dict[tuple[str, str], str]:
+def _metrics_body(agent: Agent) -> str:
+    """The /metrics body of the in-process agent (one of two places reaching into it)."""
     assert agent.telemetry is not None
-    body = agent.telemetry.render_prometheus().decode()
-    return {key: labels["hypervisor_type"] for key, labels in info_series(body).items()}
+    return agent.telemetry.render_prometheus().decode()
+
+
+def _libvirt_calls(agent: Agent) -> int:
+    """Calls that reached libvirt: no output shows them (the other place reaching into the agent)."""
+    return int(agent.libvirt.calls_made)
+
+
+def _count_detections(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count, per domain name, the XMLDesc calls that read a domain's type, from now on.
+
+    Patched on libvirt-python's own ``virDomain`` class, so it sees every detection through
+    libvirt whichever part of the agent makes it.
+    """
+    calls: Counter[str] = Counter()
+    xml_desc = libvirt.virDomain.XMLDesc
+
+    def counted(domain: libvirt.virDomain, flags: int = 0) -> str:
+        calls[domain.name()] += 1
+        return str(xml_desc(domain, flags))
+
+    monkeypatch.setattr(libvirt.virDomain, "XMLDesc", counted)
+    return calls
+
+
+def _series(agent: Agent) -> dict[tuple[str, str], str]:
+    return {key: labels["hypervisor_type"] for key, labels in info_series(_metrics_body(agent)).items()}
+
+
+def _detections(agent: Agent) -> float:
+    """How many detections have finished: the count of the detection-duration histogram."""
+    return sum(
+        count
+        for _, count in parse_samples(_metrics_body(agent), "otel_vmi_hv_detection_duration_seconds_count")
+    )
+
+
+def _pending(agent: Agent) -> float:
+    states = {labels["state"]: v for labels, v in parse_samples(_metrics_body(agent), "otel_vmi_hv_vmis")}
+    return states.get("pending", 0.0)
 
 
 def test_started_domain_appears_and_destroyed_one_disappears(agent: Agent, admin: libvirt.virConnect) -> None:
@@ -71,26 +116,30 @@ def test_started_domain_appears_and_destroyed_one_disappears(agent: Agent, admin
 def test_scrapes_make_no_libvirt_calls(agent: Agent, admin: libvirt.virConnect) -> None:
     admin.createXML(_domain_xml("default_steady", "kvm"), 0)
     wait_until(lambda: ("default", "steady") in _series(agent), 5, "the domain's series")
-    calls = agent.libvirt.calls_made
+    wait_until(lambda: _pending(agent) == 0, 5, "no detection pending")
+    calls = _libvirt_calls(agent)
     for _ in range(20):
         _series(agent)
-    assert agent.libvirt.calls_made == calls
+    assert _libvirt_calls(agent) == calls
 
 
-def test_each_domain_lifetime_is_detected_once(agent: Agent, admin: libvirt.virConnect) -> None:
-    before = agent.libvirt.calls_made
+def test_each_domain_lifetime_is_detected_once(
+    agent: Agent, admin: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wait_until(lambda: _series(agent) == {("", "test"): "test"}, 5, "the driver's own domain")
+    wait_until(lambda: _pending(agent) == 0, 5, "no detection pending")
+    calls = _count_detections(monkeypatch)
+    before = _detections(agent)
     for index in range(5):
         admin.createXML(_domain_xml(f"batch_vm-{index}", "kvm"), 0)
     wait_until(lambda: sum(1 for ns, _ in _series(agent) if ns == "batch") == 5, 5, "five series")
-    assert agent.tracker.wait_idle(5)
-    # One XMLDesc per domain, plus the listings each lifecycle event triggers (at most one per event).
-    detections = sum(
-        1
-        for vmi, detection in agent.tracker.detections()
-        if vmi.namespace == "batch" and detection is not None
-    )
-    assert detections == 5
-    assert agent.libvirt.calls_made - before <= 5 + 5
+    # Five lifecycle events, each followed by a listing: none may lead to a second detection. A
+    # last domain started afterwards is detected after everything the five events caused.
+    admin.createXML(_domain_xml("batch_last", "kvm"), 0)
+    wait_until(lambda: ("batch", "last") in _series(agent), 5, "the last domain")
+    wait_until(lambda: _pending(agent) == 0, 5, "no detection pending")
+    assert dict(calls) == {f"batch_vm-{i}": 1 for i in range(5)} | {"batch_last": 1}
+    assert _detections(agent) - before == 6, "one detection recorded per domain"
 
 
 def test_restarted_domain_with_the_same_name_is_detected_again(
@@ -104,10 +153,22 @@ def test_restarted_domain_with_the_same_name_is_detected_again(
     wait_until(lambda: _series(agent).get(("default", "phoenix")) == "kvm", 5, "second lifetime as kvm")
 
 
-def test_agent_connection_is_read_only(agent: Agent, admin: libvirt.virConnect) -> None:
+def test_agent_never_opens_a_read_write_connection(
+    admin: libvirt.virConnect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read-write entry point of libvirt-python refuses: the agent must work all the same."""
     admin.createXML(_domain_xml("default_victim", "kvm"), 0)
-    wait_until(lambda: ("default", "victim") in _series(agent), 5, "the domain's series")
-    conn = agent.libvirt._daemons[URI].conn
-    with pytest.raises(libvirt.libvirtError) as refused:
-        conn.lookupByName("default_victim").destroy()
-    assert refused.value.get_error_code() == libvirt.VIR_ERR_OPERATION_DENIED
+    refused: list[str] = []
+
+    def refuse(uri: str | None = None, *args: object) -> None:
+        refused.append(str(uri))
+        raise libvirt.libvirtError(f"read-write connection to {uri} refused by the test")
+
+    monkeypatch.setattr(libvirt, "open", refuse)
+    monkeypatch.setattr(libvirt, "openAuth", refuse)
+    running = _start_agent()
+    try:
+        wait_until(lambda: _series(running).get(("default", "victim")) == "kvm", 5, "the domain's series")
+    finally:
+        running.stop(budget=2)
+    assert refused == []

@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 
 from otel_vmi_hv.config import (
-    KUBEVIRT_LIBVIRT_URI,
     OPTIONS,
     SECRET_OPTIONS,
-    STANDALONE_LIBVIRT_URI,
     ConfigError,
     load_settings,
     parse_duration,
@@ -106,7 +104,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.service_name == "otel-vmi-hv"
     assert settings.node_name == "worker-1"
     assert settings.source == "libvirt"
-    assert settings.libvirt_uri == STANDALONE_LIBVIRT_URI
+    assert settings.libvirt_uri == "qemu:///system"  # the README's defaults, spelled out
     assert settings.libvirt_timeout == 5.0
     assert settings.log_level == "info"
     assert settings.proc_root is None  # the proc method is off unless asked for
@@ -152,7 +150,10 @@ def test_auto_source_picks_kubernetes_when_kubeconfig_is_set(tmp_path: Path) -> 
     kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
     settings = load_settings({"KUBECONFIG": str(kubeconfig)})
     assert settings.source == "kubernetes"
-    assert settings.libvirt_uri == KUBEVIRT_LIBVIRT_URI
+    assert settings.libvirt_uri == (
+        "qemu+unix:///{mode}?socket={pods_root}/{pod_uid}"
+        "/volumes/kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock"
+    )
 
 
 def test_explicit_kubernetes_source_without_any_cluster_config_is_explained(tmp_path: Path) -> None:

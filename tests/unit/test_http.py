@@ -1,10 +1,15 @@
-"""The HTTP endpoints: silent clients are dropped, parallel scrapes share one rendering."""
+"""The HTTP endpoints: silent clients are dropped, a slow or failing rendering of /metrics holds up
+nothing else, readiness says what is missing. (That parallel scrapes of an unchanged state share one
+rendering is the renderer's promise, tested with the agent in tests/integration/test_scrape_sharing.py.)"""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from otel_vmi_hv.http import HttpServer, Readiness
 
@@ -36,9 +41,6 @@ def test_readiness_reports_what_is_missing() -> None:
     server = HttpServer("127.0.0.1", 0, lambda: b"x 1\n", readiness)
     server.start()
     try:
-        import urllib.error
-        import urllib.request
-
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/readyz", timeout=5)
             raise AssertionError("expected 503")
@@ -49,5 +51,59 @@ def test_readiness_reports_what_is_missing() -> None:
         readiness.done("exporters not started")
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/readyz", timeout=5) as response:
             assert response.status == 200
+    finally:
+        server.stop()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_a_slow_rendering_holds_up_neither_health_nor_readiness() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def render() -> bytes:
+        entered.set()
+        assert release.wait(10)
+        return b"x 1\n"
+
+    server = HttpServer("127.0.0.1", 0, render, Readiness())
+    server.start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            scrapes = [pool.submit(_get, f"{base}/metrics") for _ in range(4)]
+            assert entered.wait(5), "no scrape reached the renderer"
+            started = time.monotonic()
+            assert _get(f"{base}/healthz")[0] == 200
+            assert _get(f"{base}/readyz")[0] == 200
+            assert time.monotonic() - started < 1
+            assert not any(scrape.done() for scrape in scrapes), "scrapes cannot finish before the body"
+            release.set()
+            assert [scrape.result(timeout=5) for scrape in scrapes] == [(200, b"x 1\n")] * 4
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_a_failing_rendering_answers_500_and_the_next_scrape_works() -> None:
+    failures = [RuntimeError("boom")]
+
+    def render() -> bytes:
+        if failures:
+            raise failures.pop()
+        return b"x 1\n"
+
+    server = HttpServer("127.0.0.1", 0, render, Readiness())
+    server.start()
+    try:
+        status, body = _get(f"http://127.0.0.1:{server.port}/metrics")
+        assert status == 500 and b"boom" not in body, "an internal error is logged, not served"
+        assert _get(f"http://127.0.0.1:{server.port}/metrics") == (200, b"x 1\n")
     finally:
         server.stop()
