@@ -159,7 +159,7 @@ def test_snapshot_version_changes_only_with_content(detector: ScriptedDetector, 
     tracker.upsert(vmi("h"))
     assert tracker.publish().version == version
     tracker.remove("uid-h")
-    assert tracker.publish().version == version + 1
+    assert tracker.publish().version > version
 
 
 def test_every_change_moves_the_shared_revision(detector: ScriptedDetector, make_tracker) -> None:
