@@ -62,6 +62,9 @@ AGENT_METRICS = {
     "otel_vmi_hv_last_sync_timestamp_seconds",
     "otel_vmi_hv_vmi_emulation_info",
     "otel_vmi_hv_node_kvm_available",
+    "otel_vmi_hv_detection_mismatches_total",
+    "otel_vmi_hv_otlp_export_failures_total",
+    "otel_vmi_hv_label_values_replaced_total",
 }
 QUERYABLE_METRICS = AGENT_METRICS | {"kubevirt_vmi_info", "up"}
 
