@@ -187,13 +187,19 @@ class AgentSide:
         return self.telemetry.render_prometheus()
 
 
-def _http_scrape(render: Callable[[], bytes], repeat: int) -> list[float]:
+def _http_scrape(render: Callable[[], bytes], repeat: int, *, keep_alive: bool = True) -> list[float]:
+    """Scrapes over loopback: on one kept-alive connection, or each on a new one (as Prometheus does
+    when a scrape's connection was closed)."""
     readiness = Readiness()
     server = HttpServer("127.0.0.1", 0, render, readiness)
     server.start()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
     def scrape() -> None:
+        nonlocal connection
+        if not keep_alive:
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         connection.request("GET", "/metrics")
         response = connection.getresponse()
         response.read()
@@ -290,11 +296,17 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
             "B prometheus_client": _http_scrape(plain.render, repeat),
             "agent, unchanged": _http_scrape(agent.telemetry.render_prometheus, repeat),
             "agent, after a change": _http_scrape(agent.scrape_after_change, repeat),
+            "B, new connection per scrape": _http_scrape(plain.render, repeat, keep_alive=False),
+            "agent, unchanged, new connection": _http_scrape(
+                agent.telemetry.render_prometheus, repeat, keep_alive=False
+            ),
         }
         ha, hb = median(http_results["A stock OTel"]), median(http_results["B prometheus_client"])
+        hb_new = median(http_results["B, new connection per scrape"])
         for name, samples in http_results.items():
             m = median(samples)
-            http_rows.append([n, name, ms(m), ms(p99(samples)), f"{m / ha:.3f}", f"{m / hb:.3f}"])
+            b = hb_new if "new connection" in name else hb  # like for like
+            http_rows.append([n, name, ms(m), ms(p99(samples)), f"{m / ha:.3f}", f"{m / b:.3f}"])
 
         def agent_cycle(agent: AgentSide = agent) -> None:
             agent.change()
@@ -317,7 +329,8 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
         [
             "/metrics render in process (ms)\n"
             + table(["N", "exporter", "median", "p99", "÷A", "÷B", "÷C"], render_rows),
-            "/metrics scrape over HTTP on loopback, keep-alive (ms)\n"
+            "/metrics scrape over HTTP on loopback, keep-alive unless said "
+            "(ms; ÷B: against B on the same kind of connection)\n"
             + table(["N", "exporter", "median", "p99", "÷A", "÷B"], http_rows),
             "OTLP export cycle: collect + encode (ms)\n"
             + table(["N", "path", "median", "p99", "÷A"], otlp_rows),
