@@ -87,7 +87,11 @@ def test_initial_sync_reports_only_running_vmis_of_this_node(api, tmp_path, pods
             "the two running VMIs of node-a",
         )
         assert node_labels(agent) == {NODE_A}
-    selectors = [urllib.parse.parse_qs(q).get("labelSelector") for q in api.queries("list")]
+    selectors = [
+        urllib.parse.parse_qs(r.query).get("labelSelector")
+        for r in api.requests
+        if r.verb == "list" and r.resource == "virtualmachineinstances"
+    ]
     assert selectors and all(s == ["kubevirt.io/nodeName=node-a"] for s in selectors)
 
 
