@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from otel_vmi_hv.config import Settings
 from otel_vmi_hv.http_client_noise import ClientNoiseFilter, RateLimitedLog
 from otel_vmi_hv.tls_reload import ReloadingTLS
 
@@ -64,6 +65,15 @@ class ServerLimits:
     max_requests: int = 40  # concurrent /metrics requests, like node_exporter's --web.max-requests
     read_header_timeout: float = 10.0
     idle_timeout: float = 30.0  # longer than the keep-alive gap of any usual scrape interval
+
+
+def limits_from(settings: Settings) -> ServerLimits:
+    return ServerLimits(
+        max_connections=settings.web_max_connections,
+        max_requests=settings.web_max_requests,
+        read_header_timeout=settings.web_read_header_timeout,
+        idle_timeout=settings.web_idle_timeout,
+    )
 
 
 class ListenError(OSError):
