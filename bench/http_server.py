@@ -1,8 +1,10 @@
-"""RSS of the metrics server per 1,000 idle connections: the agent's server against the previous
-design (the standard library's ThreadingHTTPServer, one thread per connection), in the same run.
+"""The agent's metrics server (asyncio + h11) against the previous design (the standard library's
+ThreadingHTTPServer, one thread per connection, listen backlog 5) and aiohttp's low-level server
+(installed anyway, as a dependency of the kubernetes client), in the same run: RSS at rest and per
+1,000 idle connections, and what a burst of simultaneous connections loses.
 
-`python -m bench.http_server [--connections 1000]` prints a Markdown table. Each server runs in a
-process of its own, serving a 60 KB body; RSS is read from /proc once it has settled.
+`python -m bench.http_server [--connections 1000] [--burst 200]` prints two Markdown tables. Each
+server runs in a process of its own, serving a 60 KB body; RSS is read from /proc once settled.
 """
 
 from __future__ import annotations
@@ -17,12 +19,28 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BODY = b'metric_with_a_long_name_for_realism{label="value"} 1\n' * 1200
-KINDS = ("stdlib-threading", "aiohttp")
+KINDS = ("stdlib-threading", "aiohttp", "agent-h11")
 
 
 def serve(kind: str) -> None:
     """Run one server on a free port, print the port, serve until killed."""
     if kind == "aiohttp":
+        import asyncio
+
+        from aiohttp import web
+
+        async def handle(request: web.BaseRequest) -> web.Response:
+            return web.Response(body=BODY)
+
+        async def main() -> None:
+            server = await asyncio.get_running_loop().create_server(
+                web.Server(handle, access_log=None), "127.0.0.1", 0, backlog=1024
+            )
+            print(server.sockets[0].getsockname()[1], flush=True)
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+    elif kind == "agent-h11":
         from otel_vmi_hv.http import HttpServer, Readiness, ServerLimits
 
         limits = ServerLimits(max_connections=100_000, read_header_timeout=600, idle_timeout=600)
@@ -106,6 +124,54 @@ def measure(kind: str, connections: int, request_first: bool) -> tuple[int, int]
         process.wait()
 
 
+def burst(kind: str, clients: int, timeout: float = 5.0) -> tuple[int, float]:
+    """(requests lost, slowest answer in ms) when ``clients`` connect and ask for /healthz at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.http_server", "--serve", kind],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        barrier = threading.Barrier(clients)
+
+        def one(_: int) -> float | None:
+            barrier.wait(10)
+            started = time.monotonic()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+                    client.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                    if not client.recv(64).startswith(b"HTTP/1.1 "):
+                        return None
+            except OSError:
+                return None
+            return (time.monotonic() - started) * 1000
+
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(one, range(clients)))
+        answered = [r for r in results if r is not None]
+        return clients - len(answered), max(answered, default=float("nan"))
+    finally:
+        process.kill()
+        process.wait()
+
+
+def run_burst(clients: int = 200) -> str:
+    lines = [
+        "| server | simultaneous clients | lost (no answer within 5 s) | slowest answer (ms) |",
+        "|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        lost, slowest = burst(kind, clients)
+        lines.append(f"| {kind} | {clients} | {lost} | {slowest:.0f} |")
+    return "\n".join(lines)
+
+
 def run(connections: int = 1000) -> str:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < connections * 2 + 100:
@@ -131,6 +197,7 @@ def run(connections: int = 1000) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -138,6 +205,8 @@ def main() -> None:
         return
     print(f"pid {os.getpid()}: {args.connections} idle connections per server\n")
     print(run(args.connections))
+    print()
+    print(run_burst(args.burst))
 
 
 if __name__ == "__main__":

