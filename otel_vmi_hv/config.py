@@ -721,7 +721,7 @@ OPTIONS: tuple[Option, ...] = (
         "512",
         "an integer 1-100000",
         "Open connections the HTTP server holds at most; more are answered 503 and closed "
-        "(each idle one costs about 8 KiB).",
+        "(each idle one costs about 5 KiB).",
         _int_between(1, 100_000),
         "--web-max-connections",
     ),
