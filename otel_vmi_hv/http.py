@@ -48,6 +48,7 @@ LINGER_SECONDS = 2.0  # how long an unread request body is read and dropped befo
 ACCEPT_BACKOFF_MAX = 1.0
 RENDER_THREADS = 2
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; larger gets 431
+WAITING_FOR_READER = "the client to read the response"
 MAX_LINGERING_REFUSALS = 64  # beyond the connection limit, this many get a 503; the rest are closed
 PLAIN_HTTP_ON_TLS_PORT = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
@@ -196,6 +197,7 @@ class _Connection(asyncio.Protocol):
         self._busy = False  # a response is being rendered
         self._buffered = 0  # bytes received while busy (pipelined requests)
         self._rendering: asyncio.Future[Any] | None = None
+        self._write_paused = False
         self.closed: asyncio.Future[None] = server.loop.create_future()
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -217,8 +219,7 @@ class _Connection(asyncio.Protocol):
         self._h11.receive_data(data)
         if self._busy:
             self._buffered += len(data)
-            if self._buffered > MAX_HEAD_BYTES and self._transport is not None:
-                self._transport.pause_reading()  # a client pipelining faster than we answer
+            self._update_reading()
             return
         self._process()
 
@@ -226,16 +227,27 @@ class _Connection(asyncio.Protocol):
         self._h11.receive_data(b"")
         if not self._busy:
             self._process()
-        return True  # keep the socket to answer a request that ended with a half-close
+        # Keep the socket to answer a request that ended with a half-close; TLS cannot half-close
+        # (asyncio warns when asked to).
+        return self._transport is not None and self._transport.get_extra_info("sslcontext") is None
 
     def pause_writing(self) -> None:
-        self._arm(self._server.limits.idle_timeout, "the client to read the response")
+        # A client that stops reading: stop reading its requests too, and give it a deadline.
+        self._write_paused = True
+        self._update_reading()
+        self._disarm()
+        self._arm(self._server.limits.idle_timeout, WAITING_FOR_READER)
 
     def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
         if self._idle:
             self._arm(self._server.limits.idle_timeout, "the next request")
+        elif self._h11.our_state is h11.DONE and self._h11.their_state is not h11.DONE:
+            self._arm(self._server.limits.read_header_timeout, "the rest of the request body")
         else:
             self._disarm()
+        self._server.loop.call_soon(self._process)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -245,10 +257,21 @@ class _Connection(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    def _update_reading(self) -> None:
+        """Read from the client unless its answers pile up: pipelined requests while a scrape
+        renders, or responses it does not read."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._write_paused or (self._busy and self._buffered > MAX_HEAD_BYTES):
+            self._transport.pause_reading()
+        else:
+            self._transport.resume_reading()
+
     # ------------------------------------------------------------------ the request cycle
 
     def _process(self) -> None:
-        while self._transport is not None and not self._busy:
+        """Handle what h11 has parsed, one request after another (pipelining), iteratively."""
+        while self._transport is not None and not self._busy and not self._write_paused:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as error:
@@ -256,16 +279,15 @@ class _Connection(asyncio.Protocol):
                 return
             if event is h11.NEED_DATA:
                 return
-            if event is h11.PAUSED:
-                self._next_cycle()
-                return
-            if isinstance(event, h11.Request):
+            if event is h11.PAUSED or isinstance(event, h11.EndOfMessage):
+                if self._h11.our_state is h11.DONE:
+                    if not self._next_cycle():
+                        return
+                elif event is h11.PAUSED:
+                    return  # h11 waits for an answer that is not sent yet
+            elif isinstance(event, h11.Request):
                 self._disarm()
                 self._server.answer(self, event)
-            elif isinstance(event, h11.EndOfMessage):
-                if self._h11.our_state is h11.DONE:
-                    self._next_cycle()
-                    return
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
@@ -299,26 +321,32 @@ class _Connection(asyncio.Protocol):
             self._close()
             return
         self._transport.write(data)
-        if self._buffered:
-            self._buffered = 0
-            self._transport.resume_reading()
+        self._buffered = 0
+        self._update_reading()
         self._next_cycle()
 
-    def _next_cycle(self) -> None:
+    def resume(self) -> None:
+        """After an answer rendered in the pool: go on with requests that arrived meanwhile."""
+        self._process()
+
+    def _next_cycle(self) -> bool:
+        """After our answer: close, or get ready for the next request; False when nothing more is
+        to be read from this connection now."""
         if self._transport is None:
-            return
+            return False
         if self._h11.our_state is h11.MUST_CLOSE or self._h11.their_state in (h11.MUST_CLOSE, h11.CLOSED):
             self._close()
-            return
+            return False
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
             self._idle = True
             self._arm(self._server.limits.idle_timeout, "the next request")
-            self._process()
-        elif self._h11.our_state is h11.DONE:
+            return True
+        if self._h11.our_state is h11.DONE:
             # Answered before the request body ended: it is read and dropped, within the deadline.
             self._arm(self._server.limits.read_header_timeout, "the rest of the request body")
-            self._process()
+            return True
+        return False
 
     def _refuse_malformed(self, error: h11.RemoteProtocolError) -> None:
         peer = self._transport.get_extra_info("peername") if self._transport else None
@@ -348,6 +376,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ deadlines
 
     def _arm(self, seconds: float, waiting_for: str) -> None:
+        if self._write_paused and waiting_for != WAITING_FOR_READER:
+            return  # the deadline for reading the answers comes first
         self._disarm()
         self._timer = self._server.loop.call_later(seconds, self._expired, waiting_for)
 
@@ -609,6 +639,7 @@ class HttpServer:
                 headers.append(("Content-Encoding", encoding))
             content_type = METRICS_CONTENT_TYPE if status == 200 else TEXT
             connection.respond(status, body, [("Content-Type", content_type), *headers], head_only)
+            connection.resume()
 
         rendering.add_done_callback(rendered)
 

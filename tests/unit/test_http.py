@@ -229,3 +229,34 @@ def test_the_listen_backlog_absorbs_a_burst() -> None:
         for client in clients:
             client.close()
     assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
+
+
+def test_thousands_of_pipelined_requests_are_answered_in_order() -> None:
+    with serving() as server:
+        requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3000
+        answer = exchange(
+            server.port, requests + b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    assert answer.count(b"HTTP/1.1 200 OK") == 3001
+    assert answer.endswith(b"ready\n")
+
+
+def test_a_client_that_pipelines_without_reading_its_answers_is_cut_off() -> None:
+    with (
+        serving(limits=ServerLimits(idle_timeout=1)) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as client,
+    ):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # 1,000 scrapes of 14 KB each, never read: the answers cannot all fit in socket buffers.
+        client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
+        wait_until(lambda: server.connections == 0, 10, "the server to drop the client")
+
+
+def test_metrics_pipelined_behind_a_render_are_answered() -> None:
+    with serving() as server:
+        requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 5
+        answer = exchange(
+            server.port, requests + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    assert answer.count(b"HTTP/1.1 200 OK") == 6
+    assert answer.endswith(b"ok\n")
