@@ -445,11 +445,11 @@ class HttpServer:
             return
         future = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
         try:
-            future.result(timeout=3)
+            future.result(timeout=1)
         except Exception as error:
             log.debug("HTTP server shutdown: %s", error)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=1)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if not self._thread.is_alive():
             self.loop.close()
@@ -539,13 +539,17 @@ class HttpServer:
                 if not await self._speaks_tls(sock):
                     return
                 context = self._tls.context()
-            _, connection = await self.loop.connect_accepted_socket(
+            transport, connection = await self.loop.connect_accepted_socket(
                 lambda: _Connection(self),
                 sock,
                 ssl=context,
                 ssl_handshake_timeout=self.limits.read_header_timeout if context else None,
             )
-            await connection.closed
+            try:
+                await connection.closed
+            except asyncio.CancelledError:
+                transport.abort()  # the server stops
+                raise
         except (TimeoutError, OSError) as error:
             self.client_noise.debug("connection failed before its first request: %s", error)
             sock.close()
