@@ -16,7 +16,7 @@ from otel_vmi_hv.cluster_facts import emulation_facts_for
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.detection_order import DetectionOrder
 from otel_vmi_hv.domain_detector import DomainDetector
-from otel_vmi_hv.http import HttpServer, Readiness, tls_context
+from otel_vmi_hv.http import HttpServer, Readiness, limits_from, tls_context
 from otel_vmi_hv.libvirt_calls import EventLoop, LibvirtCalls, silence_libvirt_stderr
 from otel_vmi_hv.proc_detector import ProcDetector
 from otel_vmi_hv.revision import Revision
@@ -138,6 +138,7 @@ class Agent:
             telemetry.render_prometheus,
             self.readiness,
             tls=tls,
+            limits=limits_from(settings),
         )
         self.http.start()
         log.info(

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 from otel_vmi_hv import __version__
-from otel_vmi_hv.config import OPTIONS, ConfigError, Settings, load_settings
+from otel_vmi_hv.config import OPTIONS, ConfigError, Settings, load_settings, unset_empty_variables
+from otel_vmi_hv.http import ListenError
 
 log = logging.getLogger("otel_vmi_hv")
 
@@ -67,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(config_reference())
         return 0
     flags = {option.env: getattr(args, option.env) for option in OPTIONS if option.flag}
+    unset_empty_variables(os.environ)
     try:
         settings = load_settings(os.environ, flags)
     except ConfigError as error:
@@ -117,6 +119,15 @@ def run(settings: Settings) -> int:
     try:
         agent = Agent(settings)
         agent.start()
+    except ListenError as error:
+        # The configuration was valid but this host cannot honour it (port taken, privileged
+        # port, unknown host): a configuration error all the same, so the same exit status.
+        print(
+            "otel-vmi-hv: configuration error: OTEL_EXPORTER_PROMETHEUS_HOST/OTEL_EXPORTER_PROMETHEUS_PORT "
+            f"({error.host}:{error.port}): cannot listen: {error.reason}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     except OSError as error:
         log.error("cannot start: %s", error)
         return 1

@@ -13,7 +13,7 @@ import re
 import socket
 import string
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +22,17 @@ PROTOCOLS = ("grpc", "http/protobuf")
 SOURCES = ("auto", "kubernetes", "libvirt")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 URI_PLACEHOLDERS = ("pod_uid", "vmi_uid", "namespace", "name", "mode", "pods_root")
+COMPRESSIONS = ("gzip", "deflate", "none")
+SIGNAL_SETTINGS = (
+    *("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY", "COMPRESSION", "ENDPOINT", "HEADERS"),
+    *("INSECURE", "PROTOCOL", "TIMEOUT"),
+)
+GRPC_COMPRESSIONS = ("gzip",)  # the gRPC exporter refuses "none" and "deflate" with an exception
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 
 STANDALONE_LIBVIRT_URI = "qemu:///system"
 # KubeVirt runs one virtqemud per launcher pod; its socket sits in an emptyDir of that pod
-# (DESIGN.md section 7). The DaemonSet mounts /var/lib/kubelet/pods at /pods so the path stays
+# (libvirt-runtime). The DaemonSet mounts /var/lib/kubelet/pods at /pods so the path stays
 # under the 108-byte sun_path limit.
 KUBEVIRT_LIBVIRT_URI = (
     "qemu+unix:///{mode}?socket={pods_root}/{pod_uid}/volumes/kubernetes.io~empty-dir"
@@ -65,6 +72,10 @@ class Settings:
     kvm_device: str = "/dev/kvm"
     relist_spread: float = 10.0
     watch_silence_timeout: float = 180.0
+    web_max_connections: int = 512
+    web_max_requests: int = 40
+    web_read_header_timeout: float = 10.0
+    web_idle_timeout: float = 30.0
     # What each value came from ("env", "flag", "default"), for check-config.
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -178,6 +189,67 @@ def _key_values(raw: str) -> tuple[tuple[str, str], ...]:
             raise ValueError
         pairs.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(value.strip())))
     return tuple(pairs)
+
+
+def _headers(raw: str) -> tuple[tuple[str, str], ...]:
+    """OTLP headers: as ``_key_values``, and each name a token and no value with a control
+    character (a newline would split the header on the wire, and gRPC logs every export)."""
+    pairs = _key_values(raw)
+    for key, value in pairs:
+        if not _HEADER_NAME.fullmatch(key) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError
+    return pairs
+
+
+def _readable_file(raw: str) -> str:
+    """A path the SDK will read at start: a regular file this process may open (not a directory)."""
+    value = _path(raw)
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise ValueError
+    return value
+
+
+def _choice_exact(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    """For values the SDK compares without folding case or trimming."""
+
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError
+        return raw
+
+    return parse
+
+
+def _entry_point_names(group: str) -> Callable[[str], tuple[str, ...]]:
+    """Comma list of plug-in names the SDK loads from the entry-point ``group``; an unknown one
+    would fail (or be skipped) only when the exporter or resource is built."""
+
+    def parse(raw: str) -> tuple[str, ...]:
+        from importlib.metadata import entry_points
+
+        names = tuple(name.strip() for name in raw.split(",") if name.strip())
+        known = {entry.name for entry in entry_points(group=group)}
+        missing = [name for name in names if name not in known]
+        if missing:
+            raise ConfigError(
+                f"{raw!r} names no installed plug-in {missing[0]!r} (entry points {group}: "
+                + (", ".join(sorted(known)) or "none")
+                + ")"
+            )
+        return names
+
+    return parse
+
+
+def _grpc_status_codes(raw: str) -> tuple[str, ...]:
+    names = tuple(code.strip().upper() for code in raw.split(",") if code.strip())
+    known = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND"}
+    known |= {"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"}
+    known |= {"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+    known |= {"UNAUTHENTICATED"}
+    if not names or any(name not in known for name in names):
+        raise ValueError
+    return names
 
 
 def _node_name(raw: str) -> str:
@@ -321,9 +393,9 @@ OPTIONS: tuple[Option, ...] = (
         "OTEL_EXPORTER_OTLP_HEADERS",
         None,
         None,
-        "comma list of key=value (URL-encoded)",
+        "comma list of key=value (URL-encoded; names are HTTP tokens, no control characters)",
         "Headers sent with every OTLP export (values are never logged).",
-        _key_values,
+        _headers,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
@@ -331,7 +403,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "comma list of key=value",
         "Headers for metrics exports only.",
-        _key_values,
+        _headers,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_CERTIFICATE",
@@ -339,7 +411,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM file",
         "CA bundle to verify the Collector's TLS certificate.",
-        _path,
+        _readable_file,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
@@ -347,7 +419,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM file",
         "CA bundle for metrics exports only.",
-        _path,
+        _readable_file,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_INSECURE",
@@ -377,9 +449,145 @@ OPTIONS: tuple[Option, ...] = (
         "OTEL_EXPORTER_OTLP_COMPRESSION",
         None,
         None,
-        "gzip, deflate or none",
+        "gzip, deflate or none (grpc: gzip only)",
         "Compression of OTLP exports.",
-        _choice(("gzip", "deflate", "none")),
+        _choice(COMPRESSIONS),
+    ),
+    Option(
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+        None,
+        None,
+        "gzip, deflate or none (grpc: gzip only)",
+        "Compression of OTLP metrics exports; wins over OTEL_EXPORTER_OTLP_COMPRESSION.",
+        _choice(COMPRESSIONS),
+    ),
+    Option(
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        None,
+        None,
+        "a positive number of seconds",
+        "Timeout of one OTLP metrics export; wins over OTEL_EXPORTER_OTLP_TIMEOUT.",
+        _positive_number,
+    ),
+    Option(
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        None,
+        None,
+        "path of a readable PEM file",
+        "Private key of the client certificate presented to the Collector (mutual TLS).",
+        _readable_file,
+    ),
+    Option(
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+        None,
+        None,
+        "path of a readable PEM file",
+        "Client key for metrics exports only.",
+        _readable_file,
+    ),
+    Option(
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        None,
+        None,
+        "path of a readable PEM file",
+        "Client certificate presented to the Collector (mutual TLS).",
+        _readable_file,
+    ),
+    Option(
+        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+        None,
+        None,
+        "path of a readable PEM file",
+        "Client certificate for metrics exports only.",
+        _readable_file,
+    ),
+    Option(
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        None,
+        None,
+        "cumulative, delta or lowmemory",
+        "Temporality of OTLP-exported sums and histograms (/metrics is always cumulative).",
+        _choice(("cumulative", "delta", "lowmemory")),
+    ),
+    Option(
+        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+        None,
+        None,
+        "explicit_bucket_histogram or base2_exponential_bucket_histogram",
+        "Histogram aggregation of OTLP exports.",
+        _choice(("explicit_bucket_histogram", "base2_exponential_bucket_histogram")),
+    ),
+    Option(
+        "OTEL_METRICS_EXEMPLAR_FILTER",
+        None,
+        None,
+        "trace_based, always_on or always_off",
+        "Which measurements may carry exemplars (the agent records none with a trace).",
+        _choice_exact(("trace_based", "always_on", "always_off")),
+    ),
+    Option(
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+        None,
+        None,
+        "comma list of installed resource detector names",
+        "Extra OpenTelemetry resource detectors to run at start.",
+        _entry_point_names("opentelemetry_resource_detector"),
+    ),
+    Option(
+        "OTEL_PYTHON_CONTEXT",
+        None,
+        None,
+        "an installed context implementation (contextvars_context)",
+        "OpenTelemetry's runtime context implementation.",
+        _entry_point_names("opentelemetry_context"),
+    ),
+    Option(
+        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
+        None,
+        None,
+        "an installed credential provider name",
+        "gRPC: plug-in that supplies the channel credentials.",
+        _entry_point_names("opentelemetry_otlp_credential_provider"),
+    ),
+    Option(
+        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_METRICS_CREDENTIAL_PROVIDER",
+        None,
+        None,
+        "an installed credential provider name",
+        "gRPC, metrics only: like OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER.",
+        _entry_point_names("opentelemetry_otlp_credential_provider"),
+    ),
+    Option(
+        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+        None,
+        None,
+        "an installed credential provider name",
+        "http/protobuf: plug-in that supplies the HTTP session.",
+        _entry_point_names("opentelemetry_otlp_credential_provider"),
+    ),
+    Option(
+        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER",
+        None,
+        None,
+        "an installed credential provider name",
+        "http/protobuf, metrics only: like OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.",
+        _entry_point_names("opentelemetry_otlp_credential_provider"),
+    ),
+    Option(
+        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
+        None,
+        None,
+        "comma list of gRPC status names, e.g. UNAVAILABLE,RESOURCE_EXHAUSTED",
+        "gRPC status codes after which an export is retried (SDK default: the transient ones).",
+        _grpc_status_codes,
+    ),
+    Option(
+        "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
+        None,
+        None,
+        "true or false",
+        "Let the OTLP exporters count their own exports (OpenTelemetry SDK self-metrics).",
+        _bool,
     ),
     Option(
         "OTEL_METRIC_EXPORT_INTERVAL",
@@ -559,9 +767,96 @@ OPTIONS: tuple[Option, ...] = (
         _duration_between(0.1, 3600),
         "--watch-silence-timeout",
     ),
+    Option(
+        "OTEL_VMI_HV_WEB_MAX_CONNECTIONS",
+        "web_max_connections",
+        "512",
+        "an integer 1-100000",
+        "Open connections the HTTP server holds at most; more are answered 503 and closed "
+        "(each idle one costs about 5 KiB).",
+        _int_between(1, 100_000),
+        "--web-max-connections",
+    ),
+    Option(
+        "OTEL_VMI_HV_WEB_MAX_REQUESTS",
+        "web_max_requests",
+        "40",
+        "an integer 1-10000",
+        "Concurrent /metrics requests served at most; more are answered 503 (node_exporter's "
+        "--web.max-requests).",
+        _int_between(1, 10_000),
+        "--web-max-requests",
+    ),
+    Option(
+        "OTEL_VMI_HV_WEB_READ_HEADER_TIMEOUT",
+        "web_read_header_timeout",
+        "10s",
+        "a duration 100ms-5m",
+        "Time a client has to send a request's headers (and finish the TLS handshake); then it is "
+        "disconnected (Go's ReadHeaderTimeout).",
+        _duration_between(0.1, 300),
+        "--web-read-header-timeout",
+    ),
+    Option(
+        "OTEL_VMI_HV_WEB_IDLE_TIMEOUT",
+        "web_idle_timeout",
+        "30s",
+        "a duration 1s-1h",
+        "How long an idle keep-alive connection, or a client not reading its response, is kept.",
+        _duration_between(1, 3600),
+        "--web-idle-timeout",
+    ),
 )
 
 OPTION_BY_ENV = {option.env: option for option in OPTIONS}
+# Variables of the installed OpenTelemetry packages that nothing on the agent's path reads (traces,
+# logs, auto-instrumentation, other exporters); tests/unit/test_config.py compares this list with
+# the SDK's, so a new SDK variable is either validated or listed here on purpose.
+NOT_READ_BY_THE_AGENT = frozenset(
+    {
+        "OTEL_ATTRIBUTE_COUNT_LIMIT",  # span and log record attributes
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_BLRP_EXPORT_TIMEOUT",
+        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
+        "OTEL_BLRP_MAX_QUEUE_SIZE",
+        "OTEL_BLRP_SCHEDULE_DELAY",
+        "OTEL_BSP_EXPORT_TIMEOUT",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_CONFIG_FILE",  # read by opentelemetry-instrument's configurator only
+        "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+        "OTEL_EXPORTER_ZIPKIN_TIMEOUT",
+        "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_LOG_LEVEL",  # defined by the SDK, read by none of its modules
+        "OTEL_LOGS_EXPORTER",
+        "OTEL_PROPAGATORS",  # trace context propagation
+        "OTEL_PYTHON_ID_GENERATOR",
+        "OTEL_PYTHON_LOGGER_CONFIGURATOR",
+        "OTEL_PYTHON_LOGGER_PROVIDER",
+        "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED",
+        "OTEL_PYTHON_METER_CONFIGURATOR",
+        "OTEL_PYTHON_METER_PROVIDER",  # the agent builds its MeterProvider, never the global one
+        "OTEL_PYTHON_TRACER_CONFIGURATOR",
+        "OTEL_PYTHON_TRACER_PROVIDER",
+        "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "OTEL_SPAN_EVENT_COUNT_LIMIT",
+        "OTEL_SPAN_LINK_COUNT_LIMIT",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    }
+    | {f"OTEL_EXPORTER_OTLP_{signal}_{name}" for signal in ("TRACES", "LOGS") for name in SIGNAL_SETTINGS}
+    | {
+        f"OTEL_PYTHON_EXPORTER_OTLP_{transport}_{signal}_CREDENTIAL_PROVIDER"
+        for transport in ("GRPC", "HTTP")
+        for signal in ("TRACES", "LOGS")
+    }
+)
 _KUBE_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
 # Never echoed back, not even in an error message: they carry tokens.
 SECRET_OPTIONS = frozenset({"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"})
@@ -586,20 +881,34 @@ def _check_tls(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"{given} is set but {missing} is not: HTTPS needs both a certificate and its key")
     import ssl
 
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    from otel_vmi_hv.tls_reload import server_context  # the server's own builder: same checks
+
     try:
-        context.load_cert_chain(cert, key)
+        server_context(cert, key, None)
     except (OSError, ssl.SSLError) as error:
         raise ConfigError(
             f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r} cannot be used: {error}"
         ) from None
     if client_ca:
         try:
-            context.load_verify_locations(cafile=client_ca)
+            server_context(cert, key, client_ca)
         except (OSError, ssl.SSLError) as error:
             raise ConfigError(
                 f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r} cannot be used: {error}"
             ) from None
+
+
+def unset_empty_variables(environ: MutableMapping[str, str]) -> list[str]:
+    """Remove every empty (or blank) OTEL_* variable, and return their names.
+
+    The OpenTelemetry specification says an empty value means unset, but the Python SDK parses
+    some anyway (``float("")`` for OTEL_EXPORTER_OTLP_TIMEOUT=): removing them before the SDK
+    reads the environment makes "empty means unset" hold everywhere, not only in this module.
+    """
+    empty = [name for name, value in environ.items() if name.startswith("OTEL_") and not value.strip()]
+    for name in empty:
+        del environ[name]
+    return empty
 
 
 def _in_cluster(environ: Mapping[str, str]) -> bool:
@@ -642,12 +951,15 @@ def load_settings(environ: Mapping[str, str], flags: Mapping[str, str | None] | 
         values.setdefault("_by_env", {})[option.env] = parsed
 
     by_env: dict[str, Any] = values.pop("_by_env", {})
-    for cert_var in ("OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE"):
-        path = by_env.get(cert_var)
-        if path is not None and not os.access(path, os.R_OK):
-            raise ConfigError(f"{cert_var}={path!r} is invalid: expected {OPTION_BY_ENV[cert_var].allowed}")
-
     values.setdefault("otlp_protocol", by_env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
+    if "otlp" in values["metrics_exporters"] and values["otlp_protocol"] == "grpc":
+        for compression_var in ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
+            compression = by_env.get(compression_var)
+            if compression is not None and compression not in GRPC_COMPRESSIONS:
+                raise ConfigError(
+                    f"{compression_var}={compression!r} cannot be used with the grpc protocol: "
+                    "gzip, or unset for none (deflate and none exist only for http/protobuf)"
+                )
     values["otlp_endpoint"] = by_env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or by_env.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )

@@ -29,6 +29,8 @@ from otel_vmi_hv import __version__
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.model import VMI, Detection
 from otel_vmi_hv.otlp import ExportStatus, build_exporter, detach
+from otel_vmi_hv.process_metrics import prometheus_text as process_text
+from otel_vmi_hv.process_metrics import register_process_metrics
 from otel_vmi_hv.prometheus_text import PrometheusTextReader
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.sdk_state import AttributeStatePruner
@@ -41,6 +43,8 @@ INFO_HELP = "Information about the hypervisor type used by a VirtualMachineInsta
 # High enough never to fold real VMIs into an overflow series; the pruner keeps memory bounded.
 INFO_CARDINALITY_LIMIT = 10_000_000
 CONNECTION_STATES = ("idle", "connected", "disconnected", "hung")
+# The process metrics' scope: collected for OTLP, rendered apart (fresh per scrape) for /metrics.
+PROCESS_SCOPE = "otel_vmi_hv.process"
 DETECTION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -212,7 +216,7 @@ class Telemetry:
         readers: list[MetricReader] = list(extra_readers)
         self._prometheus: PrometheusTextReader | None = None
         if settings.exports_prometheus:
-            self._prometheus = PrometheusTextReader()
+            self._prometheus = PrometheusTextReader(skip_scopes={PROCESS_SCOPE})
             readers.append(self._prometheus)
         self.export_status: ExportStatus | None = None
         if settings.exports_otlp:
@@ -246,6 +250,7 @@ class Telemetry:
             ],
         )
         self._meter = self.meter_provider.get_meter("otel_vmi_hv", __version__)
+        register_process_metrics(self.meter_provider.get_meter(PROCESS_SCOPE, __version__))
         self.self_metrics = SelfMetrics(self._meter, revision, self.export_status)
         self.pruner: AttributeStatePruner | None = None
 
@@ -328,8 +333,12 @@ class Telemetry:
 
         Scrapes far outnumber changes, so the body of the last collection is served again while
         the revision has not moved; it is read before collecting, so a change racing with the
-        collection only causes one more collection later, never a stale body.
+        collection only causes one more collection later, never a stale body. The process metrics
+        change at every scrape: they are read and appended fresh, outside that cache.
         """
+        return self._render_collected() + process_text()
+
+    def _render_collected(self) -> bytes:
         if self._prometheus is None:
             raise LookupError("the prometheus exporter is not enabled (OTEL_METRICS_EXPORTER)")
         with self._render_lock:

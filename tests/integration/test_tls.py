@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import os
+import shutil
+import socket
 import ssl
 import subprocess
 from dataclasses import dataclass
@@ -101,10 +104,13 @@ def test_metrics_over_https(pki: Pki) -> None:
     with AgentProcess(_env(pki, mutual=False)) as agent:
         body = _wait_https(agent, pki)
         assert 'hypervisor_type="qemu-tcg"' in body
-        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
-            plain = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=5)
-            plain.request("GET", "/metrics")
-            plain.getresponse().read()
+        # Plain HTTP to the HTTPS port is told what is wrong, as Go servers do, not just reset.
+        plain = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=5)
+        plain.request("GET", "/metrics")
+        response = plain.getresponse()
+        assert response.status == 400
+        assert b"HTTP request to an HTTPS server" in response.read()
+        plain.close()
 
 
 def test_client_certificate_is_required_when_a_client_ca_is_set(pki: Pki) -> None:
@@ -124,3 +130,78 @@ def test_key_that_does_not_match_the_certificate_is_a_config_error(pki: Pki) -> 
         assert agent.process is not None
         assert agent.process.wait(30) == 2
         assert "OTEL_VMI_HV_TLS_CERT_FILE" in agent.output()
+
+
+def test_client_renegotiation_is_refused(pki: Pki) -> None:
+    with AgentProcess(_env(pki, mutual=False)) as agent:
+        _wait_https(agent, pki)
+        # s_client renegotiates on a line "R", then sends the request; TLS 1.2 is the last
+        # version with renegotiation.
+        session = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{agent.port}", "-tls1_2", "-CAfile", str(pki.ca)],
+            input=b"R\nGET /healthz HTTP/1.0\r\n\r\n",
+            capture_output=True,
+            timeout=20,
+        )
+        assert b"RENEGOTIATING" in session.stderr, session.stderr
+        assert b"no renegotiation" in session.stderr
+        assert b"HTTP/1.0 200" not in session.stdout
+        assert _https_get(agent.port, pki.ca)[0] == 200
+
+
+def test_a_corrupt_tls_record_costs_no_traceback(pki: Pki) -> None:
+    with AgentProcess(_env(pki, mutual=False)) as agent:
+        _wait_https(agent, pki)
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", agent.port), timeout=5) as raw:
+                tls = ssl.create_default_context(cafile=str(pki.ca)).wrap_socket(
+                    raw, server_hostname="127.0.0.1"
+                )
+                # An application-data record that does not decrypt: the server must drop the client.
+                os.write(tls.fileno(), b"\x17\x03\x03\x00\x20" + bytes(32))
+                try:
+                    answer = tls.recv(1)
+                except (ssl.SSLError, ConnectionError):
+                    answer = b""
+                assert answer == b"", "the server must drop the client"
+        assert _https_get(agent.port, pki.ca)[0] == 200
+        assert "Traceback" not in agent.output()
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(pki: Pki, tmp_path: Path) -> None:
+    ca_key = pki.ca.with_suffix(".key")
+    served_cert, served_key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki.server_cert, served_cert)
+    shutil.copy(pki.server_key, served_key)
+    env = _env(pki, mutual=False)
+    env["OTEL_VMI_HV_TLS_CERT_FILE"], env["OTEL_VMI_HV_TLS_KEY_FILE"] = str(served_cert), str(served_key)
+    with AgentProcess(env) as agent:
+        _wait_https(agent, pki)
+        before = _served_certificate(agent.port)
+        renewed_cert, renewed_key = _issue(tmp_path, "renewed", pki.ca, ca_key, san="IP:127.0.0.1")
+        # cert-manager's secret volume swaps both files; write the key first so no pair is mixed
+        # for longer than an instant, as with an atomic symlink swap.
+        shutil.copy(renewed_key, served_key)
+        shutil.copy(renewed_cert, served_cert)
+        renewed = wait_until(
+            lambda: (cert := _served_certificate(agent.port)) != before and cert,
+            20,
+            "the renewed certificate",
+        )
+        assert renewed == ssl.PEM_cert_to_DER_cert(renewed_cert.read_text())
+        assert _https_get(agent.port, pki.ca)[0] == 200
+        assert agent.process is not None and agent.process.poll() is None
+
+
+def _served_certificate(port: int) -> bytes | None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            return tls.getpeercert(binary_form=True)
+    except OSError:
+        return None

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 
 from otel_vmi_hv.config import (
+    NOT_READ_BY_THE_AGENT,
+    OPTION_BY_ENV,
     OPTIONS,
     SECRET_OPTIONS,
     ConfigError,
     load_settings,
     parse_duration,
+    unset_empty_variables,
 )
 
 BAD_VALUES = {
@@ -28,10 +31,32 @@ BAD_VALUES = {
     "OTEL_EXPORTER_OTLP_HEADERS": "authorization",
     "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "=x",
     "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem",
-    "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": "/nonexistent/ca.pem",
+    "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": "/",  # a directory passes os.access, not the SDK
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY": "/nonexistent/key.pem",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY": "/",
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": "/nonexistent/client.pem",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE": "/proc/self/nonexistent",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "abc",
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "zstd",
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "sometimes",
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "exponential",
+    "OTEL_METRICS_EXEMPLAR_FILTER": "ALWAYS_ON",  # the SDK compares case-sensitively
+    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "process,no_such_detector",
+    "OTEL_PYTHON_CONTEXT": "threadlocal_context",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER": "vault",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_METRICS_CREDENTIAL_PROVIDER": "vault",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER": "vault",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER": "vault",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES": "UNAVAILABLE,SOMETIMES",
+    "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED": "yes",
+    "OTEL_VMI_HV_WEB_MAX_CONNECTIONS": "0",
+    "OTEL_VMI_HV_WEB_MAX_REQUESTS": "many",
+    "OTEL_VMI_HV_WEB_READ_HEADER_TIMEOUT": "0s",
+    "OTEL_VMI_HV_WEB_IDLE_TIMEOUT": "2h",
     "OTEL_EXPORTER_OTLP_INSECURE": "yes",
     "OTEL_EXPORTER_OTLP_METRICS_INSECURE": "1",
     "OTEL_EXPORTER_OTLP_TIMEOUT": "-3",
+    # (OTEL_EXPORTER_OTLP_TIMEOUT="" is unset: test_empty_otel_variables_are_removed_before_the_sdk)
     "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd",
     "OTEL_METRIC_EXPORT_INTERVAL": "10s",
     "OTEL_METRIC_EXPORT_TIMEOUT": "0",
@@ -230,3 +255,101 @@ def test_proc_root_must_be_an_absolute_existing_directory(tmp_path: Path) -> Non
         with pytest.raises(ConfigError, match="OTEL_VMI_HV_PROC_ROOT") as raised:
             load_settings({"OTEL_VMI_HV_PROC_ROOT": bad})
         assert bad in str(raised.value)
+
+
+def _sdk_variables() -> set[str]:
+    """Every OTEL_* name the installed OpenTelemetry API and SDK define."""
+    import opentelemetry.environment_variables as api_variables
+    import opentelemetry.sdk.environment_variables as sdk_variables
+
+    return {
+        value
+        for module in (api_variables, sdk_variables)
+        for name, value in vars(module).items()
+        if name.lstrip("_").startswith("OTEL_") and isinstance(value, str)
+    }
+
+
+def test_every_sdk_variable_is_validated_or_known_to_be_unread() -> None:
+    unaccounted = _sdk_variables() - set(OPTION_BY_ENV) - NOT_READ_BY_THE_AGENT
+    assert not unaccounted, (
+        f"validate these in config.OPTIONS or list them as not read: {sorted(unaccounted)}"
+    )
+    assert not set(OPTION_BY_ENV) & NOT_READ_BY_THE_AGENT
+
+
+@pytest.mark.parametrize(
+    "value", ["a=b%0Ac", "a=b\nc", "a=b%0D%0Ax-injected: 1", "a=\x7f", "bad name=1", "a%0A=1"]
+)
+def test_header_values_with_control_characters_are_refused_unshown(value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"OTEL_EXPORTER_OTLP_HEADERS": value})
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in str(raised.value)
+    assert "value not shown" in str(raised.value)
+
+
+def test_compression_the_grpc_exporter_refuses_is_refused_for_grpc_only() -> None:
+    for variable in ("OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"):
+        for value in ("none", "deflate"):
+            with pytest.raises(ConfigError, match=f"{variable}='{value}' cannot be used with the grpc"):
+                load_settings({variable: value, "OTEL_VMI_HV_NODE_NAME": "n"})
+            settings = load_settings({variable: value, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+            assert settings.otlp_protocol == "http/protobuf"
+
+
+ACCEPTED_BY_THE_AGENT = {
+    "OTEL_EXPORTER_OTLP_COMPRESSION": ["gzip", "GZIP", "deflate", "none"],
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": ["gzip", "deflate", "none"],
+    "OTEL_EXPORTER_OTLP_TIMEOUT": ["1", "2.5"],
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": ["0.5", "30"],
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": ["delta", "LOWMEMORY", "cumulative"],
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": ["base2_exponential_bucket_histogram"],
+    "OTEL_EXPORTER_OTLP_INSECURE": ["true", "FALSE"],
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES": ["UNAVAILABLE,resource_exhausted"],
+}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize(
+    ("variable", "value"), [(k, v) for k, values in sorted(ACCEPTED_BY_THE_AGENT.items()) for v in values]
+)
+def test_what_the_agent_accepts_the_sdk_exporters_accept(
+    protocol: str, variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation and the SDK agree: a value that passes here must not make the exporter raise."""
+    env = {variable: value, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_VMI_HV_NODE_NAME": "n"}
+    try:
+        load_settings(env)
+    except ConfigError:
+        return  # refused at start with a message: fine either way
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(variable, value)
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
+            OTLPMetricExporter,
+        )
+    OTLPMetricExporter().shutdown()
+
+
+def test_a_readable_pem_file_is_accepted_where_a_file_is_expected(tmp_path: Path) -> None:
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = load_settings({"OTEL_EXPORTER_OTLP_CERTIFICATE": str(pem), "OTEL_VMI_HV_NODE_NAME": "n"})
+    assert settings.node_name == "n"
+
+
+def test_empty_otel_variables_are_removed_before_the_sdk() -> None:
+    environ = {
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": " ",
+        "OTEL_SERVICE_NAME": "kept",
+        "OTHER": "",
+    }
+    assert sorted(unset_empty_variables(environ)) == [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    assert environ == {"OTEL_SERVICE_NAME": "kept", "OTHER": ""}

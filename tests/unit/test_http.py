@@ -1,58 +1,269 @@
-"""The HTTP endpoints: silent clients are dropped, a slow or failing rendering of /metrics holds up
-nothing else, readiness says what is missing. (That parallel scrapes of an unchanged state share one
-rendering is the renderer's promise, tested with the agent in tests/integration/test_scrape_sharing.py.)"""
+"""The HTTP endpoints as a client sees them: deadlines, limits, malformed requests, encodings."""
 
 from __future__ import annotations
 
+import gzip
+import http.client
+import re
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
-from otel_vmi_hv.http import HttpServer, Readiness
+import pytest
+
+from otel_vmi_hv.http import HttpServer, ListenError, Readiness, ServerLimits, accepts_gzip
+from tests.agent_process import wait_until
+
+BODY = b"some_metric 1\n" * 1000  # above the gzip threshold
 
 
-def test_a_silent_client_is_disconnected_after_the_idle_timeout() -> None:
-    server = HttpServer("127.0.0.1", 0, lambda: b"", Readiness(), idle_timeout=0.3)
+@contextmanager
+def serving(
+    render: Callable[[], bytes] = lambda: BODY,
+    readiness: Readiness | None = None,
+    limits: ServerLimits = ServerLimits(),  # noqa: B008 - frozen
+) -> Iterator[HttpServer]:
+    server = HttpServer("127.0.0.1", 0, render, readiness or Readiness(), limits=limits)
     server.start()
     try:
-        before = threading.active_count()
-        clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
-        for client in clients:
-            client.settimeout(5)
-            client.sendall(b"GET /metrics HTTP/1.1\r\n")  # never finishes the request
-        started = time.monotonic()
-        assert all(client.recv(1024) == b"" for client in clients), "the server must hang up"
-        assert time.monotonic() - started < 3
-        deadline = time.monotonic() + 5
-        while threading.active_count() > before and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert threading.active_count() <= before, "connection threads must end"
-        for client in clients:
-            client.close()
+        yield server
     finally:
         server.stop()
+
+
+def exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+        client.sendall(request)
+        received = b""
+        try:
+            while chunk := client.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+        return received
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", path, headers=headers or {})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected() -> None:
+    with serving(limits=ServerLimits(read_header_timeout=0.3)) as server:
+        clients = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(20)]
+        for client in clients:
+            client.sendall(b"GET /metrics HTTP/1.1\r\n")  # never finishes the request
+        assert all(client.recv(1024) == b"" for client in clients), "the server must hang up"
+        for client in clients:
+            client.close()
+        wait_until(lambda: server.connections == 0, 5, "connections to be released")
+
+
+def test_a_silent_connection_is_dropped_but_a_finished_request_is_answered() -> None:
+    with serving(limits=ServerLimits(read_header_timeout=0.3)) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:
+            assert silent.recv(1) == b""
+        assert get(server.port, "/healthz").status == 200
+
+
+def test_connections_beyond_the_limit_get_503_and_the_rest_are_served() -> None:
+    with serving(limits=ServerLimits(max_connections=3)) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
+        wait_until(lambda: server.connections == 3, 5, "three connections to be accepted")
+        refused = exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        for client in held:
+            client.close()
+        wait_until(lambda: server.connections == 0, 5, "connections to be released")
+        assert get(server.port, "/healthz").status == 200
+
+
+def test_scrapes_beyond_max_requests_get_503_while_healthz_still_answers() -> None:
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def slow_render() -> bytes:
+        entered.release()
+        release.wait(10)
+        return BODY
+
+    with serving(slow_render, limits=ServerLimits(max_requests=2)) as server:
+        results: list[int] = []
+        scrapers = [
+            threading.Thread(target=lambda: results.append(get(server.port, "/metrics").status))
+            for _ in range(2)
+        ]
+        for scraper in scrapers:
+            scraper.start()
+        assert entered.acquire(timeout=5) and entered.acquire(timeout=5), "both scrapes must be rendering"
+        assert get(server.port, "/metrics").status == 503
+        assert get(server.port, "/healthz").status == 200, "probes must not wait for rendering"
+        release.set()
+        for scraper in scrapers:
+            scraper.join(10)
+        assert results == [200, 200]
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000, identity", False),
+        ("deflate, gzip;q=0.5", True),
+        ("*", True),
+        ("*;q=0", False),
+        ("identity", False),
+        ("", False),
+        ("br;q=1, *;q=0.1, gzip;q=0", False),
+    ],
+)
+def test_gzip_honours_accept_encoding_q_values(accept_encoding: str, gzipped: bool) -> None:
+    assert accepts_gzip(accept_encoding) is gzipped
+
+
+def test_metrics_vary_on_accept_encoding_and_gzip_decodes_to_the_same_body() -> None:
+    with serving() as server:
+        plain = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        plain.request("GET", "/metrics", headers={"Accept-Encoding": "gzip;q=0"})
+        response = plain.getresponse()
+        assert response.getheader("Content-Encoding") is None
+        assert response.getheader("Vary") == "Accept-Encoding"
+        assert response.read() == BODY
+        plain.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+        response = plain.getresponse()
+        assert response.getheader("Content-Encoding") == "gzip"
+        assert gzip.decompress(response.read()) == BODY
+        plain.close()
+
+
+def test_a_get_body_is_discarded_not_parsed_as_a_request() -> None:
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with serving() as server:
+        answer = exchange(
+            server.port,
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)
+            + b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+    assert b"\r\n\r\nok\n" not in answer, "the body must not be answered as a /healthz request"
+    assert answer.endswith(b"ready\n")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"\x00\x01garbage\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", b"400"),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
+        (b"GET / HTTP/3.7\r\nHost: x\r\n\r\n", b"505"),
+    ],
+)
+def test_malformed_requests_get_a_status_line_and_a_client_error(request_bytes: bytes, status: bytes) -> None:
+    with serving() as server:
+        answer = exchange(server.port, request_bytes)
+    first_line = answer.split(b"\r\n", 1)[0]
+    assert first_line.startswith(b"HTTP/") and first_line.split()[1] == status, answer[:200]
+
+
+def test_http_0_9_is_answered_at_once_not_left_hanging() -> None:
+    with serving(limits=ServerLimits(read_header_timeout=30)) as server:
+        answer = exchange(server.port, b"GET /\r\n\r\n", timeout=5)
+    # No HTTP/0.9 (it has no headers, so no Host and no end of request): refused at once.
+    assert answer.split(b"\r\n", 1)[0].split()[1] in (b"400", b"505")
+
+
+def test_other_methods_are_refused_with_allow() -> None:
+    with serving() as server:
+        answer = exchange(server.port, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 1)
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert b"Allow: GET, HEAD" in answer
+
+
+def test_head_gets_headers_without_a_body() -> None:
+    with serving() as server:
+        answer = exchange(server.port, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b""
 
 
 def test_readiness_reports_what_is_missing() -> None:
     readiness = Readiness("initial VMI sync not done", "exporters not started")
-    server = HttpServer("127.0.0.1", 0, lambda: b"x 1\n", readiness)
-    server.start()
-    try:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/readyz", timeout=5)
-            raise AssertionError("expected 503")
-        except urllib.error.HTTPError as error:
-            assert error.code == 503
-            assert b"initial VMI sync not done" in error.read()
+    with serving(readiness=readiness) as server:
+        response = get(server.port, "/readyz")
+        assert response.status == 503
         readiness.done("initial VMI sync not done")
         readiness.done("exporters not started")
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/readyz", timeout=5) as response:
-            assert response.status == 200
-    finally:
-        server.stop()
+        assert get(server.port, "/readyz").status == 200
+
+
+def test_a_taken_port_is_a_listen_error_naming_the_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenError, match=re.escape(f"127.0.0.1:{port}: the address is already in use")):
+            HttpServer("127.0.0.1", port, lambda: b"", Readiness())
+
+
+def test_an_unresolvable_host_is_a_listen_error_naming_it() -> None:
+    expected = re.escape("no-such-host.invalid:9464: the host cannot be resolved")
+    with pytest.raises(ListenError, match=expected):
+        HttpServer("no-such-host.invalid", 9464, lambda: b"", Readiness())
+
+
+def test_the_listen_backlog_absorbs_a_burst() -> None:
+    with serving() as server:
+        # Connect 200 times before the server gets to accept: the kernel queue must hold them all.
+        clients = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(200)]
+        for client in clients:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = [client.recv(1024) for client in clients]
+        for client in clients:
+            client.close()
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
+
+
+def test_thousands_of_pipelined_requests_are_answered_in_order() -> None:
+    with serving() as server:
+        requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3000
+        answer = exchange(
+            server.port, requests + b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    assert answer.count(b"HTTP/1.1 200 OK") == 3001
+    assert answer.endswith(b"ready\n")
+
+
+def test_a_client_that_pipelines_without_reading_its_answers_is_cut_off() -> None:
+    with (
+        serving(limits=ServerLimits(idle_timeout=1)) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as client,
+    ):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # 1,000 scrapes of 14 KB each, never read: the answers cannot all fit in socket buffers.
+        client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
+        wait_until(lambda: server.connections == 0, 10, "the server to drop the client")
+
+
+def test_metrics_pipelined_behind_a_render_are_answered() -> None:
+    with serving() as server:
+        requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 5
+        answer = exchange(
+            server.port, requests + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    assert answer.count(b"HTTP/1.1 200 OK") == 6
+    assert answer.endswith(b"ok\n")
 
 
 def _get(url: str) -> tuple[int, bytes]:

@@ -66,7 +66,19 @@ AGENT_METRICS = {
     "otel_vmi_hv_otlp_export_failures_total",
     "otel_vmi_hv_label_values_replaced_total",
 }
-QUERYABLE_METRICS = AGENT_METRICS | {"kubevirt_vmi_info", "up"}
+PROCESS_METRICS = {
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "process_threads",
+}
+# kube_pod_container_resource_limits: kube-state-metrics, for the memory alert (with a fallback).
+QUERYABLE_METRICS = (
+    AGENT_METRICS | PROCESS_METRICS | {"kubevirt_vmi_info", "up", "kube_pod_container_resource_limits"}
+)
 
 NAMESPACED_KINDS = {"ServiceAccount", "DaemonSet", "Service", "ServiceMonitor", "PrometheusRule"}
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -805,6 +817,7 @@ def test_every_alert_has_summary_description_and_an_existing_runbook_section() -
         "OtelVmiHvLibvirtHung",
         "OtelVmiHvVMIListStale",
         "OtelVmiHvDown",
+        "OtelVmiHvMemoryNearLimit",
     }
     for rule in alerts:
         annotations = rule["annotations"]

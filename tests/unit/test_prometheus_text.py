@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from otel_vmi_hv.prometheus_text import family_name
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.telemetry import Telemetry
 from otel_vmi_hv.tracker import Snapshot
+from tests.exposition import parse_samples
 
 ODD_NAMES = ["plain", 'with "quotes"', "back\\slash", "new\nline", "ünïcödé-名前", "tab\there", ""]
 
@@ -105,11 +107,19 @@ def _fill(telemetry: Telemetry, state: State) -> None:
     metrics.record_relist()
 
 
+def _split_process(families: dict[str, object]) -> tuple[dict[str, object], set[str]]:
+    """The collected families, and the names of the process ones (their values move every read)."""
+    process = {name for name in families if name.startswith("process_")}
+    return {k: v for k, v in families.items() if k not in process}, process
+
+
 def test_same_samples_as_the_stock_exporter(setup) -> None:
     telemetry, state, registry = setup
     _fill(telemetry, state)
-    ours = _samples(telemetry.render_prometheus().decode())
-    stock = _samples(generate_latest(registry).decode())
+    ours, our_process = _split_process(_samples(telemetry.render_prometheus().decode()))
+    stock, stock_process = _split_process(_samples(generate_latest(registry).decode()))
+    assert our_process == stock_process, "process metrics named as the stock exporter names them"
+    assert len(our_process) == 7
     assert ours == stock
     # every row given is exported, and the companion series names the emulated ones
     info = {
@@ -153,15 +163,33 @@ def test_promtool_accepts_the_exposition(setup) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _collected(body: bytes) -> bytes:
+    """The body without the process metrics, which are read afresh at every scrape."""
+    return body[: body.index(b"# HELP process_")]
+
+
 def test_cached_body_is_byte_identical_to_a_fresh_collection(setup) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
     first = telemetry.render_prometheus()
     collections = telemetry.prometheus_collections
-    assert telemetry.render_prometheus() is first, "unchanged state must not collect again"
-    assert telemetry.prometheus_collections == collections
+    second = telemetry.render_prometheus()
+    assert telemetry.prometheus_collections == collections, "unchanged state must not collect again"
+    assert _collected(second) == _collected(first)
     assert telemetry._prometheus is not None
-    assert telemetry._prometheus.render() == first
+    assert telemetry._prometheus.render() == _collected(first)
+
+
+def test_process_metrics_are_fresh_at_every_scrape_of_an_unchanged_state(setup) -> None:
+    telemetry, state, _ = setup
+    _fill(telemetry, state)
+    telemetry.render_prometheus()
+    threads = [threading.Thread(target=threading.Event().wait, args=(5,), daemon=True) for _ in range(3)]
+    before = parse_samples(telemetry.render_prometheus().decode(), "process_threads")[0][1]
+    for thread in threads:
+        thread.start()
+    after = parse_samples(telemetry.render_prometheus().decode(), "process_threads")[0][1]
+    assert after == before + 3, "three more threads, seen without any VMI change"
 
 
 @pytest.mark.parametrize("change", ["snapshot", "detection", "connection", "sync", "relist", "label"])
@@ -182,9 +210,9 @@ def test_any_change_invalidates_the_cached_body(setup, change: str) -> None:
     else:
         telemetry.self_metrics.record_relist()
     after = telemetry.render_prometheus()
-    assert after != before
+    assert _collected(after) != _collected(before)
     assert telemetry._prometheus is not None
-    assert telemetry._prometheus.render() == after
+    assert telemetry._prometheus.render() == _collected(after)
 
 
 @pytest.mark.parametrize(

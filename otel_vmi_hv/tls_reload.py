@@ -1,0 +1,80 @@
+"""The HTTPS certificate, reloaded when its files change (cert-manager rotates them in place).
+
+Each new connection asks for the current context; the files are looked at (stat only) at most once a
+second. A half-written or mismatched pair keeps the previous context and is logged once, so a
+rotation in progress never takes the endpoint down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 1.0
+
+
+def server_context(cert_file: str, key_file: str, client_ca_file: str | None) -> ssl.SSLContext:
+    """Server-side TLS (1.2+), client renegotiation refused; with a client CA, a client
+    certificate signed by it is required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.load_verify_locations(cafile=client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _signature(path: str) -> tuple[int, int, int, int]:
+    """What changes when a file is rewritten or its symlink (Kubernetes secret volumes) is swapped."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (0, 0, 0, 0)
+    return (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns)
+
+
+class ReloadingTLS:
+    def __init__(self, cert_file: str, key_file: str, client_ca_file: str | None = None) -> None:
+        self.files = tuple(f for f in (cert_file, key_file, client_ca_file) if f)
+        self._cert_file, self._key_file, self._client_ca_file = cert_file, key_file, client_ca_file
+        self._lock = threading.Lock()
+        self._signatures = self._current_signatures()
+        self._context = server_context(cert_file, key_file, client_ca_file)
+        self._checked = time.monotonic()
+        self._failed_signatures: tuple[tuple[int, int, int, int], ...] | None = None
+        self.reloads = 0
+
+    def _current_signatures(self) -> tuple[tuple[int, int, int, int], ...]:
+        return tuple(_signature(path) for path in self.files)
+
+    def context(self) -> ssl.SSLContext:
+        """The context for a new connection; reloaded first if a file changed."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked < CHECK_INTERVAL:
+                return self._context
+            self._checked = now
+            signatures = self._current_signatures()
+            if signatures in (self._signatures, self._failed_signatures):
+                return self._context
+            try:
+                context = server_context(self._cert_file, self._key_file, self._client_ca_file)
+            except (OSError, ssl.SSLError) as error:
+                self._failed_signatures = signatures
+                log.warning(
+                    "TLS certificate files changed but cannot be loaded (%s); still serving the previous "
+                    "certificate",
+                    error,
+                )
+                return self._context
+            self._context, self._signatures, self._failed_signatures = context, signatures, None
+            self.reloads += 1
+            log.info("TLS certificate reloaded from %s", self._cert_file)
+            return self._context
