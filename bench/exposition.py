@@ -33,6 +33,7 @@ from otel_vmi_hv.model import Series
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.telemetry import INFO_HELP, INFO_METRIC, Telemetry
 from otel_vmi_hv.tracker import Snapshot
+from tests.telemetry_inputs import FixedInputs
 
 LABELS = ("namespace", "name", "node", "hypervisor_type")
 
@@ -147,33 +148,19 @@ class AgentSide:
 
     def __init__(self, rows: tuple[Series, ...], extra: Any = None) -> None:
         self.rows = rows
-        self.snapshot = Snapshot(1, rows, 0)
         self.encoder = EncodeOnlyExporter()
         self.otlp = PeriodicExportingMetricReader(self.encoder, export_interval_millis=10**9)
         settings = load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_VMI_HV_NODE_NAME": "worker-1"})
         readers = [self.otlp] if extra is None else [extra]
-        self.revision = Revision()
-        self.telemetry = Telemetry(settings, self.revision, extra_readers=readers)
-        self.telemetry.publish(self, self, self)
+        self.inputs = FixedInputs(Revision(), Snapshot(1, rows, 0))
+        self.telemetry = Telemetry(settings, self.inputs.revision, extra_readers=readers)
+        self.telemetry.publish(self.inputs, self.inputs, self.inputs)
         self.variants = (rows, make_rows(len(rows), flip=1))
-
-    def publish(self) -> Snapshot:
-        return self.snapshot
-
-    def states(self) -> dict[str, str]:
-        return {}
-
-    def node_kvm_available(self) -> bool | None:
-        return None
-
-    def explain(self, vmi: object) -> tuple[str, str]:
-        return ("unknown", "")
 
     def change(self) -> None:
         """One VMI changes type: a new snapshot, as the tracker publishes after a detection."""
-        version = self.snapshot.version + 1
-        self.snapshot = Snapshot(version, self.variants[version % 2], 0)
-        self.revision.bump()
+        version = self.inputs.snapshot.version + 1
+        self.inputs.set(Snapshot(version, self.variants[version % 2], 0))
 
     def collect_after_change(self) -> None:
         """Only the MeterProvider collection the scrape makes (callbacks, aggregation), no text."""

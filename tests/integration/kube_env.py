@@ -98,3 +98,19 @@ def vmi_states(agent: Agent) -> dict[str, float]:
     return {
         labels["state"]: value for labels, value in parse_samples(_metrics_body(agent), "otel_vmi_hv_vmis")
     }
+
+
+def set_detect_environment(
+    monkeypatch: Any, api: FakeKubeAPIServer, tmp_path: Path, node: str, pods_root: Path, **extra: str
+) -> None:
+    """The environment `otel-vmi-hv detect` reads, pointed at the fake API server and test launchers."""
+    env = {
+        "KUBECONFIG": str(api.write_kubeconfig(tmp_path / f"kubeconfig-detect-{node}")),
+        "OTEL_VMI_HV_SOURCE": "kubernetes",
+        "OTEL_VMI_HV_NODE_NAME": node,
+        "OTEL_VMI_HV_PODS_ROOT": str(pods_root),
+        "OTEL_VMI_HV_LIBVIRT_URI": TEST_DRIVER_TEMPLATE,
+        **extra,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)

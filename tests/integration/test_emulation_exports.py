@@ -18,7 +18,7 @@ from tests.agent_process import wait_until
 from tests.exposition import parse_samples
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
 from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi, with_software_emulation
-from tests.integration.kube_env import TEST_DRIVER_TEMPLATE, Launchers, running_agent
+from tests.integration.kube_env import Launchers, running_agent, set_detect_environment
 
 NODE = "worker-1"
 
@@ -89,14 +89,7 @@ def test_detect_says_why_and_names_a_missing_rule(
     api.create(vmi)
     api.create(make_node(NODE, None))
     api.create(make_kubevirt(True))
-    for name, value in {
-        "KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
-        "OTEL_VMI_HV_SOURCE": "kubernetes",
-        "OTEL_VMI_HV_NODE_NAME": NODE,
-        "OTEL_VMI_HV_PODS_ROOT": str(pods),
-        "OTEL_VMI_HV_LIBVIRT_URI": TEST_DRIVER_TEMPLATE,
-    }.items():
-        monkeypatch.setenv(name, value)
+    set_detect_environment(monkeypatch, api, tmp_path, NODE, pods)
 
     assert main(["detect", "--output", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)

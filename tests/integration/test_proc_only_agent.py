@@ -75,7 +75,7 @@ def test_detect_shows_where_proc_and_libvirt_disagree(
     """detect asks both; libvirt's answer is reported and /proc's is shown beside it."""
     import json
 
-    from tests.integration.kube_env import TEST_DRIVER_TEMPLATE, Launchers
+    from tests.integration.kube_env import Launchers, set_detect_environment
 
     pods_root = tmp_path / "pods"
     vmi = make_vmi("prod", "vm", NODE, pod_uid="55555555-5555-5555-5555-555555555555")
@@ -84,16 +84,7 @@ def test_detect_shows_where_proc_and_libvirt_disagree(
     proc = write_proc_tree(
         tmp_path / "proc", [_qemu(100, "prod", "vm", "55555555-5555-5555-5555-555555555555", "TCG")]
     )
-    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-    for name, value in {
-        "KUBECONFIG": str(kubeconfig),
-        "OTEL_VMI_HV_SOURCE": "kubernetes",
-        "OTEL_VMI_HV_NODE_NAME": NODE,
-        "OTEL_VMI_HV_PODS_ROOT": str(pods_root),
-        "OTEL_VMI_HV_LIBVIRT_URI": TEST_DRIVER_TEMPLATE,
-        "OTEL_VMI_HV_PROC_ROOT": str(proc),
-    }.items():
-        monkeypatch.setenv(name, value)
+    set_detect_environment(monkeypatch, api, tmp_path, NODE, pods_root, OTEL_VMI_HV_PROC_ROOT=str(proc))
     assert main(["detect", "--output", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["hypervisor_type"], row["method"], row["proc_says"]) == ("kvm", "libvirt", "qemu-tcg")

@@ -11,36 +11,15 @@ from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.telemetry import INFO_METRIC, Telemetry
 from otel_vmi_hv.tracker import Snapshot
 from tests.exposition import info_series
+from tests.telemetry_inputs import FixedInputs
 
 RUNNING = 100
 TOTAL = 100_000
 
 
-class Rows:
-    def __init__(self, revision: Revision) -> None:
-        self.revision = revision
-        self.snapshot = Snapshot(0, (), 0)
-
-    def set(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        self.revision.bump()
-
-    def publish(self) -> Snapshot:
-        return self.snapshot
-
-    def states(self) -> dict[str, str]:
-        return {}
-
-    def node_kvm_available(self) -> bool | None:
-        return None
-
-    def explain(self, vmi: object) -> tuple[str, str]:
-        return ("unknown", "")
-
-
 def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact() -> None:
     revision = Revision()
-    state = Rows(revision)
+    state = FixedInputs(revision)
     otlp_like = InMemoryMetricReader()
     telemetry = Telemetry(
         load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "NODE_NAME": "n"}),
