@@ -344,7 +344,7 @@ class Tracker:
         self._release_all(released)
         if discarded or detection.pending:
             return
-        label = f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name
+        label = _printable(f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name)
         if detection.ok:
             log.debug("%s: hypervisor %s (via %s)", label, detection.hypervisor_type, detection.method.value)
         elif previous is None or previous.ok or previous.error != detection.error:
@@ -365,3 +365,8 @@ class Tracker:
         if previous is None or previous.hypervisor_type != detection.hypervisor_type:
             self._changed()
         return previous
+
+
+def _printable(text: str) -> str:
+    """A VMI's name for a log line: a hostile API server's control characters cannot forge lines."""
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
