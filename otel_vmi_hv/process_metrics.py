@@ -8,6 +8,7 @@ instruments), so they cost nothing between scrapes and reach both /metrics and O
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import resource
@@ -33,7 +34,9 @@ class ProcessSample:
     max_fds: int
 
 
+@functools.cache
 def _boot_time(proc: str) -> float:
+    """The boot time, read once: /proc/stat is long on big machines and btime never changes."""
     with open(f"{proc}/stat") as stat:
         return float(next(line.split()[1] for line in stat if line.startswith("btime ")))
 

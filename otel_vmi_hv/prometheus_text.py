@@ -156,7 +156,9 @@ def _family(metric: Any) -> list[str]:
     data = metric.data
     name = family_name(metric.name, metric.unit or "")
     description = metric.description or ""
-    points = sorted(data.data_points, key=lambda point: labels_text(point.attributes or {}))
+    # Each point's labels are written once and the series sorted by them: a body depends only on
+    # the collected state.
+    points = sorted(((labels_text(p.attributes or {}), p) for p in data.data_points), key=lambda lp: lp[0])
     if (
         isinstance(data, Sum)
         and data.is_monotonic
@@ -165,16 +167,16 @@ def _family(metric: Any) -> list[str]:
         base = name.removesuffix("_total")
         return [
             *family_header(f"{base}_total", "counter", description),
-            *(f"{base}_total{labels_text(p.attributes or {})} {number(p.value)}" for p in points),
+            *(f"{base}_total{labels} {number(p.value)}" for labels, p in points),
         ]
     if isinstance(data, Gauge | Sum):
         return [
             *family_header(name, "gauge", description),
-            *(f"{name}{labels_text(p.attributes or {})} {number(p.value)}" for p in points),
+            *(f"{name}{labels} {number(p.value)}" for labels, p in points),
         ]
     if isinstance(data, Histogram):
         lines = family_header(name, "histogram", description)
-        for point in points:
+        for labels, point in points:
             attributes = point.attributes or {}
             cumulative = 0
             bounds = [*(number(bound) for bound in point.explicit_bounds), "+Inf"]
@@ -182,8 +184,8 @@ def _family(metric: Any) -> list[str]:
                 cumulative += count
                 le = 'le="' + bound + '"'
                 lines.append(f"{name}_bucket{labels_text(attributes, le)} {number(cumulative)}")
-            lines.append(f"{name}_count{labels_text(attributes)} {number(point.count)}")
-            lines.append(f"{name}_sum{labels_text(attributes)} {number(point.sum)}")
+            lines.append(f"{name}_count{labels} {number(point.count)}")
+            lines.append(f"{name}_sum{labels} {number(point.sum)}")
         return lines
     return []  # exponential histograms: the agent creates none
 
