@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.agent_process import AgentProcess, wait_until
-from tests.exposition import info_series
+from tests.exposition import info_series, parse_samples
 from tests.harness.libvirtd import LibvirtDaemon, SystemLibvirtDaemon
 from tests.harness.otlp_receiver import RotelReceiver
 from tests.harness.prometheus import PrometheusServer, promtool_check_metrics
@@ -18,6 +18,7 @@ from tests.harness.prometheus import PrometheusServer, promtool_check_metrics
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirtd]
 INFO = "kubevirt_vmi_hypervisor_info"
 FOUR = {"namespace", "name", "node", "hypervisor_type"}
+EMULATION = "otel_vmi_hv_vmi_emulation_info"
 
 
 def _unique(prefix: str) -> str:
@@ -117,6 +118,29 @@ def test_running_domains_reach_metrics_prometheus_and_otlp(
         assert resource["k8s.node.name"] == "e2e-node"
         assert {p.attributes["node"] for p in export.of(INFO)} == {"e2e-node"}
         assert otlp_receiver.errors == []
+
+        # Why they are emulated: the companion series, the same on both paths (the reason depends
+        # on this host's /dev/kvm, so it is compared, not fixed).
+        def reasons_in_metrics() -> set[tuple[str, str, str]]:
+            return {
+                (labels["namespace"], labels["name"], labels["reason"])
+                for labels, _ in parse_samples(agent.metrics(), EMULATION)
+                if labels["namespace"] == namespace
+            }
+
+        def reasons_over_otlp() -> set[tuple[str, str, str]]:
+            latest = otlp_receiver.latest_export(EMULATION)
+            points = latest.of(EMULATION) if latest is not None else []
+            return {
+                (str(p.attributes["namespace"]), str(p.attributes["name"]), str(p.attributes["reason"]))
+                for p in points
+                if p.attributes["namespace"] == namespace
+            }
+
+        in_metrics = reasons_in_metrics()
+        assert {(ns, name) for ns, name, _ in in_metrics} == set(expected)
+        assert {reason for _, _, reason in in_metrics} <= {"kvm_not_requested", "node_without_kvm"}
+        wait_until(lambda: reasons_over_otlp() == in_metrics, 15, "the same reasons over OTLP")
 
         prometheus = prometheus_factory([f"127.0.0.1:{agent.port}"])
         query = f'{INFO}{{namespace="{namespace}"}}'
