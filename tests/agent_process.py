@@ -48,6 +48,19 @@ def http_get(url: str, timeout: float = 5.0, headers: Mapping[str, str] | None =
         return error.code, error.read().decode()
 
 
+def exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to a local port, read until the server closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+        client.sendall(request)
+        received = b""
+        try:
+            while chunk := client.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+        return received
+
+
 class AgentProcess:
     """``python -m otel_vmi_hv`` with a clean OTEL_* environment and a free port."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_process import AgentProcess, demo_uri, free_port, http_get, wait_until
+from tests.agent_process import AgentProcess, demo_uri, exchange, free_port, http_get, wait_until
 from tests.conftest import ROOT
 
 BASE_ENV = {"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_LIBVIRT_URI": demo_uri()}
@@ -95,15 +95,7 @@ def reset(sock: socket.socket) -> None:
 
 
 def raw_exchange(process: AgentProcess, request: bytes) -> bytes:
-    with connect(process, timeout=5) as client:
-        client.sendall(request)
-        received = b""
-        try:
-            while chunk := client.recv(65536):
-                received += chunk
-        except TimeoutError:
-            pass
-    return received
+    return exchange(process.port, request)
 
 
 # ----------------------------------------------------------------------------- part 1: the server

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 
 from otel_vmi_hv.http import HttpServer, ListenError, Readiness, ServerLimits, accepts_gzip
-from tests.agent_process import wait_until
+from tests.agent_process import exchange, wait_until
 
 BODY = b"some_metric 1\n" * 1000  # above the gzip threshold
 
@@ -34,19 +34,6 @@ def serving(
         yield server
     finally:
         server.stop()
-
-
-def exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, read until the server closes (or the timeout)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
-        client.sendall(request)
-        received = b""
-        try:
-            while chunk := client.recv(65536):
-                received += chunk
-        except TimeoutError:
-            pass
-        return received
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
