@@ -713,6 +713,7 @@ class _Fault:
     verbs: frozenset[str] | None = None
     retry_after: int | None = None
     message: str | None = None
+    plurals: frozenset[str] | None = None  # only requests for these resources (None: any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1317,13 +1318,23 @@ class FakeKubeAPIServer:
         verbs: Collection[str] | None = None,
         retry_after: int | None = None,
         message: str | None = None,
+        plurals: Collection[str] | None = None,
     ) -> None:
         """Answer the next ``count`` requests (optionally only of some ``verbs``: list, watch, get, ...) with
-        ``status`` and a Status body; ``retry_after`` adds a ``Retry-After`` header (as 429/503 do).
+        ``status`` and a Status body; ``retry_after`` adds a ``Retry-After`` header (as 429/503 do);
+        ``plurals`` limits it to requests for those resources (``virtualmachineinstances``, ``nodes``).
         """
         with self._lock:
             self._faults.append(
-                _Fault("fail", count, status, frozenset(verbs) if verbs else None, retry_after, message)
+                _Fault(
+                    "fail",
+                    count,
+                    status,
+                    frozenset(verbs) if verbs else None,
+                    retry_after,
+                    message,
+                    frozenset(plurals) if plurals else None,
+                )
             )
 
     def hang_requests(self, count: int, *, verbs: Collection[str] | None = None) -> None:
@@ -1551,10 +1562,13 @@ class FakeKubeAPIServer:
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_RDWR)
 
-    def _take_fault(self, verb: str) -> _Fault | None:
-        """Consume one unit of the first pending fault that applies to ``verb``.  Lock must be held."""
+    def _take_fault(self, verb: str, plural: str | None) -> _Fault | None:
+        """Consume one unit of the first pending fault that applies to ``verb`` (and the resource's
+        ``plural``).  Lock must be held."""
         for fault in self._faults:
-            if fault.verbs is None or verb in fault.verbs:
+            if (fault.verbs is None or verb in fault.verbs) and (
+                fault.plurals is None or plural in fault.plurals
+            ):
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
@@ -1587,7 +1601,7 @@ class FakeKubeAPIServer:
                 )
             )
             self._verb_counts[route.verb] = self._verb_counts.get(route.verb, 0) + 1
-            fault = self._take_fault(route.verb)
+            fault = self._take_fault(route.verb, route.resource.plural if route.resource else None)
             forbidden = route.resource is not None and route.resource.plural in self._forbidden
             release = self._hung_release
             self._notify()

@@ -428,7 +428,7 @@ def test_watch_refused_with_http_410_leads_to_a_relist(api, tmp_path, pods_root,
         assert agent.synced.wait(10)
         assert api.wait_for_watches(AGENT_WATCHES)
         lists = vmi_lists(api)
-        api.fail_requests(AGENT_WATCHES, status=410, verbs=["watch"])  # each watch resumes with a 410
+        api.fail_requests(1, status=410, verbs=["watch"], plurals=["virtualmachineinstances"])
         api.drop_streams()
         api.wait_for(lambda: vmi_lists(api) > lists, 10)
         assert vmi_lists(api) > lists
