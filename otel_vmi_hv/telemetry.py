@@ -73,7 +73,7 @@ class Recorder:
         """One finished attempt to learn a domain's type."""
 
     def record_watch_restart(self, reason: str) -> None:
-        """A VMI watch stream ended and is being resumed (closed, error, expired)."""
+        """A VMI watch stream ended and is being resumed (closed, error, expired, silent)."""
 
     def record_relist(self) -> None:
         """A full listing was reconciled into the cache."""
@@ -109,7 +109,7 @@ class SelfMetrics(Recorder):
         self.watch_restarts = meter.create_counter(
             "otel_vmi_hv_watch_restarts",
             unit="{restart}",
-            description="VMI watch streams restarted, by reason (closed, error, expired)",
+            description="VMI watch streams restarted, by reason (closed, error, expired, silent)",
         )
         self.relists = meter.create_counter(
             "otel_vmi_hv_relists",
