@@ -28,10 +28,10 @@ from prometheus_client.core import GaugeMetricFamily
 
 from bench.common import median, ms, p99, table, timings
 from otel_vmi_hv.config import load_settings
-from otel_vmi_hv.http import HttpServer, Readiness
+from otel_vmi_hv.export.telemetry import INFO_HELP, INFO_METRIC, Telemetry
 from otel_vmi_hv.model import Series
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.telemetry import INFO_HELP, INFO_METRIC, Telemetry
+from otel_vmi_hv.server.http import HttpServer, Readiness
 from otel_vmi_hv.tracker import Snapshot
 from tests.telemetry_inputs import FixedInputs
 
@@ -203,7 +203,7 @@ def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[lis
     """collect + encode + send over gRPC to a real receiver, stock exporter against the agent's."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    from otel_vmi_hv.otlp import ExportStatus, build_exporter
+    from otel_vmi_hv.export.otlp import ExportStatus, build_exporter
 
     endpoint = receiver.grpc_endpoint
     limits: dict[type, int] = {ObservableGauge: 10_000_000}

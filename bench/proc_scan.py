@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import median, ms, p99, table, timings
-from otel_vmi_hv.proc_scan import scan_proc
+from otel_vmi_hv.detection.proc.scan import scan_proc
 from tests.fakes.proc_tree import FakeProcess, write_proc_tree
 
 # What libvirt passes after -name for a KubeVirt VMI (abridged), repeated to a realistic ~3 KiB.

@@ -12,15 +12,15 @@ import threading
 import time
 from typing import Protocol
 
-from otel_vmi_hv.cluster_facts import emulation_facts_for
 from otel_vmi_hv.config import Settings
-from otel_vmi_hv.detection_order import DetectionOrder
-from otel_vmi_hv.domain_detector import DomainDetector
-from otel_vmi_hv.http import HttpServer, Readiness, limits_from, tls_context
-from otel_vmi_hv.libvirt_calls import EventLoop, LibvirtCalls, silence_libvirt_stderr
-from otel_vmi_hv.proc_detector import ProcDetector
+from otel_vmi_hv.detection.libvirt.calls import EventLoop, LibvirtCalls, silence_libvirt_stderr
+from otel_vmi_hv.detection.libvirt.domain import DomainDetector
+from otel_vmi_hv.detection.order import DetectionOrder
+from otel_vmi_hv.detection.proc.detector import ProcDetector
+from otel_vmi_hv.emulation.cluster_facts import emulation_facts_for
+from otel_vmi_hv.export.telemetry import Recorder, Telemetry
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.telemetry import Recorder, Telemetry
+from otel_vmi_hv.server.http import HttpServer, Readiness, limits_from, tls_context
 from otel_vmi_hv.tracker import Tracker
 
 log = logging.getLogger(__name__)

@@ -881,7 +881,7 @@ def _check_tls(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"{given} is set but {missing} is not: HTTPS needs both a certificate and its key")
     import ssl
 
-    from otel_vmi_hv.tls_reload import server_context  # the server's own builder: same checks
+    from otel_vmi_hv.server.tls_reload import server_context  # the server's own builder: same checks
 
     try:
         server_context(cert, key, None)

@@ -27,7 +27,7 @@ from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, DetectionMethod
 from otel_vmi_hv.revision import Revision
 
 if TYPE_CHECKING:
-    from otel_vmi_hv.telemetry import Recorder
+    from otel_vmi_hv.export.telemetry import Recorder
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import libvirt
 
 from otel_vmi_hv.backoff import Backoff
-from otel_vmi_hv.libvirt_calls import EventLoop, LibvirtCalls, LibvirtUnavailable
+from otel_vmi_hv.detection.libvirt.calls import EventLoop, LibvirtCalls, LibvirtUnavailable
 from otel_vmi_hv.model import VMI, LibvirtTarget
 from otel_vmi_hv.tracker import Tracker
 
 if TYPE_CHECKING:
-    from otel_vmi_hv.telemetry import Recorder
+    from otel_vmi_hv.export.telemetry import Recorder
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ UNSHARE = "/usr/bin/unshare"
 # Runs in the unprivileged child: one detector, the queries from argv, answers as JSON.
 _CHILD = """
 import json, os, sys
-from otel_vmi_hv.proc_detector import ProcDetector
+from otel_vmi_hv.detection.proc.detector import ProcDetector
 detector = ProcDetector(sys.argv[1])
 answers = [detector.detect(name, pod) for name, pod in json.loads(sys.argv[2])]
 print(json.dumps({"euid": os.geteuid(), "answers": [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_vmi_hv.cluster_facts import ClusterFacts
+from otel_vmi_hv.emulation.cluster_facts import ClusterFacts
 from otel_vmi_hv.model import VMI, LibvirtTarget
 from tests.agent_process import wait_until
 from tests.fakes.kube_apiserver import FakeKubeAPIServer

@@ -15,8 +15,8 @@ from typing import Any
 
 import libvirt
 
-from otel_vmi_hv.domain_detector import DomainDetector
-from otel_vmi_hv.libvirt_calls import LibvirtCalls, silence_libvirt_stderr
+from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls, silence_libvirt_stderr
+from otel_vmi_hv.detection.libvirt.domain import DomainDetector
 from otel_vmi_hv.model import Detection, DetectionMethod, LibvirtTarget
 from otel_vmi_hv.revision import Revision
 from tests.conftest import DEMO_NODE, FIXTURES

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_vmi_hv.domain_xml import MAX_DOMAIN_XML_BYTES, DomainType, parse_domain_type
+from otel_vmi_hv.detection.libvirt.domain_xml import MAX_DOMAIN_XML_BYTES, DomainType, parse_domain_type
 from tests.conftest import FIXTURES
 
 

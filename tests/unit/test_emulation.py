@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from otel_vmi_hv.emulation import EmulationPolicy, EmulationReason, NodeKvm, explain_emulation
+from otel_vmi_hv.emulation.reasons import EmulationPolicy, EmulationReason, NodeKvm, explain_emulation
 from otel_vmi_hv.model import SoftwareEmulation
 
 KVM = NodeKvm(True, "node w1 allocatable devices.kubevirt.io/kvm=1k")

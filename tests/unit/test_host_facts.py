@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_vmi_hv.cluster_facts import HostFacts
+from otel_vmi_hv.emulation.cluster_facts import HostFacts
 from otel_vmi_hv.model import VMI, LibvirtTarget
 
 TCG_DOMAIN = VMI("uuid-1", "", "builder", LibvirtTarget("qemu:///system", "builder", "1/uuid-1"))
@@ -45,8 +45,8 @@ def test_kvm_appearing_is_picked_up_on_refresh(tmp_path: Path) -> None:
 
 
 def test_the_libvirt_source_gets_host_facts(tmp_path: Path) -> None:
-    from otel_vmi_hv.cluster_facts import emulation_facts_for
     from otel_vmi_hv.config import load_settings
+    from otel_vmi_hv.emulation.cluster_facts import emulation_facts_for
 
     settings = load_settings(
         {"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_KVM_DEVICE": str(tmp_path / "no-kvm")}

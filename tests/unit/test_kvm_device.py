@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_vmi_hv.kvm_device import probe_kvm_device
+from otel_vmi_hv.emulation.kvm_device import probe_kvm_device
 
 
 def _kvm_usable() -> bool:

@@ -19,9 +19,9 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 
 from otel_vmi_hv.config import load_settings
-from otel_vmi_hv.otlp import failure_reason
+from otel_vmi_hv.export.otlp import failure_reason
+from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.telemetry import Telemetry
 from tests.exposition import parse_samples
 
 FAILURES = "otel_vmi_hv_otlp_export_failures_total"

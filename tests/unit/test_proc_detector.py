@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from otel_vmi_hv.detection.proc.detector import ProcDetector, is_pending
+from otel_vmi_hv.detection.proc.parse import pod_uid_from_cgroup, proc_mount_options
+from otel_vmi_hv.detection.proc.scan import ProcScan, scan_proc
 from otel_vmi_hv.model import UNKNOWN, DetectionMethod
-from otel_vmi_hv.proc_detector import ProcDetector, is_pending
-from otel_vmi_hv.proc_parse import pod_uid_from_cgroup, proc_mount_options
-from otel_vmi_hv.proc_scan import ProcScan, scan_proc
 from tests.fakes.proc_tree import (
     Case,
     FakeProcess,
@@ -100,7 +100,7 @@ def test_hidepid_without_gid_says_to_add_one(tmp_path: Path) -> None:
 
 _DETECT_AS_CHILD = """
 import json, sys
-from otel_vmi_hv.proc_detector import ProcDetector
+from otel_vmi_hv.detection.proc.detector import ProcDetector
 d = ProcDetector(sys.argv[1]).detect("default_vm", None)
 print(json.dumps([d.error, d.detail]))
 """

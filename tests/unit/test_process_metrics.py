@@ -16,8 +16,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_vmi_hv.process_metrics import register_process_metrics
-from otel_vmi_hv.prometheus_text import family_name, render
+from otel_vmi_hv.export.process_metrics import register_process_metrics
+from otel_vmi_hv.export.prometheus_text import family_name, render
 
 EXPECTED = {
     "process_resident_memory_bytes": "gauge",

@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_vmi_hv.config import load_settings
+from otel_vmi_hv.export.prometheus_text import family_name
+from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, Series
-from otel_vmi_hv.prometheus_text import family_name
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.telemetry import Telemetry
 from otel_vmi_hv.tracker import Snapshot
 from tests.exposition import parse_samples
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_vmi_hv.config import load_settings
+from otel_vmi_hv.export.telemetry import INFO_METRIC, Telemetry
 from otel_vmi_hv.model import Series
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.telemetry import INFO_METRIC, Telemetry
 from otel_vmi_hv.tracker import Snapshot
 from tests.exposition import info_series
 from tests.telemetry_inputs import FixedInputs

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from otel_vmi_hv.socket_paths import SUN_PATH_MAX, SocketPathShortener
+from otel_vmi_hv.detection.libvirt.socket_paths import SUN_PATH_MAX, SocketPathShortener
 
 
 def test_short_paths_and_other_uris_are_left_alone(tmp_path: Path) -> None:

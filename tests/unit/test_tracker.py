@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.export.telemetry import Recorder
 from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, LibvirtTarget
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.telemetry import Recorder
 from otel_vmi_hv.tracker import Tracker
 from tests.agent_process import wait_until
 

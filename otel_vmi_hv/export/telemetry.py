@@ -27,13 +27,13 @@ from opentelemetry.sdk.resources import Resource
 
 from otel_vmi_hv import __version__
 from otel_vmi_hv.config import Settings
+from otel_vmi_hv.export.otlp import ExportStatus, build_exporter, detach
+from otel_vmi_hv.export.process_metrics import prometheus_text as process_text
+from otel_vmi_hv.export.process_metrics import register_process_metrics
+from otel_vmi_hv.export.prometheus_text import PrometheusTextReader
+from otel_vmi_hv.export.sdk_state import AttributeStatePruner
 from otel_vmi_hv.model import VMI, Detection
-from otel_vmi_hv.otlp import ExportStatus, build_exporter, detach
-from otel_vmi_hv.process_metrics import prometheus_text as process_text
-from otel_vmi_hv.process_metrics import register_process_metrics
-from otel_vmi_hv.prometheus_text import PrometheusTextReader
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.sdk_state import AttributeStatePruner
 from otel_vmi_hv.tracker import Snapshot
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from otel_vmi_hv.config import Settings
-from otel_vmi_hv.emulation import EmulationPolicy, Explanation, NodeKvm, explain_emulation
-from otel_vmi_hv.kvm_device import KvmState, probe_kvm_device
+from otel_vmi_hv.emulation.kvm_device import KvmState, probe_kvm_device
+from otel_vmi_hv.emulation.reasons import EmulationPolicy, Explanation, NodeKvm, explain_emulation
 from otel_vmi_hv.model import VMI
 from otel_vmi_hv.sources.kubernetes import api_client_for, list_watch_options
 from otel_vmi_hv.sources.list_watch import ListWatch, Resource

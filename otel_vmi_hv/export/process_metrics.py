@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from otel_vmi_hv.prometheus_text import family_header, family_name, number
+from otel_vmi_hv.export.prometheus_text import family_header, family_name, number
 
 log = logging.getLogger(__name__)
 

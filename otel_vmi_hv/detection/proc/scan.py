@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from otel_vmi_hv.proc_parse import (
+from otel_vmi_hv.detection.proc.parse import (
     ProcMountOptions,
     is_qemu_name,
     parse_qemu_name,

@@ -11,8 +11,8 @@ import os
 import stat
 from typing import Any
 
-from otel_vmi_hv.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
-from otel_vmi_hv.libvirt_calls import LibvirtCalls, LibvirtUnavailable
+from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls, LibvirtUnavailable
+from otel_vmi_hv.detection.libvirt.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
 from otel_vmi_hv.model import UNKNOWN, Detection, DetectionMethod, LibvirtTarget
 
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod
 
 if TYPE_CHECKING:
-    from otel_vmi_hv.domain_detector import DomainDetector
-    from otel_vmi_hv.proc_detector import ProcDetector
-    from otel_vmi_hv.telemetry import Recorder
+    from otel_vmi_hv.detection.libvirt.domain import DomainDetector
+    from otel_vmi_hv.detection.proc.detector import ProcDetector
+    from otel_vmi_hv.export.telemetry import Recorder
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from typing import Any
 import h11
 
 from otel_vmi_hv.config import Settings
-from otel_vmi_hv.http_client_noise import RateLimitedLog
-from otel_vmi_hv.tls_reload import ReloadingTLS
+from otel_vmi_hv.server.client_noise import RateLimitedLog
+from otel_vmi_hv.server.tls_reload import ReloadingTLS
 
 log = logging.getLogger(__name__)
 # Malformed requests, resets, bad TLS records: a client's fault, at most a rate-limited debug line.

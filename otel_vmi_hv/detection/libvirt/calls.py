@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import libvirt
 
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.detection.libvirt.socket_paths import SocketPathShortener
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.socket_paths import SocketPathShortener
 
 log = logging.getLogger(__name__)
 

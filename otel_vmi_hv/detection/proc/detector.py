@@ -25,9 +25,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from otel_vmi_hv.detection.proc.parse import hypervisor_type_for_accelerator
+from otel_vmi_hv.detection.proc.scan import ProcScan, QemuProcess, scan_proc
 from otel_vmi_hv.model import PENDING, UNKNOWN, Detection, DetectionMethod
-from otel_vmi_hv.proc_parse import hypervisor_type_for_accelerator
-from otel_vmi_hv.proc_scan import ProcScan, QemuProcess, scan_proc
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What leaves the agent: the MeterProvider and its instruments, the /metrics text, OTLP."""

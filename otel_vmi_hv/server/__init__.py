@@ -1,0 +1,1 @@
+"""The HTTP endpoint that serves /metrics, /healthz and /readyz."""
