@@ -28,11 +28,12 @@ from prometheus_client.core import GaugeMetricFamily
 
 from bench.common import median, ms, p99, table, timings
 from otel_vmi_hv.config import load_settings
-from otel_vmi_hv.export.telemetry import INFO_HELP, INFO_METRIC, Telemetry
+from otel_vmi_hv.export.telemetry import Telemetry
+from otel_vmi_hv.export.vmi_instruments import INFO_HELP, INFO_METRIC
+from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import Series
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server.http import HttpServer, Readiness
-from otel_vmi_hv.tracker import Snapshot
 from tests.telemetry_inputs import FixedInputs
 
 LABELS = ("namespace", "name", "node", "hypervisor_type")
@@ -154,12 +155,12 @@ class AgentSide:
         readers = [self.otlp] if extra is None else [extra]
         self.inputs = FixedInputs(Revision(), Snapshot(1, rows, 0))
         self.telemetry = Telemetry(settings, self.inputs.revision, extra_readers=readers)
-        self.telemetry.publish(self.inputs, self.inputs, self.inputs)
+        self.telemetry.register_vmi_instruments(self.inputs, self.inputs, self.inputs)
         self.variants = (rows, make_rows(len(rows), flip=1))
 
     def change(self) -> None:
         """One VMI changes type: a new snapshot, as the tracker publishes after a detection."""
-        version = self.inputs.snapshot.version + 1
+        version = self.inputs.current.version + 1
         self.inputs.set(Snapshot(version, self.variants[version % 2], 0))
 
     def collect_after_change(self) -> None:

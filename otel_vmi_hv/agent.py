@@ -18,7 +18,8 @@ from otel_vmi_hv.detection.libvirt.domain import DomainDetector
 from otel_vmi_hv.detection.order import DetectionOrder
 from otel_vmi_hv.detection.proc.detector import ProcDetector
 from otel_vmi_hv.emulation.cluster_facts import emulation_facts_for
-from otel_vmi_hv.export.telemetry import Recorder, Telemetry
+from otel_vmi_hv.export.telemetry import Telemetry
+from otel_vmi_hv.interfaces import Detector, Recorder
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server.http import HttpServer, Readiness, limits_from, tls_context
 from otel_vmi_hv.tracker import Tracker
@@ -49,12 +50,7 @@ class Agent:
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
         self.synced = threading.Event()
         self.libvirt = LibvirtCalls(settings.libvirt_timeout, self.revision, keep_connections=not kubernetes)
-        self.detector = DetectionOrder(
-            DomainDetector(self.libvirt) if self._libvirt_reachable() else None,
-            ProcDetector(settings.proc_root) if settings.proc_root else None,
-            self.metrics,
-            ask_both=cross_check,
-        )
+        self.detector = DetectionOrder(self._detectors(), self.metrics, ask_both=cross_check)
         self.tracker = Tracker(
             self.detector.detect,
             settings.node_name,
@@ -69,7 +65,7 @@ class Agent:
         # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device.
         self.emulation = emulation_facts_for(settings, on_change=self.revision.bump)
         if self.telemetry is not None:
-            self.telemetry.publish(self.tracker, self.libvirt, self.emulation)
+            self.telemetry.register_vmi_instruments(self.tracker, self.libvirt, self.emulation)
         self.http: HttpServer | None = None
 
     def _build_source(self) -> Source:
@@ -94,6 +90,15 @@ class Agent:
             metrics=self.metrics,
             on_synced=self._synced,
         )
+
+    def _detectors(self) -> list[Detector]:
+        """/proc first when it is on (no RPC, cannot hang), then the launcher's libvirt."""
+        detectors: list[Detector] = []
+        if self.settings.proc_root:
+            detectors.append(ProcDetector(self.settings.proc_root))
+        if self._libvirt_reachable():
+            detectors.append(DomainDetector(self.libvirt))
+        return detectors
 
     def _libvirt_reachable(self) -> bool:
         """False only for a /proc-only deployment: KubeVirt mode with no pods-root mount."""

@@ -20,31 +20,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.interfaces import Recorder, Snapshot
 from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, DetectionMethod, Series, encodable_label
 from otel_vmi_hv.revision import Revision
-
-if TYPE_CHECKING:
-    from otel_vmi_hv.export.telemetry import Recorder
 
 log = logging.getLogger(__name__)
 
 RETRY = Backoff(initial=1.0, maximum=60.0)
 PENDING_RETRY = Backoff(initial=0.2, maximum=5.0)  # a QEMU about to name its vCPU threads
 DEFAULT_WORKERS = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What the metric callback exports; replaced as a whole, never mutated."""
-
-    version: int
-    series: tuple[Series, ...]
-    pending: int  # VMIs whose first detection has not finished
-    unknown: int = 0  # series whose hypervisor_type is unknown
-    emulated: tuple[tuple[Series, VMI], ...] = ()  # the qemu-tcg rows with their VMI, to explain them
 
 
 @dataclass(slots=True)
@@ -91,7 +77,7 @@ class Tracker:
         self._dirty = True
         self._stopping = False
         self._threads: list[threading.Thread] = []
-        self.snapshot = Snapshot(0, (), 0)
+        self._snapshot = Snapshot(0, (), 0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,16 +158,16 @@ class Tracker:
 
     # ------------------------------------------------------------------ reading
 
-    def publish(self) -> Snapshot:
+    def snapshot(self) -> Snapshot:
         """Return the current snapshot, rebuilding it first if anything changed since the last one."""
         if not self._dirty:
-            return self.snapshot
+            return self._snapshot
         with self._lock:
             return self._rebuild_locked()
 
     def _rebuild_locked(self) -> Snapshot:
         if not self._dirty:  # another reader rebuilt it while this one waited for the lock
-            return self.snapshot
+            return self._snapshot
         rows = []
         emulated = []
         pending = 0
@@ -197,9 +183,9 @@ class Tracker:
         rows.sort(key=lambda row: (row.namespace, row.name))
         self._version += 1
         unknown = sum(1 for row in rows if row.hypervisor_type == UNKNOWN)
-        self.snapshot = Snapshot(self._version, tuple(rows), pending, unknown, tuple(emulated))
+        self._snapshot = Snapshot(self._version, tuple(rows), pending, unknown, tuple(emulated))
         self._dirty = False
-        return self.snapshot
+        return self._snapshot
 
     def detections(self) -> list[tuple[VMI, Detection | None]]:
         """Every tracked VMI with its latest detection (for the detect command and debugging)."""

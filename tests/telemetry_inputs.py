@@ -1,24 +1,25 @@
-"""What Telemetry.publish() reads (the tracker's snapshots, connection states, emulation facts),
-held fixed by a test or benchmark that sets the snapshot itself."""
+"""What Telemetry.register_vmi_instruments() reads (the tracker's snapshots, connection states,
+emulation facts), held fixed by a test or benchmark that sets the snapshot itself."""
 
 from __future__ import annotations
 
+from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.tracker import Snapshot
 
 
 class FixedInputs:
     def __init__(self, revision: Revision, snapshot: Snapshot | None = None) -> None:
         self.revision = revision
-        self.snapshot = snapshot or Snapshot(0, (), 0)
+        self.current = snapshot or Snapshot(0, (), 0)
+        self.version = 0  # of the emulation facts, which never change here
 
     def set(self, snapshot: Snapshot) -> None:
         """A new snapshot, announced as the tracker does: after it is in place."""
-        self.snapshot = snapshot
+        self.current = snapshot
         self.revision.bump()
 
-    def publish(self) -> Snapshot:
-        return self.snapshot
+    def snapshot(self) -> Snapshot:
+        return self.current
 
     def states(self) -> dict[str, str]:
         return {}
@@ -28,3 +29,9 @@ class FixedInputs:
 
     def explain(self, vmi: object) -> tuple[str, str]:
         return ("unknown", "")
+
+    def start(self) -> None:
+        """Nothing to watch: the facts are fixed."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""

@@ -1,69 +1,70 @@
-"""The order in which a VMI's hypervisor type is asked for: /proc, then libvirt, then the domain file.
+"""The order in which a VMI's hypervisor type is asked for: /proc, then libvirt (and its domain file).
 
 ``proc`` goes first when it is on: it reads the running QEMU's own vCPU thread names, makes no RPC
 and cannot hang. The libvirt socket (and behind it the launcher's domain file, see
-``domain_detector``) is asked when /proc gave no answer, or always by ``detect``, which compares the
-two: QEMU calls its thread names "not a stable API", so where both answered and disagree, libvirt's
-answer is reported and the disagreement is logged and counted.
+``libvirt.domain``) is asked when /proc gave no answer, or always by ``detect``, which compares the
+two: QEMU calls its thread names "not a stable API", so where both answered and disagree, the later
+method's answer (libvirt's) is reported and the disagreement is logged and counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
+from otel_vmi_hv.interfaces import Detector, Recorder
 from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod
-
-if TYPE_CHECKING:
-    from otel_vmi_hv.detection.libvirt.domain import DomainDetector
-    from otel_vmi_hv.detection.proc.detector import ProcDetector
-    from otel_vmi_hv.export.telemetry import Recorder
 
 log = logging.getLogger(__name__)
 
+NO_METHOD = Detection(UNKNOWN, DetectionMethod.NONE, "no_method", "no detection method is on")
+
 
 class DetectionOrder:
-    def __init__(
-        self,
-        libvirt: DomainDetector | None,
-        proc: ProcDetector | None,
-        metrics: Recorder,
-        *,
-        ask_both: bool = False,
-    ) -> None:
-        self._libvirt = libvirt
-        self._proc = proc
+    """Asks ``detectors`` in order; the first answer wins unless ``ask_both`` asks every one."""
+
+    def __init__(self, detectors: Sequence[Detector], metrics: Recorder, *, ask_both: bool = False) -> None:
+        self._detectors = tuple(detectors)
         self._metrics = metrics
         self._ask_both = ask_both
 
     def detect(self, vmi: VMI) -> Detection:
-        from_proc = None
-        if self._proc is not None:
-            from_proc = self._proc.detect(vmi.target.domain_name, vmi.target.pod_uid)
-            if from_proc.pending or (from_proc.ok and not self._ask_both):
-                return from_proc
-        if self._libvirt is None:
-            return from_proc or Detection(
-                UNKNOWN, DetectionMethod.NONE, "no_method", "no detection method is on"
-            )
-        from_libvirt = self._libvirt.detect(vmi.target)
-        if from_proc is None or (from_libvirt.ok and not from_proc.ok):
-            return from_libvirt
-        if from_proc.ok and not from_libvirt.ok:
-            return from_proc
-        if from_proc.ok:  # both answered
-            if from_proc.hypervisor_type == from_libvirt.hypervisor_type:
-                return from_libvirt
-            log.warning(
-                "%s/%s: /proc says %s but libvirt says %s; reporting libvirt's",
-                vmi.namespace,
-                vmi.name,
-                from_proc.hypervisor_type,
-                from_libvirt.hypervisor_type,
-            )
-            self._metrics.record_mismatch()
-            return dataclasses.replace(from_libvirt, mismatch=from_proc.hypervisor_type)
-        # Neither answered: libvirt's reason, with what /proc said beside it.
-        detail = f"{from_libvirt.detail}; proc: {from_proc.error}: {from_proc.detail}".lstrip("; ")
-        return dataclasses.replace(from_libvirt, detail=detail)
+        asked: list[Detection] = []
+        for detector in self._detectors:
+            detection = detector.detect(vmi)
+            if detection.pending or (detection.ok and not self._ask_both):
+                return detection  # "not yet" is asked again later; nothing else is worth asking now
+            asked.append(detection)
+        answers = [detection for detection in asked if detection.ok]
+        if answers:
+            return self._agreed(vmi, answers)
+        return _failed(asked) if asked else NO_METHOD
+
+    def _agreed(self, vmi: VMI, answers: list[Detection]) -> Detection:
+        """The last method's answer; an earlier one that disagrees is logged, counted and shown."""
+        reported = answers[-1]
+        for other in answers[:-1]:
+            if other.hypervisor_type != reported.hypervisor_type:
+                log.warning(
+                    "%s/%s: %s says %s but %s says %s; reporting %s's",
+                    vmi.namespace,
+                    vmi.name,
+                    other.method.value,
+                    other.hypervisor_type,
+                    reported.method.value,
+                    reported.hypervisor_type,
+                    reported.method.value,
+                )
+                self._metrics.record_mismatch()
+                return dataclasses.replace(reported, mismatch=other.hypervisor_type)
+        return reported
+
+
+def _failed(asked: list[Detection]) -> Detection:
+    """No method answered: the last one's reason, with what the earlier ones said beside it."""
+    last = asked[-1]
+    if len(asked) == 1:
+        return last
+    earlier = "; ".join(f"{d.method.value}: {d.error}: {d.detail}" for d in asked[:-1])
+    return dataclasses.replace(last, detail=f"{last.detail}; {earlier}".lstrip("; "))

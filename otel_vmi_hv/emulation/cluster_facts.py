@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.emulation.kvm_device import KvmState, probe_kvm_device
@@ -30,17 +30,6 @@ KVM_RESOURCE = "devices.kubevirt.io/kvm"
 NODES = Resource("nodes")
 KUBEVIRTS = Resource("kubevirts", "kubevirt.io", "v1")
 USE_EMULATION = "spec.configuration.developerConfiguration.useEmulation"
-
-
-class EmulationFacts(Protocol):
-    """What the tracker and telemetry need, whatever the source."""
-
-    @property
-    def version(self) -> int: ...
-    def node_kvm_available(self) -> bool | None: ...
-    def explain(self, vmi: VMI) -> tuple[str, str]: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
 
 
 def rbac_rule(resource: Resource) -> str:

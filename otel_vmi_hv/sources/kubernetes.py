@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from otel_vmi_hv.config import Settings
+from otel_vmi_hv.interfaces import Sink
 from otel_vmi_hv.model import VMI, LibvirtTarget, SoftwareEmulation
 from otel_vmi_hv.sources.list_watch import ListWatch, ListWatchOptions, Resource
-from otel_vmi_hv.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class KubernetesVMISource:
     def __init__(
         self,
         settings: Settings,
-        tracker: Tracker,
+        sink: Sink,
         *,
         on_synced: Callable[[], None] = lambda: None,
         on_relist: Callable[[], None] = lambda: None,
@@ -151,7 +151,7 @@ class KubernetesVMISource:
         page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         self._settings = settings
-        self._tracker = tracker
+        self._sink = sink
         self._api_client = api_client
         self._interpret = VMIInterpreter(settings.node_name, settings.libvirt_uri, settings.pods_root)
         self._listing: dict[str, VMI] = {}  # the relist in progress
@@ -226,7 +226,7 @@ class KubernetesVMISource:
 
     def relist_done(self) -> None:
         reported, self._listing = self._listing, {}
-        self._tracker.replace_all(reported.values())
+        self._sink.replace_all(reported.values())
         log.debug(
             "listed %d VMIs on %s, %d running here", self._listed, self._settings.node_name, len(reported)
         )
@@ -236,7 +236,7 @@ class KubernetesVMISource:
             metadata = obj.get("metadata")
             uid = metadata.get("uid") if isinstance(metadata, Mapping) else None
             if isinstance(uid, str):
-                self._tracker.remove(uid)
+                self._sink.remove(uid)
         else:
             self._upsert(obj)
 
@@ -258,11 +258,11 @@ class KubernetesVMISource:
     def _upsert(self, obj: Mapping[str, Any]) -> None:
         vmi = self._interpret_safely(obj)
         if vmi is not None:
-            self._tracker.upsert(vmi)
+            self._sink.upsert(vmi)
             return
         # Not (or no longer) to be reported here: stopped, migrated away, or unreadable. The
         # tracker releases its launcher once nothing uses it any more.
         metadata = obj.get("metadata")
         uid = metadata.get("uid") if isinstance(metadata, Mapping) else None
         if isinstance(uid, str):
-            self._tracker.remove(uid)
+            self._sink.remove(uid)

@@ -14,17 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import libvirt
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.detection.libvirt.calls import EventLoop, LibvirtCalls, LibvirtUnavailable
+from otel_vmi_hv.interfaces import Recorder, Sink
 from otel_vmi_hv.model import VMI, LibvirtTarget
-from otel_vmi_hv.tracker import Tracker
-
-if TYPE_CHECKING:
-    from otel_vmi_hv.export.telemetry import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +80,7 @@ class LibvirtDomainSource:
     def __init__(
         self,
         calls: LibvirtCalls,
-        tracker: Tracker,
+        sink: Sink,
         uri: str,
         resync_interval: float,
         *,
@@ -91,7 +88,7 @@ class LibvirtDomainSource:
         on_synced: Callable[[], None],
     ) -> None:
         self._calls = calls
-        self._tracker = tracker
+        self._sink = sink
         self._uri = uri
         self._resync = resync_interval
         self._metrics = metrics
@@ -123,7 +120,7 @@ class LibvirtDomainSource:
     def sync_once(self) -> None:
         """List the active domains and reconcile the tracker; raises LibvirtUnavailable."""
         domains = list_active_domains(self._calls, self._uri)
-        self._tracker.replace_all(vmi_for_domain(self._uri, domain) for domain in domains)
+        self._sink.replace_all(vmi_for_domain(self._uri, domain) for domain in domains)
         self._metrics.record_relist()
         self._metrics.record_sync(time.time())
         connection = self._calls.connection_id(self._uri)

@@ -62,15 +62,15 @@ def test_detects_types_over_one_reused_connection() -> None:
         return libvirt.openReadOnly(uri)
 
     detector = Detector(2.0, open_read_only=opener)
-    assert detector.detect(_target("default_web-frontend")).hypervisor_type == "kvm"
-    assert detector.detect(_target("ci_build-runner-7")).hypervisor_type == "qemu-tcg"
-    assert detector.detect(_target("windows_win2022-dc")).hypervisor_type == "mshv"
+    assert detector.detect_target(_target("default_web-frontend")).hypervisor_type == "kvm"
+    assert detector.detect_target(_target("ci_build-runner-7")).hypervisor_type == "qemu-tcg"
+    assert detector.detect_target(_target("windows_win2022-dc")).hypervisor_type == "mshv"
     assert opened == [DEMO_URI]
     assert detector.calls.states() == {DEMO_URI: "connected"}
 
 
 def test_missing_domain_is_unknown_with_reason() -> None:
-    detection = Detector(2.0).detect(_target("default_no-such-vm"))
+    detection = Detector(2.0).detect_target(_target("default_no-such-vm"))
     assert (detection.hypervisor_type, detection.error) == ("unknown", "no_domain")
 
 
@@ -82,8 +82,8 @@ def test_unreachable_daemon_is_unknown_and_backs_off() -> None:
         return libvirt.openReadOnly("qemu+unix:///system?socket=/nonexistent/libvirt-sock")
 
     detector = Detector(2.0, open_read_only=opener)
-    first = detector.detect(_target("x"))
-    second = detector.detect(_target("x"))
+    first = detector.detect_target(_target("x"))
+    second = detector.detect_target(_target("x"))
     assert (first.error, second.error) == ("no_socket", "no_socket")
     assert len(attempts) == 1, "the second detection must not hammer a daemon in backoff"
     assert detector.calls.states() == {DEMO_URI: "disconnected"}
@@ -95,7 +95,7 @@ def test_hung_open_is_bounded_and_stuck_calls_are_capped() -> None:
     detector = Detector(0.2, max_inflight_per_daemon=2, open_read_only=opener)
     detector.calls.subscribe(recovered=recovered.append)
     started = time.monotonic()
-    results = [detector.detect(_target("default_web-frontend")) for _ in range(5)]
+    results = [detector.detect_target(_target("default_web-frontend")) for _ in range(5)]
     elapsed = time.monotonic() - started
     assert [r.error for r in results] == ["timeout", "busy", "busy", "busy", "busy"]
     assert elapsed < 0.2 + 0.3, "busy answers must not wait for the timeout"
@@ -107,7 +107,7 @@ def test_hung_open_is_bounded_and_stuck_calls_are_capped() -> None:
     while not recovered and time.monotonic() < deadline:
         time.sleep(0.01)
     assert recovered == [DEMO_URI]
-    assert detector.detect(_target("default_web-frontend")).hypervisor_type == "kvm"
+    assert detector.detect_target(_target("default_web-frontend")).hypervisor_type == "kvm"
     assert detector.calls.states() == {DEMO_URI: "connected"}
 
 
@@ -121,9 +121,9 @@ def test_a_hung_daemon_does_not_delay_another() -> None:
         return libvirt.openReadOnly(uri)
 
     detector = Detector(0.3, open_read_only=opener)
-    assert detector.detect(_target("test", uri=hung_uri)).error == "timeout"
+    assert detector.detect_target(_target("test", uri=hung_uri)).error == "timeout"
     started = time.monotonic()
-    assert detector.detect(_target("default_postgres-0")).hypervisor_type == "kvm"
+    assert detector.detect_target(_target("default_postgres-0")).hypervisor_type == "kvm"
     assert time.monotonic() - started < 0.2
     gate.set()
 
@@ -132,7 +132,9 @@ def test_unreachable_socket_falls_back_to_the_launcher_domain_file(tmp_path: Pat
     domain_file = tmp_path / "default_cat8kv-01.xml"
     domain_file.write_bytes((FIXTURES / "domain-ocp411-cat8kv-01.xml").read_bytes())
     uri = f"qemu+unix:///session?socket={tmp_path}/virtqemud-sock"
-    detection = Detector(1.0).detect(_target("default_cat8kv-01", uri=uri, domain_file=str(domain_file)))
+    detection = Detector(1.0).detect_target(
+        _target("default_cat8kv-01", uri=uri, domain_file=str(domain_file))
+    )
     assert detection.hypervisor_type == "kvm"
     assert detection.method is DetectionMethod.DOMAIN_FILE
     assert detection.detail == "no_socket"
@@ -140,7 +142,9 @@ def test_unreachable_socket_falls_back_to_the_launcher_domain_file(tmp_path: Pat
 
 def test_unreadable_domain_file_keeps_the_libvirt_reason(tmp_path: Path) -> None:
     uri = f"qemu+unix:///session?socket={tmp_path}/virtqemud-sock"
-    detection = Detector(1.0).detect(_target("a_b", uri=uri, domain_file=str(tmp_path / "missing.xml")))
+    detection = Detector(1.0).detect_target(
+        _target("a_b", uri=uri, domain_file=str(tmp_path / "missing.xml"))
+    )
     assert (detection.hypervisor_type, detection.error, detection.method) == (
         "unknown",
         "no_socket",
@@ -151,7 +155,7 @@ def test_unreadable_domain_file_keeps_the_libvirt_reason(tmp_path: Path) -> None
 
 def test_forget_closes_the_connection() -> None:
     detector = Detector(2.0)
-    detector.detect(_target("default_web-frontend"))
+    detector.detect_target(_target("default_web-frontend"))
     conn = detector.calls._daemons[DEMO_URI].conn
     detector.calls.forget(DEMO_URI)
     assert detector.calls.states() == {}
@@ -181,7 +185,7 @@ def test_domain_file_that_could_block_or_redirect_is_refused(tmp_path: Path) -> 
         results: list[Detection] = []
 
         def run(path: Path = path, results: list[Detection] = results) -> None:
-            results.append(detector.detect(_target("a_b", uri=uri, domain_file=str(path))))
+            results.append(detector.detect_target(_target("a_b", uri=uri, domain_file=str(path))))
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
@@ -202,7 +206,7 @@ def test_failure_reasons_come_from_error_codes_whatever_the_language(tmp_path: P
         results = {}
         for name, path in (("missing", tmp_path / "missing-sock"), ("refused", listening)):
             uri = f"qemu+unix:///session?socket={path}"
-            results[name] = Detector(1.0).detect(_target("a_b", uri=uri)).error
+            results[name] = Detector(1.0).detect_target(_target("a_b", uri=uri)).error
     finally:
         bound.close()
     assert results == {"missing": "no_socket", "refused": "unreachable"}
@@ -211,12 +215,12 @@ def test_failure_reasons_come_from_error_codes_whatever_the_language(tmp_path: P
 def test_a_launcher_daemon_that_answered_leaves_no_state() -> None:
     """KubeVirt mode: one daemon per VMI, asked once; nothing is kept per answered launcher."""
     detector = Detector(2.0, keep_connections=False)
-    assert detector.detect(_target("default_web-frontend")).hypervisor_type == "kvm"
+    assert detector.detect_target(_target("default_web-frontend")).hypervisor_type == "kvm"
     assert detector.calls.states() == {}
 
 
 def test_a_name_libvirt_cannot_take_is_unknown_without_asking() -> None:
     detector = Detector(2.0)
-    detection = detector.detect(_target("default_bad\x00name"))
+    detection = detector.detect_target(_target("default_bad\x00name"))
     assert (detection.hypervisor_type, detection.error) == ("unknown", "invalid_name")
     assert detector.calls.calls_made == 0

@@ -46,7 +46,7 @@ def detector_for(tmp_path: Path, case: Case) -> ProcDetector:
     ids=[f"{case.name}:{query.domain}@{query.pod_uid or '-'}" for case, query in QUERIES],
 )
 def test_fixture_case(tmp_path: Path, case: Case, query: Query) -> None:
-    detection = detector_for(tmp_path, case).detect(query.domain, query.pod_uid)
+    detection = detector_for(tmp_path, case).detect_domain(query.domain, query.pod_uid)
     assert detection.method is DetectionMethod.PROC
     assert (detection.hypervisor_type, detection.error) == (query.hypervisor_type, query.error), (
         detection.detail
@@ -61,7 +61,7 @@ def test_every_case_is_exercised() -> None:
 
 def test_success_names_the_process_and_its_threads(tmp_path: Path) -> None:
     (case,) = [c for c in CASES if c.name == "cgroup-v2-systemd-burstable-qemu-kvm"]
-    detection = detector_for(tmp_path, case).detect(
+    detection = detector_for(tmp_path, case).detect_domain(
         "default_vmi-fedora", "3b0c4f2e-7d1a-4c55-9a43-2f0d9f1e8b6a"
     )
     assert detection.ok and detection.error == ""
@@ -71,19 +71,19 @@ def test_success_names_the_process_and_its_threads(tmp_path: Path) -> None:
 def test_pending_is_its_own_answer(tmp_path: Path) -> None:
     (case,) = [c for c in CASES if c.name == "no-vcpu-thread-yet"]
     detector = detector_for(tmp_path, case)
-    detection = detector.detect("default_starting", "bbbb0001-0000-4000-8000-000000000001")
+    detection = detector.detect_domain("default_starting", "bbbb0001-0000-4000-8000-000000000001")
     assert is_pending(detection) and not detection.ok
     # The vCPU thread appears: the next call sees it (nothing was cached).
     proc = Path(detector.proc_root)
     (proc / "9101" / "task" / "9150").mkdir()
     (proc / "9101" / "task" / "9150" / "comm").write_text("CPU 0/KVM\n")
-    detection = detector.detect("default_starting", "bbbb0001-0000-4000-8000-000000000001")
+    detection = detector.detect_domain("default_starting", "bbbb0001-0000-4000-8000-000000000001")
     assert detection.hypervisor_type == "kvm" and not is_pending(detection)
 
 
 def test_hidepid_answer_names_the_group(tmp_path: Path) -> None:
     (case,) = [c for c in CASES if c.name == "hidepid-invisible"]
-    detection = detector_for(tmp_path, case).detect("default_vmi-fedora", None)
+    detection = detector_for(tmp_path, case).detect_domain("default_vmi-fedora", None)
     assert detection.hypervisor_type == UNKNOWN and detection.error == "permission_denied"
     assert "hidepid=invisible" in detection.detail and "4242" in detection.detail
 
@@ -93,7 +93,7 @@ def test_hidepid_without_gid_says_to_add_one(tmp_path: Path) -> None:
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(f"310 22 0:5 / {proc} rw - proc proc rw,hidepid=noaccess\n")
     detector = ProcDetector(str(proc), scan=functools.partial(scan_proc, mountinfo_path=str(mountinfo)))
-    detection = detector.detect("default_vm", None)
+    detection = detector.detect_domain("default_vm", None)
     assert detection.error == "permission_denied"
     assert "no gid=" in detection.detail
 
@@ -101,7 +101,7 @@ def test_hidepid_without_gid_says_to_add_one(tmp_path: Path) -> None:
 _DETECT_AS_CHILD = """
 import json, sys
 from otel_vmi_hv.detection.proc.detector import ProcDetector
-d = ProcDetector(sys.argv[1]).detect("default_vm", None)
+d = ProcDetector(sys.argv[1]).detect_domain("default_vm", None)
 print(json.dumps([d.error, d.detail]))
 """
 
@@ -127,7 +127,7 @@ def test_refused_reads_without_hidepid_point_at_a_security_module() -> None:
 
 
 def test_missing_proc_root_is_unknown_not_an_exception(tmp_path: Path) -> None:
-    detection = ProcDetector(str(tmp_path / "absent")).detect("default_vm", None)
+    detection = ProcDetector(str(tmp_path / "absent")).detect_domain("default_vm", None)
     assert (detection.hypervisor_type, detection.error) == (UNKNOWN, "unreadable")
     assert str(tmp_path / "absent") in detection.detail
 
@@ -153,8 +153,8 @@ def test_a_failing_pass_costs_one_unknown(tmp_path: Path) -> None:
         return scan_proc(root)
 
     detector = ProcDetector(str(proc), scan=flaky)
-    assert detector.detect("a_b", None).error == "unreadable"
-    assert detector.detect("a_b", None).hypervisor_type == "kvm"
+    assert detector.detect_domain("a_b", None).error == "unreadable"
+    assert detector.detect_domain("a_b", None).hypervisor_type == "kvm"
 
 
 def test_process_exiting_during_the_pass_is_skipped(tmp_path: Path) -> None:
@@ -203,7 +203,7 @@ def test_callers_arriving_during_a_pass_share_the_next_one(tmp_path: Path) -> No
     results: dict[str, str] = {}
 
     def call(who: str) -> None:
-        results[who] = detector.detect("default_vm", None).hypervisor_type
+        results[who] = detector.detect_domain("default_vm", None).hypervisor_type
 
     first = threading.Thread(target=call, args=("first",))
     first.start()
@@ -237,7 +237,7 @@ def test_a_caller_after_a_finished_pass_gets_a_new_one(tmp_path: Path) -> None:
 
     detector = ProcDetector(str(proc), scan=counting)
     for _ in range(3):
-        detector.detect("default_vm", None)
+        detector.detect_domain("default_vm", None)
     assert len(counted) == 3
 
 
@@ -245,7 +245,7 @@ def test_many_concurrent_callers_cost_at_most_two_passes_each_wave(tmp_path: Pat
     proc = write_proc_tree(tmp_path / "proc", [])
     gate = GatedScan()
     detector = ProcDetector(str(proc), scan=gate)
-    threads = [threading.Thread(target=detector.detect, args=(f"ns_vm-{i}", None)) for i in range(20)]
+    threads = [threading.Thread(target=detector.detect_domain, args=(f"ns_vm-{i}", None)) for i in range(20)]
     threads[0].start()
     assert gate.first_read.wait(10)
     for thread in threads[1:]:

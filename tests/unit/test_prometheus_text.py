@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_vmi_hv.config import load_settings
 from otel_vmi_hv.export.prometheus_text import family_name
 from otel_vmi_hv.export.telemetry import Telemetry
+from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, Series
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.tracker import Snapshot
 from tests.exposition import parse_samples
 
 ODD_NAMES = ["plain", 'with "quotes"', "back\\slash", "new\nline", "ünïcödé-名前", "tab\there", ""]
@@ -28,7 +28,8 @@ class State:
 
     def __init__(self, revision: Revision) -> None:
         self.revision = revision
-        self.snapshot = Snapshot(0, (), 0)
+        self.current = Snapshot(0, (), 0)
+        self.version = 0  # of the emulation facts, which never change here
         self.connection_states: dict[str, str] = {}
 
     def set_rows(self, rows: list[Series]) -> None:
@@ -37,15 +38,15 @@ class State:
             for row in rows
             if row.hypervisor_type == "qemu-tcg"
         )
-        self.snapshot = Snapshot(self.snapshot.version + 1, tuple(rows), 0, 0, emulated)
+        self.current = Snapshot(self.current.version + 1, tuple(rows), 0, 0, emulated)
         self.revision.bump()
 
     def set_states(self, states: dict[str, str]) -> None:
         self.connection_states = states
         self.revision.bump()
 
-    def publish(self) -> Snapshot:
-        return self.snapshot
+    def snapshot(self) -> Snapshot:
+        return self.current
 
     def states(self) -> dict[str, str]:
         return self.connection_states
@@ -55,6 +56,12 @@ class State:
 
     def explain(self, vmi: VMI) -> tuple[str, str]:
         return ("node_without_kvm", "no devices.kubevirt.io/kvm")
+
+    def start(self) -> None:
+        """Nothing to watch: the facts are fixed."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
 
 
 @pytest.fixture
@@ -68,13 +75,13 @@ def setup() -> Iterator[tuple[Telemetry, State, CollectorRegistry]]:
         revision,
         extra_readers=[stock],
     )
-    telemetry.publish(state, state, state)
+    telemetry.register_vmi_instruments(state, state, state)
     yield telemetry, state, registry
     telemetry.shutdown(2)
 
 
 def telemetry_rows(state: State) -> tuple[Series, ...]:
-    return state.snapshot.series
+    return state.current.series
 
 
 def _labels(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_vmi_hv.config import load_settings
-from otel_vmi_hv.export.telemetry import INFO_METRIC, Telemetry
+from otel_vmi_hv.export.telemetry import Telemetry
+from otel_vmi_hv.export.vmi_instruments import INFO_METRIC
+from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import Series
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.tracker import Snapshot
 from tests.exposition import info_series
 from tests.telemetry_inputs import FixedInputs
 
@@ -26,7 +27,7 @@ def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact() ->
         revision,
         extra_readers=[otlp_like],
     )
-    telemetry.publish(state, state, state)
+    telemetry.register_vmi_instruments(state, state, state)
     assert telemetry.pruner is not None
     assert telemetry.pruner.supported, "the SDK's internals moved: sdk_state.py must be revisited"
     largest = 0

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from otel_vmi_hv.backoff import Backoff
-from otel_vmi_hv.export.telemetry import Recorder
+from otel_vmi_hv.interfaces import Recorder
 from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, LibvirtTarget
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.tracker import Tracker
@@ -71,7 +71,7 @@ def make_tracker(detector: ScriptedDetector) -> Iterator[Callable[..., Tracker]]
 
 
 def rows(tracker: Tracker) -> dict[str, str]:
-    return {row.name: row.hypervisor_type for row in tracker.publish().series}
+    return {row.name: row.hypervisor_type for row in tracker.snapshot().series}
 
 
 def test_detects_once_per_lifetime_and_publishes(detector: ScriptedDetector, make_tracker) -> None:
@@ -133,7 +133,7 @@ def test_removed_vmi_disappears_even_if_its_detection_finishes_later(
     detector.gate.clear()
     tracker = make_tracker()
     tracker.upsert(vmi("d"))
-    wait_until(lambda: tracker.publish().pending == 1, 5, "pending detection")
+    wait_until(lambda: tracker.snapshot().pending == 1, 5, "pending detection")
     tracker.remove("uid-d")
     detector.gate.set()
     assert tracker.wait_idle(5)
@@ -155,11 +155,11 @@ def test_snapshot_version_changes_only_with_content(detector: ScriptedDetector, 
     tracker = make_tracker()
     tracker.upsert(vmi("h"))
     wait_until(lambda: rows(tracker) == {"h": "kvm"}, 5, "h")
-    version = tracker.publish().version
+    version = tracker.snapshot().version
     tracker.upsert(vmi("h"))
-    assert tracker.publish().version == version
+    assert tracker.snapshot().version == version
     tracker.remove("uid-h")
-    assert tracker.publish().version > version
+    assert tracker.snapshot().version > version
 
 
 def test_every_change_moves_the_shared_revision(detector: ScriptedDetector, make_tracker) -> None:
@@ -212,9 +212,9 @@ def test_label_values_no_exposition_can_carry_are_replaced_and_counted(
     tracker.upsert(vmi("ok"))
     tracker.upsert(VMI("uid-s", "ns\udcff", "s", LibvirtTarget("test:///x", "x", "pod-1")))
     assert tracker.wait_idle(5)
-    names = {(row.namespace, row.name) for row in tracker.publish().series}
+    names = {(row.namespace, row.name) for row in tracker.snapshot().series}
     assert names == {("default", "bad\ufffdname"), ("default", "ok"), ("ns\ufffd", "s")}
-    for row in tracker.publish().series:
+    for row in tracker.snapshot().series:
         (row.namespace + row.name).encode("utf-8")  # encodable, whatever came in
     tracker.upsert(vmi("bad\x00name"))  # the same object again is not counted again
     assert recorder.replaced == 2
@@ -231,11 +231,11 @@ def test_a_pending_answer_is_not_reported_and_is_asked_again_soon(make_tracker) 
     tracker.start()
     try:
         tracker.upsert(vmi("p"))
-        assert tracker.publish().pending == 1
+        assert tracker.snapshot().pending == 1
         assert rows(tracker) == {}
         # Three "not yet" answers, then the type; never an unknown series in between.
         wait_until(lambda: rows(tracker) in ({"p": "kvm"}, {"p": UNKNOWN}), 5, "p answered")
         assert rows(tracker) == {"p": "kvm"}
-        assert tracker.publish().unknown == 0
+        assert tracker.snapshot().unknown == 0
     finally:
         tracker.stop()

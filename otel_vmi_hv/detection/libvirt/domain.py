@@ -13,14 +13,17 @@ from typing import Any
 
 from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls, LibvirtUnavailable
 from otel_vmi_hv.detection.libvirt.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
-from otel_vmi_hv.model import UNKNOWN, Detection, DetectionMethod, LibvirtTarget
+from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, LibvirtTarget
 
 
 class DomainDetector:
     def __init__(self, calls: LibvirtCalls) -> None:
         self._calls = calls
 
-    def detect(self, target: LibvirtTarget) -> Detection:
+    def detect(self, vmi: VMI) -> Detection:
+        return self.detect_target(vmi.target)
+
+    def detect_target(self, target: LibvirtTarget) -> Detection:
         if not target.uri:  # an empty URI would make libvirt pick a default daemon: never that
             return Detection(UNKNOWN, DetectionMethod.NONE, "no_launcher_pod", "no launcher pod on this node")
         if "\x00" in target.domain_name:  # libvirt cannot even be asked; retrying would not help

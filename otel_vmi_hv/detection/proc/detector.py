@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from otel_vmi_hv.detection.proc.parse import hypervisor_type_for_accelerator
 from otel_vmi_hv.detection.proc.scan import ProcScan, QemuProcess, scan_proc
-from otel_vmi_hv.model import PENDING, UNKNOWN, Detection, DetectionMethod
+from otel_vmi_hv.model import PENDING, UNKNOWN, VMI, Detection, DetectionMethod
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,10 @@ class ProcDetector:
         with self._cond:
             return self._waiting
 
-    def detect(self, domain_name: str, pod_uid: str | None = None) -> Detection:
+    def detect(self, vmi: VMI) -> Detection:
+        return self.detect_domain(vmi.target.domain_name, vmi.target.pod_uid)
+
+    def detect_domain(self, domain_name: str, pod_uid: str | None = None) -> Detection:
         """The hypervisor type of the QEMU running ``domain_name`` (in pod ``pod_uid``); never raises."""
         try:
             scan = self._fresh_scan()

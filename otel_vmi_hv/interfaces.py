@@ -1,0 +1,90 @@
+"""The seams between the agent's parts, kept below all of them so no part imports another's class.
+
+Sources feed a ``Sink`` (the tracker), detection methods are ``Detector``s asked in order, the
+tracker publishes ``Snapshot``s that telemetry reads through ``Snapshots``, every part records what
+it does on a ``Recorder``, and ``EmulationFacts`` explains emulated VMIs from whatever the agent
+watches (the cluster or the host). Each is defined once, here; the concrete classes live in their
+own packages and only this module is imported across package lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from otel_vmi_hv.model import VMI, Detection, Series
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the metric callbacks export; replaced as a whole, never mutated."""
+
+    version: int
+    series: tuple[Series, ...]
+    pending: int  # VMIs whose first detection has not finished
+    unknown: int = 0  # series whose hypervisor_type is unknown
+    emulated: tuple[tuple[Series, VMI], ...] = ()  # the qemu-tcg rows with their VMI, to explain them
+
+
+class Snapshots(Protocol):
+    """Where the metric callbacks read the latest snapshot; the read must not block on I/O."""
+
+    def snapshot(self) -> Snapshot: ...
+
+
+class Sink(Protocol):
+    """What a source tells about the VMIs that should be reported."""
+
+    def upsert(self, vmi: VMI) -> None: ...
+    def remove(self, key: str) -> None: ...
+    def replace_all(self, vmis: Iterable[VMI]) -> None: ...
+
+
+class Detector(Protocol):
+    """One detection method: a VMI's hypervisor type, never raising (failures are ``unknown``)."""
+
+    def detect(self, vmi: VMI) -> Detection: ...
+
+
+class ConnectionStates(Protocol):
+    """The libvirt daemons the agent knows, by URI, with their connection state."""
+
+    def states(self) -> dict[str, str]: ...
+
+
+class EmulationFacts(Protocol):
+    """Why a VMI is emulated, from facts cached off the scrape path (cluster or host)."""
+
+    @property
+    def version(self) -> int: ...
+    def node_kvm_available(self) -> bool | None: ...
+    def explain(self, vmi: VMI) -> tuple[str, str]: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Recorder:
+    """What the agent's parts record about themselves; this base records nothing.
+
+    ``otel-vmi-hv detect`` runs without OpenTelemetry and uses it as it is, so no part has to ask
+    whether telemetry exists.
+    """
+
+    def record_detection(self, detection: Detection, seconds: float) -> None:
+        """One finished attempt to learn a domain's type."""
+
+    def record_watch_restart(self, reason: str) -> None:
+        """A VMI watch stream ended and is being resumed (closed, error, expired, silent)."""
+
+    def record_relist(self) -> None:
+        """A full listing was reconciled into the cache."""
+
+    def record_sync(self, when: float) -> None:
+        """The VMI list was confirmed current at Unix time ``when``."""
+
+    def record_label_replaced(self) -> None:
+        """A VMI label value could not be encoded and was replaced."""
+
+    def record_mismatch(self) -> None:
+        """/proc and libvirt answered differently for one VMI."""
