@@ -296,73 +296,86 @@ class LibvirtCalls:
     def _call(self, uri: str, op: Callable[[Any], T]) -> T:
         daemon = self._daemon(uri)
         deadline = self._clock() + self.timeout
-        with daemon.lock:
-            if daemon.conn is None and self._clock() < daemon.retry_at:
-                raise LibvirtUnavailable(daemon.last_reason, daemon.last_error)
-            if daemon.stuck_calls:
-                # A call already overran: the daemon is hung, and another call would only hang
-                # beside it. One stuck thread per daemon; its return is what signals recovery.
-                raise LibvirtUnavailable("busy", f"a call to {uri} has not returned after {self.timeout:g}s")
-        if not daemon.slots.acquire(timeout=max(0.0, deadline - self._clock())):
-            raise LibvirtUnavailable("busy", f"no free connection slot for {uri} within {self.timeout:g}s")
-        with self._lock:
-            if self._inflight_total >= self._max_total:
-                daemon.slots.release()
-                raise LibvirtUnavailable("busy", "too many libvirt calls still running")
-            self._inflight_total += 1
-
+        self._admit(daemon, deadline)
         call = _Call()
-
-        def run() -> None:
-            try:
-                call.value = self._with_connection(daemon, op)
-            except BaseException as error:
-                call.error = error
-            finally:
-                recovered = False
-                with daemon.lock:
-                    call.finished = True
-                    if call.overran:
-                        daemon.stuck_calls -= 1
-                        recovered = daemon.stuck_calls == 0 and call.error is None
-                    self._changed()
-                daemon.slots.release()
-                with self._lock:
-                    self._inflight_total -= 1
-                call.done.set()
-                if recovered:
-                    log.info("libvirt at %s answers again", uri)
-                    self._notify_recovered(uri)
-
         try:
-            self._workers.submit(run)
+            self._workers.submit(lambda: self._run_call(daemon, op, call))
         except RuntimeError as error:  # "can't start new thread": out of threads or pids
-            daemon.slots.release()
-            with self._lock:
-                self._inflight_total -= 1
+            self._release(daemon)
             raise LibvirtUnavailable("busy", f"cannot start a libvirt worker: {error}") from None
-        if not call.done.wait(max(0.0, deadline - self._clock())):
-            with daemon.lock:
-                if not call.finished:
-                    call.overran = True
-                    daemon.stuck_calls += 1
-                    self._changed()
-                    first = daemon.stuck_calls == 1
-                else:
-                    first = False
-            if call.overran:
-                if first:
-                    log.warning(
-                        "libvirt at %s did not answer within %.3gs; treating it as hung", uri, self.timeout
-                    )
-                raise LibvirtUnavailable("timeout", f"no answer from {uri} within {self.timeout:g}s")
-            call.done.wait()
+        self._await(daemon, call, deadline)
         if call.error is not None:
             if isinstance(call.error, LibvirtUnavailable):
                 raise call.error
             raise LibvirtUnavailable("internal_error", repr(call.error)) from call.error
         value: T = call.value
         return value
+
+    def _admit(self, daemon: _Daemon, deadline: float) -> None:
+        """Take a slot for one call, or say at once why the daemon cannot take one more."""
+        with daemon.lock:
+            if daemon.conn is None and self._clock() < daemon.retry_at:
+                raise LibvirtUnavailable(daemon.last_reason, daemon.last_error)
+            if daemon.stuck_calls:
+                # A call already overran: the daemon is hung, and another call would only hang
+                # beside it. One stuck thread per daemon; its return is what signals recovery.
+                raise LibvirtUnavailable(
+                    "busy", f"a call to {daemon.uri} has not returned after {self.timeout:g}s"
+                )
+        if not daemon.slots.acquire(timeout=max(0.0, deadline - self._clock())):
+            raise LibvirtUnavailable(
+                "busy", f"no free connection slot for {daemon.uri} within {self.timeout:g}s"
+            )
+        with self._lock:
+            if self._inflight_total >= self._max_total:
+                daemon.slots.release()
+                raise LibvirtUnavailable("busy", "too many libvirt calls still running")
+            self._inflight_total += 1
+
+    def _release(self, daemon: _Daemon) -> None:
+        daemon.slots.release()
+        with self._lock:
+            self._inflight_total -= 1
+
+    def _run_call(self, daemon: _Daemon, op: Callable[[Any], Any], call: _Call) -> None:
+        """On a worker thread: the call itself; a call that overran and returns clean means recovery."""
+        try:
+            call.value = self._with_connection(daemon, op)
+        except BaseException as error:
+            call.error = error
+        finally:
+            recovered = False
+            with daemon.lock:
+                call.finished = True
+                if call.overran:
+                    daemon.stuck_calls -= 1
+                    recovered = daemon.stuck_calls == 0 and call.error is None
+                self._changed()
+            self._release(daemon)
+            call.done.set()
+            if recovered:
+                log.info("libvirt at %s answers again", daemon.uri)
+                self._notify_recovered(daemon.uri)
+
+    def _await(self, daemon: _Daemon, call: _Call, deadline: float) -> None:
+        """Wait for the call until the deadline; past it the call is counted as stuck and left running."""
+        if call.done.wait(max(0.0, deadline - self._clock())):
+            return
+        with daemon.lock:
+            if not call.finished:
+                call.overran = True
+                daemon.stuck_calls += 1
+                self._changed()
+                first = daemon.stuck_calls == 1
+            else:
+                first = False
+        if call.overran:
+            if first:
+                log.warning(
+                    "libvirt at %s did not answer within %.3gs; treating it as hung", daemon.uri, self.timeout
+                )
+            raise LibvirtUnavailable("timeout", f"no answer from {daemon.uri} within {self.timeout:g}s")
+        call.done.wait()  # it finished just as the deadline passed: its answer is here
 
     def _with_connection(self, daemon: _Daemon, op: Callable[[Any], T]) -> T:
         conn = daemon.conn
