@@ -47,6 +47,9 @@ RELIST_SPREAD = 10.0
 PAGE_SIZE = 100
 WATCH_TIMEOUT_RANGE = (240, 360)  # seconds; spread so a fleet of agents does not re-watch in step
 BACKOFF = Backoff(initial=0.5, maximum=30.0)
+# What one list-and-watch cycle ended with, when it was not a failure (run and _cycle).
+WATCHED = "watched"  # a stream ran and ended: the failure count starts again
+RESUMED = "resumed"  # expired, silent or stopping: go on at once, the failure count kept
 
 
 class ResourceExpired(Exception):
@@ -204,75 +207,84 @@ class ListWatch:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            outcome = self._cycle()
+            if outcome == WATCHED:
+                failures = 0
+            elif isinstance(outcome, tuple) and not self._stop.is_set():
+                failures += 1
+                self._back_off(failures, *outcome)
+
+    def _cycle(self) -> str | tuple[int | None, str]:
+        """(Re)list if needed, then follow one watch stream to its end.
+
+        WATCHED when a stream ran and ended, RESUMED when the loop may go on at once without
+        counting a failure (expired, silent, stopping), else the failure's HTTP status and reason.
+        """
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import ReadTimeoutError
 
-        failures = 0
-        name = self.resource.name
-        while not self._stop.is_set():
+        try:
+            if self._resource_version is None:
+                if self.synced and not self._spread_relist():
+                    return RESUMED
+                self.relist()
+            opened = time.monotonic()
             try:
-                if self._resource_version is None:
-                    if self.synced and not self._spread_relist():
-                        return
-                    self.relist()
-                opened = time.monotonic()
-                try:
-                    self._watch_once()
-                except ReadTimeoutError:
-                    raise WatchSilent from None
-                failures = 0
-                self._callbacks.on_watch_restart("closed")
-                if time.monotonic() - opened < MIN_WATCH_SECONDS:
-                    # A stream that ends at once (a proxy, a misbehaving server) must not make
-                    # the agent spin against the API server.
-                    self._stop.wait(MIN_WATCH_SECONDS)
-                continue
-            except ResourceExpired:
-                log.info("%s watch position expired (410 Gone); relisting", name)
-                self._resource_version = None
-                self._callbacks.on_watch_restart("expired")
-                continue
-            except WatchSilent:
-                if self._stop.is_set():
-                    return
+                self._watch_once()
+            except ReadTimeoutError:
+                raise WatchSilent from None
+            self._callbacks.on_watch_restart("closed")
+            if time.monotonic() - opened < MIN_WATCH_SECONDS:
+                # A stream that ends at once (a proxy, a misbehaving server) must not make
+                # the agent spin against the API server.
+                self._stop.wait(MIN_WATCH_SECONDS)
+            return WATCHED
+        except ResourceExpired:
+            self._expired("410 Gone")
+            return RESUMED
+        except WatchSilent:
+            if not self._stop.is_set():
                 log.info(
                     "%s watch brought no event and no bookmark for %.0fs; resuming it",
-                    name,
+                    self.resource.name,
                     self._options.silence_timeout,
                 )
                 self._callbacks.on_watch_restart("silent")
-                continue
-            except ApiException as error:
-                if error.status == 410 and self._resource_version is not None:
-                    # Some servers refuse a too-old watch with HTTP 410 instead of an ERROR event.
-                    log.info("%s watch position expired (HTTP 410); relisting", name)
-                    self._resource_version = None
-                    self._callbacks.on_watch_restart("expired")
-                    continue
-                status = error.status or None
-                reason = f"HTTP {error.status} {error.reason}" + self.resource.hints().get(status or 0, "")
-            except WatchLineTooLong as error:
-                status, reason = None, str(error)
-            except Exception as error:  # connection refused/reset, timeouts, bad JSON: all transient
-                if self._stop.is_set():
-                    return
-                status, reason = None, f"{type(error).__name__}: {error}"
-            if self._stop.is_set():
-                return
-            self.last_error, self.last_status = reason, status
-            self._callbacks.on_failure(status, reason)
-            failures += 1
-            self._callbacks.on_watch_restart("error")
-            delay = BACKOFF.delay(failures)
-            (log.warning if failures in (1, 5) or failures % 20 == 0 else log.debug)(
-                "%s %s from the Kubernetes API failed (%s); retrying in %.1fs (attempt %d)",
-                name,
-                "list" if self._resource_version is None else "watch",
-                reason,
-                delay,
-                failures,
-            )
-            self._stop.wait(delay)
+            return RESUMED
+        except ApiException as error:
+            if error.status == 410 and self._resource_version is not None:
+                # Some servers refuse a too-old watch with HTTP 410 instead of an ERROR event.
+                self._expired("HTTP 410")
+                return RESUMED
+            hint = self.resource.hints().get(error.status or 0, "")
+            return error.status or None, f"HTTP {error.status} {error.reason}{hint}"
+        except WatchLineTooLong as error:
+            return None, str(error)
+        except Exception as error:  # connection refused/reset, timeouts, bad JSON: all transient
+            return None, f"{type(error).__name__}: {error}"
+
+    def _expired(self, how: str) -> None:
+        log.info("%s watch position expired (%s); relisting", self.resource.name, how)
+        self._resource_version = None
+        self._callbacks.on_watch_restart("expired")
+
+    def _back_off(self, failures: int, status: int | None, reason: str) -> None:
+        """Report a failed list or watch, then wait before the next attempt (jittered, growing)."""
+        self.last_error, self.last_status = reason, status
+        self._callbacks.on_failure(status, reason)
+        self._callbacks.on_watch_restart("error")
+        delay = BACKOFF.delay(failures)
+        (log.warning if failures in (1, 5) or failures % 20 == 0 else log.debug)(
+            "%s %s from the Kubernetes API failed (%s); retrying in %.1fs (attempt %d)",
+            self.resource.name,
+            "list" if self._resource_version is None else "watch",
+            reason,
+            delay,
+            failures,
+        )
+        self._stop.wait(delay)
 
     def _spread_relist(self) -> bool:
         """Wait a random part of the relist spread; False when stopped meanwhile."""
