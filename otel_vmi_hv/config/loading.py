@@ -153,6 +153,17 @@ def _otlp_endpoint(draft: _Draft) -> None:
     ) or draft.by_env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
+def _service_name(draft: _Draft) -> None:
+    """OTEL_SERVICE_NAME wins, then service.name in OTEL_RESOURCE_ATTRIBUTES, then the default: the
+    order of the exported resource (export/resource.py), shown by check-config."""
+    if draft.origins.get("service_name") != "default":
+        return
+    from_attributes = dict(draft.values["resource_attributes"]).get("service.name")
+    if from_attributes:
+        draft.values["service_name"] = from_attributes
+        draft.origins["service_name"] = draft.origins["resource_attributes"]
+
+
 def _node_name_default(draft: _Draft) -> None:
     """Unset: $NODE_NAME (the downward API in the DaemonSet), else the host name."""
     if "node_name" in draft.values:
@@ -252,6 +263,7 @@ CHECKS: tuple[Callable[[_Draft], None], ...] = (
     _otlp_protocol,
     _grpc_compression,
     _otlp_endpoint,
+    _service_name,
     _node_name_default,
     _source,
     _kubernetes_node_name,

@@ -331,7 +331,7 @@ OPTIONS: tuple[Option, ...] = (
         "service_name",
         "otel-vmi-hv",
         "a non-empty printable string",
-        "service.name of the resource.",
+        "service.name of the resource; wins over service.name in OTEL_RESOURCE_ATTRIBUTES.",
         parsers.text,
     ),
     Option(
@@ -339,7 +339,7 @@ OPTIONS: tuple[Option, ...] = (
         "resource_attributes",
         "",
         "comma list of key=value",
-        "Extra resource attributes; the agent adds k8s.node.name and host.name.",
+        "Resource attributes; each wins over the value the agent detects (see Resource attributes).",
         parsers.key_values,
     ),
     Option(

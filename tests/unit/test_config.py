@@ -164,6 +164,13 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.proc_root is None  # the proc method is off unless asked for
 
 
+def test_service_name_from_resource_attributes_unless_otel_service_name_is_set() -> None:
+    attributes = {"OTEL_RESOURCE_ATTRIBUTES": "team=vmi,service.name=fromattrs", "NODE_NAME": "n"}
+    settings = load_settings(attributes)
+    assert (settings.service_name, dict(settings.origins)["service_name"]) == ("fromattrs", "env")
+    assert load_settings({**attributes, "OTEL_SERVICE_NAME": "fromenv"}).service_name == "fromenv"
+
+
 def test_flags_win_over_environment() -> None:
     settings = load_settings(
         {"OTEL_VMI_HV_NODE_NAME": "from-env", "OTEL_VMI_HV_LIBVIRT_TIMEOUT": "2s"},
