@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_vmi_hv.config import parsers
+import otel_vmi_hv.config.parsers as parse
 from otel_vmi_hv.config.options import (
     KUBEVIRT_LIBVIRT_URI,
     OPTIONS,
@@ -169,7 +169,7 @@ def _node_name_default(draft: _Draft) -> None:
     if "node_name" in draft.values:
         return
     raw = draft.environ.get("NODE_NAME") or socket.gethostname()
-    draft.values["node_name"] = parsers.node_name(raw)
+    draft.values["node_name"] = parse.node_name(raw)
     draft.origins["node_name"] = "default"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from otel_vmi_hv.config import parsers
+import otel_vmi_hv.config.parsers as parse
 from otel_vmi_hv.config.parsers import URI_PLACEHOLDERS
 
 PROTOCOLS = ("grpc", "http/protobuf")
@@ -53,7 +53,7 @@ OPTIONS: tuple[Option, ...] = (
         "prometheus,otlp",
         "comma list of prometheus, otlp, console, or none alone",
         "Which exporters run: Prometheus pull (/metrics), OTLP push, console (stdout, for debugging).",
-        parsers.exporters,
+        parse.exporters,
         "--metrics-exporter",
     ),
     Option(
@@ -62,7 +62,7 @@ OPTIONS: tuple[Option, ...] = (
         "0.0.0.0",  # noqa: S104 - a node agent is scraped from outside
         "a host name or address",
         "Address the HTTP server (/metrics, /healthz, /readyz) listens on.",
-        parsers.host,
+        parse.host,
         "--prometheus-host",
     ),
     Option(
@@ -71,7 +71,7 @@ OPTIONS: tuple[Option, ...] = (
         "9464",
         "an integer 0-65535 (0: any free port)",
         "Port of the HTTP server.",
-        parsers.int_between(0, 65535),
+        parse.int_between(0, 65535),
         "--prometheus-port",
     ),
     Option(
@@ -81,7 +81,7 @@ OPTIONS: tuple[Option, ...] = (
         "a URL such as http://collector:4317",
         "OTLP endpoint for all signals (SDK default: http://localhost:4317 for grpc, "
         "http://localhost:4318 for http/protobuf, which appends /v1/metrics).",
-        parsers.endpoint,
+        parse.endpoint,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
@@ -89,7 +89,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "a URL",
         "OTLP endpoint for metrics only; wins over OTEL_EXPORTER_OTLP_ENDPOINT, used as is.",
-        parsers.endpoint,
+        parse.endpoint,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -97,7 +97,7 @@ OPTIONS: tuple[Option, ...] = (
         "grpc",
         "grpc or http/protobuf",
         "OTLP transport for all signals.",
-        parsers.choice(PROTOCOLS),
+        parse.choice(PROTOCOLS),
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
@@ -105,7 +105,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "grpc or http/protobuf",
         "OTLP transport for metrics; wins over OTEL_EXPORTER_OTLP_PROTOCOL.",
-        parsers.choice(PROTOCOLS),
+        parse.choice(PROTOCOLS),
         "--otlp-protocol",
         default_doc="OTEL_EXPORTER_OTLP_PROTOCOL",
     ),
@@ -115,7 +115,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "comma list of key=value (URL-encoded; names are HTTP tokens, no control characters)",
         "Headers sent with every OTLP export (values are never logged).",
-        parsers.headers,
+        parse.headers,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
@@ -123,7 +123,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "comma list of key=value",
         "Headers for metrics exports only.",
-        parsers.headers,
+        parse.headers,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_CERTIFICATE",
@@ -131,7 +131,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM file",
         "CA bundle to verify the Collector's TLS certificate.",
-        parsers.readable_file,
+        parse.readable_file,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
@@ -139,7 +139,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM file",
         "CA bundle for metrics exports only.",
-        parsers.readable_file,
+        parse.readable_file,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_INSECURE",
@@ -147,7 +147,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "true or false",
         "gRPC only: plaintext to a scheme-less endpoint (an http:// endpoint is plaintext anyway).",
-        parsers.boolean,
+        parse.boolean,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
@@ -155,7 +155,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "true or false",
         "gRPC only, metrics only: like OTEL_EXPORTER_OTLP_INSECURE.",
-        parsers.boolean,
+        parse.boolean,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_TIMEOUT",
@@ -163,7 +163,7 @@ OPTIONS: tuple[Option, ...] = (
         "10",
         "a positive number of seconds",
         "Timeout of one OTLP export. The Python SDK reads this in seconds, not milliseconds.",
-        parsers.positive_number,
+        parse.positive_number,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_COMPRESSION",
@@ -171,7 +171,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "gzip, deflate or none (grpc: gzip only)",
         "Compression of OTLP exports.",
-        parsers.choice(COMPRESSIONS),
+        parse.choice(COMPRESSIONS),
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
@@ -179,7 +179,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "gzip, deflate or none (grpc: gzip only)",
         "Compression of OTLP metrics exports; wins over OTEL_EXPORTER_OTLP_COMPRESSION.",
-        parsers.choice(COMPRESSIONS),
+        parse.choice(COMPRESSIONS),
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
@@ -187,7 +187,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "a positive number of seconds",
         "Timeout of one OTLP metrics export; wins over OTEL_EXPORTER_OTLP_TIMEOUT.",
-        parsers.positive_number,
+        parse.positive_number,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_CLIENT_KEY",
@@ -195,7 +195,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM file",
         "Private key of the client certificate presented to the Collector (mutual TLS).",
-        parsers.readable_file,
+        parse.readable_file,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
@@ -203,7 +203,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM file",
         "Client key for metrics exports only.",
-        parsers.readable_file,
+        parse.readable_file,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
@@ -211,7 +211,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM file",
         "Client certificate presented to the Collector (mutual TLS).",
-        parsers.readable_file,
+        parse.readable_file,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
@@ -219,7 +219,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM file",
         "Client certificate for metrics exports only.",
-        parsers.readable_file,
+        parse.readable_file,
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
@@ -227,7 +227,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "cumulative, delta or lowmemory",
         "Temporality of OTLP-exported sums and histograms (/metrics is always cumulative).",
-        parsers.choice(("cumulative", "delta", "lowmemory")),
+        parse.choice(("cumulative", "delta", "lowmemory")),
     ),
     Option(
         "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
@@ -235,7 +235,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "explicit_bucket_histogram or base2_exponential_bucket_histogram",
         "Histogram aggregation of OTLP exports.",
-        parsers.choice(("explicit_bucket_histogram", "base2_exponential_bucket_histogram")),
+        parse.choice(("explicit_bucket_histogram", "base2_exponential_bucket_histogram")),
     ),
     Option(
         "OTEL_METRICS_EXEMPLAR_FILTER",
@@ -243,7 +243,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "trace_based, always_on or always_off",
         "Which measurements may carry exemplars (the agent records none with a trace).",
-        parsers.choice_exact(("trace_based", "always_on", "always_off")),
+        parse.choice_exact(("trace_based", "always_on", "always_off")),
     ),
     Option(
         "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
@@ -251,7 +251,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "comma list of installed resource detector names",
         "Extra OpenTelemetry resource detectors to run at start.",
-        parsers.entry_point_names("opentelemetry_resource_detector"),
+        parse.entry_point_names("opentelemetry_resource_detector"),
     ),
     Option(
         "OTEL_PYTHON_CONTEXT",
@@ -259,7 +259,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "an installed context implementation (contextvars_context)",
         "OpenTelemetry's runtime context implementation.",
-        parsers.entry_point_names("opentelemetry_context"),
+        parse.entry_point_names("opentelemetry_context"),
     ),
     Option(
         "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
@@ -267,7 +267,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "an installed credential provider name",
         "gRPC: plug-in that supplies the channel credentials.",
-        parsers.entry_point_names("opentelemetry_otlp_credential_provider"),
+        parse.entry_point_names("opentelemetry_otlp_credential_provider"),
     ),
     Option(
         "OTEL_PYTHON_EXPORTER_OTLP_GRPC_METRICS_CREDENTIAL_PROVIDER",
@@ -275,7 +275,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "an installed credential provider name",
         "gRPC, metrics only: like OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER.",
-        parsers.entry_point_names("opentelemetry_otlp_credential_provider"),
+        parse.entry_point_names("opentelemetry_otlp_credential_provider"),
     ),
     Option(
         "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
@@ -283,7 +283,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "an installed credential provider name",
         "http/protobuf: plug-in that supplies the HTTP session.",
-        parsers.entry_point_names("opentelemetry_otlp_credential_provider"),
+        parse.entry_point_names("opentelemetry_otlp_credential_provider"),
     ),
     Option(
         "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER",
@@ -291,7 +291,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "an installed credential provider name",
         "http/protobuf, metrics only: like OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.",
-        parsers.entry_point_names("opentelemetry_otlp_credential_provider"),
+        parse.entry_point_names("opentelemetry_otlp_credential_provider"),
     ),
     Option(
         "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
@@ -299,7 +299,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "comma list of gRPC status names, e.g. UNAVAILABLE,RESOURCE_EXHAUSTED",
         "gRPC status codes after which an export is retried (SDK default: the transient ones).",
-        parsers.grpc_status_codes,
+        parse.grpc_status_codes,
     ),
     Option(
         "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
@@ -307,7 +307,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "true or false",
         "Let the OTLP exporters count their own exports (OpenTelemetry SDK self-metrics).",
-        parsers.boolean,
+        parse.boolean,
     ),
     Option(
         "OTEL_METRIC_EXPORT_INTERVAL",
@@ -315,7 +315,7 @@ OPTIONS: tuple[Option, ...] = (
         "60000",
         "an integer 100-86400000 (ms)",
         "Milliseconds between two OTLP (and console) exports.",
-        parsers.int_between(100, 86_400_000),
+        parse.int_between(100, 86_400_000),
         "--export-interval",
     ),
     Option(
@@ -324,7 +324,7 @@ OPTIONS: tuple[Option, ...] = (
         "30000",
         "an integer 100-86400000 (ms)",
         "Milliseconds one periodic collection plus export may take.",
-        parsers.int_between(100, 86_400_000),
+        parse.int_between(100, 86_400_000),
     ),
     Option(
         "OTEL_SERVICE_NAME",
@@ -332,7 +332,7 @@ OPTIONS: tuple[Option, ...] = (
         "otel-vmi-hv",
         "a non-empty printable string",
         "service.name of the resource; wins over service.name in OTEL_RESOURCE_ATTRIBUTES.",
-        parsers.text,
+        parse.text,
     ),
     Option(
         "OTEL_RESOURCE_ATTRIBUTES",
@@ -340,7 +340,7 @@ OPTIONS: tuple[Option, ...] = (
         "",
         "comma list of key=value",
         "Resource attributes; each wins over the value the agent detects (see Resource attributes).",
-        parsers.key_values,
+        parse.key_values,
     ),
     Option(
         "OTEL_SDK_DISABLED",
@@ -348,7 +348,7 @@ OPTIONS: tuple[Option, ...] = (
         "false",
         "true or false",
         "Disable the OpenTelemetry SDK: no metric is exported, /metrics is empty.",
-        parsers.boolean,
+        parse.boolean,
     ),
     Option(
         "OTEL_VMI_HV_NODE_NAME",
@@ -356,7 +356,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "a node name (1-253 printable characters)",
         "The node this agent reports for: the `node` label and the VMI watch's scope.",
-        parsers.node_name,
+        parse.node_name,
         "--node-name",
         default_doc="$NODE_NAME, else the host name",
     ),
@@ -367,7 +367,7 @@ OPTIONS: tuple[Option, ...] = (
         "auto, kubernetes or libvirt",
         "Where VMIs come from: the Kubernetes API (KubeVirt) or the libvirt daemon's active domains. "
         "auto picks kubernetes in a pod or when KUBECONFIG is set.",
-        parsers.choice(SOURCES),
+        parse.choice(SOURCES),
         "--source",
     ),
     Option(
@@ -377,7 +377,7 @@ OPTIONS: tuple[Option, ...] = (
         "a libvirt URI; with the kubernetes source a template using "
         + ", ".join("{" + p + "}" for p in URI_PLACEHOLDERS),
         "libvirt connection (always opened read-only).",
-        parsers.libvirt_uri,
+        parse.libvirt_uri,
         "--libvirt-uri",
         default_doc=f"{STANDALONE_LIBVIRT_URI} (libvirt source); {KUBEVIRT_LIBVIRT_URI} (kubernetes)",
     ),
@@ -387,7 +387,7 @@ OPTIONS: tuple[Option, ...] = (
         "5s",
         "a duration 10ms-5m, e.g. 5s or 500ms",
         "Longest one libvirt call may take before its VMI is reported unknown and retried later.",
-        parsers.duration_between(0.01, 300),
+        parse.duration_between(0.01, 300),
         "--libvirt-timeout",
     ),
     Option(
@@ -396,7 +396,7 @@ OPTIONS: tuple[Option, ...] = (
         "info",
         "debug, info, warning or error",
         "Log verbosity (logs go to stderr).",
-        parsers.choice(LOG_LEVELS),
+        parse.choice(LOG_LEVELS),
         "--log-level",
     ),
     Option(
@@ -405,7 +405,7 @@ OPTIONS: tuple[Option, ...] = (
         "/pods",
         "an absolute directory path",
         "Where the host's /var/lib/kubelet/pods is mounted (kubernetes source).",
-        parsers.absolute_path,
+        parse.absolute_path,
         "--pods-root",
     ),
     Option(
@@ -415,7 +415,7 @@ OPTIONS: tuple[Option, ...] = (
         "an existing absolute directory: the host's /proc (e.g. /host/proc from a read-only hostPath)",
         "Detect from the running QEMU's vCPU thread names in this /proc before asking libvirt "
         "(no socket, no privilege needed); see docs/proc-detection.md.",
-        parsers.existing_directory,
+        parse.existing_directory,
         "--proc-root",
         default_doc="unset: off",
     ),
@@ -425,7 +425,7 @@ OPTIONS: tuple[Option, ...] = (
         "30s",
         "a duration 1s-1h",
         "libvirt source: how often the domain list is re-read in addition to lifecycle events.",
-        parsers.duration_between(1, 3600),
+        parse.duration_between(1, 3600),
         "--resync-interval",
     ),
     Option(
@@ -434,7 +434,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM certificate (chain)",
         "Serve /metrics, /healthz and /readyz over HTTPS with this certificate (needs the key file too).",
-        parsers.absolute_path,
+        parse.absolute_path,
         "--tls-cert-file",
         default_doc="unset: plain HTTP",
     ),
@@ -444,7 +444,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM private key",
         "Private key of the HTTPS certificate.",
-        parsers.absolute_path,
+        parse.absolute_path,
         "--tls-key-file",
     ),
     Option(
@@ -453,7 +453,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "path of a readable PEM CA bundle",
         "Require client certificates signed by this CA (mutual TLS); needs the certificate and key.",
-        parsers.absolute_path,
+        parse.absolute_path,
         "--tls-client-ca-file",
         default_doc="unset: no client certificate asked",
     ),
@@ -464,7 +464,7 @@ OPTIONS: tuple[Option, ...] = (
         "an absolute path",
         "libvirt source: the KVM device opened (and asked KVM_GET_API_VERSION) to tell why a domain is"
         " emulated; in a cluster the Node's allocatable devices.kubevirt.io/kvm is used instead.",
-        parsers.absolute_path,
+        parse.absolute_path,
         "--kvm-device",
     ),
     Option(
@@ -474,7 +474,7 @@ OPTIONS: tuple[Option, ...] = (
         "a duration 0s-10m",
         "kubernetes source: longest random wait before a relist that follows an outage, so the agents"
         " of all nodes do not relist in the same second.",
-        parsers.duration_between(0, 600),
+        parse.duration_between(0, 600),
         "--relist-spread",
     ),
     Option(
@@ -484,7 +484,7 @@ OPTIONS: tuple[Option, ...] = (
         "a duration 100ms-1h",
         "kubernetes source: a watch that brings neither an event nor a bookmark for this long is ended"
         " and resumed (the API server sends bookmarks about every minute).",
-        parsers.duration_between(0.1, 3600),
+        parse.duration_between(0.1, 3600),
         "--watch-silence-timeout",
     ),
     Option(
@@ -494,7 +494,7 @@ OPTIONS: tuple[Option, ...] = (
         "an integer 1-100000",
         "Open connections the HTTP server holds at most; more are answered 503 and closed "
         "(each idle one costs about 5 KiB).",
-        parsers.int_between(1, 100_000),
+        parse.int_between(1, 100_000),
         "--web-max-connections",
     ),
     Option(
@@ -504,7 +504,7 @@ OPTIONS: tuple[Option, ...] = (
         "an integer 1-10000",
         "Concurrent /metrics requests served at most; more are answered 503 (node_exporter's "
         "--web.max-requests).",
-        parsers.int_between(1, 10_000),
+        parse.int_between(1, 10_000),
         "--web-max-requests",
     ),
     Option(
@@ -514,7 +514,7 @@ OPTIONS: tuple[Option, ...] = (
         "a duration 100ms-5m",
         "Time a client has to send a request's headers (and finish the TLS handshake); then it is "
         "disconnected (Go's ReadHeaderTimeout).",
-        parsers.duration_between(0.1, 300),
+        parse.duration_between(0.1, 300),
         "--web-read-header-timeout",
     ),
     Option(
@@ -523,7 +523,7 @@ OPTIONS: tuple[Option, ...] = (
         "30s",
         "a duration 1s-1h",
         "How long an idle keep-alive connection, or a client not reading its response, is kept.",
-        parsers.duration_between(1, 3600),
+        parse.duration_between(1, 3600),
         "--web-idle-timeout",
     ),
 )
