@@ -15,6 +15,7 @@ from types import FrameType
 from otel_vmi_hv import __version__
 from otel_vmi_hv.config import OPTIONS, ConfigError, Settings, load_settings, unset_empty_variables
 from otel_vmi_hv.server.http import ListenError
+from otel_vmi_hv.server.tls_reload import server_context
 
 log = logging.getLogger("otel_vmi_hv")
 
@@ -70,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = {option.env: getattr(args, option.env) for option in OPTIONS if option.flag}
     unset_empty_variables(os.environ)
     try:
-        settings = load_settings(os.environ, flags)
+        # The HTTP server's own context builder loads the TLS files: the same checks at start as later.
+        settings = load_settings(os.environ, flags, tls_check=server_context)
     except ConfigError as error:
         print(f"otel-vmi-hv: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG

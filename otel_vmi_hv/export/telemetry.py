@@ -7,7 +7,6 @@ instruments live in ``vmi_instruments`` (per VMI), ``self_metrics`` and ``proces
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,6 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.metrics.view import View
-from opentelemetry.sdk.resources import Resource
 
 from otel_vmi_hv import __version__
 from otel_vmi_hv.config import Settings
@@ -28,6 +26,7 @@ from otel_vmi_hv.export.otlp import ExportStatus, build_exporter, detach
 from otel_vmi_hv.export.process_metrics import prometheus_text as process_text
 from otel_vmi_hv.export.process_metrics import register_process_metrics
 from otel_vmi_hv.export.prometheus_text import PrometheusTextReader
+from otel_vmi_hv.export.resource import build_resource
 from otel_vmi_hv.export.sdk_state import AttributeStatePruner
 from otel_vmi_hv.export.self_metrics import SelfMetrics
 from otel_vmi_hv.export.vmi_instruments import INFO_METRIC, VmiInstruments
@@ -54,19 +53,6 @@ class _NoExemplars(ExemplarReservoir):
 
 def _no_exemplars(_aggregation_type: type) -> Callable[..., ExemplarReservoir]:
     return lambda *_args, **_kwargs: _NoExemplars()
-
-
-def build_resource(settings: Settings) -> Resource:
-    attributes: dict[str, str] = dict(settings.resource_attributes)
-    attributes.update(
-        {
-            "service.name": settings.service_name,
-            "service.version": __version__,
-            "k8s.node.name": settings.node_name,
-            "host.name": socket.gethostname(),
-        }
-    )
-    return Resource.create(attributes)
 
 
 class Telemetry:

@@ -4,12 +4,14 @@ scraping it, and a real OTLP receiver (rotel) getting its pushes."""
 
 from __future__ import annotations
 
+import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
-from tests.agent_process import AgentProcess, wait_until
+from tests.agent_process import AgentProcess, demo_uri, wait_until
+from tests.downward_api import agent_container, container_environment, daemonset
 from tests.exposition import info_series, parse_samples
 from tests.harness.libvirtd import LibvirtDaemon, SystemLibvirtDaemon
 from tests.harness.otlp_receiver import RotelReceiver
@@ -19,6 +21,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.libvirtd]
 INFO = "kubevirt_vmi_hypervisor_info"
 FOUR = {"namespace", "name", "node", "hypervisor_type"}
 EMULATION = "otel_vmi_hv_vmi_emulation_info"
+KUBERNETES_ATTRIBUTES = (
+    *("k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.daemonset.name", "k8s.container.name"),
+    "k8s.node.name",
+)
 
 
 def _unique(prefix: str) -> str:
@@ -116,6 +122,8 @@ def test_running_domains_reach_metrics_prometheus_and_otlp(
         resource = export.of(INFO)[0].resource
         assert resource["service.name"] == "otel-vmi-hv"
         assert resource["k8s.node.name"] == "e2e-node"
+        assert resource["host.name"] == socket.gethostname()
+        assert uuid.UUID(str(resource["service.instance.id"])).version == 5  # derived, not random
         assert {p.attributes["node"] for p in export.of(INFO)} == {"e2e-node"}
         assert otlp_receiver.errors == []
 
@@ -168,6 +176,87 @@ def test_running_domains_reach_metrics_prometheus_and_otlp(
             lambda r: {s["metric"]["name"] for s in r} == {"web", "cache", "late"},
             timeout=30,
         )
+
+
+def _exported_resource(receiver: RotelReceiver, env: Mapping[str, str]) -> dict[str, object]:
+    """Run the agent (demo node, OTLP only) until its first export reaches the receiver; the
+    resource of that export."""
+    after = max((export.index for export in receiver.exports()), default=-1)
+    settings = {
+        "OTEL_VMI_HV_SOURCE": "libvirt",
+        "OTEL_VMI_HV_LIBVIRT_URI": demo_uri(),
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+    }
+    with AgentProcess({**settings, **env}) as agent:
+        try:
+            export = receiver.wait_for_export(lambda e: bool(e.of(INFO)), timeout=20, after=after)
+        except TimeoutError:
+            raise AssertionError(f"no export; the agent said:\n{agent.output()}") from None
+    assert receiver.errors == []
+    return dict(export.of(INFO)[0].resource)
+
+
+def test_operator_resource_attributes_win_over_the_agents(otlp_receiver: RotelReceiver) -> None:
+    resource = _exported_resource(
+        otlp_receiver,
+        {
+            "OTEL_VMI_HV_NODE_NAME": "e2e-node",
+            "OTEL_RESOURCE_ATTRIBUTES": "service.name=fromattrs,host.name=worker-1,k8s.node.name=zzz",
+        },
+    )
+    assert {k: resource[k] for k in ("service.name", "host.name", "k8s.node.name")} == {
+        "service.name": "fromattrs",
+        "host.name": "worker-1",
+        "k8s.node.name": "zzz",
+    }
+    latest = otlp_receiver.latest_export(INFO)
+    assert latest is not None
+    nodes = {p.attributes["node"] for p in latest.of(INFO)}
+    assert nodes == {"e2e-node"}, "the resource is identity only: the node label stays the agent's"
+
+
+def test_daemonset_pod_keeps_its_instance_id_across_restarts(otlp_receiver: RotelReceiver) -> None:
+    """The DaemonSet's own variables, as the kubelet expands them for one pod, twice (a container
+    restart keeps the pod's name, namespace and uid)."""
+    ds = daemonset()
+    container = agent_container(ds)
+    pod = {
+        "metadata.name": "otel-vmi-hv-x7k2p",
+        "metadata.namespace": "otel-vmi-hv",
+        "metadata.uid": "0f6d7a52-3b1e-4c8e-9d4a-6f2b8e1c5a70",
+        "spec.nodeName": "worker-3",
+    }
+    kubelet_env = container_environment(container, pod)
+    identity = {
+        name: value
+        for name, value in kubelet_env.items()
+        if name.startswith(("OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME"))
+        or name == "OTEL_VMI_HV_NODE_NAME"
+    }
+    first = _exported_resource(otlp_receiver, identity)
+    again = _exported_resource(otlp_receiver, identity)
+    expected_id = f"otel-vmi-hv.otel-vmi-hv-x7k2p.{container['name']}"  # <namespace>.<pod>.<container>
+    assert first["service.instance.id"] == again["service.instance.id"] == expected_id
+    assert {key: first.get(key) for key in KUBERNETES_ATTRIBUTES} == {
+        "k8s.namespace.name": "otel-vmi-hv",
+        "k8s.pod.name": "otel-vmi-hv-x7k2p",
+        "k8s.pod.uid": "0f6d7a52-3b1e-4c8e-9d4a-6f2b8e1c5a70",
+        "k8s.daemonset.name": ds["metadata"]["name"],
+        "k8s.container.name": container["name"],
+        "k8s.node.name": "worker-3",
+    }
+    assert first["host.name"] == "worker-3", "in a pod the host is the node, not the pod's host name"
+
+
+def test_plain_host_keeps_its_instance_id_across_restarts(otlp_receiver: RotelReceiver) -> None:
+    first = _exported_resource(otlp_receiver, {})
+    again = _exported_resource(otlp_receiver, {})
+    assert first["host.name"] == socket.gethostname()
+    assert first["service.instance.id"] == again["service.instance.id"]
+    assert not any(key.startswith("k8s.") and key != "k8s.node.name" for key in first)
 
 
 def test_real_kvm_domain_is_reported_as_kvm(system_libvirtd: SystemLibvirtDaemon) -> None:

@@ -104,6 +104,35 @@ def test_tls_settings_alone_are_explained(variable: str, tmp_path: Path) -> None
         load_settings({variable: str(tmp_path / "x.pem")})
 
 
+def test_tls_material_is_loaded_by_the_check_the_caller_passes(tmp_path: Path) -> None:
+    """The server's context builder, passed in, refuses files that are not a certificate and key."""
+    from otel_vmi_hv.server.tls_reload import server_context
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+    env = {"OTEL_VMI_HV_TLS_CERT_FILE": str(cert), "OTEL_VMI_HV_TLS_KEY_FILE": str(key), "NODE_NAME": "n"}
+    with pytest.raises(ConfigError, match=r"OTEL_VMI_HV_TLS_CERT_FILE=.* cannot be used"):
+        load_settings(env, tls_check=server_context)
+    assert load_settings(env).tls_cert_file == str(cert), "without a check the pair is only paired"
+
+
+def test_cli_refuses_unusable_tls_material_with_exit_2(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    result = _cli(
+        "check-config",
+        env={
+            "OTEL_VMI_HV_SOURCE": "libvirt",
+            "OTEL_VMI_HV_TLS_CERT_FILE": str(cert),
+            "OTEL_VMI_HV_TLS_KEY_FILE": str(key),
+        },
+    )
+    assert result.returncode == 2
+    assert "OTEL_VMI_HV_TLS_CERT_FILE" in result.stderr
+
+
 def test_credentials_in_an_endpoint_url_are_refused_without_echoing_them() -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://agent:hunter2@collector:4317"})
@@ -133,6 +162,13 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.libvirt_timeout == 5.0
     assert settings.log_level == "info"
     assert settings.proc_root is None  # the proc method is off unless asked for
+
+
+def test_service_name_from_resource_attributes_unless_otel_service_name_is_set() -> None:
+    attributes = {"OTEL_RESOURCE_ATTRIBUTES": "team=vmi,service.name=fromattrs", "NODE_NAME": "n"}
+    settings = load_settings(attributes)
+    assert (settings.service_name, dict(settings.origins)["service_name"]) == ("fromattrs", "env")
+    assert load_settings({**attributes, "OTEL_SERVICE_NAME": "fromenv"}).service_name == "fromenv"
 
 
 def test_flags_win_over_environment() -> None:

@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from otel_vmi_hv.config import OPTIONS
+from tests.downward_api import container_environment, references
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "config" / "kubernetes"
@@ -562,14 +563,58 @@ def test_read_only_root_filesystem_leaves_tmp_writable() -> None:
 
 def test_every_env_var_is_an_agent_setting_with_a_valid_value() -> None:
     options = {option.env: option for option in OPTIONS}
-    for name, entry in env_of(agent_container()).items():
-        assert name in options or name in EXTRA_ENV, f"{name} is not a setting the agent reads"
+    entries = env_of(agent_container())
+    # Downward-API values that exist only to be expanded into another variable, as $(NAME).
+    referenced = {name for entry in entries.values() for name in references(str(entry.get("value", "")))}
+    for name, entry in entries.items():
+        assert name in options or name in EXTRA_ENV or name in referenced, (
+            f"{name} is not a setting the agent reads"
+        )
         value = entry.get("value")
         if name in options and value:  # empty counts as unset; valueFrom is resolved by Kubernetes
             try:
                 options[name].parse(value)
             except ValueError as error:
                 raise AssertionError(f"{name}={value!r}: {error or options[name].allowed}") from None
+
+
+def test_env_references_name_variables_defined_before_them() -> None:
+    """The kubelet expands $(NAME) only for a variable defined earlier in the list; otherwise the
+    agent would get the literal text "$(NAME)" as, say, its pod name."""
+    defined: set[str] = set()
+    for entry in agent_container()["env"]:
+        for name in references(str(entry.get("value", ""))):
+            assert name in defined, f"{entry['name']} refers to $({name}), not defined before it"
+        defined.add(entry["name"])
+
+
+def resource_attributes_of(container: Mapping[str, Any]) -> dict[str, str]:
+    """OTEL_RESOURCE_ATTRIBUTES as the kubelet gives it, with each downward-API value replaced by
+    its fieldPath in braces (so the test sees where each attribute comes from)."""
+    fields = {"metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName"}
+    env = container_environment(container, {path: "{" + path + "}" for path in fields})
+    pairs = (item.partition("=") for item in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def test_resource_attributes_name_this_pod_with_the_semantic_conventions() -> None:
+    from opentelemetry.semconv.resource import ResourceAttributes as Semconv
+
+    container = agent_container()
+    attributes = resource_attributes_of(container)
+    assert attributes == {
+        Semconv.K8S_NAMESPACE_NAME: "{metadata.namespace}",
+        Semconv.K8S_POD_NAME: "{metadata.name}",
+        Semconv.K8S_POD_UID: "{metadata.uid}",
+        # Not in the downward API: literals, which must be this manifest's names.
+        Semconv.K8S_DAEMONSET_NAME: daemonset()["metadata"]["name"],
+        Semconv.K8S_CONTAINER_NAME: container["name"],
+    }
+
+
+def test_resource_attribute_check_sees_a_container_renamed_without_its_attribute() -> None:
+    container = dict(agent_container(), name="renamed")
+    assert resource_attributes_of(container)["k8s.container.name"] != container["name"]
 
 
 def dockerfile_env_names() -> set[str]:

@@ -17,10 +17,12 @@ from tests.unit.test_kubernetes_manifests import (
     CUSTOM_KINDS,
     EXTRA_ENV,
     K8S_DIR,
+    agent_container,
     env_of,
     kubernetes_schema_errors,
     kubernetes_versions,
     kustomize_build,
+    resource_attributes_of,
 )
 
 ROOT = K8S_DIR.parent.parent
@@ -109,7 +111,9 @@ def test_proc_only_variant_runs_non_root_with_no_capability_and_no_pods_root() -
     env = env_of(container)
     assert "OTEL_VMI_HV_PODS_ROOT" not in env
     known = {option.env for option in OPTIONS} | EXTRA_ENV
-    assert set(env) <= known
+    assert {name for name in env if not name.startswith("OTEL_RESOURCE_ATTRIBUTES_")} <= known
+    # The same resource identity as the base: the downward-API variables survive the patch.
+    assert resource_attributes_of(container) == resource_attributes_of(agent_container())
     # Everything else of the base is still there (RBAC stays get/list/watch).
     kinds = sorted(doc["kind"] for doc in built)
     assert kinds == sorted(doc["kind"] for doc in kustomize_build(K8S_DIR))
