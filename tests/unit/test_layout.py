@@ -114,7 +114,7 @@ def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
 def test_the_folder_listing_shows_the_architecture() -> None:
     """A newcomer finds detection, emulation, the inputs, exposition and the server by folder name."""
     folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    assert {"detection", "emulation", "sources", "export", "server"} <= folders
+    assert {"detection", "emulation", "sources", "export", "server", "config"} <= folders
     documented = (PACKAGE.parent / "docs" / "architecture.md").read_text()
     missing = [name for name in sorted(folders) if f"`{name}/`" not in documented]
     assert missing == [], "every subpackage has its paragraph in docs/architecture.md"
