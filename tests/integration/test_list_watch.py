@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -189,11 +190,17 @@ def test_an_oversized_watch_line_restarts_the_watch(
 
 def test_stop_ends_an_open_watch_at_once(api: FakeKubeAPIServer, tmp_path: Path) -> None:
     running = Running(api, tmp_path, NODES, ListWatchOptions(relist_spread=0.0))
-    running.watch.start()
+    thread_name = f"watch-stop-test-{uuid.uuid4().hex[:8]}"
+    running.watch.start(thread_name)
     api.wait_for_watches(1)
+    assert thread_name in _thread_names()
     running.watch.stop()
     running.watch.join(2)
-    assert running.watch._thread is not None and not running.watch._thread.is_alive()
+    assert thread_name not in _thread_names()
+
+
+def _thread_names() -> set[str]:
+    return {thread.name for thread in threading.enumerate()}
 
 
 def test_relists_after_an_outage_wait_their_spread(api: FakeKubeAPIServer, tmp_path: Path) -> None:
