@@ -22,7 +22,8 @@ from tests.agent_process import AgentProcess, free_port, http_get, wait_until
 from tests.exposition import info_series
 from tests.image.daemonset import DaemonSetContainer
 from tests.image.kubevirt_node import NODE, Node, daemonset_run_args, kubevirt_node
-from tests.image.podman import BASE_IMAGE_ENV, IMAGE_ENV, Container, image_size, podman, process_status
+from tests.image.podman import Container, image_size, podman, process_status
+from tests.peers import BASE_IMAGE_ENV, IMAGE_ENV
 
 MB = 1000 * 1000  # podman reports sizes in decimal megabytes
 MIB = 1024 * 1024

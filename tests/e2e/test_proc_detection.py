@@ -32,13 +32,12 @@ from tests.harness.libvirtd import (
     domain_xml,
     kvm_usable,
 )
+from tests.peers import require
 
 pytestmark = pytest.mark.libvirtd
 
 DETECTOR_UID = 65532  # not nobody (65534), which owns the session daemon's QEMUs
 HIDEPID_GID = 4242
-SETPRIV = "/usr/bin/setpriv"
-UNSHARE = "/usr/bin/unshare"
 
 # Runs in the unprivileged child: one detector, the queries from argv, answers as JSON.
 _CHILD = """
@@ -64,12 +63,9 @@ def detect_as_other_user(
     hidepid_mount: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the detector as uid/gid 65532 with no capability; optionally on a private hidepid procfs."""
-    if os.geteuid() != 0:
-        pytest.skip("switching to another user needs root")
-    if not (os.access(SETPRIV, os.X_OK) and os.access(UNSHARE, os.X_OK)):
-        pytest.skip("setpriv and unshare (util-linux) are needed")
+    require("root")  # to switch to another user
     as_user = [
-        SETPRIV, f"--reuid={DETECTOR_UID}", f"--regid={DETECTOR_UID}",
+        require("setpriv"), f"--reuid={DETECTOR_UID}", f"--regid={DETECTOR_UID}",
         f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
         sys.executable, "-c", _CHILD, proc_root, json.dumps(list(queries)),
@@ -77,7 +73,7 @@ def detect_as_other_user(
     argv = as_user
     if hidepid_mount is not None:
         argv = [
-            UNSHARE, "-m", "--propagation", "private", "/bin/sh", "-c",
+            require("unshare"), "-m", "--propagation", "private", "/bin/sh", "-c",
             'mount -t proc -o "$1" proc "$2" && shift 2 && exec "$@"', "sh", hidepid_mount, proc_root,
             *as_user,
         ]  # fmt: skip
@@ -275,8 +271,7 @@ class DirectQemu:
 
 @pytest.fixture
 def qemu_workdir(tmp_path: Path) -> Path:
-    if not os.access(QEMU_SYSTEM_X86_64, os.X_OK):
-        pytest.skip(f"{QEMU_SYSTEM_X86_64} is not installed")
+    require("qemu")
     return tmp_path
 
 
@@ -311,23 +306,15 @@ def test_qemu_without_debug_threads_is_not_left_pending(qemu_workdir: Path) -> N
 def pod_cgroup(pod_uid: str) -> Iterator[Path]:
     """A real cgroup named as the kubelet's systemd driver names a burstable pod's, in a private
     parent folder (removed after), in the first writable hierarchy: cgroup v1 ``pids`` or v2."""
-    for hierarchy in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
-        if not (hierarchy / "cgroup.procs").exists():
-            continue
-        parent = hierarchy / f"ovh-test-{uuid.uuid4().hex[:8]}"
-        leaf = parent / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
-        try:
-            leaf.mkdir(parents=True)
-        except OSError:
-            continue
-        try:
-            yield leaf
-        finally:
-            for path in (leaf, parent):
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-        return
-    pytest.skip("no writable cgroup hierarchy to put a QEMU in a pod-like cgroup")
+    parent = Path(require("cgroup")) / f"ovh-test-{uuid.uuid4().hex[:8]}"
+    leaf = parent / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
+    leaf.mkdir(parents=True)
+    try:
+        yield leaf
+    finally:
+        for path in (leaf, parent):
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def test_migration_launchers_on_one_node_are_told_apart_by_pod(qemu_workdir: Path) -> None:

@@ -1435,36 +1435,38 @@ class FakeKubeAPIServer:
         with self._lock:
             return len(self._watchers)
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-        """Block until ``predicate()`` is true or ``timeout`` passes; re-evaluated whenever the server's
-        state changes (request received, watch opened/closed, store commit), so tests need no sleeps.
-        The predicate runs without the server lock held and may call any public method.
+    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+        """Block until ``predicate()`` is true; re-evaluated whenever the server's state changes
+        (request received, watch opened/closed, store commit), so tests need no sleeps. The
+        predicate runs without the server lock held and may call any public method.
+
+        Raises AssertionError naming ``what`` (what the test waited for) when ``timeout`` passes:
+        a test cannot carry on as if it had happened.
         """
         deadline = time.monotonic() + timeout
         with self._lock:
             generation = self._generation
-        while True:
-            if predicate():
-                return True
-            timed_out = False
+        while not predicate():
             with self._changed:
                 while self._generation == generation:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        timed_out = True
                         break
                     self._changed.wait(remaining)
                 generation = self._generation
-            if timed_out:
-                return predicate()
+            if time.monotonic() >= deadline and not predicate():
+                raise AssertionError(
+                    f"fake API server: {what} did not happen within {timeout:g}s "
+                    f"({self.open_watches} open watches, {len(self.requests)} requests logged)"
+                )
 
-    def wait_for_watches(self, count: int, timeout: float = 5.0) -> bool:
-        """Wait until at least ``count`` watch streams are registered.
+    def wait_for_watches(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until at least ``count`` watch streams are registered (AssertionError if they are not).
 
         A registered watch has already been sent its 200 headers and will receive every later change, so
         after this returns, store changes and stream faults reach the client deterministically.
         """
-        return self.wait_for(lambda: self.open_watches >= count, timeout)
+        self.wait_for(lambda: self.open_watches >= count, f"{count} open watch streams", timeout)
 
     # ---------------------------------------------------------------- internals: store
 

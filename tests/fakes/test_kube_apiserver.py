@@ -359,7 +359,7 @@ def test_watch_from_list_rv_delivers_changes_in_order(
     recorder = StreamRecorder(api, resource_version=list_rv, timeout_seconds=30)
     recorders.append(recorder)
     replayed = recorder.events(3)
-    assert fake.wait_for_watches(1)
+    fake.wait_for_watches(1)
     # ...and live changes follow in order.
     fake.create(vmi("vm-2"))
     fake.patch_labels("default", "before", {"extra": "yes"})
@@ -392,7 +392,7 @@ def test_watch_without_rv_starts_with_synthetic_added(
     recorder = StreamRecorder(api, label_selector=f"{NODE}=node-a", timeout_seconds=30)
     recorders.append(recorder)
     assert summary(recorder.events(2)) == [("ADDED", "vm-a"), ("ADDED", "vm-c")]
-    assert fake.wait_for_watches(1)
+    fake.wait_for_watches(1)
     fake.delete("default", "vm-a")
     assert summary(recorder.events(1)) == [("DELETED", "vm-a")]
 
@@ -415,7 +415,7 @@ def test_selector_transitions_during_migration(
         timeout_seconds=30,
     )
     recorders.extend([source, target, incoming])
-    assert fake.wait_for_watches(3)
+    fake.wait_for_watches(3)
 
     fake.update(ko.make_migrating_vmi("default", "mig", "node-a", "node-b"))
     running_rv = fake.resource_version
@@ -458,7 +458,7 @@ def test_bookmarks_periodic_and_on_demand(tmp_path: Path, recorders: list[Stream
             "metadata": {"resourceVersion": fake.resource_version},
         }
         assert with_bookmarks.watch.resource_version == fake.resource_version
-        assert fake.wait_for_watches(2)  # "without" must have its initial state before the delete
+        fake.wait_for_watches(2)  # "without" must have its initial state before the delete
         fake.delete("default", "vm-1")
         assert summary(without.events(2)) == [("ADDED", "vm-1"), ("DELETED", "vm-1")]
         assert without.items.empty()
@@ -468,7 +468,7 @@ def test_bookmarks_periodic_and_on_demand(tmp_path: Path, recorders: list[Stream
         recorder = StreamRecorder(api, allow_watch_bookmarks=True, timeout_seconds=30)
         plain = StreamRecorder(api, timeout_seconds=30)
         recorders.extend([recorder, plain])
-        assert fake.wait_for_watches(2)
+        fake.wait_for_watches(2)
         assert fake.send_bookmarks() == 1  # only watches that allowed bookmarks get them
         (on_demand,) = recorder.events(1, bookmarks=True)
         assert on_demand["type"] == "BOOKMARK"
@@ -533,10 +533,29 @@ def test_drop_streams_ends_client_stream_abruptly(
 ) -> None:
     recorder = StreamRecorder(api, timeout_seconds=30)
     recorders.append(recorder)
-    assert fake.wait_for_watches(1)
+    fake.wait_for_watches(1)
     assert fake.drop_streams() == 1
     assert isinstance(recorder.outcome(), urllib3.exceptions.ProtocolError)
-    assert fake.wait_for(lambda: fake.open_watches == 0)
+    fake.wait_for(lambda: fake.open_watches == 0, "the watch stream closed")
+
+
+def test_wait_for_fails_naming_what_never_happened(fake: FakeKubeAPIServer) -> None:
+    """A wait that times out fails the test there, saying what it waited for; it never returns."""
+    with pytest.raises(AssertionError, match=r"2 open watch streams did not happen within 0\.2s \(0 open"):
+        fake.wait_for_watches(2, timeout=0.2)
+    with pytest.raises(AssertionError, match=r"the VMI 'late' did not happen within 0\.1s"):
+        fake.wait_for(lambda: False, "the VMI 'late'", timeout=0.1)
+
+
+def test_wait_for_returns_once_a_change_makes_it_true(fake: FakeKubeAPIServer) -> None:
+    creator = threading.Timer(0.05, lambda: fake.create(vmi("late")))
+    creator.start()
+    try:
+        fake.wait_for(
+            lambda: fake.get("default", "late") is not None, "the VMI created by the timer", timeout=10
+        )
+    finally:
+        creator.join()
 
 
 def test_end_streams_and_timeout_seconds_end_cleanly(
@@ -544,7 +563,7 @@ def test_end_streams_and_timeout_seconds_end_cleanly(
 ) -> None:
     ended = StreamRecorder(api, timeout_seconds=30)
     recorders.append(ended)
-    assert fake.wait_for_watches(1)
+    fake.wait_for_watches(1)
     assert fake.end_streams() == 1
     assert ended.outcome() is _END
 
@@ -563,7 +582,7 @@ def test_stop_refuses_then_start_accepts_on_same_port(
     assert names(list_vmis(api)["items"]) == ["vm-1"]
     recorder = StreamRecorder(api, resource_version=fake.resource_version, timeout_seconds=30)
     recorders.append(recorder)
-    assert fake.wait_for_watches(1)
+    fake.wait_for_watches(1)
 
     fake.stop()
     assert isinstance(recorder.outcome(), urllib3.exceptions.ProtocolError)
@@ -584,7 +603,7 @@ def test_restart_with_new_history_makes_old_rv_410(
     old_rv = list_vmis(api)["metadata"]["resourceVersion"]
     open_watch = StreamRecorder(api, resource_version=old_rv, timeout_seconds=30)
     recorders.append(open_watch)
-    assert fake.wait_for_watches(1)
+    fake.wait_for_watches(1)
 
     fake.restart_with_new_history(objects=[fake.get("default", "vm-1") or {}])
     assert isinstance(open_watch.outcome(), urllib3.exceptions.ProtocolError)
@@ -695,7 +714,7 @@ def test_many_operations_with_watchers(tmp_path: Path, recorders: list[StreamRec
         everything = StreamRecorder(api, timeout_seconds=60)
         node_a = StreamRecorder(api, label_selector=f"{NODE}=node-a", timeout_seconds=60)
         recorders.extend([everything, node_a])
-        assert fake.wait_for_watches(2)
+        fake.wait_for_watches(2)
         base = ko.make_vmi("default", "x", "node-a")
         for i in range(count):
             base["metadata"]["name"] = f"vm-{i}"

@@ -5,19 +5,19 @@ nothing running. Behind the finalizers there are two more nets for runs that die
 CI timeout): Prometheus and rotel get PR_SET_PDEATHSIG, and the libvirtd supervisor kills libvirtd
 and every QEMU of its folder when the test process's end of its stdin pipe closes.
 
-Missing peers: outside CI a test needing an uninstalled peer is skipped with the reason; with
-``CI=true`` it fails instead, because a CI run that silently skips the real-peer tests proves
-nothing. The KVM fixture is the exception: hardware virtualization is a property of the machine,
-so it skips (with the probe's reason) everywhere.
+Missing peers go through ``tests.peers.require``: outside CI the test is skipped with the reason;
+with ``CI=true`` the hook in tests/conftest.py makes that skip a failure, because a CI run that
+silently skips the real-peer tests proves nothing.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.peers import require
 
 # The peers' modules are imported inside the fixtures that start them, so that loading this
 # plugin (which every test run does, through tests/conftest.py) imports neither libvirt nor the
@@ -26,21 +26,6 @@ if TYPE_CHECKING:
     from tests.harness import libvirtd as lv
     from tests.harness import prometheus as prom
     from tests.harness.otlp_receiver import RotelReceiver
-
-
-def in_ci() -> bool:
-    """True when the run is a CI run (``CI=true``, as GitHub Actions, GitLab and most CIs set it)."""
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def require(missing: Sequence[str], what: str) -> None:
-    """Skip (locally) or fail (in CI) when ``missing`` lists programs ``what`` needs."""
-    if not missing:
-        return
-    message = f"{what} needs {', '.join(missing)}, not installed"
-    if in_ci():
-        pytest.fail(f"{message} (CI=true: a missing real peer is a failure, not a skip)", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +38,7 @@ def libvirtd() -> Iterator[lv.LibvirtDaemon]:
     """
     from tests.harness import libvirtd as lv
 
-    require(lv.missing_binaries(), "the real libvirt daemon")
+    require("libvirtd")
     daemon = lv.LibvirtDaemon.launch()
     try:
         yield daemon
@@ -83,7 +68,7 @@ def libvirtd_factory() -> Iterator[Callable[[], lv.LibvirtDaemon]]:
     """Return a function that starts a private session daemon; all are cleaned up after the test."""
     from tests.harness import libvirtd as lv
 
-    require(lv.missing_binaries(), "the real libvirt daemon")
+    require("libvirtd")
     daemons: list[lv.LibvirtDaemon] = []
 
     def make() -> lv.LibvirtDaemon:
@@ -101,17 +86,12 @@ def libvirtd_factory() -> Iterator[Callable[[], lv.LibvirtDaemon]]:
 def system_libvirtd() -> Iterator[lv.SystemLibvirtDaemon]:
     """A system-mode libvirtd (root, private mount namespace) able to run ``type='kvm'`` domains.
 
-    Skips, printing why, when not root or when /dev/kvm cannot create a VM on this machine.
+    Needs root and a /dev/kvm that can create a VM (missing peers: tests/peers.py).
     """
     from tests.harness import libvirtd as lv
 
-    reason = lv.system_mode_missing()
-    if reason is None:
-        usable, probe = lv.kvm_usable()
-        reason = None if usable else probe
-    if reason is not None:
-        print(f"system_libvirtd: skipping: {reason}")  # visible with -s / -rA
-        pytest.skip(f"real KVM domain unavailable: {reason}")
+    require("system-libvirtd")
+    require("kvm")
     daemon = lv.SystemLibvirtDaemon.launch()
     try:
         yield daemon
@@ -127,7 +107,7 @@ def prometheus_factory() -> Iterator[Callable[..., prom.PrometheusServer]]:
     """
     from tests.harness import prometheus as prom
 
-    require(prom.missing_binaries(), "the real Prometheus server")
+    require("prometheus")
     servers: list[prom.PrometheusServer] = []
 
     def make(targets: Sequence[str] = (), **kwargs: Any) -> prom.PrometheusServer:
@@ -144,11 +124,9 @@ def prometheus_factory() -> Iterator[Callable[..., prom.PrometheusServer]]:
 @pytest.fixture
 def otlp_receiver() -> Iterator[RotelReceiver]:
     """A started rotel OTLP receiver (gRPC + HTTP on 127.0.0.1), stopped after the test."""
-    from tests.harness.otlp_receiver import RotelReceiver, rotel_binary
+    from tests.harness.otlp_receiver import RotelReceiver
 
-    binary = rotel_binary()
-    require([] if binary else ["rotel-agent (pip package 'rotel')"], "the real OTLP receiver")
-    receiver = RotelReceiver(binary)
+    receiver = RotelReceiver(require("rotel"))
     try:
         receiver.start()
         yield receiver

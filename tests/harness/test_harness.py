@@ -30,6 +30,7 @@ import pytest
 from tests.harness import libvirtd as lv
 from tests.harness.otlp_receiver import Export, ProtobufSink, RotelReceiver
 from tests.harness.prometheus import PrometheusServer, promtool_check_metrics
+from tests.peers import require
 
 pytest_plugins = ["tests.harness.fixtures"]
 
@@ -290,8 +291,7 @@ def test_prometheus_scrapes_a_loopback_target_and_applies_staleness(
 
 
 def test_promtool_check_metrics_accepts_clean_text_and_reports_problems() -> None:
-    if not os.access("/usr/bin/promtool", os.X_OK):
-        pytest.skip("promtool not installed")
+    require("promtool")
     assert promtool_check_metrics("# HELP demo_info Doc.\n# TYPE demo_info gauge\ndemo_info 1\n") == (0, "")
     rc, out = promtool_check_metrics("demo_info 1\n")
     assert rc != 0 and "no help text" in out
@@ -414,20 +414,6 @@ def test_sink_refuses_and_records_what_it_cannot_decode() -> None:
         sink.stop()
 
 
-# ---------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.mark.parametrize("ci", ["", "true"])
-def test_missing_peer_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch, ci: str) -> None:
-    from tests.harness.fixtures import require
-
-    monkeypatch.setenv("CI", ci)
-    expected = pytest.fail.Exception if ci else pytest.skip.Exception
-    with pytest.raises(expected, match="needs /usr/bin/nothing-here"):
-        require(["/usr/bin/nothing-here"], "a peer")
-    require([], "a peer")  # nothing missing: no effect
-
-
 # ---------------------------------------------------------------------------------------- teardown
 
 
@@ -446,23 +432,22 @@ def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
 
 @pytest.mark.libvirtd
 def test_teardown_leaves_no_process_even_from_a_paused_daemon() -> None:
-    if lv.missing_binaries():
-        pytest.skip("libvirt not installed")
+    require("libvirtd")
     daemon = lv.LibvirtDaemon.launch()
     qemu = [daemon.define("a")["qemu_pid"], daemon.define("b", paused=True)["qemu_pid"]]
     tree = [daemon.supervisor_pid, daemon.pid]
     daemon.pause_daemon()
-    prom = PrometheusServer(["127.0.0.1:9"]).start() if os.access("/usr/bin/prometheus", os.X_OK) else None
-    rx = RotelReceiver().start()
-    dirs = [daemon.state_dir, rx.workdir] + ([prom.workdir] if prom else [])
+    require("prometheus")
+    prom = PrometheusServer(["127.0.0.1:9"]).start()
+    rx = RotelReceiver(require("rotel")).start()
+    dirs = [daemon.state_dir, rx.workdir, prom.workdir]
     pids = [p for p in [*qemu, *tree, rx.process.pid if rx.process else None] if p]
-    if prom and prom.process:
+    if prom.process:
         pids.append(prom.process.pid)
 
     daemon.cleanup()
     rx.stop()
-    if prom:
-        prom.stop()
+    prom.stop()
 
     assert [p for p in pids if lv.proc_state(p) is not None] == [], "process (or zombie) left behind"
     for d in dirs:
@@ -472,8 +457,8 @@ def test_teardown_leaves_no_process_even_from_a_paused_daemon() -> None:
 @pytest.mark.libvirtd
 def test_a_killed_test_process_leaves_nothing_running(tmp_path: Path) -> None:
     """The dead man's switch: SIGKILL-like death (os._exit) skips every finalizer."""
-    if lv.missing_binaries():
-        pytest.skip("libvirt not installed")
+    require("libvirtd")
+    require("rotel")  # started by the script below
     script = tmp_path / "crash.py"
     script.write_text(
         textwrap.dedent(
@@ -504,8 +489,8 @@ def test_a_killed_test_process_leaves_nothing_running(tmp_path: Path) -> None:
 
 @pytest.mark.libvirtd
 def test_fixtures_tear_everything_down_when_the_test_fails(tmp_path: Path) -> None:
-    if lv.missing_binaries():
-        pytest.skip("libvirt not installed")
+    for peer in ("libvirtd", "prometheus", "rotel"):  # what the fixtures of the inner run start
+        require(peer)
     record = tmp_path / "dirs.json"
     (tmp_path / "test_fails.py").write_text(
         textwrap.dedent(

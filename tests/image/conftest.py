@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.image.podman import BASE_IMAGE_ENV, CannotRun, configured_image, fail_or_skip, podman_binary
+from tests.peers import require
 
 
 @pytest.fixture(scope="session")
 def image() -> str:
-    """The built image; skips locally, fails in CI, when there is none or no podman to run it."""
-    try:
-        podman_binary()
-        return configured_image()
-    except CannotRun as exc:
-        fail_or_skip(str(exc))
+    """The built image, and podman to run it (missing peers: tests/peers.py)."""
+    require("podman")
+    return require("image")
 
 
 @pytest.fixture(scope="session")
 def base_image(image: str) -> str:
     """The base the image was built on (its PYTHON_IMAGE), to tell the image's own bytes apart."""
-    try:
-        return configured_image(BASE_IMAGE_ENV)
-    except CannotRun as exc:
-        fail_or_skip(str(exc))
+    return require("base-image")

@@ -8,40 +8,15 @@ process rather than trusted from podman's configuration.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
-import pytest
+from tests.peers import require
 
-from tests.harness.fixtures import in_ci
-
-IMAGE_ENV: Final = "OTEL_VMI_HV_TEST_IMAGE"
-BASE_IMAGE_ENV: Final = "OTEL_VMI_HV_TEST_BASE_IMAGE"
 PODMAN_TIMEOUT: Final = 60.0
-
-
-class CannotRun(RuntimeError):
-    """The image tests cannot run here (no podman, no image, not root); the message says which."""
-
-
-def podman_binary() -> str:
-    path = shutil.which("podman")
-    if path is None:
-        raise CannotRun("podman is not installed (scripts/image-test.sh installs it)")
-    return path
-
-
-def configured_image(variable: str = IMAGE_ENV) -> str:
-    """The image under test, named by ``variable`` (scripts/image-test.sh sets it after the build)."""
-    image = os.environ.get(variable, "").strip()
-    if not image:
-        raise CannotRun(f"{variable} names no image: run `make image-test`, which builds one and sets it")
-    return image
 
 
 def podman(
@@ -49,7 +24,7 @@ def podman(
 ) -> subprocess.CompletedProcess[str]:
     """Run one podman command; on failure the assertion shows its output."""
     result = subprocess.run(
-        [podman_binary(), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [require("podman"), *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     if check and result.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} failed ({result.returncode}): {result.stderr}")
@@ -134,10 +109,3 @@ def image_size(image: str) -> int:
     """Bytes of the image as stored (all its layers, uncompressed)."""
     data: list[dict[str, Any]] = json.loads(podman("image", "inspect", image).stdout)
     return int(data[0]["Size"])
-
-
-def fail_or_skip(reason: str) -> NoReturn:
-    """Skip outside CI; in CI a run that cannot test the image is a failure, never a silent skip."""
-    if in_ci():
-        pytest.fail(f"image tests cannot run: {reason} (CI=true: a failure, not a skip)", pytrace=False)
-    pytest.skip(f"image tests cannot run: {reason}")

@@ -12,11 +12,10 @@ import pytest
 
 from tests.agent_process import free_port, http_get, wait_until
 from tests.exposition import info_series, parse_samples
-from tests.harness import libvirtd as lv
-from tests.harness.fixtures import require
 from tests.image.daemonset import DaemonSetContainer
 from tests.image.kubevirt_node import NODE, Node, daemonset_run_args, kubevirt_node
 from tests.image.podman import Container, podman, process_status
+from tests.peers import require
 
 CAP_DAC_OVERRIDE_BIT = 1 << 1
 SHUTDOWN_BUDGET_SECONDS = 5.0
@@ -24,7 +23,7 @@ SHUTDOWN_BUDGET_SECONDS = 5.0
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    require(lv.missing_binaries(), "the real libvirt daemon")
+    require("libvirtd")
     with kubevirt_node() as started:
         yield started
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
 from tests.fakes.kubevirt_objects import make_vmi
+from tests.peers import require
 
 NODE = "node-a"
 SOCKET_SUFFIX = "volumes/kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock"
@@ -75,10 +75,10 @@ def test_missing_pods_root_mount_is_named(api: FakeKubeAPIServer, tmp_path: Path
     assert "no_socket: no libvirt socket" in table and "/var/lib/kubelet/pods" in table
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop CAP_DAC_OVERRIDE from a root process")
 def test_missing_privileges_to_open_a_launcher_socket_are_named(
     api: FakeKubeAPIServer, tmp_path: Path
 ) -> None:
+    require("root")  # to drop CAP_DAC_OVERRIDE from a root process
     pods = tmp_path / "pods"
     path = pods / "pod-1" / SOCKET_SUFFIX
     path.parent.mkdir(parents=True)
@@ -95,8 +95,7 @@ def test_missing_privileges_to_open_a_launcher_socket_are_named(
     os.chown(path, 65534, 65534)
     os.chmod(path, 0o700)
     api.create(make_vmi("prod", "web", NODE, pod_uid="pod-1"))
-    setpriv = shutil.which("setpriv")
-    assert setpriv, "setpriv (util-linux) is needed"
+    setpriv = require("setpriv")
     # Root, but without the capability that lets root ignore file permissions: what the DaemonSet
     # would be if it dropped DAC_OVERRIDE.
     drop = ("--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import socket
 import struct
 import subprocess
@@ -16,12 +15,12 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
 from tests.agent_process import AgentProcess, demo_uri, exchange, free_port, http_get, wait_until
 from tests.conftest import ROOT
+from tests.peers import require
 
 BASE_ENV = {"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_LIBVIRT_URI": demo_uri()}
 
@@ -350,20 +349,11 @@ def test_an_unresolvable_host_exits_2_naming_it() -> None:
     assert "cannot be resolved" in _listen_failure(lines, "metrics.invalid:")
 
 
-def _unprivileged_port_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    except (OSError, ValueError):
-        return 1024
-
-
-@pytest.mark.skipif(
-    shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop the capability"
-)
-@pytest.mark.skipif(_unprivileged_port_start() <= 81, reason="port 81 is not privileged on this host")
 def test_a_privileged_port_without_the_capability_exits_2_naming_it() -> None:
+    port = require("privileged-port")
     # What decides is CAP_NET_BIND_SERVICE, which a non-root user lacks: drop it from the agent.
-    without_capability = ("setpriv", "--bounding-set=-net_bind_service", "--inh-caps=-net_bind_service")
-    code, lines = exit_of({"OTEL_EXPORTER_PROMETHEUS_PORT": "81"}, prefix=without_capability)
+    setpriv = require("setpriv")
+    without_capability = (setpriv, "--bounding-set=-net_bind_service", "--inh-caps=-net_bind_service")
+    code, lines = exit_of({"OTEL_EXPORTER_PROMETHEUS_PORT": port}, prefix=without_capability)
     assert code == 2, lines
-    assert "below 1024" in _listen_failure(lines, "127.0.0.1:81")
+    assert "below 1024" in _listen_failure(lines, f"127.0.0.1:{port}")

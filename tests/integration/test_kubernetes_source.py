@@ -240,7 +240,7 @@ def test_dropped_stream_resumes_from_the_last_version_without_relisting(
 ) -> None:
     with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
         assert agent.synced.wait(10)
-        assert api.wait_for_watches(AGENT_WATCHES)
+        api.wait_for_watches(AGENT_WATCHES)
         lists = vmi_lists(api)
         assert api.drop_streams() == AGENT_WATCHES
         vmi = make_vmi("ops", "after-drop", NODE_A)
@@ -256,7 +256,7 @@ def test_bookmarks_move_the_resume_point(api, tmp_path, pods_root, launchers) ->
     api.create(other)
     with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
         assert agent.synced.wait(10)
-        assert api.wait_for_watches(AGENT_WATCHES)
+        api.wait_for_watches(AGENT_WATCHES)
         for index in range(3):  # changes this node's watch does not see...
             api.patch_status("ops", "noise", phase="Running", reason=str(index))
         current = api.resource_version
@@ -267,10 +267,15 @@ def test_bookmarks_move_the_resume_point(api, tmp_path, pods_root, launchers) ->
             # Before the agent has read a bookmark, a cut stream resumes from the list's older
             # version; after, from this one. Cut until it does (bookmarks also come every 0.2 s).
             api.drop_streams()
-            resumed = api.wait_for(
-                lambda: any(f"resourceVersion={current}" in q for q in api.queries("watch")), 2
-            )
-            return bool(resumed)
+            try:
+                api.wait_for(
+                    lambda: any(f"resourceVersion={current}" in q for q in api.queries("watch")),
+                    f"a watch from resourceVersion={current}",
+                    2,
+                )
+            except AssertionError:
+                return False  # resumed from the list's version: cut again, until the deadline below
+            return True
 
         wait_until(resumed_at_current, 10, "a watch resumed from the bookmark's version")
         assert vmi_lists(api) == lists, "the version must come from the bookmark, not from a relist"
@@ -363,7 +368,7 @@ def test_readiness_survives_a_transient_api_outage(api, tmp_path, pods_root, lau
         wait_until(lambda: series(agent) == {("ops", "steady"): "kvm"}, 10, "steady")
         assert agent.readiness.pending() == []
         api.stop()
-        api.wait_for(lambda: api.open_watches == 0)
+        api.wait_for(lambda: api.open_watches == 0, "every watch cut by the outage")
         # The cache still holds what it knew; /readyz is about having synced once, not about now.
         assert agent.readiness.pending() == []
         assert series(agent) == {("ops", "steady"): "kvm"}
@@ -426,12 +431,11 @@ def test_names_at_the_length_limits(api, tmp_path, pods_root, launchers) -> None
 def test_watch_refused_with_http_410_leads_to_a_relist(api, tmp_path, pods_root, launchers) -> None:
     with running_agent(api, tmp_path, NODE_A, pods_root) as agent:
         assert agent.synced.wait(10)
-        assert api.wait_for_watches(AGENT_WATCHES)
+        api.wait_for_watches(AGENT_WATCHES)
         lists = vmi_lists(api)
         api.fail_requests(1, status=410, verbs=["watch"], plurals=["virtualmachineinstances"])
         api.drop_streams()
-        api.wait_for(lambda: vmi_lists(api) > lists, 10)
-        assert vmi_lists(api) > lists
+        api.wait_for(lambda: vmi_lists(api) > lists, "a VMI relist after the 410", 10)
         vmi = make_vmi("ops", "after-410", NODE_A)
         launchers.run_vmi(vmi, "kvm", NODE_A)
         api.create(vmi)

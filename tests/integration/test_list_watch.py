@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def test_first_list_and_relists_come_from_the_watch_cache(api: FakeKubeAPIServer
     api.create(make_node(NODE, "1k"))
     options = ListWatchOptions(relist_spread=0.0, field_selector=f"metadata.name={NODE}")
     with Running(api, tmp_path, NODES, options) as running:
-        assert api.wait_for_watches(1)
+        api.wait_for_watches(1)
         first = [r for r in api.requests if r.verb == "list"]
         assert len(first) == 1 and first[0].params.get("resourceVersion") == "0"
         last_seen = running.watch.resource_version
@@ -116,7 +117,7 @@ def test_the_agent_never_reads_etcd_for_its_vmis(api: FakeKubeAPIServer, tmp_pat
     api.create(vmi)
     with running_agent(api, tmp_path, NODE, pods) as agent:
         wait_until(lambda: series(agent) == {("ops", "web"): "kvm"}, 10, "the VMI")
-        assert api.wait_for_watches(1)
+        api.wait_for_watches(1)
         api.stop()
         api.delete("ops", "web")
         api.restart()
@@ -135,7 +136,7 @@ def test_pages_where_the_server_has_no_watch_cache(tmp_path: Path) -> None:
         with Running(api, tmp_path, KUBEVIRTS, options) as running:
             wait_until(lambda: running.handler.relists == 1, 10, "the first listing")
             assert len(running.handler.objects) == 5
-            assert api.wait_for_watches(1)
+            api.wait_for_watches(1)
             restart_with_changes(api)
             wait_until(lambda: running.handler.relists == 2, 10, "the relist")
         lists = [r for r in api.requests if r.verb == "list"]
@@ -176,7 +177,7 @@ def test_an_oversized_watch_line_restarts_the_watch(
     options = ListWatchOptions(relist_spread=0.0, max_line_bytes=64 * 1024)
     caplog.set_level(logging.WARNING)
     with Running(api, tmp_path, NODES, options) as running:
-        assert api.wait_for_watches(1)
+        api.wait_for_watches(1)
         watches = api.watch_requests
         huge = make_node("worker-huge", "1k")
         huge["metadata"]["annotations"]["blob"] = "x" * (256 * 1024)
@@ -189,11 +190,17 @@ def test_an_oversized_watch_line_restarts_the_watch(
 
 def test_stop_ends_an_open_watch_at_once(api: FakeKubeAPIServer, tmp_path: Path) -> None:
     running = Running(api, tmp_path, NODES, ListWatchOptions(relist_spread=0.0))
-    running.watch.start()
-    assert api.wait_for_watches(1)
+    thread_name = f"watch-stop-test-{uuid.uuid4().hex[:8]}"
+    running.watch.start(thread_name)
+    api.wait_for_watches(1)
+    assert thread_name in _thread_names()
     running.watch.stop()
     running.watch.join(2)
-    assert running.watch._thread is not None and not running.watch._thread.is_alive()
+    assert thread_name not in _thread_names()
+
+
+def _thread_names() -> set[str]:
+    return {thread.name for thread in threading.enumerate()}
 
 
 def test_relists_after_an_outage_wait_their_spread(api: FakeKubeAPIServer, tmp_path: Path) -> None:
@@ -203,7 +210,7 @@ def test_relists_after_an_outage_wait_their_spread(api: FakeKubeAPIServer, tmp_p
     with Running(api, tmp_path, NODES, options, on_relist=relisted.set) as running:
         assert relisted.wait(10), "the first list is not delayed"
         relisted.clear()
-        assert api.wait_for_watches(1)
+        api.wait_for_watches(1)
         watches = api.watch_requests
         restart_with_changes(api)
         wait_until(lambda: "expired" in running.restarts, 10, "the 410 after the restart")

@@ -24,7 +24,7 @@ def test_sigterm_does_not_wait_for_the_next_bookmark(tmp_path: Path) -> None:
         }
         with AgentProcess(env) as agent:
             agent.wait_ready()
-            assert api.wait_for_watches(3), "the agent's three watches are open and waiting"
+            api.wait_for_watches(3)  # the agent's three watches, open and waiting
             took = agent.terminate(timeout=30)
             assert agent.process is not None and agent.process.returncode == 0, agent.output()
             assert took < PROMISED_EXIT_SECONDS, f"exit took {took:.1f}s"

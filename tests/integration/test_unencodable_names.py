@@ -4,7 +4,6 @@ of what cannot be encoded, and counted."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from tests.exposition import info_series, parse_samples
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
 from tests.fakes.kubevirt_objects import make_vmi
 from tests.integration.kube_env import Launchers, running_agent
+from tests.peers import require
 
 NODE = "node-a"
 
@@ -54,8 +54,7 @@ def test_unencodable_names_are_replaced_and_the_rest_stays_intact(
         assert [value for _, value in parse_samples(body(), "otel_vmi_hv_label_values_replaced_total")] == [
             2.0
         ]
-        if shutil.which("promtool"):
-            check = subprocess.run(
-                ["promtool", "check", "metrics"], input=body().encode(), capture_output=True, timeout=30
-            )
-            assert check.returncode == 0, check.stdout + check.stderr
+        check = subprocess.run(
+            [require("promtool"), "check", "metrics"], input=body().encode(), capture_output=True, timeout=30
+        )
+        assert check.returncode == 0, check.stdout + check.stderr

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.peers import require
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "prometheus" / "rules.yml"
 TEST_DIR = ROOT / "config" / "prometheus" / "tests"
@@ -22,10 +24,9 @@ TEST_FILES = sorted(TEST_DIR.glob("*.yml"))
 
 
 def promtool(*args: str, cwd: Path = TEST_DIR) -> subprocess.CompletedProcess[str]:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return subprocess.run([path, *args], capture_output=True, text=True, check=False, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [require("promtool"), *args], capture_output=True, text=True, check=False, timeout=120, cwd=cwd
+    )
 
 
 def load(path: Path) -> Any:

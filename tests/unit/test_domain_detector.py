@@ -156,7 +156,7 @@ def test_unreadable_domain_file_keeps_the_libvirt_reason(tmp_path: Path) -> None
 def test_forget_closes_the_connection() -> None:
     detector = Detector(2.0)
     detector.detect_target(_target("default_web-frontend"))
-    conn = detector.calls._daemons[DEMO_URI].conn
+    conn = detector.calls.call(DEMO_URI, lambda conn: conn)  # the kept connection
     detector.calls.forget(DEMO_URI)
     assert detector.calls.states() == {}
 

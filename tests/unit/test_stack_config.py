@@ -12,7 +12,6 @@ import fnmatch
 import json
 import re
 import shlex
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from importlib import resources
@@ -23,6 +22,8 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
+
+from tests.peers import require
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -570,16 +571,9 @@ def test_dockerfile_runtime_contract(dockerfile: list[tuple[str, str]]) -> None:
 # ------------------------------------------------------------------------------------------- (e) promtool
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return path
-
-
 def test_promtool_accepts_prometheus_config() -> None:
     result = subprocess.run(
-        [promtool(), "check", "config", str(PROMETHEUS)], capture_output=True, text=True, check=False
+        [require("promtool"), "check", "config", str(PROMETHEUS)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -591,6 +585,6 @@ def test_promtool_rejects_a_broken_config(tmp_path: Path) -> None:
     broken = tmp_path / "prometheus.yml"
     broken.write_text(text.replace("scrape_interval: 10s", "scrape_interval: 10"), encoding="utf-8")
     result = subprocess.run(
-        [promtool(), "check", "config", str(broken)], capture_output=True, text=True, check=False
+        [require("promtool"), "check", "config", str(broken)], capture_output=True, text=True, check=False
     )
     assert result.returncode != 0, result.stdout
