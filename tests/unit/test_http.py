@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from otel_vmi_hv.server.http import HttpServer, ListenError, Readiness, ServerLimits, accepts_gzip
+from otel_vmi_hv.server import HttpServer, ListenError, Readiness, ServerLimits, accepts_gzip
 from tests.agent_process import exchange, wait_until
 
 BODY = b"some_metric 1\n" * 1000  # above the gzip threshold
