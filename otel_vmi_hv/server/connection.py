@@ -240,8 +240,9 @@ class Connection(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
-        self._disarm()
-        self._state = State.CLOSING
+        # Closing flushes what is buffered first: from a client that does not read, the deadline
+        # for reading (WRITING) still holds, or it would keep the connection and the answer forever.
+        self._enter(State.CLOSING)
         if self._transport is not None:
             self._transport.close()
 

@@ -243,6 +243,20 @@ def test_a_client_that_pipelines_without_reading_its_answers_is_cut_off() -> Non
         wait_until(lambda: server.connections == 0, 10, "the server to drop the client")
 
 
+def test_a_client_that_asks_to_close_and_never_reads_its_answer_is_cut_off() -> None:
+    big = b"some_metric 1\n" * 600_000  # 8 MiB: more than the socket buffers on both sides hold
+    with (
+        serving(lambda: big, limits=ServerLimits(idle_timeout=1)) as server,
+        socket.socket() as client,
+    ):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", server.port))
+        client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert client.recv(12) == b"HTTP/1.1 200", "the answer has started"
+        assert server.connections == 1
+        wait_until(lambda: server.connections == 0, 10, "the server to drop the client")
+
+
 def test_metrics_pipelined_behind_a_render_are_answered() -> None:
     with serving() as server:
         requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 5
