@@ -5,6 +5,9 @@ be complete ``read_header_timeout`` after the connection opens or after the firs
 request; an idle keep-alive connection, or a client that stops reading its response, is dropped after
 ``idle_timeout``; a request body left unread after the answer is read and dropped within
 ``read_header_timeout``. Rendering /metrics has no deadline of its own (the renderer bounds it).
+
+A connection accepted beyond the connection cap (``beyond_cap``) serves one request, answered only if
+it is a probe, and its head must arrive within ``probe_head_timeout``: see server/listener.py.
 """
 
 from __future__ import annotations
@@ -56,8 +59,11 @@ class Connection(asyncio.Protocol):
         limits: ServerLimits,
         endpoints: Endpoints,
         client_noise: RateLimitedLog,
+        *,
+        beyond_cap: bool = False,
     ) -> None:
         self._loop = loop
+        self._beyond_cap = beyond_cap  # one request, probes only, closed after the answer
         self._limits = limits
         self._endpoints = endpoints
         self._client_noise = client_noise
@@ -159,7 +165,10 @@ class Connection(asyncio.Protocol):
                 elif event is h11.PAUSED:
                     return  # h11 waits for an answer that is not sent yet
             elif isinstance(event, h11.Request):
-                self._endpoints.answer(self, event)
+                if self._beyond_cap:
+                    self._endpoints.answer_beyond_cap(self, event)
+                else:
+                    self._endpoints.answer(self, event)
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
@@ -174,8 +183,8 @@ class Connection(asyncio.Protocol):
         self._rendering = None
         if self._transport is None or self._transport.is_closing():
             return
-        if self._h11.their_state is not h11.DONE:
-            headers = [*headers, ("Connection", "close")] if status >= 400 else headers
+        if self._beyond_cap or (status >= 400 and self._h11.their_state is not h11.DONE):
+            headers = [*headers, ("Connection", "close")]
         try:
             data = self._h11.send(
                 h11.Response(
@@ -261,7 +270,9 @@ class Connection(asyncio.Protocol):
         self._arm()
 
     def _deadline(self, state: State) -> float | None:
-        if state in (State.READING_HEAD, State.LINGERING):
+        if state is State.READING_HEAD:
+            return self._limits.head_timeout(self._beyond_cap)
+        if state is State.LINGERING:
             return self._limits.read_header_timeout
         if state in (State.IDLE, State.WRITING):
             return self._limits.idle_timeout

@@ -29,6 +29,7 @@ TEXT = "text/plain; charset=utf-8"
 SERVER_HEADER = "otel-vmi-hv"
 GZIP_MIN_BYTES = 4096
 RENDER_THREADS = 2
+PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
 
 
 class Responder(Protocol):
@@ -135,6 +136,15 @@ class Endpoints:
         else:
             body = b"not found; try /metrics, /healthz or /readyz\n"
             connection.respond(404, body, _text_headers(), head_only)
+
+    def answer_beyond_cap(self, connection: Responder, request: h11.Request) -> None:
+        """Answer a request on a connection beyond the connection cap: probes as usual (kubelet
+        restarts an agent whose liveness probe fails), anything else 503 to come back later."""
+        if request.target.split(b"?", 1)[0] in PROBE_PATHS:
+            self.answer(connection, request)
+            return
+        body = b"too many connections\n"
+        connection.respond(503, body, [*_text_headers(), ("Retry-After", "1")], request.method == b"HEAD")
 
     def _metrics(self, connection: Responder, request: h11.Request, head_only: bool) -> None:
         if self._in_flight >= self.limits.max_requests:

@@ -15,6 +15,16 @@ class ServerLimits:
     max_requests: int = 40  # concurrent /metrics requests, like node_exporter's --web.max-requests
     read_header_timeout: float = 10.0
     idle_timeout: float = 30.0  # longer than the keep-alive gap of any usual scrape interval
+    # Beyond max_connections, this many more connections may send one request, answered only if it
+    # is a probe (/healthz, /readyz): liveness must not fail because others hold every connection.
+    probe_slots: int = 8
+    probe_head_timeout: float = 1.0  # kubelet's default probe timeout; a probe sends at once
+
+    def head_timeout(self, beyond_cap: bool) -> float:
+        """How long the request head (and the TLS handshake) may take to arrive."""
+        if beyond_cap:
+            return min(self.probe_head_timeout, self.read_header_timeout)
+        return self.read_header_timeout
 
 
 def limits_from(settings: Settings) -> ServerLimits:
