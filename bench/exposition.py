@@ -33,7 +33,7 @@ from otel_vmi_hv.export.vmi_instruments import INFO_HELP, INFO_METRIC
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import Series
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.server.http import HttpServer, Readiness
+from otel_vmi_hv.server import HttpServer, Readiness
 from tests.telemetry_inputs import FixedInputs
 
 LABELS = ("namespace", "name", "node", "hypervisor_type")

@@ -41,7 +41,7 @@ def serve(kind: str) -> None:
 
         asyncio.run(main())
     elif kind == "agent-h11":
-        from otel_vmi_hv.server.http import HttpServer, Readiness, ServerLimits
+        from otel_vmi_hv.server import HttpServer, Readiness, ServerLimits
 
         limits = ServerLimits(max_connections=100_000, read_header_timeout=600, idle_timeout=600)
         server = HttpServer("127.0.0.1", 0, lambda: BODY, Readiness(), limits=limits)

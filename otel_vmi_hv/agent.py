@@ -21,7 +21,7 @@ from otel_vmi_hv.emulation.cluster_facts import emulation_facts_for
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Detector, Recorder
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.server.http import HttpServer, Readiness, limits_from, tls_context
+from otel_vmi_hv.server import HttpServer, Readiness, limits_from, tls_context
 from otel_vmi_hv.tracker import Tracker
 
 log = logging.getLogger(__name__)

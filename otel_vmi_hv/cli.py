@@ -14,7 +14,7 @@ from types import FrameType
 
 from otel_vmi_hv import __version__
 from otel_vmi_hv.config import OPTIONS, ConfigError, Settings, load_settings, unset_empty_variables
-from otel_vmi_hv.server.http import ListenError
+from otel_vmi_hv.server import ListenError
 from otel_vmi_hv.server.tls_reload import server_context
 
 log = logging.getLogger("otel_vmi_hv")

@@ -492,8 +492,9 @@ OPTIONS: tuple[Option, ...] = (
         "web_max_connections",
         "512",
         "an integer 1-100000",
-        "Open connections the HTTP server holds at most; more are answered 503 and closed "
-        "(each idle one costs about 5 KiB).",
+        "Open connections the HTTP server holds at most (each idle one costs about 5 KiB); beyond "
+        "them, 8 more may each send one request within 1 s: /healthz and /readyz are answered, "
+        "anything else gets 503, and the connection is closed.",
         parse.int_between(1, 100_000),
         "--web-max-connections",
     ),

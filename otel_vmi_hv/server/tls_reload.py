@@ -78,3 +78,8 @@ class ReloadingTLS:
             self.reloads += 1
             log.info("TLS certificate reloaded from %s", self._cert_file)
             return self._context
+
+
+def tls_context(cert_file: str, key_file: str, client_ca_file: str | None) -> ReloadingTLS:
+    """Server-side TLS (1.2+, no renegotiation), reloaded when the files change on disk."""
+    return ReloadingTLS(cert_file, key_file, client_ca_file)

@@ -163,7 +163,7 @@ def test_the_connection_cap_setting_reaches_the_server() -> None:
         held = [connect(process) for _ in range(20)]
         try:
             wait_until(lambda: open_fds(process) >= 20, 10, "the connections to be accepted")
-            refused = raw_exchange(process, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            refused = raw_exchange(process, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             assert refused.startswith(b"HTTP/1.1 503 ")
         finally:
             for client in held:

@@ -8,6 +8,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +192,63 @@ def test_a_rotated_certificate_is_served_without_a_restart(pki: Pki, tmp_path: P
         assert renewed == ssl.PEM_cert_to_DER_cert(renewed_cert.read_text())
         assert _https_get(agent.port, pki.ca)[0] == 200
         assert agent.process is not None and agent.process.poll() is None
+
+
+def _served_connections(port: int) -> int:
+    """Connections the server side of ``port`` still holds (ESTABLISHED or CLOSE_WAIT), per the kernel."""
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                held += int(local.rsplit(":", 1)[1], 16) == port and state in ("01", "08")
+    return held
+
+
+def _kubelet_https_probe(port: int, path: str) -> int:
+    """What kubelet's HTTPS prober does: no certificate check, Connection: close, a 1 s timeout."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=1)
+    started = time.monotonic()
+    try:
+        connection.request("GET", path, headers={"Connection": "close", "User-Agent": "kube-probe/1.31"})
+        response = connection.getresponse()
+        response.read()
+        return response.status if time.monotonic() - started < 1 else 0
+    except OSError:
+        return 0
+    finally:
+        connection.close()
+
+
+def test_probes_over_https_are_answered_while_others_hold_every_connection(pki: Pki) -> None:
+    env = _env(pki, mutual=False)
+    env.update({"OTEL_VMI_HV_WEB_MAX_CONNECTIONS": "8", "OTEL_VMI_HV_WEB_READ_HEADER_TIMEOUT": "60s"})
+    with AgentProcess(env) as agent:
+        _wait_https(agent, pki)
+        # The scrape above holds a place until the agent has closed its side; only then is the cap
+        # free for the eight below.
+        wait_until(lambda: not _served_connections(agent.port), 5, "the scrape's connection to close")
+        held = [socket.create_connection(("127.0.0.1", agent.port), timeout=5) for _ in range(8)]
+
+        def cap_is_reached() -> bool:
+            # Connections that never start their handshake hold the cap: scrapes are refused. The
+            # scrape above may still count for a moment, so the eighth may have landed beyond the
+            # cap (closed within a second): one more is opened until the cap holds.
+            if _kubelet_https_probe(agent.port, "/metrics") == 503:
+                return True
+            held.append(socket.create_connection(("127.0.0.1", agent.port), timeout=5))
+            return False
+
+        try:
+            wait_until(cap_is_reached, 10, "the cap to be reached")
+            statuses = [_kubelet_https_probe(agent.port, path) for path in ("/healthz", "/readyz") * 10]
+            assert statuses == [200] * 20
+        finally:
+            for client in held:
+                client.close()
 
 
 def _served_certificate(port: int) -> bytes | None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from otel_vmi_hv.server.http import HttpServer, ListenError, Readiness, ServerLimits, accepts_gzip
+from otel_vmi_hv.server import HttpServer, ListenError, Readiness, ServerLimits, accepts_gzip
 from tests.agent_process import exchange, wait_until
 
 BODY = b"some_metric 1\n" * 1000  # above the gzip threshold
@@ -67,12 +67,38 @@ def test_connections_beyond_the_limit_get_503_and_the_rest_are_served() -> None:
     with serving(limits=ServerLimits(max_connections=3)) as server:
         held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(3)]
         wait_until(lambda: server.connections == 3, 5, "three connections to be accepted")
-        refused = exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        refused = exchange(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert refused.startswith(b"HTTP/1.1 503 ")
+        assert b"Retry-After: 1\r\n" in refused and refused.endswith(b"too many connections\n")
+        probe = exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert probe.startswith(b"HTTP/1.1 200 "), "probes are answered beyond the limit"
+        assert b"Connection: close\r\n" in probe, "and the connection is not kept"
         for client in held:
             client.close()
         wait_until(lambda: server.connections == 0, 5, "connections to be released")
         assert get(server.port, "/healthz").status == 200
+
+
+def test_probes_are_answered_while_scrapers_that_do_not_read_hold_every_connection() -> None:
+    big = b"some_metric 1\n" * 75_000  # 1 MiB, eight times: more than the socket buffers hold
+    with serving(lambda: big, limits=ServerLimits(max_connections=4)) as server:
+        scrapers = [socket.socket() for _ in range(4)]
+        try:
+            for scraper in scrapers:
+                scraper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                scraper.connect(("127.0.0.1", server.port))
+                scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 8)  # never read
+            wait_until(lambda: server.connections == 4, 5, "the scrapers to hold every connection")
+            for path in ["/healthz", "/readyz"] * 10:
+                started = time.monotonic()
+                answer = exchange(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), timeout=1)
+                assert answer.startswith(b"HTTP/1.1 200 "), (path, answer[:100])
+                assert time.monotonic() - started < 1
+            refused = exchange(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert refused.startswith(b"HTTP/1.1 503 "), "scrapes still find the limit"
+        finally:
+            for scraper in scrapers:
+                scraper.close()
 
 
 def test_scrapes_beyond_max_requests_get_503_while_healthz_still_answers() -> None:
@@ -240,6 +266,20 @@ def test_a_client_that_pipelines_without_reading_its_answers_is_cut_off() -> Non
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         # 1,000 scrapes of 14 KB each, never read: the answers cannot all fit in socket buffers.
         client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
+        wait_until(lambda: server.connections == 0, 10, "the server to drop the client")
+
+
+def test_a_client_that_asks_to_close_and_never_reads_its_answer_is_cut_off() -> None:
+    big = b"some_metric 1\n" * 600_000  # 8 MiB: more than the socket buffers on both sides hold
+    with (
+        serving(lambda: big, limits=ServerLimits(idle_timeout=1)) as server,
+        socket.socket() as client,
+    ):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", server.port))
+        client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert client.recv(12) == b"HTTP/1.1 200", "the answer has started"
+        assert server.connections == 1
         wait_until(lambda: server.connections == 0, 10, "the server to drop the client")
 
 

@@ -1,0 +1,36 @@
+"""What one client may hold on the metrics port, shared by the listener, connections and endpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otel_vmi_hv.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client may hold; the defaults keep the agent well inside its memory limit."""
+
+    max_connections: int = 512
+    max_requests: int = 40  # concurrent /metrics requests, like node_exporter's --web.max-requests
+    read_header_timeout: float = 10.0
+    idle_timeout: float = 30.0  # longer than the keep-alive gap of any usual scrape interval
+    # Beyond max_connections, this many more connections may send one request, answered only if it
+    # is a probe (/healthz, /readyz): liveness must not fail because others hold every connection.
+    probe_slots: int = 8
+    probe_head_timeout: float = 1.0  # kubelet's default probe timeout; a probe sends at once
+
+    def head_timeout(self, beyond_cap: bool) -> float:
+        """How long the request head (and the TLS handshake) may take to arrive."""
+        if beyond_cap:
+            return min(self.probe_head_timeout, self.read_header_timeout)
+        return self.read_header_timeout
+
+
+def limits_from(settings: Settings) -> ServerLimits:
+    return ServerLimits(
+        max_connections=settings.web_max_connections,
+        max_requests=settings.web_max_requests,
+        read_header_timeout=settings.web_read_header_timeout,
+        idle_timeout=settings.web_idle_timeout,
+    )

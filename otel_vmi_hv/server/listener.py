@@ -1,0 +1,384 @@
+"""The metrics port's listening socket: bind, accept, the connection cap, start and stop.
+
+HTTP/1.1 is parsed and framed by h11 (chosen by measurement over aiohttp's server and the standard
+library's, see BENCHMARKS.md: a few KiB per idle connection and half a MiB of code, where aiohttp's
+server costs 11 MiB resident before the first connection) on an asyncio loop of its own thread. What an
+exposed port needs around the parser is split in three: this module accepts (a listen backlog that
+absorbs bursts, a cap on connections, backing off when file descriptors run out, a 400 for plain HTTP on
+the TLS port, the certificate reloaded when cert-manager rotates it); server/connection.py keeps each
+connection's deadlines; server/endpoints.py answers.
+
+Probes get through a full cap. Whoever can reach the port can open ``max_connections`` connections
+and hold them (idle, or as scrapers that do not read); refusing everything beyond the cap would then
+fail kubelet's liveness probe and restart the agent again and again. So a few connections beyond the
+cap (``probe_slots``) are accepted on probation: each may send one request within
+``probe_head_timeout`` (1 s, kubelet's default probe timeout), a probe is answered, anything else gets
+503 "too many connections", and the connection is closed. When every probation slot is taken, a new
+connection evicts the oldest one whose request has not been read yet, preferring those that had sent
+nothing when accepted (as nginx, running out of connections, closes idle ones oldest first). A probe
+sends its request right after connecting, and under a flood it waits in the backlog meanwhile, so its
+request is there when it is accepted: a stream of new silent connections cannot keep it out, and a
+stream of connections that each send a byte would have to bring ``probe_slots`` of them between the
+probe's accept and the read of its request. The accept loop drains the backlog without yielding:
+yielding after each accept (measured at 2,000-3,000 new connections a second on 2 cores) left probes
+queued behind the flood for a second. Memory stays bounded: at most ``max_connections + probe_slots``
+connections and ``MAX_LINGERING_REFUSALS`` refusals, a few KiB each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.server.client_noise import RateLimitedLog
+from otel_vmi_hv.server.connection import Connection, State
+from otel_vmi_hv.server.endpoints import Endpoints, Readiness
+from otel_vmi_hv.server.limits import ServerLimits
+from otel_vmi_hv.server.tls_reload import ReloadingTLS
+
+log = logging.getLogger(__name__)
+# Malformed requests, resets, bad TLS records: a client's fault, at most a rate-limited debug line.
+client_log = logging.getLogger("otel_vmi_hv.server.client")
+
+MIN_BACKLOG = 128
+# Out of descriptors: accepting again at once would spin at 100 % CPU. A local resource, no fleet to
+# spread, hence no jitter.
+ACCEPT_BACKOFF = Backoff(initial=0.01, maximum=1.0, jitter=0.0)
+MAX_LINGERING_REFUSALS = 64  # beyond the probe slots, this many get a 503; the rest are closed
+PLAIN_HTTP_ON_TLS_PORT = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+    b"Content-Length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
+)
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class ListenError(OSError):
+    """The listening socket could not be opened; names the address so the operator can fix it."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {_host_port(host, port)}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason
+
+
+def listen_backlog() -> int:
+    """The kernel's accept-queue cap, at least 128: a burst of scrapers must not find it full."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as somaxconn:
+            return max(MIN_BACKLOG, int(somaxconn.read().strip()))
+    except (OSError, ValueError):
+        return MIN_BACKLOG
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """Bind and listen, or raise ListenError saying why in an operator's words."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise ListenError(host, port, f"the host cannot be resolved ({error.strerror})") from None
+    except OverflowError:
+        raise ListenError(host, port, "not a valid port") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(listen_backlog())
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise ListenError(host, port, _listen_reason(error, port)) from None
+    return sock
+
+
+def _listen_reason(error: OSError, port: int) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return "the address is already in use (another process listens there)"
+    if error.errno == errno.EACCES and 0 < port < 1024:
+        return "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this host's"
+    return error.strerror or str(error)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(eq=False)
+class _ProbeSlot:
+    """A connection accepted beyond the cap, for one request."""
+
+    sock: socket.socket
+    spoke: bool  # bytes were already waiting when it was accepted, as a probe's request is
+    task: asyncio.Task[None] | None = None
+    started: bool = False  # its task runs: from then on the task closes the socket
+    connection: Connection | None = None  # None until the socket (and TLS) is set up
+
+    def waiting(self) -> bool:
+        """Whether its request has not been read yet: dropping it loses no answer."""
+        return self.connection is None or self.connection.state is State.READING_HEAD
+
+
+def _has_bytes_waiting(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing yet (EAGAIN), or already reset
+        return False
+
+
+class HttpServer:
+    """Serves /metrics, /healthz and /readyz from an event loop thread; renders in a small pool so a
+    slow collection never delays a probe."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        render_metrics: Callable[[], bytes],
+        readiness: Readiness,
+        *,
+        tls: ReloadingTLS | None = None,
+        limits: ServerLimits = ServerLimits(),  # noqa: B008 - frozen
+    ) -> None:
+        self.host = host
+        self.limits = limits
+        self._tls = tls
+        self._listener = open_listener(host, port)
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(self._loop_exception)
+        self.endpoints = Endpoints(render_metrics, readiness, limits, self.loop)
+        self._thread: threading.Thread | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._serving: set[asyncio.Task[None]] = set()
+        self.connections = 0  # within the cap
+        self._probe_slots: dict[_ProbeSlot, None] = {}  # beyond it, oldest first
+        self._refusing = 0
+        self.client_noise = RateLimitedLog(client_log)
+        self._fd_exhausted_since: float | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1])
+
+    def start(self) -> None:
+        self.loop.run_until_complete(self._setup())
+        self._thread = threading.Thread(target=self.loop.run_forever, name="http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            self._listener.close()
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+        try:
+            future.result(timeout=1)
+        except Exception as error:
+            log.debug("HTTP server shutdown: %s", error)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=1)
+        self.endpoints.shutdown()
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    # ------------------------------------------------------------------ accepting
+
+    async def _setup(self) -> None:
+        self._accept_task = self.loop.create_task(self._accept_loop())
+
+    async def _shutdown(self) -> None:
+        self._listener.close()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        for task in list(self._serving):
+            task.cancel()
+
+    async def _accept_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                sock, _ = await self.loop.sock_accept(self._listener)
+            except OSError as error:
+                if error.errno not in _OUT_OF_RESOURCES:
+                    if self._listener.fileno() == -1:
+                        return
+                    self.client_noise.debug("accept failed: %s", error)
+                    continue
+                # Out of descriptors: the pending connection stays queued; wait and say it once.
+                failures += 1
+                self._out_of_descriptors(error)
+                await asyncio.sleep(ACCEPT_BACKOFF.delay(failures))
+                continue
+            failures = 0
+            self._descriptors_back()
+            if self.connections < self.limits.max_connections:
+                self.connections += 1
+                self._track(self._serve(sock))
+            elif self._free_probe_slot():
+                slot = _ProbeSlot(sock, spoke=_has_bytes_waiting(sock))
+                self._probe_slots[slot] = None
+                slot.task = self._track(self._serve(sock, slot))
+            else:
+                self._refuse(sock)
+
+    def _out_of_descriptors(self, error: OSError) -> None:
+        if self._fd_exhausted_since is None:
+            self._fd_exhausted_since = time.monotonic()
+            log.warning(
+                "cannot accept HTTP connections: %s (%d open connections); retrying until "
+                "descriptors are free",
+                os.strerror(error.errno or 0),
+                self.connections,
+            )
+
+    def _descriptors_back(self) -> None:
+        if self._fd_exhausted_since is not None:
+            waited = time.monotonic() - self._fd_exhausted_since
+            log.info("accepting HTTP connections again after %.1fs", waited)
+            self._fd_exhausted_since = None
+
+    def _track(self, serving: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = self.loop.create_task(serving)
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+        return task
+
+    def _free_probe_slot(self) -> bool:
+        """Whether a connection beyond the cap gets a probe slot; when all are taken, the oldest
+        one whose request has not been read is dropped for it, silent ones first."""
+        if len(self._probe_slots) < self.limits.probe_slots:
+            return True
+        waiting = [slot for slot in self._probe_slots if slot.waiting()]
+        oldest = next((slot for slot in waiting if not slot.spoke), None) or next(iter(waiting), None)
+        if oldest is None or oldest.task is None:
+            return False
+        del self._probe_slots[oldest]
+        if not oldest.started:
+            # Accepted in the same burst: its task never runs, so its descriptor is closed here, or
+            # a burst as deep as the backlog would hold that many descriptors until the next turn.
+            oldest.sock.close()
+        oldest.task.cancel()
+        self.client_noise.debug("dropping a connection beyond the limit that sent no request yet")
+        return True
+
+    def _refuse(self, sock: socket.socket) -> None:
+        self.client_noise.debug(
+            "refusing a connection: %d open (the limit) and %d beyond it for probes",
+            self.connections,
+            len(self._probe_slots),
+        )
+        if self._tls is not None or self._refusing >= MAX_LINGERING_REFUSALS:
+            sock.close()
+            return
+        self._refusing += 1
+        self._track(self._answer_refused(sock))
+
+    async def _answer_refused(self, sock: socket.socket) -> None:
+        """503, then read what the client sent for a moment: closing with its request unread would
+        reset the connection and lose the answer."""
+        try:
+            sock.setblocking(False)
+            await asyncio.wait_for(self.loop.sock_sendall(sock, TOO_MANY_CONNECTIONS), 1.0)
+            sock.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(1.0):
+                while await self.loop.sock_recv(sock, 4096):
+                    pass
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            sock.close()
+            self._refusing -= 1
+
+    async def _serve(self, sock: socket.socket, slot: _ProbeSlot | None = None) -> None:
+        """Serve one accepted connection until it closes; with ``slot``, one beyond the cap."""
+        head_timeout = self.limits.head_timeout(beyond_cap=slot is not None)
+        if slot is not None:
+            slot.started = True
+
+        def connection_for_socket() -> Connection:
+            made = Connection(
+                self.loop, self.limits, self.endpoints, self.client_noise, beyond_cap=slot is not None
+            )
+            if slot is not None:
+                slot.connection = made
+            return made
+
+        try:
+            sock.setblocking(False)
+            context: ssl.SSLContext | None = None
+            if self._tls is not None:
+                if not await self._speaks_tls(sock, head_timeout):
+                    return
+                context = self._tls.context()
+            transport, connection = await self.loop.connect_accepted_socket(
+                connection_for_socket,
+                sock,
+                ssl=context,
+                ssl_handshake_timeout=head_timeout if context else None,
+            )
+            try:
+                await connection.closed
+            except asyncio.CancelledError:
+                transport.abort()  # the server stops, or the slot went to a newer connection
+                raise
+        except (TimeoutError, OSError) as error:
+            self.client_noise.debug("connection failed before its first request: %s", error)
+            sock.close()
+        except asyncio.CancelledError:
+            sock.close()  # cancelled before the transport took the socket over (a no-op after)
+            raise
+        finally:
+            if slot is None:
+                self.connections -= 1
+            else:
+                self._probe_slots.pop(slot, None)
+
+    async def _speaks_tls(self, sock: socket.socket, timeout: float) -> bool:
+        """Peek at the first byte: a TLS handshake record starts with 0x16. Anything else gets Go's
+        400 in plain text instead of a bare reset, so a misconfigured scraper says what is wrong."""
+        readable: asyncio.Future[None] = self.loop.create_future()
+
+        def on_readable() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        self.loop.add_reader(sock.fileno(), on_readable)
+        try:
+            await asyncio.wait_for(readable, timeout)
+        finally:
+            self.loop.remove_reader(sock.fileno())
+        first = sock.recv(1, socket.MSG_PEEK)
+        if first == b"\x16":
+            return True
+        if first:
+            try:
+                sock.recv(65536)  # the request, so closing does not reset the connection
+                await asyncio.wait_for(self.loop.sock_sendall(sock, PLAIN_HTTP_ON_TLS_PORT), 1.0)
+                sock.shutdown(socket.SHUT_WR)
+            except (TimeoutError, OSError):
+                pass
+        sock.close()
+        return False
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError | asyncio.TimeoutError):
+            # Resets, aborted handshakes, bad TLS records: what clients do, not an agent fault.
+            self.client_noise.debug("%s: %s", context.get("message", "connection error"), error)
+            return
+        log.error("HTTP server: %s", context.get("message"), exc_info=error)
