@@ -14,6 +14,7 @@ connection cap, a request-header deadline against slow clients, a renewed certif
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import resource
 import socket
@@ -23,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from bench import http_guards
-from bench.common import median, ms, p99, table, timings
+from bench.common import median, ms, p99, table
 from bench.server_kinds import AGENT, KINDS, Served, rss_kib
 
 SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
@@ -188,46 +189,55 @@ def run_burst(clients: int = 200) -> str:
     )
 
 
-def scrapes(kind: str, repeat: int, *, keep_alive: bool) -> list[float]:
-    """Seconds per GET /metrics of the 60 KB body, read in full."""
-    with Served(kind) as server:
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+class _Scraper:
+    """GET /metrics of the 60 KB body, read in full, on one kept-alive connection or a new one."""
 
-        def scrape() -> None:
-            nonlocal connection
-            if not keep_alive:
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-            connection.request("GET", "/metrics")
-            response = connection.getresponse()
-            response.read()
-            assert response.status == 200, f"{kind}: {response.status}"
+    def __init__(self, kind: str, port: int) -> None:
+        self.kind, self.port = kind, port
+        self.kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.samples: dict[bool, list[float]] = {True: [], False: []}
 
-        try:
-            return timings(scrape, repeat=repeat, warmup=20)
-        finally:
+    def scrape(self, keep_alive: bool) -> float:
+        connection = (
+            self.kept if keep_alive else http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        )
+        started = time.perf_counter()
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - started
+        if not keep_alive:
             connection.close()
+        assert response.status == 200, f"{self.kind}: {response.status}"
+        return elapsed
 
 
-def run_latency(repeat: int = 300) -> str:
-    measured = {
-        kind: (scrapes(kind, repeat, keep_alive=True), scrapes(kind, repeat, keep_alive=False))
-        for kind in KINDS
-    }
-    agent_kept, agent_new = (median(samples) for samples in measured[AGENT])
-    rows = [
-        [
-            kind,
-            ms(median(kept)),
-            ms(p99(kept)),
-            f"{median(kept) / agent_kept:.2f}x",
-            ms(median(new)),
-            ms(p99(new)),
-            f"{median(new) / agent_new:.2f}x",
-        ]
-        for kind, (kept, new) in measured.items()
-    ]
-    title = f"Scrape of the 60 KB body over loopback, {repeat} each (ms; ÷agent: of the medians)"
+def run_latency(repeat: int = 300, warmup: int = 20) -> str:
+    """All servers run at once and are scraped in turn, round after round, so that what else the
+    machine does in the meantime falls on all of them alike."""
+    with contextlib.ExitStack() as stack:
+        scrapers = [_Scraper(kind, stack.enter_context(Served(kind)).port) for kind in KINDS]
+        for scraper in scrapers:
+            stack.callback(scraper.kept.close)
+        for round_ in range(warmup + repeat):
+            for scraper in scrapers:
+                for keep_alive in (True, False):
+                    elapsed = scraper.scrape(keep_alive)
+                    if round_ >= warmup:
+                        scraper.samples[keep_alive].append(elapsed)
+    agent = next(scraper for scraper in scrapers if scraper.kind == AGENT)
+    rows = []
+    for scraper in scrapers:
+        row = [scraper.kind]
+        for keep_alive in (True, False):
+            samples = scraper.samples[keep_alive]
+            ratio = median(samples) / median(agent.samples[keep_alive])
+            row += [ms(median(samples)), ms(p99(samples)), f"{ratio:.2f}x"]
+        rows.append(row)
+    title = (
+        f"Scrape of the 60 KB body over loopback, {repeat} each, the servers in turn (ms; ÷agent: of the "
+        "medians)"
+    )
     headers = ["server", "keep-alive median", "p99", "÷agent", "new connection median", "p99", "÷agent"]
     return title + "\n" + table(headers, rows)
 
