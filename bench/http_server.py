@@ -7,7 +7,7 @@ kept-alive connection and on a new one. What it does at its limits (`bench.http_
 connection cap, a request-header deadline against slow clients, a renewed certificate.
 
 `python -m bench.http_server [--connections 1000] [--burst 200] [--scrapes 300]` prints the tables
-(about three minutes on 2 cores; not part of `make bench`). Every server runs in a process of its own
+(about four minutes on 2 cores; not part of `make bench`). Every server runs in a process of its own
 (`bench.server_kinds`), serving the same 60 KB body on 127.0.0.1; ratios are against the agent's.
 """
 
