@@ -129,9 +129,9 @@ def api_client_for(settings: Settings) -> Any:
     from kubernetes import client, config
 
     if settings.kubeconfig:
-        return config.new_client_from_config(config_file=settings.kubeconfig)
+        return config.new_client_from_config(config_file=settings.kubeconfig)  # type: ignore[no-untyped-call]
     configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)
+    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     return client.ApiClient(configuration)
 
 
