@@ -102,6 +102,7 @@ def event_to_visible(node: Node, count: int = 300) -> dict[str, Any]:
         started = time.perf_counter()
         node.api.create(vmi)
         latencies.append(_poll(lambda needle=needle: needle in render(), 10) - started)  # type: ignore[misc]
+    assert agent.libvirt is not None
     calls_after_detection = agent.libvirt.calls_made
     for _ in range(1000):
         render()
