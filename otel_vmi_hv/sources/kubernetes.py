@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -89,6 +90,8 @@ class VMIInterpreter:
         assert isinstance(uid, str) and isinstance(namespace, str) and isinstance(name, str)
         if status.get("phase") != "Running" or status.get("nodeName") != self._node:
             return None
+        # Kept for as long as the VMI runs here: the VMIs of a namespace share one string.
+        namespace = sys.intern(namespace)
         pod_uid = launcher_pod_on(obj, self._node)
         domain = f"{namespace}_{name}"
         if pod_uid is None:
