@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import libvirt
 
-from bench import agent, api_requests, exposition, proc_scan
+from bench import agent, api_requests, exposition, memory, proc_scan
 from tests.harness.otlp_receiver import RotelReceiver
 
 
@@ -22,13 +22,14 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     with open("/proc/meminfo") as meminfo:
-        memory = int(meminfo.readline().split()[1]) / 2**20
+        ram = int(meminfo.readline().split()[1]) / 2**20
     lib = libvirt.getVersion()
     return (
-        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; Linux {platform.release()}; "
+        f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB; Linux {platform.release()}; "
         f"Python {sys.version.split()[0]}; opentelemetry-sdk {version('opentelemetry-sdk')}, "
         f"prometheus_client {version('prometheus_client')}, libvirt {lib // 1_000_000}.{lib // 1000 % 1000}, "
-        f"libvirt-python {version('libvirt-python')}"
+        f"libvirt-python {version('libvirt-python')}, kubernetes {version('kubernetes')}, "
+        f"grpcio {version('grpcio')}"
     )
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     finally:
         receiver.stop()
     print(agent.run(churn_total=5_000 if args.quick else 100_000), end="\n\n", flush=True)
+    print(memory.run(), end="\n\n", flush=True)
     print(proc_scan.run(repeat=5 if args.quick else 30))
     print(api_requests.run(agents=3 if args.quick else 10, scale=600.0 if args.quick else 120.0))
 
