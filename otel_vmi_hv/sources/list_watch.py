@@ -17,8 +17,8 @@ the way client-go's reflector shapes it:
 - watch lines are capped: an oversized line ends the watch (and is logged) instead of growing a
   buffer without bound.
 
-The handler sees each listed object as it arrives (pages are not held together) and each watch
-event; bookmarks and errors are handled here.
+The handler sees each listed object as it is decoded (neither a page nor the whole body is held as
+objects: ``list_stream.py``) and each watch event; bookmarks and errors are handled here.
 """
 
 from __future__ import annotations
