@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -32,6 +31,7 @@ from tests.agent_process import AgentProcess, wait_until
 from tests.conftest import DEMO_NODE, ROOT
 from tests.image.daemonset import DaemonSetContainer
 from tests.modules_at_ready import END, LINE
+from tests.peers import require
 
 NODE = "worker-1"
 PROJECT = "otel-vmi-hv"  # the agent's own distribution: not a dependency
@@ -98,11 +98,12 @@ def proc_only(kubeconfig: Path, otlp_endpoint: str) -> Configuration:
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
-    beside_python = Path(sys.executable).parent / "kubectl"
-    kubectl = str(beside_python) if os.access(beside_python, os.X_OK) else shutil.which("kubectl")
-    assert kubectl, "kubectl (kustomize) is needed: make .venv/.dev-installed installs it"
     built = subprocess.run(
-        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=True, timeout=60
+        [require("kubectl"), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return [doc for doc in yaml.safe_load_all(built.stdout) if doc is not None]
 
