@@ -56,10 +56,14 @@ COPY --from=builder /wheels.sha256 /opt/otel-vmi-hv/wheels.sha256
 # Install exactly those wheels (--no-index --no-deps: nothing is fetched or resolved here; their
 # versions and hashes were checked in the builder), then let pip confirm the set is complete and
 # consistent. The bind mount keeps the wheels out of the image layers.
+# The kubernetes client ships a second, asyncio copy of itself (kubernetes/aio: 68 MB with its .pyc,
+# half the client) that nothing imports unless asked for by name; the agent never does, so it is
+# removed in the same layer (tests/image checks that the agent lists VMIs without it).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     cd /wheels && sha256sum --check --quiet /opt/otel-vmi-hv/wheels.sha256 \
     && pip install --no-index --no-deps /wheels/*.whl \
-    && pip check
+    && pip check \
+    && rm -r "$(python -c 'import importlib.util as u; print(u.find_spec("kubernetes").submodule_search_locations[0])')/aio"
 
 # Unprivileged by default (65532, the usual "nonroot" id). The demo and libvirt's read-only socket
 # (mode 0777 by default) need nothing more. On a KubeVirt node the agent must run as root (set in the

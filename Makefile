@@ -68,17 +68,18 @@ $(VENV)/.dev-installed: pyproject.toml requirements-dev.lock | $(VENV)/bin/pip
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@ $(VENV)/.run-installed
 
-# The newest OpenTelemetry releases the index serves, in an environment of their own, against the
-# unit and integration tests: tells whether the ranges in pyproject.toml still hold.
+# The newest OpenTelemetry and kubernetes client releases the index serves, in an environment of
+# their own, against the unit and integration tests: tells whether the ranges in pyproject.toml still
+# hold (pip check fails when a newest release is outside its range).
 NEWEST := .venv-newest
-OTEL_PACKAGES = $(shell grep -o '^opentelemetry[-a-z]*' requirements-dev.lock)
+NEWEST_PACKAGES = $(shell grep -o '^opentelemetry[-a-z]*' requirements-dev.lock) kubernetes
 test-newest: system-deps-test
 	test -x $(NEWEST)/bin/pip || $(PYTHON) -m venv $(NEWEST)
 	$(NEWEST)/bin/pip install -q --require-hashes -r requirements-dev.lock
-	$(NEWEST)/bin/pip install -q --upgrade --upgrade-strategy only-if-needed $(OTEL_PACKAGES)
+	$(NEWEST)/bin/pip install -q --upgrade --upgrade-strategy only-if-needed $(NEWEST_PACKAGES)
 	$(NEWEST)/bin/pip install -q --no-deps -e .
 	$(NEWEST)/bin/pip check
-	$(NEWEST)/bin/pip list 2>/dev/null | grep -i '^opentelemetry'
+	$(NEWEST)/bin/pip list 2>/dev/null | grep -iE '^(opentelemetry|kubernetes )'
 	$(NEWEST)/bin/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 # Re-resolves the lock files from pyproject.toml (run after changing a dependency).

@@ -10,11 +10,9 @@ import logging
 import os
 import threading
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from otel_vmi_hv.config import Settings
-from otel_vmi_hv.detection.libvirt.calls import EventLoop, LibvirtCalls, silence_libvirt_stderr
-from otel_vmi_hv.detection.libvirt.domain import DomainDetector
 from otel_vmi_hv.detection.order import DetectionOrder
 from otel_vmi_hv.detection.proc.detector import ProcDetector
 from otel_vmi_hv.emulation.cluster_facts import emulation_facts_for
@@ -24,11 +22,24 @@ from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server import HttpServer, Readiness, limits_from, tls_context
 from otel_vmi_hv.tracker import Tracker
 
+if TYPE_CHECKING:
+    from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls
+
 log = logging.getLogger(__name__)
 
 READY_SYNC = "initial VMI sync not done"
 READY_EXPORTERS = "exporters not started"
 SHUTDOWN_BUDGET = 3.5  # SIGTERM to exit must stay under 5 s (final OTLP export included), with margin
+
+
+class _NoDaemons:
+    """The libvirt connection states of an agent that never loads libvirt: none."""
+
+    def states(self) -> dict[str, str]:
+        return {}
+
+
+NO_DAEMONS = _NoDaemons()
 
 
 class Source(Protocol):
@@ -42,14 +53,22 @@ class Agent:
     def __init__(self, settings: Settings, *, with_telemetry: bool = True, cross_check: bool = False) -> None:
         """``cross_check`` asks libvirt even where /proc answered (``detect`` compares the two)."""
         self.settings = settings
-        silence_libvirt_stderr()
         kubernetes = settings.source == "kubernetes"
         self.revision = Revision()
         self.telemetry = Telemetry(settings, self.revision) if with_telemetry else None
         self.metrics: Recorder = self.telemetry.self_metrics if self.telemetry else Recorder()
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
         self.synced = threading.Event()
-        self.libvirt = LibvirtCalls(settings.libvirt_timeout, self.revision, keep_connections=not kubernetes)
+        # libvirt (its Python binding and the C library behind it, 12 MiB resident) is loaded only
+        # where a libvirt method or the libvirt source can run: never for /proc-only detection.
+        self.libvirt: LibvirtCalls | None = None
+        if self._libvirt_reachable():
+            from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls, silence_libvirt_stderr
+
+            silence_libvirt_stderr()
+            self.libvirt = LibvirtCalls(
+                settings.libvirt_timeout, self.revision, keep_connections=not kubernetes
+            )
         self.detector = DetectionOrder(self._detectors(), self.metrics, ask_both=cross_check)
         self.tracker = Tracker(
             self.detector.detect,
@@ -58,14 +77,16 @@ class Agent:
             revision=self.revision,
             # A launcher's daemon is one per VMI: forgotten once no VMI needs it. The standalone
             # daemon serves every domain and is kept.
-            release=self.libvirt.forget if kubernetes else None,
+            release=self.libvirt.forget if kubernetes and self.libvirt is not None else None,
         )
-        self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
+        if self.libvirt is not None:
+            self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
         self.source: Source = self._build_source()
         # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device.
         self.emulation = emulation_facts_for(settings, on_change=self.revision.bump)
         if self.telemetry is not None:
-            self.telemetry.register_vmi_instruments(self.tracker, self.libvirt, self.emulation)
+            daemons = self.libvirt if self.libvirt is not None else NO_DAEMONS
+            self.telemetry.register_vmi_instruments(self.tracker, daemons, self.emulation)
         self.http: HttpServer | None = None
 
     def _build_source(self) -> Source:
@@ -82,6 +103,7 @@ class Agent:
             )
         from otel_vmi_hv.sources.libvirt import LibvirtDomainSource
 
+        assert self.libvirt is not None  # the libvirt source always reaches libvirt
         return LibvirtDomainSource(
             self.libvirt,
             self.tracker,
@@ -96,7 +118,9 @@ class Agent:
         detectors: list[Detector] = []
         if self.settings.proc_root:
             detectors.append(ProcDetector(self.settings.proc_root))
-        if self._libvirt_reachable():
+        if self.libvirt is not None:
+            from otel_vmi_hv.detection.libvirt.domain import DomainDetector
+
             detectors.append(DomainDetector(self.libvirt))
         return detectors
 
@@ -124,7 +148,10 @@ class Agent:
                 "(read-only), or every VMI will be reported unknown (reason no_socket)",
                 self.settings.pods_root,
             )
-        EventLoop.ensure_running()
+        if self.libvirt is not None:
+            from otel_vmi_hv.detection.libvirt.calls import EventLoop
+
+            EventLoop.ensure_running()
         self.tracker.start()
         if self.telemetry is not None:
             self._start_http(self.telemetry)
@@ -163,5 +190,6 @@ class Agent:
         self.tracker.stop(timeout=0.5)
         if self.telemetry is not None:
             self.telemetry.shutdown(max(0.5, budget - (time.monotonic() - started)))
-        self.libvirt.close()
+        if self.libvirt is not None:
+            self.libvirt.close()
         log.info("stopped in %.2fs", time.monotonic() - started)

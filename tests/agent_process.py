@@ -64,7 +64,13 @@ def exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
 class AgentProcess:
     """``python -m otel_vmi_hv`` with a clean OTEL_* environment and a free port."""
 
-    def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = ("run",)) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        args: tuple[str, ...] = ("run",),
+        program: tuple[str, ...] = ("-m", "otel_vmi_hv"),
+    ) -> None:
+        """``program`` is what python runs; another script may start the agent's ``main`` in process."""
         self.port = free_port()
         self.env = {
             k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KUBECONFIG", "NODE_NAME"))
@@ -79,6 +85,7 @@ class AgentProcess:
         )
         self.env.update(env)
         self.args = args
+        self.program = program
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -88,7 +95,7 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "otel_vmi_hv", *self.args],
+            [sys.executable, *self.program, *self.args],
             env=self.env,
             cwd=ROOT,
             stdout=self._log,

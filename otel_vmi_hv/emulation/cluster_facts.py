@@ -48,7 +48,7 @@ def node_kvm_from(node: Mapping[str, Any] | None, node_name: str) -> NodeKvm:
     from kubernetes.utils import parse_quantity
 
     try:
-        amount = parse_quantity(raw)
+        amount = parse_quantity(raw)  # type: ignore[no-untyped-call]
     except (ValueError, TypeError):
         return NodeKvm(None, f"node {node_name} allocatable {KVM_RESOURCE}={raw!r} is not a quantity")
     if amount <= 0:

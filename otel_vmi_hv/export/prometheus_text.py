@@ -13,6 +13,7 @@ sorted, so a body depends only on the collected state, never on insertion histor
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Collection, Mapping
@@ -26,7 +27,6 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     Sum,
 )
-from prometheus_client.utils import floatToGoString
 
 _INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9:]+")
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9]+")
@@ -113,8 +113,22 @@ def _escape_value(text: str) -> str:
 
 
 def number(value: float) -> str:
-    """A sample value as Prometheus' Go clients write it (1.0, 2.5e+06, +Inf, NaN)."""
-    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    """A sample value as Prometheus' Go clients write it (1.0, 2.5e+06, +Inf, NaN).
+
+    prometheus_client's ``floatToGoString``, written here: importing that package for it would load
+    the whole client (its exposition servers and collectors) into an agent that never uses them. A
+    test compares the two on many values.
+    """
+    value = float(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to an exponent sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
     return text
 
 

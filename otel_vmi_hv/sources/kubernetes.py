@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -89,6 +90,8 @@ class VMIInterpreter:
         assert isinstance(uid, str) and isinstance(namespace, str) and isinstance(name, str)
         if status.get("phase") != "Running" or status.get("nodeName") != self._node:
             return None
+        # Kept for as long as the VMI runs here: the VMIs of a namespace share one string.
+        namespace = sys.intern(namespace)
         pod_uid = launcher_pod_on(obj, self._node)
         domain = f"{namespace}_{name}"
         if pod_uid is None:
@@ -129,9 +132,9 @@ def api_client_for(settings: Settings) -> Any:
     from kubernetes import client, config
 
     if settings.kubeconfig:
-        return config.new_client_from_config(config_file=settings.kubeconfig)
+        return config.new_client_from_config(config_file=settings.kubeconfig)  # type: ignore[no-untyped-call]
     configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)
+    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     return client.ApiClient(configuration)
 
 

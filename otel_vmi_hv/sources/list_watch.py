@@ -17,8 +17,8 @@ the way client-go's reflector shapes it:
 - watch lines are capped: an oversized line ends the watch (and is logged) instead of growing a
   buffer without bound.
 
-The handler sees each listed object as it arrives (pages are not held together) and each watch
-event; bookmarks and errors are handled here.
+The handler sees each listed object as it is decoded (neither a page nor the whole body is held as
+objects: ``list_stream.py``) and each watch event; bookmarks and errors are handled here.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.sources.list_stream import ListBody
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 SILENCE_TIMEOUT = 180.0
 RELIST_SPREAD = 10.0
 PAGE_SIZE = 100
+CHUNK_BYTES = 65536  # read from list and watch responses at a time
 WATCH_TIMEOUT_RANGE = (240, 360)  # seconds; spread so a fleet of agents does not re-watch in step
 BACKOFF = Backoff(initial=0.5, maximum=30.0)
 # What one list-and-watch cycle ended with, when it was not a failure (run and _cycle).
@@ -77,16 +78,12 @@ class Resource:
         """The name RBAC rules use: ``nodes``, ``virtualmachineinstances.kubevirt.io``."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    def list_function(self, api_client: Any) -> Callable[..., Any]:
-        from kubernetes import client
-
+    @property
+    def path(self) -> str:
+        """The collection's URL path: ``/api/v1/nodes``, ``/apis/kubevirt.io/v1/kubevirts``."""
         if not self.group:
-            if self.plural != "nodes":
-                raise ValueError(f"core resource {self.plural!r} is not supported")
-            list_node: Callable[..., Any] = client.CoreV1Api(api_client).list_node
-            return list_node
-        custom = client.CustomObjectsApi(api_client)
-        return partial(custom.list_cluster_custom_object, self.group, self.version, self.plural)
+            return f"/api/{self.version}/{self.plural}"
+        return f"/apis/{self.group}/{self.version}/{self.plural}"
 
     def hints(self) -> dict[int, str]:
         """What an operator should do about the API answers that are not transient."""
@@ -98,6 +95,44 @@ class Resource:
             + ("KubeVirt" if self.group == "kubevirt.io" else "this API")
             + " installed in this cluster?)",
         }
+
+
+# The client's parameter names, as the loop uses them, and their names in the query string.
+_QUERY_NAMES = {
+    "label_selector": "labelSelector",
+    "field_selector": "fieldSelector",
+    "limit": "limit",
+    "resource_version": "resourceVersion",
+    "resource_version_match": "resourceVersionMatch",
+    "_continue": "continue",
+    "watch": "watch",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "timeout_seconds": "timeoutSeconds",
+}
+
+
+def get_collection(api_client: Any, resource: Resource, timeout: tuple[float, float], **params: Any) -> Any:
+    """GET a list or watch of ``resource``; the unread urllib3 response of a 2xx answer, else ApiException.
+
+    Through the client's public ``ApiClient`` (its authentication with token refresh, TLS, proxy and
+    retry settings), not a generated API class: importing ``CoreV1Api`` for its ``list_node`` alone
+    costs 21 MiB resident (hundreds of validated methods and the models they name).
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    query = [(_QUERY_NAMES[name], value) for name, value in params.items() if value is not None]
+    method, url, headers, body, post_params = api_client.param_serialize(
+        "GET",
+        resource.path,
+        query_params=query,
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    answer = api_client.call_api(method, url, headers, body, post_params, _request_timeout=timeout)
+    if not 200 <= answer.status <= 299:
+        answer.read()
+        raise ApiException(http_resp=answer)
+    return answer.response
 
 
 class ListWatchHandler(Protocol):
@@ -316,21 +351,15 @@ class ListWatch:
         """List the whole collection (every page) into the handler."""
         from kubernetes.client.exceptions import ApiException
 
-        call = self.resource.list_function(self._api_client())
+        api_client = self._api_client()
         first = self._list_params()
         params = dict(first)
         self._handler.relist_started()
         while True:
             try:
-                response = call(
-                    _preload_content=False,
-                    _request_timeout=(CONNECT_TIMEOUT, LIST_READ_TIMEOUT),
-                    **params,
+                response = get_collection(
+                    api_client, self.resource, (CONNECT_TIMEOUT, LIST_READ_TIMEOUT), **params
                 )
-                try:
-                    page = json.loads(response.data)
-                finally:
-                    response.release_conn()
             except ApiException as error:
                 if error.status == 410 and "_continue" in params:
                     log.info("%s list continue token expired; restarting the list", self.resource.name)
@@ -346,14 +375,8 @@ class ListWatch:
                     self._handler.relist_started()
                     continue
                 raise
-            if not isinstance(page, Mapping):
-                raise ValueError(f"{self.resource.name} list answer is not a JSON object")
-            for item in page.get("items") or ():
-                if isinstance(item, Mapping):
-                    self._handler.listed(item)
-            metadata = page.get("metadata") or {}
+            metadata = self._list_page(response)
             token = metadata.get("continue") or None
-            del page
             if not token:
                 break
             self._paginated = True
@@ -373,8 +396,22 @@ class ListWatch:
             self.synced = True
             self._callbacks.on_synced()
 
+    def _list_page(self, response: Any) -> Mapping[str, Any]:
+        """Hand one page's items to the handler as they are decoded; the page's list metadata."""
+        body = ListBody(response.stream(amt=CHUNK_BYTES, decode_content=True), f"{self.resource.name} list")
+        try:
+            for item in body.items():
+                if isinstance(item, Mapping):
+                    self._handler.listed(item)
+                del item  # not held while the next one is decoded
+        except BaseException:
+            response.close()  # unread bytes must not go back to the pool with the connection
+            raise
+        finally:
+            response.release_conn()
+        return body.metadata
+
     def _watch_once(self) -> None:
-        call = self.resource.list_function(self._api_client())
         timeout = random.randint(*self._options.watch_timeout_range)  # noqa: S311 - spreading, not security
         params: dict[str, Any] = {}
         if self._options.label_selector:
@@ -383,13 +420,14 @@ class ListWatch:
             params["field_selector"] = self._options.field_selector
         # The read timeout is the silence timeout: bookmarks arrive about every minute, so a read
         # that waits longer than that is a dead connection, not a quiet resource.
-        response = call(
+        response = get_collection(
+            self._api_client(),
+            self.resource,
+            (CONNECT_TIMEOUT, self._options.silence_timeout),
             watch=True,
             allow_watch_bookmarks=True,
             resource_version=self._resource_version,
             timeout_seconds=timeout,
-            _preload_content=False,
-            _request_timeout=(CONNECT_TIMEOUT, self._options.silence_timeout),
             **params,
         )
         self._response = response
@@ -434,7 +472,7 @@ def watch_events(response: Any, max_line_bytes: int, what: str = "watch") -> Ite
     """
     buffer = bytearray()
     scanned = 0  # bytes of the buffer already known to hold no newline
-    for chunk in response.stream(amt=65536, decode_content=True):
+    for chunk in response.stream(amt=CHUNK_BYTES, decode_content=True):
         buffer += chunk
         while True:
             end = buffer.find(b"\n", scanned)

@@ -951,6 +951,7 @@ class FakeKubeAPIServer:
         liveness_interval: float = 0.25,
         request_log_size: int = 10_000,
         watch_cache: bool = True,
+        list_metadata_last: bool = False,
     ) -> None:
         """Configure the fake; nothing listens until :meth:`start` (or ``with``).
 
@@ -961,7 +962,9 @@ class FakeKubeAPIServer:
         client lags that many events behind, as the real server does with slow watchers.
         ``liveness_interval`` is how often an idle watch checks whether its client hung up.
         ``watch_cache`` False models a server with the watch cache disabled (``--watch-cache=false``):
-        ``resourceVersion=0`` lists are then paginated like any other.
+        ``resourceVersion=0`` lists are then paginated like any other.  ``list_metadata_last`` writes a
+        list's ``metadata`` (resourceVersion, continue token) after its ``items``: JSON objects are
+        unordered, and a client must not depend on the order the real server happens to use.
         """
         if history_window < 1:
             raise ValueError("history_window must be >= 1")
@@ -973,6 +976,7 @@ class FakeKubeAPIServer:
         self.max_watch_queue = max_watch_queue
         self.liveness_interval = liveness_interval
         self.watch_cache = watch_cache
+        self.list_metadata_last = list_metadata_last
         self._forbidden: set[str] = set()
 
         self._lock = threading.Lock()
@@ -1829,10 +1833,14 @@ class FakeKubeAPIServer:
                     metadata["remainingItemCount"] = remaining
         # Items are pre-serialised dicts; join their JSON to avoid re-walking a large list twice.
         resource = flt.resource
+        items_json = f'"items":[{",".join(_dumps(o) for o in objs)}]'
+        if self.list_metadata_last:
+            head = _dumps({"apiVersion": resource.api_version, "kind": resource.list_kind})[:-1]
+            return f'{head},{items_json},"metadata":{_dumps(metadata)}}}'.encode()
         head = _dumps({"apiVersion": resource.api_version, "kind": resource.list_kind, "metadata": metadata})[
             :-1
         ]
-        return f'{head},"items":[{",".join(_dumps(o) for o in objs)}]}}'.encode()
+        return f"{head},{items_json}}}".encode()
 
     @staticmethod
     def _page(

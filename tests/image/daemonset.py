@@ -19,9 +19,16 @@ from typing import Any, Final
 import yaml
 
 from tests.conftest import ROOT
+from tests.downward_api import container_environment
 
 DAEMONSET: Final = ROOT / "config" / "kubernetes" / "daemonset.yaml"
 PODS_VOLUME: Final = "kubelet-pods"
+# The pod's identity from the downward API, as one pod of the DaemonSet would have it.
+POD_FIELDS: Final = {
+    "metadata.name": "otel-vmi-hv-x7k2p",
+    "metadata.namespace": "otel-vmi-hv",
+    "metadata.uid": "2f6c9a0e-51d4-4c1b-9f57-0c8b3d1e6a42",
+}
 _QUANTITY: Final = re.compile(r"^(\d+)(Ki|Mi|Gi)?$")
 _UNIT_BYTES: Final = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
 
@@ -69,15 +76,9 @@ class DaemonSetContainer:
         return str(mount["mountPath"])
 
     def environment(self, field_values: Mapping[str, str]) -> dict[str, str]:
-        """The container's env; ``field_values`` gives what the downward API would (fieldPath -> value)."""
-        env: dict[str, str] = {}
-        for item in self.container.get("env", []):
-            if "value" in item:
-                env[item["name"]] = str(item["value"])
-            else:
-                field_path = item["valueFrom"]["fieldRef"]["fieldPath"]
-                env[item["name"]] = field_values[field_path]
-        return env
+        """The container's env as the kubelet builds it; ``field_values`` gives what the downward API
+        would (fieldPath -> value) beyond the pod's own identity, which ``POD_FIELDS`` stands for."""
+        return container_environment(self.container, {**POD_FIELDS, **field_values})
 
     def run_args(
         self,

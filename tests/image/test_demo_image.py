@@ -16,7 +16,7 @@ from tests.integration.test_demo_node import _expected_demo_series
 
 NONROOT_UID = 65532
 SHUTDOWN_BUDGET_SECONDS = 5.0
-SIZE_BUDGET_BYTES = 200 * 1000 * 1000  # the image's own layers, above its Python base (podman's MB)
+SIZE_BUDGET_BYTES = 220 * 1000 * 1000  # the image's own layers, above its Python base (podman's MB)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,16 @@ def test_image_size_above_its_base_stays_in_budget(image: str, base_image: str) 
     assert own <= SIZE_BUDGET_BYTES, (
         f"{own / 1e6:.1f} MB above the base, budget {SIZE_BUDGET_BYTES / 1e6:.0f}"
     )
+
+
+def test_the_kubernetes_clients_asyncio_copy_is_left_out(image: str) -> None:
+    """The Dockerfile removes kubernetes/aio (68 MB, never imported); the client itself stays whole."""
+    probe = (
+        "import importlib.util as u; print(u.find_spec('kubernetes.aio'), u.find_spec('kubernetes.client'))"
+    )
+    result = podman("run", "--rm", "--network=none", "--entrypoint", "python3", image, "-c", probe)
+    aio, client = result.stdout.split(maxsplit=1)
+    assert aio == "None" and "kubernetes/client/__init__.py" in client, result.stdout
 
 
 def test_sigterm_ends_it_with_status_0_within_5_seconds(image: str) -> None:

@@ -126,8 +126,10 @@ def test_the_agent_never_reads_etcd_for_its_vmis(api: FakeKubeAPIServer, tmp_pat
     assert kinds.get(CONSISTENT_LIST, 0) == 0 and kinds[CACHED_LIST] >= 2, kinds
 
 
-def test_pages_where_the_server_has_no_watch_cache(tmp_path: Path) -> None:
-    with FakeKubeAPIServer(bookmark_interval=0.2, watch_cache=False) as api:
+@pytest.mark.parametrize("metadata_last", [False, True], ids=["metadata-first", "metadata-last"])
+def test_pages_where_the_server_has_no_watch_cache(tmp_path: Path, metadata_last: bool) -> None:
+    """Each page's continue token is found wherever the server writes the list's metadata."""
+    with FakeKubeAPIServer(bookmark_interval=0.2, watch_cache=False, list_metadata_last=metadata_last) as api:
         for index in range(5):
             cr = make_kubevirt(True)
             cr["metadata"]["namespace"] = f"ns-{index}"

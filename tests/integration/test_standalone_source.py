@@ -67,6 +67,7 @@ def _metrics_body(agent: Agent) -> str:
 
 def _libvirt_calls(agent: Agent) -> int:
     """Calls that reached libvirt: no output shows them (the other place reaching into the agent)."""
+    assert agent.libvirt is not None
     return int(agent.libvirt.calls_made)
 
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_vmi_hv.config import load_settings
-from otel_vmi_hv.export.prometheus_text import family_name
+from otel_vmi_hv.export.prometheus_text import family_name, number
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, Series
@@ -248,3 +248,20 @@ def test_names_follow_the_stock_exporter(name: str, unit: str) -> None:
     (stock_name,) = [f.name for f in text_string_to_metric_families(generate_latest(registry).decode())]
     assert family_name(name, unit) == stock_name
     provider.shutdown()
+
+
+def test_sample_values_are_written_as_the_prometheus_client_writes_them() -> None:
+    """The number formatting is the agent's own code: compared with prometheus_client's."""
+    import math
+    import random
+    import struct
+
+    from prometheus_client.utils import floatToGoString
+
+    rng = random.Random(17)
+    values = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-7, 123456.0, 1234567.0, 1e21, 2.5e6, 3.14159e300, 5e-324]
+    values += [math.inf, -math.inf, math.nan, 1, 10**6, 10**7, -(10**7), True]
+    values += [rng.uniform(-1e9, 1e9) for _ in range(500)] + [rng.expovariate(1e-6) for _ in range(500)]
+    values += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(2000)]  # every exponent
+    for value in values:
+        assert number(value) == floatToGoString(value), value

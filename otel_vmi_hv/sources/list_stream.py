@@ -1,0 +1,142 @@
+"""The items of a Kubernetes list answer, decoded one at a time while the body arrives.
+
+Why: the first list is answered from the API server's watch cache, which before Kubernetes 1.33
+ignores ``limit``, so every VMI of the node comes in one JSON document (about 20 KB of JSON per VMI,
+several times that once decoded). ``json.loads`` of that body holds the bytes, the text and the whole
+object tree at the same moment, and the process keeps that high-water mark for good. Here only one
+item's objects and a window of text (the item being read plus one network chunk) exist at a time: the
+handler turns each item into the little the agent keeps before the next one is decoded.
+
+The document is walked with the standard library's ``json.JSONDecoder.raw_decode`` (its C scanner),
+one value at a time: the top-level object's keys in whatever order the server writes them
+(``metadata`` before or after ``items``), each element of ``items`` as soon as it is complete. A value
+cut by the end of a chunk fails to decode and is tried again once the text after it has at least
+doubled, so an item of any size is decoded in linear time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's insignificant whitespace
+
+
+class ListBody:
+    """One list answer: iterate :meth:`items`, then read :attr:`metadata`."""
+
+    def __init__(self, chunks: Iterable[bytes], what: str = "list") -> None:
+        self._chunks = iter(chunks)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._what = what
+        self._text = ""
+        self._pos = 0
+        self._eof = False
+        self.metadata: Mapping[str, Any] = {}
+
+    def items(self) -> Iterator[Any]:
+        """Every element of ``items``, decoded one after the other; then the rest of the document.
+
+        ``metadata`` is known once the iteration ended (the server may write it after the items).
+        Anything that is not one JSON object with an ``items`` array (or null) raises ValueError.
+        """
+        self._expect("{", "not a JSON object")
+        if self._peek() == "}":
+            self._pos += 1
+        else:
+            while True:
+                key = self._value()
+                if not isinstance(key, str):
+                    raise self._error("an object key is not a string")
+                self._expect(":", "a key without a value")
+                if key == "items":
+                    yield from self._array()
+                else:
+                    value = self._value()
+                    if key == "metadata" and isinstance(value, Mapping):
+                        self.metadata = value
+                if self._separator("}") == "}":
+                    break
+        if self._peek() != "":
+            raise self._error("text after the JSON object")
+
+    # ------------------------------------------------------------------ the walk
+
+    def _array(self) -> Iterator[Any]:
+        if self._peek() != "[":
+            if self._value() is None:
+                return
+            raise self._error("items is not an array")
+        self._pos += 1
+        if self._peek() == "]":
+            self._pos += 1
+            return
+        while True:
+            yield self._value()
+            if self._separator("]") == "]":
+                return
+
+    def _value(self) -> Any:
+        """The next JSON value, reading as much of the body as it takes."""
+        self._peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self._text, self._pos)
+            except json.JSONDecodeError as error:
+                if self._eof:
+                    raise self._error(f"malformed JSON ({error.msg})") from None
+                self._read(2 * (len(self._text) - self._pos))
+                continue
+            if end == len(self._text) and not self._eof:
+                self._read(end - self._pos + 1)  # a number could go on in the next chunk
+                continue
+            self._pos = end
+            return value
+
+    def _separator(self, closing: str) -> str:
+        char = self._peek()
+        if char not in (",", closing):
+            raise self._error(f"expected ',' or {closing!r}")
+        self._pos += 1
+        if char == ",":
+            self._peek()
+        return char
+
+    def _expect(self, char: str, problem: str) -> None:
+        if self._peek() != char:
+            raise self._error(problem)
+        self._pos += 1
+
+    def _peek(self) -> str:
+        """The next character that is not whitespace ("" at the end of the body)."""
+        while True:
+            self._pos = _WHITESPACE.match(self._text, self._pos).end()  # type: ignore[union-attr]
+            if self._pos < len(self._text):
+                return self._text[self._pos]
+            if self._eof:
+                return ""
+            self._read(1)
+
+    def _read(self, at_least: int) -> None:
+        """Read chunks until ``at_least`` characters are unread, or the body ends."""
+        self._text = self._text[self._pos :]
+        self._pos = 0
+        parts = [self._text]
+        have = len(self._text)
+        while have < at_least or have == len(self._text):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                parts.append(self._utf8.decode(b"", final=True))
+                self._eof = True
+                break
+            part = self._utf8.decode(chunk)
+            parts.append(part)
+            have += len(part)
+        self._text = "".join(parts)
+
+    def _error(self, problem: str) -> ValueError:
+        return ValueError(f"{self._what} answer is not a Kubernetes list: {problem}")
