@@ -118,3 +118,32 @@ def test_the_folder_listing_shows_the_architecture() -> None:
     documented = (PACKAGE.parent / "docs" / "architecture.md").read_text()
     missing = [name for name in sorted(folders) if f"`{name}/`" not in documented]
     assert missing == [], "every subpackage has its paragraph in docs/architecture.md"
+
+
+LONG_FUNCTION = 50  # lines; past this a function says why in a comment starting "# Long:"
+
+
+def _long_functions(path: Path) -> list[str]:
+    source = path.read_text()
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            body = lines[node.lineno - 1 : node.end_lineno or node.lineno]
+            if len(body) > LONG_FUNCTION and not any("# Long:" in line for line in body):
+                found.append(f"{path.name}:{node.lineno} {node.name} ({len(body)} lines)")
+    return found
+
+
+def test_no_long_function_without_a_reason() -> None:
+    long = [finding for path in sorted(PACKAGE.rglob("*.py")) for finding in _long_functions(path)]
+    assert long == []
+
+
+def test_the_length_check_catches_a_long_function(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(LONG_FUNCTION))
+    sample = tmp_path / "sample.py"
+    sample.write_text(f"def f():\n{body}")
+    assert len(_long_functions(sample)) == 1
+    sample.write_text(f"def f():\n    # Long: one table, read best in one place.\n{body}")
+    assert _long_functions(sample) == []
