@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from otel_vmi_hv.export.prometheus_text import family_header, family_name, number
+from otel_vmi_hv.export.prometheus_text import family_header, family_name, number, unit_word
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,13 @@ def register_process_metrics(meter: Meter, read: Callable[[], ProcessSample] = r
         create(metric.name, [observe(metric)], unit=metric.unit, description=metric.description)
 
 
-def prometheus_text(read: Callable[[], ProcessSample] = read_process) -> bytes:
-    """The same metrics in the Prometheus text format, read now.
+def prometheus_text(read: Callable[[], ProcessSample] = read_process, openmetrics: bool = False) -> bytes:
+    """The same metrics in the Prometheus text format (or OpenMetrics families), read now.
 
     /metrics serves its body from a cache while the VMIs do not change; these values change at
-    every scrape, so they are rendered apart from it, from the same table as the instruments.
+    every scrape, so they are rendered apart from it, from the same table as the instruments. The
+    CPU counter has no ``_created`` in OpenMetrics: like every Prometheus client's process
+    collector, it is not an SDK point with a start time.
     """
     try:
         sample = read()
@@ -153,8 +155,15 @@ def prometheus_text(read: Callable[[], ProcessSample] = read_process) -> bytes:
     lines: list[str] = []
     for metric in PROCESS_METRICS:
         name = family_name(metric.name, metric.unit)
+        value = number(metric.value(sample))
         if metric.counter:
-            name = name.removesuffix("_total") + "_total"
-        lines += family_header(name, "counter" if metric.counter else "gauge", metric.description)
-        lines.append(f"{name} {number(metric.value(sample))}")
+            base = name.removesuffix("_total")
+            family = base if openmetrics else base + "_total"
+            unit = unit_word(base, metric.unit)
+            lines += family_header(family, "counter", metric.description, unit, openmetrics)
+            lines.append(f"{base}_total {value}")
+        else:
+            unit = unit_word(name, metric.unit)
+            lines += family_header(name, "gauge", metric.description, unit, openmetrics)
+            lines.append(f"{name} {value}")
     return ("\n".join(lines) + "\n").encode()
