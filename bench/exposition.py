@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from bench.common import median, ms, p99, table, timings
 from otel_vmi_hv.config import load_settings
+from otel_vmi_hv.export.exposition import TEXT_CONTENT_TYPE, Scrape
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.export.vmi_instruments import INFO_HELP, INFO_METRIC
 from otel_vmi_hv.interfaces import Snapshot
@@ -177,9 +178,11 @@ class AgentSide:
 
 def _http_scrape(render: Callable[[], bytes], repeat: int, *, keep_alive: bool = True) -> list[float]:
     """Scrapes over loopback: on one kept-alive connection, or each on a new one (as Prometheus does
-    when a scrape's connection was closed)."""
+    when a scrape's connection was closed). No Accept or Accept-Encoding: text 0.0.4, uncompressed."""
     readiness = Readiness()
-    server = HttpServer("127.0.0.1", 0, render, readiness)
+    server = HttpServer(
+        "127.0.0.1", 0, lambda _accept, _encoding: Scrape(render(), TEXT_CONTENT_TYPE, None), readiness
+    )
     server.start()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 

@@ -167,7 +167,7 @@ class Agent:
         self.http = HttpServer(
             settings.prometheus_host,
             settings.prometheus_port,
-            telemetry.render_prometheus,
+            telemetry.scrape,
             self.readiness,
             tls=tls,
             limits=limits_from(settings),

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.export.exposition import Scrape
 from otel_vmi_hv.server.client_noise import RateLimitedLog
 from otel_vmi_hv.server.connection import Connection, State
 from otel_vmi_hv.server.endpoints import Endpoints, Readiness
@@ -151,7 +152,7 @@ class HttpServer:
         self,
         host: str,
         port: int,
-        render_metrics: Callable[[], bytes],
+        render_metrics: Callable[[str, str], Scrape],
         readiness: Readiness,
         *,
         tls: ReloadingTLS | None = None,
