@@ -21,7 +21,7 @@ from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, Series
 from otel_vmi_hv.revision import Revision
-from tests.exposition import parse_samples
+from tests.exposition import PROMETHEUS_3, parse_samples
 from tests.peers import require
 
 ODD_NAMES = ["plain", 'with "quotes"', "back\\slash", "new\nline", "ünïcödé-名前", "tab\there", ""]
@@ -273,15 +273,9 @@ def test_sample_values_are_written_as_the_prometheus_client_writes_them() -> Non
 
 # ---------------------------------------------------------------------------------- OpenMetrics
 
-PROMETHEUS_3_ACCEPT = (
-    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
-    "application/openmetrics-text;version=0.0.1;q=0.5,"
-    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
-)
-
 
 def _openmetrics(telemetry: Telemetry) -> str:
-    scrape = telemetry.scrape(PROMETHEUS_3_ACCEPT, "")
+    scrape = telemetry.scrape(PROMETHEUS_3, "")
     assert scrape.content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8"
     return scrape.body.decode()
 
