@@ -4,13 +4,20 @@ A  the stock OpenTelemetry path: PrometheusMetricReader + prometheus_client expo
    PeriodicExportingMetricReader + the OTLP encoder (an ordinary callback building observations)
 B  a plain prometheus_client custom collector yielding a GaugeMetricFamily
 C  the lower bound: joining pre-rendered exposition lines
+
+The last /metrics table sends what Prometheus 3 sends by default (Accept OpenMetrics first,
+Accept-Encoding: gzip) on a new connection per scrape; there B is served as prometheus_client
+serves it (its make_wsgi_app: choose_encoder, gzip), behind the agent's server and behind
+prometheus_client's own start_http_server.
 """
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
@@ -23,7 +30,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     PeriodicExportingMetricReader,
 )
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 from bench.common import median, ms, p99, table, timings
@@ -35,9 +42,12 @@ from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import Series
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server import HttpServer, Readiness
+from tests.exposition import PROMETHEUS_3
 from tests.telemetry_inputs import FixedInputs
 
 LABELS = ("namespace", "name", "node", "hypervisor_type")
+PROMETHEUS_3_HEADERS = {"Accept": PROMETHEUS_3, "Accept-Encoding": "gzip"}
+PROMETHEUS_3_SIZES = (110, 250, 1_000)
 
 
 def make_rows(n: int, flip: int = -1) -> tuple[Series, ...]:
@@ -203,6 +213,104 @@ def _http_scrape(render: Callable[[], bytes], repeat: int, *, keep_alive: bool =
         server.stop()
 
 
+def _wsgi_renderer(registry: CollectorRegistry) -> Callable[[str, str], Scrape]:
+    """prometheus_client's own /metrics answer (make_wsgi_app: choose_encoder, then gzip when
+    asked), called in process so that it can sit behind the agent's server."""
+    app = make_wsgi_app(registry)
+
+    def render(accept: str, accept_encoding: str) -> Scrape:
+        answered: dict[str, str] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+            answered.update(headers)
+
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/metrics",
+            "QUERY_STRING": "",
+            "HTTP_ACCEPT": accept,
+            "HTTP_ACCEPT_ENCODING": accept_encoding,
+        }
+        body = b"".join(app(environ, start_response))
+        return Scrape(body, answered["Content-Type"], answered.get("Content-Encoding"))
+
+    return render
+
+
+@contextmanager
+def _agent_server(render: Callable[[str, str], Scrape]) -> Iterator[int]:
+    server = HttpServer("127.0.0.1", 0, render, Readiness())
+    server.start()
+    try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _prometheus_client_server(registry: CollectorRegistry) -> Iterator[int]:
+    httpd, thread = start_http_server(0, "127.0.0.1", registry)
+    try:
+        yield httpd.server_port
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def _scrape_as_prometheus_3(port: int, repeat: int) -> tuple[list[float], int]:
+    """Scrapes with Prometheus 3's default headers, each on a new connection: (seconds, wire bytes)
+    after checking the answer is gzipped OpenMetrics ending in # EOF."""
+    last: list[bytes] = []
+
+    def scrape() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", "/metrics", headers=PROMETHEUS_3_HEADERS)
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("application/openmetrics-text")
+        assert response.getheader("Content-Encoding") == "gzip"
+        last[:] = [body]
+
+    samples = timings(scrape, repeat=repeat)
+    assert gzip.decompress(last[0]).endswith(b"# EOF\n")
+    return samples, len(last[0])
+
+
+def _prometheus_3_rows(n: int, plain: PlainCollector, agent: AgentSide, repeat: int) -> list[list[object]]:
+    def after_change(accept: str, accept_encoding: str) -> Scrape:
+        agent.change()
+        return agent.telemetry.scrape(accept, accept_encoding)
+
+    results: dict[str, tuple[list[float], int]] = {}
+    with _agent_server(_wsgi_renderer(plain.registry)) as port:
+        results["B prometheus_client, agent's server"] = _scrape_as_prometheus_3(port, repeat)
+    with _prometheus_client_server(plain.registry) as port:
+        results["B' prometheus_client's own server"] = _scrape_as_prometheus_3(port, repeat)
+    with _agent_server(agent.telemetry.scrape) as port:
+        results["agent, unchanged"] = _scrape_as_prometheus_3(port, repeat)
+    with _agent_server(after_change) as port:
+        results["agent, after a change"] = _scrape_as_prometheus_3(port, repeat)
+    b = median(results["B prometheus_client, agent's server"][0])
+    b_own = median(results["B' prometheus_client's own server"][0])
+    return [
+        [
+            n,
+            name,
+            ms(median(samples)),
+            ms(p99(samples)),
+            size,
+            f"{median(samples) / b:.3f}",
+            f"{median(samples) / b_own:.3f}",
+        ]
+        for name, (samples, size) in results.items()
+    ]
+
+
 def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[list[object]]:
     """collect + encode + send over gRPC to a real receiver, stock exporter against the agent's."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -250,6 +358,7 @@ def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[lis
 def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None) -> str:
     render_rows = []
     http_rows = []
+    prometheus_3_rows: list[list[object]] = []
     otlp_rows = []
     send_rows: list[list[object]] = []
     for n in sizes:
@@ -298,6 +407,8 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
             m = median(samples)
             b = hb_new if "new connection" in name else hb  # like for like
             http_rows.append([n, name, ms(m), ms(p99(samples)), f"{m / ha:.3f}", f"{m / b:.3f}"])
+        if n in PROMETHEUS_3_SIZES:
+            prometheus_3_rows.extend(_prometheus_3_rows(n, plain, agent, repeat))
 
         def agent_cycle(agent: AgentSide = agent) -> None:
             agent.change()
@@ -323,6 +434,9 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
             "/metrics scrape over HTTP on loopback, keep-alive unless said "
             "(ms; ÷B: against B on the same kind of connection)\n"
             + table(["N", "exporter", "median", "p99", "÷A", "÷B"], http_rows),
+            "/metrics scrape with Prometheus 3's default request headers (Accept: OpenMetrics first, "
+            "Accept-Encoding: gzip), a new connection per scrape (ms; bytes on the wire)\n"
+            + table(["N", "exporter", "median", "p99", "bytes", "÷B", "÷B'"], prometheus_3_rows),
             "OTLP export cycle: collect + encode (ms)\n"
             + table(["N", "path", "median", "p99", "÷A"], otlp_rows),
             *(
