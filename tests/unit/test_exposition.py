@@ -108,9 +108,9 @@ class CountingDeflaters:
         self.fed = 0
         self.made = 0
 
-    def __call__(self) -> Deflater:
+    def __call__(self, small: bool) -> Deflater:
         self.made += 1
-        inner = raw_deflater()
+        inner = raw_deflater(small)
         counter = self
 
         class Counting:
