@@ -139,6 +139,24 @@ def register_process_metrics(meter: Meter, read: Callable[[], ProcessSample] = r
         create(metric.name, [observe(metric)], unit=metric.unit, description=metric.description)
 
 
+def _layout(metric: _Metric, openmetrics: bool) -> tuple[str, str]:
+    """One metric's HELP/TYPE(/UNIT) lines and sample name, which never change."""
+    name = family_name(metric.name, metric.unit)
+    if metric.counter:
+        base = name.removesuffix("_total")
+        family = base if openmetrics else base + "_total"
+        header = family_header(
+            family, "counter", metric.description, unit_word(base, metric.unit), openmetrics
+        )
+        return "\n".join(header) + "\n", base + "_total"
+    header = family_header(name, "gauge", metric.description, unit_word(name, metric.unit), openmetrics)
+    return "\n".join(header) + "\n", name
+
+
+# Rendered once: a scrape only formats the values (naming costs more than reading /proc/self).
+_LAYOUTS = {openmetrics: [_layout(m, openmetrics) for m in PROCESS_METRICS] for openmetrics in (False, True)}
+
+
 def prometheus_text(read: Callable[[], ProcessSample] = read_process, openmetrics: bool = False) -> bytes:
     """The same metrics in the Prometheus text format (or OpenMetrics families), read now.
 
@@ -152,18 +170,7 @@ def prometheus_text(read: Callable[[], ProcessSample] = read_process, openmetric
     except (OSError, ValueError, IndexError) as error:
         log.debug("cannot read process metrics: %s", error)
         return b""
-    lines: list[str] = []
-    for metric in PROCESS_METRICS:
-        name = family_name(metric.name, metric.unit)
-        value = number(metric.value(sample))
-        if metric.counter:
-            base = name.removesuffix("_total")
-            family = base if openmetrics else base + "_total"
-            unit = unit_word(base, metric.unit)
-            lines += family_header(family, "counter", metric.description, unit, openmetrics)
-            lines.append(f"{base}_total {value}")
-        else:
-            unit = unit_word(name, metric.unit)
-            lines += family_header(name, "gauge", metric.description, unit, openmetrics)
-            lines.append(f"{name} {value}")
-    return ("\n".join(lines) + "\n").encode()
+    return "".join(
+        f"{header}{sample_name} {number(metric.value(sample))}\n"
+        for metric, (header, sample_name) in zip(PROCESS_METRICS, _LAYOUTS[openmetrics], strict=True)
+    ).encode()
