@@ -169,6 +169,7 @@ class Agent:
             settings.prometheus_port,
             telemetry.scrape,
             self.readiness,
+            render_cached=telemetry.scrape_cached,
             tls=tls,
             limits=limits_from(settings),
         )

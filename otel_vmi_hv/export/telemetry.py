@@ -135,6 +135,13 @@ class Telemetry:
             raise LookupError("the prometheus exporter is not enabled (OTEL_METRICS_EXPORTER)")
         return self.exposition.scrape(accept, accept_encoding)
 
+    def scrape_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
+        """``scrape`` when it needs no collection and never waits (see ``Exposition.cached``), else
+        None: the HTTP server answers that on its event loop, without a thread hop."""
+        if self._prometheus is None:
+            return None
+        return self.exposition.cached(accept, accept_encoding)
+
     def render_prometheus(self) -> bytes:
         """The /metrics body in Prometheus text format 0.0.4, uncompressed."""
         return self.scrape().body

@@ -2,8 +2,9 @@
 
 Each answer comes from state computed elsewhere (the rendered exposition, readiness flags), so
 parallel probes and scrapes never trigger parallel work against libvirt or the API server. /metrics is
-rendered in a small pool so a slow collection never delays a probe; everything else is answered at
-once on the event loop. How bytes reach the client is server/connection.py's business.
+rendered in a small pool so a slow collection never delays a probe, unless the renderer has the answer
+ready without collecting (an unchanged scrape); everything else is answered at once on the event loop.
+How bytes reach the client is server/connection.py's business.
 """
 
 from __future__ import annotations
@@ -72,10 +73,12 @@ class Endpoints:
         readiness: Readiness,
         limits: ServerLimits,
         loop: asyncio.AbstractEventLoop,
+        render_cached: Callable[[str, str], Scrape | None] | None = None,
     ) -> None:
         self.loop = loop
         self.limits = limits
         self._render_metrics = render_metrics
+        self._render_cached = render_cached
         self._readiness = readiness
         self._pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="http-render")
         self._in_flight = 0
@@ -131,6 +134,10 @@ class Endpoints:
             ",".join(value.decode("latin-1") for name, value in request.headers if name == wanted)
             for wanted in (b"accept", b"accept-encoding")
         )
+        cached = self._answer_cached(accept, accept_encoding)
+        if cached is not None:  # nothing to collect: answered here, without a thread hop
+            connection.respond(200, cached.body, _scrape_headers(cached), head_only)
+            return
         self._in_flight += 1
         rendering = self.loop.run_in_executor(self._pool, self._render, accept, accept_encoding)
         connection.start_rendering(rendering)
@@ -144,6 +151,15 @@ class Endpoints:
             connection.resume()
 
         rendering.add_done_callback(rendered)
+
+    def _answer_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
+        if self._render_cached is None:
+            return None
+        try:
+            return self._render_cached(accept, accept_encoding)
+        except Exception:
+            log.debug("answering /metrics from the cache failed; rendering it instead", exc_info=True)
+            return None
 
     def headers(self, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
         """The headers every response carries, around ``headers``."""

@@ -155,6 +155,7 @@ class HttpServer:
         render_metrics: Callable[[str, str], Scrape],
         readiness: Readiness,
         *,
+        render_cached: Callable[[str, str], Scrape | None] | None = None,
         tls: ReloadingTLS | None = None,
         limits: ServerLimits = ServerLimits(),  # noqa: B008 - frozen
     ) -> None:
@@ -164,7 +165,7 @@ class HttpServer:
         self._listener = open_listener(host, port)
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._loop_exception)
-        self.endpoints = Endpoints(render_metrics, readiness, limits, self.loop)
+        self.endpoints = Endpoints(render_metrics, readiness, limits, self.loop, render_cached)
         self._thread: threading.Thread | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[None]] = set()

@@ -246,3 +246,51 @@ def test_a_failed_collection_is_not_cached() -> None:
     with pytest.raises(RuntimeError):
         exposition.render(TEXT, want_gzip=True)
     assert gzip.decompress(exposition.render(TEXT, want_gzip=True).body).startswith(COLLECTED)
+
+
+# ------------------------------------------------------------- the answer without a collection
+
+
+def test_cached_answers_only_what_needs_no_collection_and_no_compression_of_the_collected_part() -> None:
+    revision = Revision()
+    exposition, _, deflaters, collected = _exposition(revision)
+    assert exposition.cached(PROMETHEUS_3, "gzip") is None, "nothing collected yet"
+    exposition.scrape(PROMETHEUS_3, "")  # collected, not yet compressed
+    plain = exposition.cached(PROMETHEUS_3, "")
+    assert plain is not None and plain.body.startswith(COLLECTED) and plain.body.endswith(b"# EOF\n")
+    assert exposition.cached(PROMETHEUS_3, "gzip") is None, "compressing the collected part is for a thread"
+    assert deflaters.fed == 0
+    exposition.scrape(PROMETHEUS_3, "gzip")
+    fed = deflaters.fed
+    answer = exposition.cached(PROMETHEUS_3, "gzip")
+    assert answer is not None and answer.encoding == "gzip"
+    assert _one_member(answer.body).endswith(b"# EOF\n")
+    assert deflaters.fed - fed < 64, "only the fresh part compressed"
+    assert exposition.cached("", "") is None, "text was never collected"
+    revision.bump()
+    assert exposition.cached(PROMETHEUS_3, "gzip") is None, "the revision moved"
+    assert collected == [OM]
+
+
+def test_cached_never_waits_for_a_running_collection() -> None:
+    revision = Revision()
+    entered, release = threading.Event(), threading.Event()
+    slow = [False]
+
+    def collect(fmt: Format) -> bytes:
+        if slow[0]:
+            entered.set()
+            assert release.wait(10)
+        return COLLECTED
+
+    exposition, _, _, _ = _exposition(revision, collect)
+    exposition.scrape("", "")
+    slow[0] = True
+    revision.bump()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(exposition.scrape, "", "")
+        assert entered.wait(5)
+        assert exposition.cached("", "") is None  # returns at once while the lock is held
+        release.set()
+        running.result(timeout=10)
+    assert exposition.cached("", "") is not None

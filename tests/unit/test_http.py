@@ -345,3 +345,25 @@ def test_a_failing_rendering_answers_500_and_the_next_scrape_works() -> None:
         assert _get(f"http://127.0.0.1:{server.port}/metrics") == (200, b"x 1\n")
     finally:
         server.stop()
+
+
+def test_metrics_answered_from_the_cache_skip_the_render_pool_and_fall_back_when_it_misses() -> None:
+    rendered: list[str] = []
+    hits = [Scrape(b"cached 1\n", TEXT_CONTENT_TYPE, None), None]
+
+    def render(accept: str, accept_encoding: str) -> Scrape:
+        rendered.append(threading.current_thread().name)
+        return Scrape(b"rendered 1\n", TEXT_CONTENT_TYPE, None)
+
+    def cached(accept: str, accept_encoding: str) -> Scrape | None:
+        return hits.pop(0) if hits else None
+
+    server = HttpServer("127.0.0.1", 0, render, Readiness(), render_cached=cached)
+    server.start()
+    try:
+        assert _get(f"http://127.0.0.1:{server.port}/metrics") == (200, b"cached 1\n")
+        assert _get(f"http://127.0.0.1:{server.port}/metrics") == (200, b"rendered 1\n")
+        assert rendered and all(name.startswith("http-render") for name in rendered)
+        assert len(rendered) == 1, "the cached answer did not go to the render pool"
+    finally:
+        server.stop()
