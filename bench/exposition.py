@@ -17,7 +17,7 @@ import gzip
 import http.client
 import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
@@ -33,7 +33,7 @@ from opentelemetry.sdk.metrics.export import (
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from bench.common import median, ms, p99, table, timings
+from bench.common import interleaved_timings, median, ms, p99, table, timings
 from otel_vmi_hv.config import load_settings
 from otel_vmi_hv.export.exposition import TEXT_CONTENT_TYPE, Scrape
 from otel_vmi_hv.export.telemetry import Telemetry
@@ -186,12 +186,23 @@ class AgentSide:
         return self.telemetry.render_prometheus()
 
 
-def _http_scrape(render: Callable[[], bytes], repeat: int, *, keep_alive: bool = True) -> list[float]:
+def _http_scrape(
+    render: Callable[[], bytes],
+    repeat: int,
+    *,
+    keep_alive: bool = True,
+    cached: Callable[[str, str], Scrape | None] | None = None,
+) -> list[float]:
     """Scrapes over loopback: on one kept-alive connection, or each on a new one (as Prometheus does
-    when a scrape's connection was closed). No Accept or Accept-Encoding: text 0.0.4, uncompressed."""
+    when a scrape's connection was closed). No Accept or Accept-Encoding: text 0.0.4, uncompressed.
+    ``cached`` is the agent's answer without a collection, given to the server as the agent does."""
     readiness = Readiness()
     server = HttpServer(
-        "127.0.0.1", 0, lambda _accept, _encoding: Scrape(render(), TEXT_CONTENT_TYPE, None), readiness
+        "127.0.0.1",
+        0,
+        lambda _accept, _encoding: Scrape(render(), TEXT_CONTENT_TYPE, None),
+        readiness,
+        render_cached=cached,
     )
     server.start()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -238,8 +249,10 @@ def _wsgi_renderer(registry: CollectorRegistry) -> Callable[[str, str], Scrape]:
 
 
 @contextmanager
-def _agent_server(render: Callable[[str, str], Scrape]) -> Iterator[int]:
-    server = HttpServer("127.0.0.1", 0, render, Readiness())
+def _agent_server(
+    render: Callable[[str, str], Scrape], cached: Callable[[str, str], Scrape | None] | None = None
+) -> Iterator[int]:
+    server = HttpServer("127.0.0.1", 0, render, Readiness(), render_cached=cached)
     server.start()
     try:
         yield server.port
@@ -258,13 +271,16 @@ def _prometheus_client_server(registry: CollectorRegistry) -> Iterator[int]:
         thread.join(5)
 
 
-def _scrape_as_prometheus_3(port: int, repeat: int) -> tuple[list[float], int]:
-    """Scrapes with Prometheus 3's default headers, each on a new connection: (seconds, wire bytes)
-    after checking the answer is gzipped OpenMetrics ending in # EOF."""
-    last: list[bytes] = []
+class _Prometheus3Scraper:
+    """Scrapes one port with Prometheus 3's default headers, each on a new connection, checking the
+    answer is gzipped OpenMetrics ending in # EOF; keeps the last body's size on the wire."""
 
-    def scrape() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.last = b""
+
+    def __call__(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             connection.request("GET", "/metrics", headers=PROMETHEUS_3_HEADERS)
             response = connection.getresponse()
@@ -274,40 +290,52 @@ def _scrape_as_prometheus_3(port: int, repeat: int) -> tuple[list[float], int]:
         assert response.status == 200
         assert response.getheader("Content-Type", "").startswith("application/openmetrics-text")
         assert response.getheader("Content-Encoding") == "gzip"
-        last[:] = [body]
-
-    samples = timings(scrape, repeat=repeat)
-    assert gzip.decompress(last[0]).endswith(b"# EOF\n")
-    return samples, len(last[0])
+        self.last = body
 
 
 def _prometheus_3_rows(n: int, plain: PlainCollector, agent: AgentSide, repeat: int) -> list[list[object]]:
-    def after_change(accept: str, accept_encoding: str) -> Scrape:
-        agent.change()
-        return agent.telemetry.scrape(accept, accept_encoding)
+    """All four servers run at once and are scraped in turn, round after round, so that a burst of
+    load from elsewhere on the machine falls on each of them alike. The changing agent is a second
+    one, so that its changes never reach the unchanged one."""
+    changing = AgentSide(agent.rows)
 
-    results: dict[str, tuple[list[float], int]] = {}
-    with _agent_server(_wsgi_renderer(plain.registry)) as port:
-        results["B prometheus_client, agent's server"] = _scrape_as_prometheus_3(port, repeat)
-    with _prometheus_client_server(plain.registry) as port:
-        results["B' prometheus_client's own server"] = _scrape_as_prometheus_3(port, repeat)
-    with _agent_server(agent.telemetry.scrape) as port:
-        results["agent, unchanged"] = _scrape_as_prometheus_3(port, repeat)
-    with _agent_server(after_change) as port:
-        results["agent, after a change"] = _scrape_as_prometheus_3(port, repeat)
-    b = median(results["B prometheus_client, agent's server"][0])
-    b_own = median(results["B' prometheus_client's own server"][0])
+    def change_first(accept: str, accept_encoding: str) -> None:
+        """The server asks the cache first: the change comes just before, so the cache misses."""
+        changing.change()
+
+    with ExitStack() as servers:
+        servers.callback(changing.telemetry.shutdown, 2)
+        scrapers = {
+            "B prometheus_client, agent's server": servers.enter_context(
+                _agent_server(_wsgi_renderer(plain.registry))
+            ),
+            "B' prometheus_client's own server": servers.enter_context(
+                _prometheus_client_server(plain.registry)
+            ),
+            "agent, unchanged": servers.enter_context(
+                _agent_server(agent.telemetry.scrape, agent.telemetry.scrape_cached)
+            ),
+            "agent, after a change": servers.enter_context(
+                _agent_server(changing.telemetry.scrape, change_first)
+            ),
+        }
+        scrape = {name: _Prometheus3Scraper(port) for name, port in scrapers.items()}
+        results = interleaved_timings(scrape, repeat=repeat)
+    for scraper in scrape.values():
+        assert gzip.decompress(scraper.last).endswith(b"# EOF\n")
+    b = median(results["B prometheus_client, agent's server"])
+    b_own = median(results["B' prometheus_client's own server"])
     return [
         [
             n,
             name,
             ms(median(samples)),
             ms(p99(samples)),
-            size,
+            len(scrape[name].last),
             f"{median(samples) / b:.3f}",
             f"{median(samples) / b_own:.3f}",
         ]
-        for name, (samples, size) in results.items()
+        for name, samples in results.items()
     ]
 
 
@@ -394,11 +422,16 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
         http_results = {
             "A stock OTel": _http_scrape(stock.prometheus, repeat),
             "B prometheus_client": _http_scrape(plain.render, repeat),
-            "agent, unchanged": _http_scrape(agent.telemetry.render_prometheus, repeat),
+            "agent, unchanged": _http_scrape(
+                agent.telemetry.render_prometheus, repeat, cached=agent.telemetry.scrape_cached
+            ),
             "agent, after a change": _http_scrape(agent.scrape_after_change, repeat),
             "B, new connection per scrape": _http_scrape(plain.render, repeat, keep_alive=False),
             "agent, unchanged, new connection": _http_scrape(
-                agent.telemetry.render_prometheus, repeat, keep_alive=False
+                agent.telemetry.render_prometheus,
+                repeat,
+                keep_alive=False,
+                cached=agent.telemetry.scrape_cached,
             ),
         }
         ha, hb = median(http_results["A stock OTel"]), median(http_results["B prometheus_client"])
