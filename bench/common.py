@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 
 def timings(fn: Callable[[], object], *, repeat: int, warmup: int = 2) -> list[float]:
@@ -18,6 +18,26 @@ def timings(fn: Callable[[], object], *, repeat: int, warmup: int = 2) -> list[f
         started = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - started)
+    return samples
+
+
+def interleaved_timings(
+    fns: Mapping[str, Callable[[], object]], *, repeat: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, called in turn round after round (the order rotating),
+    so that load from elsewhere on a shared machine weighs on all of them alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    gc.collect()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - started)
     return samples
 
 

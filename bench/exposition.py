@@ -4,13 +4,20 @@ A  the stock OpenTelemetry path: PrometheusMetricReader + prometheus_client expo
    PeriodicExportingMetricReader + the OTLP encoder (an ordinary callback building observations)
 B  a plain prometheus_client custom collector yielding a GaugeMetricFamily
 C  the lower bound: joining pre-rendered exposition lines
+
+The last /metrics table sends what Prometheus 3 sends by default (Accept OpenMetrics first,
+Accept-Encoding: gzip) on a new connection per scrape; there B is served as prometheus_client
+serves it (its make_wsgi_app: choose_encoder, gzip), behind the agent's server and behind
+prometheus_client's own start_http_server.
 """
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
@@ -23,20 +30,24 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     PeriodicExportingMetricReader,
 )
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from bench.common import median, ms, p99, table, timings
+from bench.common import interleaved_timings, median, ms, p99, table, timings
 from otel_vmi_hv.config import load_settings
+from otel_vmi_hv.export.exposition import TEXT_CONTENT_TYPE, Scrape
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.export.vmi_instruments import INFO_HELP, INFO_METRIC
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import Series
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server import HttpServer, Readiness
+from tests.exposition import PROMETHEUS_3
 from tests.telemetry_inputs import FixedInputs
 
 LABELS = ("namespace", "name", "node", "hypervisor_type")
+PROMETHEUS_3_HEADERS = {"Accept": PROMETHEUS_3, "Accept-Encoding": "gzip"}
+PROMETHEUS_3_SIZES = (110, 250, 1_000)
 
 
 def make_rows(n: int, flip: int = -1) -> tuple[Series, ...]:
@@ -175,11 +186,24 @@ class AgentSide:
         return self.telemetry.render_prometheus()
 
 
-def _http_scrape(render: Callable[[], bytes], repeat: int, *, keep_alive: bool = True) -> list[float]:
+def _http_scrape(
+    render: Callable[[], bytes],
+    repeat: int,
+    *,
+    keep_alive: bool = True,
+    cached: Callable[[str, str], Scrape | None] | None = None,
+) -> list[float]:
     """Scrapes over loopback: on one kept-alive connection, or each on a new one (as Prometheus does
-    when a scrape's connection was closed)."""
+    when a scrape's connection was closed). No Accept or Accept-Encoding: text 0.0.4, uncompressed.
+    ``cached`` is the agent's answer without a collection, given to the server as the agent does."""
     readiness = Readiness()
-    server = HttpServer("127.0.0.1", 0, render, readiness)
+    server = HttpServer(
+        "127.0.0.1",
+        0,
+        lambda _accept, _encoding: Scrape(render(), TEXT_CONTENT_TYPE, None),
+        readiness,
+        render_cached=cached,
+    )
     server.start()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
@@ -198,6 +222,121 @@ def _http_scrape(render: Callable[[], bytes], repeat: int, *, keep_alive: bool =
     finally:
         connection.close()
         server.stop()
+
+
+def _wsgi_renderer(registry: CollectorRegistry) -> Callable[[str, str], Scrape]:
+    """prometheus_client's own /metrics answer (make_wsgi_app: choose_encoder, then gzip when
+    asked), called in process so that it can sit behind the agent's server."""
+    app = make_wsgi_app(registry)
+
+    def render(accept: str, accept_encoding: str) -> Scrape:
+        answered: dict[str, str] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+            answered.update(headers)
+
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/metrics",
+            "QUERY_STRING": "",
+            "HTTP_ACCEPT": accept,
+            "HTTP_ACCEPT_ENCODING": accept_encoding,
+        }
+        body = b"".join(app(environ, start_response))
+        return Scrape(body, answered["Content-Type"], answered.get("Content-Encoding"))
+
+    return render
+
+
+@contextmanager
+def _agent_server(
+    render: Callable[[str, str], Scrape], cached: Callable[[str, str], Scrape | None] | None = None
+) -> Iterator[int]:
+    server = HttpServer("127.0.0.1", 0, render, Readiness(), render_cached=cached)
+    server.start()
+    try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _prometheus_client_server(registry: CollectorRegistry) -> Iterator[int]:
+    httpd, thread = start_http_server(0, "127.0.0.1", registry)
+    try:
+        yield httpd.server_port
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+class _Prometheus3Scraper:
+    """Scrapes one port with Prometheus 3's default headers, each on a new connection, checking the
+    answer is gzipped OpenMetrics ending in # EOF; keeps the last body's size on the wire."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.last = b""
+
+    def __call__(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request("GET", "/metrics", headers=PROMETHEUS_3_HEADERS)
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("application/openmetrics-text")
+        assert response.getheader("Content-Encoding") == "gzip"
+        self.last = body
+
+
+def _prometheus_3_rows(n: int, plain: PlainCollector, agent: AgentSide, repeat: int) -> list[list[object]]:
+    """All four servers run at once and are scraped in turn, round after round, so that a burst of
+    load from elsewhere on the machine falls on each of them alike. The changing agent is a second
+    one, so that its changes never reach the unchanged one."""
+    changing = AgentSide(agent.rows)
+
+    def change_first(accept: str, accept_encoding: str) -> None:
+        """The server asks the cache first: the change comes just before, so the cache misses."""
+        changing.change()
+
+    with ExitStack() as servers:
+        servers.callback(changing.telemetry.shutdown, 2)
+        scrapers = {
+            "B prometheus_client, agent's server": servers.enter_context(
+                _agent_server(_wsgi_renderer(plain.registry))
+            ),
+            "B' prometheus_client's own server": servers.enter_context(
+                _prometheus_client_server(plain.registry)
+            ),
+            "agent, unchanged": servers.enter_context(
+                _agent_server(agent.telemetry.scrape, agent.telemetry.scrape_cached)
+            ),
+            "agent, after a change": servers.enter_context(
+                _agent_server(changing.telemetry.scrape, change_first)
+            ),
+        }
+        scrape = {name: _Prometheus3Scraper(port) for name, port in scrapers.items()}
+        results = interleaved_timings(scrape, repeat=repeat)
+    for scraper in scrape.values():
+        assert gzip.decompress(scraper.last).endswith(b"# EOF\n")
+    b = median(results["B prometheus_client, agent's server"])
+    b_own = median(results["B' prometheus_client's own server"])
+    return [
+        [
+            n,
+            name,
+            ms(median(samples)),
+            ms(p99(samples)),
+            len(scrape[name].last),
+            f"{median(samples) / b:.3f}",
+            f"{median(samples) / b_own:.3f}",
+        ]
+        for name, samples in results.items()
+    ]
 
 
 def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[list[object]]:
@@ -247,6 +386,7 @@ def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[lis
 def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None) -> str:
     render_rows = []
     http_rows = []
+    prometheus_3_rows: list[list[object]] = []
     otlp_rows = []
     send_rows: list[list[object]] = []
     for n in sizes:
@@ -282,11 +422,16 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
         http_results = {
             "A stock OTel": _http_scrape(stock.prometheus, repeat),
             "B prometheus_client": _http_scrape(plain.render, repeat),
-            "agent, unchanged": _http_scrape(agent.telemetry.render_prometheus, repeat),
+            "agent, unchanged": _http_scrape(
+                agent.telemetry.render_prometheus, repeat, cached=agent.telemetry.scrape_cached
+            ),
             "agent, after a change": _http_scrape(agent.scrape_after_change, repeat),
             "B, new connection per scrape": _http_scrape(plain.render, repeat, keep_alive=False),
             "agent, unchanged, new connection": _http_scrape(
-                agent.telemetry.render_prometheus, repeat, keep_alive=False
+                agent.telemetry.render_prometheus,
+                repeat,
+                keep_alive=False,
+                cached=agent.telemetry.scrape_cached,
             ),
         }
         ha, hb = median(http_results["A stock OTel"]), median(http_results["B prometheus_client"])
@@ -295,6 +440,8 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
             m = median(samples)
             b = hb_new if "new connection" in name else hb  # like for like
             http_rows.append([n, name, ms(m), ms(p99(samples)), f"{m / ha:.3f}", f"{m / b:.3f}"])
+        if n in PROMETHEUS_3_SIZES:
+            prometheus_3_rows.extend(_prometheus_3_rows(n, plain, agent, repeat))
 
         def agent_cycle(agent: AgentSide = agent) -> None:
             agent.change()
@@ -320,6 +467,9 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
             "/metrics scrape over HTTP on loopback, keep-alive unless said "
             "(ms; ÷B: against B on the same kind of connection)\n"
             + table(["N", "exporter", "median", "p99", "÷A", "÷B"], http_rows),
+            "/metrics scrape with Prometheus 3's default request headers (Accept: OpenMetrics first, "
+            "Accept-Encoding: gzip), a new connection per scrape (ms; bytes on the wire)\n"
+            + table(["N", "exporter", "median", "p99", "bytes", "÷B", "÷B'"], prometheus_3_rows),
             "OTLP export cycle: collect + encode (ms)\n"
             + table(["N", "path", "median", "p99", "÷A"], otlp_rows),
             *(

@@ -140,6 +140,7 @@ async def _asgi_app(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]]
 
 
 def _serve_agent(options: Options, before: tuple[int, int]) -> None:
+    from otel_vmi_hv.export.exposition import TEXT_CONTENT_TYPE, Scrape
     from otel_vmi_hv.server import HttpServer, Readiness, ServerLimits, tls_context
 
     imported = rss_kib()
@@ -153,7 +154,10 @@ def _serve_agent(options: Options, before: tuple[int, int]) -> None:
         if options.cert_file and options.key_file
         else None
     )
-    server = HttpServer("127.0.0.1", 0, lambda: BODY, Readiness(), tls=tls, limits=limits)
+    answer = Scrape(BODY, TEXT_CONTENT_TYPE, None)
+    server = HttpServer(
+        "127.0.0.1", 0, lambda _accept, _encoding: answer, Readiness(), tls=tls, limits=limits
+    )
     server.start()
     _announce(server.port, before, imported)
     while True:

@@ -167,8 +167,9 @@ class Agent:
         self.http = HttpServer(
             settings.prometheus_host,
             settings.prometheus_port,
-            telemetry.render_prometheus,
+            telemetry.scrape,
             self.readiness,
+            render_cached=telemetry.scrape_cached,
             tls=tls,
             limits=limits_from(settings),
         )

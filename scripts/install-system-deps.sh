@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the agent (or its tests) need, skipping what is already there.
 #   scripts/install-system-deps.sh run    libvirt's library and headers, to build libvirt-python
-#   scripts/install-system-deps.sh test   plus a libvirt daemon, QEMU, tini, Prometheus (promtool) and ss (iproute2)
+#   scripts/install-system-deps.sh test   plus a libvirt daemon, QEMU, tini, Prometheus (promtool), ss (iproute2) and curl
 set -euo pipefail
 
 want=(libvirt-dev pkg-config gcc)
 if [[ "${1:-run}" == "test" ]]; then
   # libvirt-daemon-system is left out on purpose: it pulls polkit and service start-up, and the
   # tests start their own daemon.
-  want+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 tini prometheus iproute2)
+  want+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 tini prometheus iproute2 curl)
 fi
 
 missing=()

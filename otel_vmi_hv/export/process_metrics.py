@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from otel_vmi_hv.export.prometheus_text import family_header, family_name, number
+from otel_vmi_hv.export.prometheus_text import family_header, family_name, number, unit_word
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +139,38 @@ def register_process_metrics(meter: Meter, read: Callable[[], ProcessSample] = r
         create(metric.name, [observe(metric)], unit=metric.unit, description=metric.description)
 
 
-def prometheus_text(read: Callable[[], ProcessSample] = read_process) -> bytes:
-    """The same metrics in the Prometheus text format, read now.
+def _layout(metric: _Metric, openmetrics: bool) -> tuple[str, str]:
+    """One metric's HELP/TYPE(/UNIT) lines and sample name, which never change."""
+    name = family_name(metric.name, metric.unit)
+    if metric.counter:
+        base = name.removesuffix("_total")
+        family = base if openmetrics else base + "_total"
+        header = family_header(
+            family, "counter", metric.description, unit_word(base, metric.unit), openmetrics
+        )
+        return "\n".join(header) + "\n", base + "_total"
+    header = family_header(name, "gauge", metric.description, unit_word(name, metric.unit), openmetrics)
+    return "\n".join(header) + "\n", name
+
+
+# Rendered once: a scrape only formats the values (naming costs more than reading /proc/self).
+_LAYOUTS = {openmetrics: [_layout(m, openmetrics) for m in PROCESS_METRICS] for openmetrics in (False, True)}
+
+
+def prometheus_text(read: Callable[[], ProcessSample] = read_process, openmetrics: bool = False) -> bytes:
+    """The same metrics in the Prometheus text format (or OpenMetrics families), read now.
 
     /metrics serves its body from a cache while the VMIs do not change; these values change at
-    every scrape, so they are rendered apart from it, from the same table as the instruments.
+    every scrape, so they are rendered apart from it, from the same table as the instruments. The
+    CPU counter has no ``_created`` in OpenMetrics: like every Prometheus client's process
+    collector, it is not an SDK point with a start time.
     """
     try:
         sample = read()
     except (OSError, ValueError, IndexError) as error:
         log.debug("cannot read process metrics: %s", error)
         return b""
-    lines: list[str] = []
-    for metric in PROCESS_METRICS:
-        name = family_name(metric.name, metric.unit)
-        if metric.counter:
-            name = name.removesuffix("_total") + "_total"
-        lines += family_header(name, "counter" if metric.counter else "gauge", metric.description)
-        lines.append(f"{name} {number(metric.value(sample))}")
-    return ("\n".join(lines) + "\n").encode()
+    return "".join(
+        f"{header}{sample_name} {number(metric.value(sample))}\n"
+        for metric, (header, sample_name) in zip(PROCESS_METRICS, _LAYOUTS[openmetrics], strict=True)
+    ).encode()

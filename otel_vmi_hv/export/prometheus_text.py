@@ -1,4 +1,5 @@
-"""A MetricReader that renders the Prometheus text format (0.0.4) straight from MetricsData.
+"""A MetricReader that renders the Prometheus text format (0.0.4) or OpenMetrics 1.0 straight from
+MetricsData.
 
 It is a plain SDK ``MetricReader`` on the agent's one MeterProvider, fed by the same collections
 as the OTLP reader. The stock ``PrometheusMetricReader`` would do, but it renders every scope it
@@ -104,8 +105,10 @@ def family_name(name: str, unit: str) -> str:
     return sanitized
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", r"\\").replace("\n", r"\n")
+def _escape_help(text: str, openmetrics: bool = False) -> str:
+    # OpenMetrics escapes the double quote in HELP as well; text 0.0.4 would show the backslash.
+    text = text.replace("\\", r"\\").replace("\n", r"\n")
+    return text.replace('"', r"\"") if openmetrics else text
 
 
 def _escape_value(text: str) -> str:
@@ -148,12 +151,29 @@ def labels_text(attributes: Mapping[str, Any], extra: str = "") -> str:
     return "{" + ",".join(parts) + "}" if parts else ""
 
 
-def family_header(name: str, kind: str, description: str) -> list[str]:
-    return [f"# HELP {name} {_escape_help(description)}", f"# TYPE {name} {kind}"]
+def unit_word(name: str, unit: str) -> str:
+    """The OpenMetrics UNIT of a family: the unit's word, when the name ends with it (OpenMetrics
+    requires that); empty for annotations such as ``{vmi}`` and for ratios."""
+    word = _unit_suffix(unit or "")
+    return word if word and name.endswith("_" + word) else ""
 
 
-def render(metrics_data: MetricsData | None, skip_scopes: Collection[str] = ()) -> bytes:
-    """Prometheus text exposition of every metric in ``metrics_data`` outside ``skip_scopes``."""
+def family_header(
+    name: str, kind: str, description: str, unit: str = "", openmetrics: bool = False
+) -> list[str]:
+    """HELP and TYPE (and in OpenMetrics UNIT, when ``unit`` is given) of one family."""
+    lines = [f"# HELP {name} {_escape_help(description, openmetrics)}", f"# TYPE {name} {kind}"]
+    if openmetrics and unit:
+        lines.append(f"# UNIT {name} {unit}")
+    return lines
+
+
+def render(
+    metrics_data: MetricsData | None, skip_scopes: Collection[str] = (), openmetrics: bool = False
+) -> bytes:
+    """Every metric in ``metrics_data`` outside ``skip_scopes``, in the Prometheus text format 0.0.4
+    or, with ``openmetrics``, as OpenMetrics 1.0 families (without the final ``# EOF``: the caller
+    appends more families first)."""
     if metrics_data is None:
         return b""
     out: list[str] = []
@@ -162,11 +182,16 @@ def render(metrics_data: MetricsData | None, skip_scopes: Collection[str] = ()) 
             if scope_metrics.scope.name in skip_scopes:
                 continue
             for metric in scope_metrics.metrics:
-                out.extend(_family(metric))
+                out.extend(_family(metric, openmetrics))
     return ("\n".join(out) + "\n").encode() if out else b""
 
 
-def _family(metric: Any) -> list[str]:
+def _created(point: Any) -> str:
+    """The OpenMetrics ``_created`` value: the SDK's start time of a cumulative point, in seconds."""
+    return number(point.start_time_unix_nano / 1e9)
+
+
+def _family(metric: Any, openmetrics: bool) -> list[str]:
     data = metric.data
     name = family_name(metric.name, metric.unit or "")
     description = metric.description or ""
@@ -178,30 +203,51 @@ def _family(metric: Any) -> list[str]:
         and data.is_monotonic
         and data.aggregation_temporality is AggregationTemporality.CUMULATIVE
     ):
-        base = name.removesuffix("_total")
+        return _counter(name.removesuffix("_total"), metric.unit or "", description, points, openmetrics)
+    if isinstance(data, Gauge | Sum):
+        unit = unit_word(name, metric.unit or "")
+        return [
+            *family_header(name, "gauge", description, unit, openmetrics),
+            *(f"{name}{labels} {number(p.value)}" for labels, p in points),
+        ]
+    if isinstance(data, Histogram):
+        return _histogram(name, metric.unit or "", description, points, openmetrics)
+    return []  # exponential histograms: the agent creates none
+
+
+def _counter(
+    base: str, unit: str, description: str, points: list[tuple[str, Any]], openmetrics: bool
+) -> list[str]:
+    if not openmetrics:
+        # Text 0.0.4 names the family after its samples.
         return [
             *family_header(f"{base}_total", "counter", description),
             *(f"{base}_total{labels} {number(p.value)}" for labels, p in points),
         ]
-    if isinstance(data, Gauge | Sum):
-        return [
-            *family_header(name, "gauge", description),
-            *(f"{name}{labels} {number(p.value)}" for labels, p in points),
-        ]
-    if isinstance(data, Histogram):
-        lines = family_header(name, "histogram", description)
-        for labels, point in points:
-            attributes = point.attributes or {}
-            cumulative = 0
-            bounds = [*(number(bound) for bound in point.explicit_bounds), "+Inf"]
-            for bound, count in zip(bounds, point.bucket_counts, strict=False):
-                cumulative += count
-                le = 'le="' + bound + '"'
-                lines.append(f"{name}_bucket{labels_text(attributes, le)} {number(cumulative)}")
-            lines.append(f"{name}_count{labels} {number(point.count)}")
-            lines.append(f"{name}_sum{labels} {number(point.sum)}")
-        return lines
-    return []  # exponential histograms: the agent creates none
+    lines = family_header(base, "counter", description, unit_word(base, unit), openmetrics)
+    for labels, point in points:
+        lines.append(f"{base}_total{labels} {number(point.value)}")
+        lines.append(f"{base}_created{labels} {_created(point)}")
+    return lines
+
+
+def _histogram(
+    name: str, unit: str, description: str, points: list[tuple[str, Any]], openmetrics: bool
+) -> list[str]:
+    lines = family_header(name, "histogram", description, unit_word(name, unit), openmetrics)
+    for labels, point in points:
+        attributes = point.attributes or {}
+        cumulative = 0
+        bounds = [*(number(bound) for bound in point.explicit_bounds), "+Inf"]
+        for bound, count in zip(bounds, point.bucket_counts, strict=False):
+            cumulative += count
+            le = 'le="' + bound + '"'
+            lines.append(f"{name}_bucket{labels_text(attributes, le)} {number(cumulative)}")
+        lines.append(f"{name}_count{labels} {number(point.count)}")
+        lines.append(f"{name}_sum{labels} {number(point.sum)}")
+        if openmetrics:
+            lines.append(f"{name}_created{labels} {_created(point)}")
+    return lines
 
 
 class PrometheusTextReader(MetricReader):
@@ -218,12 +264,12 @@ class PrometheusTextReader(MetricReader):
     ) -> None:
         self._received = metrics_data
 
-    def render(self) -> bytes:
+    def render(self, openmetrics: bool = False) -> bytes:
         with self._lock:
             self._received = None
             self.collect()
             data, self._received = self._received, None
-            return render(data, self._skip)
+            return render(data, self._skip, openmetrics)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         return None

@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.view import View
 
 from otel_vmi_hv import __version__
 from otel_vmi_hv.config import Settings
+from otel_vmi_hv.export.exposition import Exposition, Format, Scrape
 from otel_vmi_hv.export.otlp import ExportStatus, build_exporter, detach
 from otel_vmi_hv.export.process_metrics import prometheus_text as process_text
 from otel_vmi_hv.export.process_metrics import register_process_metrics
@@ -55,6 +56,10 @@ def _no_exemplars(_aggregation_type: type) -> Callable[..., ExemplarReservoir]:
     return lambda *_args, **_kwargs: _NoExemplars()
 
 
+def _process_part(fmt: Format) -> bytes:
+    return process_text(openmetrics=fmt is Format.OPENMETRICS)
+
+
 class Telemetry:
     """Owns the MeterProvider; built once at start, shut down once at exit."""
 
@@ -62,9 +67,8 @@ class Telemetry:
         self, settings: Settings, revision: Revision, *, extra_readers: Sequence[MetricReader] = ()
     ) -> None:
         self._revision = revision
-        self._render_lock = threading.Lock()
-        self._rendered: tuple[int, bytes] = (-1, b"")
         self.prometheus_collections = 0  # full collections made for /metrics (tests, benchmarks)
+        self.exposition = Exposition(revision, self._collect_for_scrape, _process_part)
 
         readers: list[MetricReader] = list(extra_readers)
         self._prometheus: PrometheusTextReader | None = None
@@ -120,27 +124,33 @@ class Telemetry:
 
     # ------------------------------------------------------------------ outputs
 
-    def render_prometheus(self) -> bytes:
-        """The /metrics body in Prometheus text format 0.0.4.
+    def scrape(self, accept: str = "", accept_encoding: str = "") -> Scrape:
+        """The /metrics answer for these request headers: OpenMetrics or text 0.0.4, gzipped or not.
 
-        Scrapes far outnumber changes, so the body of the last collection is served again while
-        the revision has not moved; it is read before collecting, so a change racing with the
-        collection only causes one more collection later, never a stale body. The process metrics
-        change at every scrape: they are read and appended fresh, outside that cache.
+        Scrapes far outnumber changes, so the collected part of the body is kept per format while
+        the revision has not moved (see ``exposition.py``); the process metrics change at every
+        scrape and are read and appended fresh, outside that cache.
         """
-        return self._render_collected() + process_text()
-
-    def _render_collected(self) -> bytes:
         if self._prometheus is None:
             raise LookupError("the prometheus exporter is not enabled (OTEL_METRICS_EXPORTER)")
-        with self._render_lock:
-            revision = self._revision.value
-            if self._rendered[0] == revision:
-                return self._rendered[1]
-            body = self._prometheus.render()
-            self.prometheus_collections += 1
-            self._rendered = (revision, body)
-            return body
+        return self.exposition.scrape(accept, accept_encoding)
+
+    def scrape_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
+        """``scrape`` when it needs no collection and never waits (see ``Exposition.cached``), else
+        None: the HTTP server answers that on its event loop, without a thread hop."""
+        if self._prometheus is None:
+            return None
+        return self.exposition.cached(accept, accept_encoding)
+
+    def render_prometheus(self) -> bytes:
+        """The /metrics body in Prometheus text format 0.0.4, uncompressed."""
+        return self.scrape().body
+
+    def _collect_for_scrape(self, fmt: Format) -> bytes:
+        assert self._prometheus is not None
+        body = self._prometheus.render(openmetrics=fmt is Format.OPENMETRICS)
+        self.prometheus_collections += 1
+        return body
 
     def shutdown(self, timeout: float) -> None:
         """Final OTLP export and reader shutdown, bounded by ``timeout`` seconds."""

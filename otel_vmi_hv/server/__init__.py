@@ -5,7 +5,7 @@ deadlines, ``endpoints`` answers; ``tls_reload`` and ``client_noise`` serve them
 modules use are re-exported here.
 """
 
-from otel_vmi_hv.server.endpoints import Readiness, accepts_gzip
+from otel_vmi_hv.server.endpoints import Readiness
 from otel_vmi_hv.server.limits import ServerLimits, limits_from
 from otel_vmi_hv.server.listener import HttpServer, ListenError
 from otel_vmi_hv.server.tls_reload import tls_context
@@ -15,7 +15,6 @@ __all__ = [
     "ListenError",
     "Readiness",
     "ServerLimits",
-    "accepts_gzip",
     "limits_from",
     "tls_context",
 ]

@@ -2,14 +2,14 @@
 
 Each answer comes from state computed elsewhere (the rendered exposition, readiness flags), so
 parallel probes and scrapes never trigger parallel work against libvirt or the API server. /metrics is
-rendered in a small pool so a slow collection never delays a probe; everything else is answered at
-once on the event loop. How bytes reach the client is server/connection.py's business.
+rendered in a small pool so a slow collection never delays a probe, unless the renderer has the answer
+ready without collecting (an unchanged scrape); everything else is answered at once on the event loop.
+How bytes reach the client is server/connection.py's business.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import threading
 import time
@@ -20,14 +20,14 @@ from typing import Any, Protocol
 
 import h11
 
+from otel_vmi_hv.export.exposition import Scrape
 from otel_vmi_hv.server.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
 SERVER_HEADER = "otel-vmi-hv"
-GZIP_MIN_BYTES = 4096
+VARY = ("Vary", "Accept, Accept-Encoding")  # /metrics answers depend on both
 RENDER_THREADS = 2
 PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
 
@@ -62,47 +62,26 @@ class Readiness:
             return sorted(self._pending)
 
 
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether ``Accept-Encoding`` allows gzip, honouring q-values (``gzip;q=0`` refuses it)."""
-    gzip_q: float | None = None
-    star_q: float | None = None
-    for item in accept_encoding.split(","):
-        coding, _, params = item.partition(";")
-        coding = coding.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0
-        if coding in ("gzip", "x-gzip"):
-            gzip_q = q if gzip_q is None else max(gzip_q, q)
-        elif coding == "*":
-            star_q = q
-    if gzip_q is not None:
-        return gzip_q > 0
-    return star_q is not None and star_q > 0
-
-
 class Endpoints:
-    """Answers requests; owns the render pool and the per-server caches (Date, gzip)."""
+    """Answers requests; owns the render pool and the Date header's cache. What /metrics says, in
+    which format and encoding, is the renderer's (export/exposition.py): it gets the request's
+    Accept and Accept-Encoding."""
 
     def __init__(
         self,
-        render_metrics: Callable[[], bytes],
+        render_metrics: Callable[[str, str], Scrape],
         readiness: Readiness,
         limits: ServerLimits,
         loop: asyncio.AbstractEventLoop,
+        render_cached: Callable[[str, str], Scrape | None] | None = None,
     ) -> None:
         self.loop = loop
         self.limits = limits
         self._render_metrics = render_metrics
+        self._render_cached = render_cached
         self._readiness = readiness
         self._pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="http-render")
         self._in_flight = 0
-        self._gzip_cache: tuple[bytes, bytes] = (b"", b"")
         self._date = (0, "")
 
     def shutdown(self) -> None:
@@ -151,26 +130,36 @@ class Endpoints:
             body = f"too many concurrent scrapes (limit {self.limits.max_requests})\n".encode()
             connection.respond(503, body, [*_text_headers(), ("Retry-After", "1")], head_only)
             return
-        accept_encoding = ",".join(
-            value.decode("latin-1") for name, value in request.headers if name == b"accept-encoding"
+        accept, accept_encoding = (
+            ",".join(value.decode("latin-1") for name, value in request.headers if name == wanted)
+            for wanted in (b"accept", b"accept-encoding")
         )
+        cached = self._answer_cached(accept, accept_encoding)
+        if cached is not None:  # nothing to collect: answered here, without a thread hop
+            connection.respond(200, cached.body, _scrape_headers(cached), head_only)
+            return
         self._in_flight += 1
-        rendering = self.loop.run_in_executor(self._pool, self._render, accepts_gzip(accept_encoding))
+        rendering = self.loop.run_in_executor(self._pool, self._render, accept, accept_encoding)
         connection.start_rendering(rendering)
 
-        def rendered(future: asyncio.Future[tuple[int, bytes, str | None]]) -> None:
+        def rendered(future: asyncio.Future[tuple[int, bytes, list[tuple[str, str]]]]) -> None:
             self._in_flight -= 1
             if future.cancelled():
                 return
-            status, body, encoding = future.result()
-            headers = [("Vary", "Accept-Encoding")]
-            if encoding:
-                headers.append(("Content-Encoding", encoding))
-            content_type = METRICS_CONTENT_TYPE if status == 200 else TEXT
-            connection.respond(status, body, [("Content-Type", content_type), *headers], head_only)
+            status, body, headers = future.result()
+            connection.respond(status, body, headers, head_only)
             connection.resume()
 
         rendering.add_done_callback(rendered)
+
+    def _answer_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
+        if self._render_cached is None:
+            return None
+        try:
+            return self._render_cached(accept, accept_encoding)
+        except Exception:
+            log.debug("answering /metrics from the cache failed; rendering it instead", exc_info=True)
+            return None
 
     def headers(self, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
         """The headers every response carries, around ``headers``."""
@@ -184,26 +173,23 @@ class Endpoints:
             ("Date", self._date[1]),
         ]
 
-    def _render(self, want_gzip: bool) -> tuple[int, bytes, str | None]:
+    def _render(self, accept: str, accept_encoding: str) -> tuple[int, bytes, list[tuple[str, str]]]:
         """Runs in the render pool: the SDK collection and compression take milliseconds."""
         try:
-            body = self._render_metrics()
+            scrape = self._render_metrics(accept, accept_encoding)
         except LookupError as missing:
-            return 404, f"{missing}\n".encode(), None
+            return 404, f"{missing}\n".encode(), [*_text_headers(), VARY]
         except Exception:
             log.exception("rendering /metrics failed")
-            return 500, b"rendering metrics failed; see the agent log\n", None
-        if want_gzip and len(body) >= GZIP_MIN_BYTES:
-            return 200, self._gzipped(body), "gzip"
-        return 200, body, None
+            return 500, b"rendering metrics failed; see the agent log\n", [*_text_headers(), VARY]
+        return 200, scrape.body, _scrape_headers(scrape)
 
-    def _gzipped(self, body: bytes) -> bytes:
-        """Compress ``body``, reusing the last result while the renderer hands out the same body."""
-        plain, compressed = self._gzip_cache
-        if plain is not body:
-            compressed = gzip.compress(body, compresslevel=1)
-            self._gzip_cache = (body, compressed)
-        return compressed
+
+def _scrape_headers(scrape: Scrape) -> list[tuple[str, str]]:
+    headers = [("Content-Type", scrape.content_type), VARY]
+    if scrape.encoding:
+        headers.append(("Content-Encoding", scrape.encoding))
+    return headers
 
 
 def _text_headers() -> list[tuple[str, str]]:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.export.exposition import Scrape
 from otel_vmi_hv.server.client_noise import RateLimitedLog
 from otel_vmi_hv.server.connection import Connection, State
 from otel_vmi_hv.server.endpoints import Endpoints, Readiness
@@ -151,9 +152,10 @@ class HttpServer:
         self,
         host: str,
         port: int,
-        render_metrics: Callable[[], bytes],
+        render_metrics: Callable[[str, str], Scrape],
         readiness: Readiness,
         *,
+        render_cached: Callable[[str, str], Scrape | None] | None = None,
         tls: ReloadingTLS | None = None,
         limits: ServerLimits = ServerLimits(),  # noqa: B008 - frozen
     ) -> None:
@@ -163,7 +165,7 @@ class HttpServer:
         self._listener = open_listener(host, port)
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._loop_exception)
-        self.endpoints = Endpoints(render_metrics, readiness, limits, self.loop)
+        self.endpoints = Endpoints(render_metrics, readiness, limits, self.loop, render_cached)
         self._thread: threading.Thread | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[None]] = set()

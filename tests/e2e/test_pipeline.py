@@ -157,6 +157,9 @@ def test_running_domains_reach_metrics_prometheus_and_otlp(
             label_names = set(sample["metric"]) - {"__name__", "job", "instance"}
             assert label_names == FOUR
             assert sample["value"][1] == "1"
+        # Prometheus asked for OpenMetrics first (its default Accept) and got it: only an OpenMetrics
+        # body has _created lines, which it stores as series.
+        prometheus.wait_for("otel_vmi_hv_detection_duration_seconds_created", bool, timeout=15)
 
         # A domain destroyed disappears from every output; one started later appears.
         libvirtd.destroy(f"{namespace}_db")

@@ -268,15 +268,16 @@ def test_a_get_body_is_not_parsed_as_the_next_request() -> None:
     assert answer.count(b"HTTP/1.1 ") == 1 and answer.endswith(b"ok\n")
 
 
-def test_gzip_refused_by_q_value_is_not_sent_and_metrics_vary_on_accept_encoding() -> None:
-    # (that gzip is used when allowed is tested in tests/unit/test_http.py with a larger body)
+def test_gzip_refused_by_q_value_is_not_sent_and_metrics_vary_on_accept_and_accept_encoding() -> None:
+    # (that gzip is used when allowed is tested in tests/unit/test_exposition.py and, with real
+    # clients, in tests/integration/test_scrape_formats.py)
     with agent() as process:
         for accept in ("gzip;q=0", "identity, *;q=0", "br"):
             request = urllib.request.Request(
                 f"{process.base_url}/metrics", headers={"Accept-Encoding": accept}
             )
             with urllib.request.urlopen(request, timeout=5) as response:
-                assert response.headers["Vary"] == "Accept-Encoding"
+                assert response.headers["Vary"] == "Accept, Accept-Encoding"
                 assert response.headers.get("Content-Encoding") is None, accept
                 assert b"kubevirt_vmi_hypervisor_info{" in response.read()
 

@@ -16,10 +16,17 @@ from contextlib import contextmanager
 
 import pytest
 
-from otel_vmi_hv.server import HttpServer, ListenError, Readiness, ServerLimits, accepts_gzip
+from otel_vmi_hv.export.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition, Scrape
+from otel_vmi_hv.revision import Revision
+from otel_vmi_hv.server import HttpServer, ListenError, Readiness, ServerLimits
 from tests.agent_process import exchange, wait_until
 
 BODY = b"some_metric 1\n" * 1000  # above the gzip threshold
+
+
+def plain(render: Callable[[], bytes]) -> Callable[[str, str], Scrape]:
+    """A /metrics renderer answering ``render()`` as text, whatever the request asks for."""
+    return lambda _accept, _accept_encoding: Scrape(render(), TEXT_CONTENT_TYPE, None)
 
 
 @contextmanager
@@ -28,7 +35,7 @@ def serving(
     readiness: Readiness | None = None,
     limits: ServerLimits = ServerLimits(),  # noqa: B008 - frozen
 ) -> Iterator[HttpServer]:
-    server = HttpServer("127.0.0.1", 0, render, readiness or Readiness(), limits=limits)
+    server = HttpServer("127.0.0.1", 0, plain(render), readiness or Readiness(), limits=limits)
     server.start()
     try:
         yield server
@@ -127,37 +134,30 @@ def test_scrapes_beyond_max_requests_get_503_while_healthz_still_answers() -> No
         assert results == [200, 200]
 
 
-@pytest.mark.parametrize(
-    ("accept_encoding", "gzipped"),
-    [
-        ("gzip", True),
-        ("gzip;q=0", False),
-        ("gzip; q=0.000, identity", False),
-        ("deflate, gzip;q=0.5", True),
-        ("*", True),
-        ("*;q=0", False),
-        ("identity", False),
-        ("", False),
-        ("br;q=1, *;q=0.1, gzip;q=0", False),
-    ],
-)
-def test_gzip_honours_accept_encoding_q_values(accept_encoding: str, gzipped: bool) -> None:
-    assert accepts_gzip(accept_encoding) is gzipped
-
-
-def test_metrics_vary_on_accept_encoding_and_gzip_decodes_to_the_same_body() -> None:
-    with serving() as server:
-        plain = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-        plain.request("GET", "/metrics", headers={"Accept-Encoding": "gzip;q=0"})
-        response = plain.getresponse()
+def test_metrics_vary_on_accept_and_accept_encoding_and_gzip_decodes_to_the_same_body() -> None:
+    exposition = Exposition(Revision(), lambda _fmt: BODY, lambda _fmt: b"")
+    server = HttpServer("127.0.0.1", 0, exposition.scrape, Readiness())
+    server.start()
+    try:
+        client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        client.request("GET", "/metrics", headers={"Accept-Encoding": "gzip;q=0"})
+        response = client.getresponse()
         assert response.getheader("Content-Encoding") is None
-        assert response.getheader("Vary") == "Accept-Encoding"
+        assert response.getheader("Vary") == "Accept, Accept-Encoding"
+        assert response.getheader("Content-Type") == TEXT_CONTENT_TYPE
         assert response.read() == BODY
-        plain.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
-        response = plain.getresponse()
+        client.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+        response = client.getresponse()
         assert response.getheader("Content-Encoding") == "gzip"
         assert gzip.decompress(response.read()) == BODY
-        plain.close()
+        client.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text"})
+        response = client.getresponse()
+        assert response.getheader("Content-Type") == OPENMETRICS_CONTENT_TYPE
+        assert response.getheader("Vary") == "Accept, Accept-Encoding"
+        assert response.read() == BODY + b"# EOF\n"
+        client.close()
+    finally:
+        server.stop()
 
 
 def test_a_get_body_is_discarded_not_parsed_as_a_request() -> None:
@@ -227,13 +227,13 @@ def test_a_taken_port_is_a_listen_error_naming_the_address() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ListenError, match=re.escape(f"127.0.0.1:{port}: the address is already in use")):
-            HttpServer("127.0.0.1", port, lambda: b"", Readiness())
+            HttpServer("127.0.0.1", port, plain(lambda: b""), Readiness())
 
 
 def test_an_unresolvable_host_is_a_listen_error_naming_it() -> None:
     expected = re.escape("no-such-host.invalid:9464: the host cannot be resolved")
     with pytest.raises(ListenError, match=expected):
-        HttpServer("no-such-host.invalid", 9464, lambda: b"", Readiness())
+        HttpServer("no-such-host.invalid", 9464, plain(lambda: b""), Readiness())
 
 
 def test_the_listen_backlog_absorbs_a_burst() -> None:
@@ -310,7 +310,7 @@ def test_a_slow_rendering_holds_up_neither_health_nor_readiness() -> None:
         assert release.wait(10)
         return b"x 1\n"
 
-    server = HttpServer("127.0.0.1", 0, render, Readiness())
+    server = HttpServer("127.0.0.1", 0, plain(render), Readiness())
     server.start()
     base = f"http://127.0.0.1:{server.port}"
     try:
@@ -337,11 +337,33 @@ def test_a_failing_rendering_answers_500_and_the_next_scrape_works() -> None:
             raise failures.pop()
         return b"x 1\n"
 
-    server = HttpServer("127.0.0.1", 0, render, Readiness())
+    server = HttpServer("127.0.0.1", 0, plain(render), Readiness())
     server.start()
     try:
         status, body = _get(f"http://127.0.0.1:{server.port}/metrics")
         assert status == 500 and b"boom" not in body, "an internal error is logged, not served"
         assert _get(f"http://127.0.0.1:{server.port}/metrics") == (200, b"x 1\n")
+    finally:
+        server.stop()
+
+
+def test_metrics_answered_from_the_cache_skip_the_render_pool_and_fall_back_when_it_misses() -> None:
+    rendered: list[str] = []
+    hits = [Scrape(b"cached 1\n", TEXT_CONTENT_TYPE, None), None]
+
+    def render(accept: str, accept_encoding: str) -> Scrape:
+        rendered.append(threading.current_thread().name)
+        return Scrape(b"rendered 1\n", TEXT_CONTENT_TYPE, None)
+
+    def cached(accept: str, accept_encoding: str) -> Scrape | None:
+        return hits.pop(0) if hits else None
+
+    server = HttpServer("127.0.0.1", 0, render, Readiness(), render_cached=cached)
+    server.start()
+    try:
+        assert _get(f"http://127.0.0.1:{server.port}/metrics") == (200, b"cached 1\n")
+        assert _get(f"http://127.0.0.1:{server.port}/metrics") == (200, b"rendered 1\n")
+        assert rendered and all(name.startswith("http-render") for name in rendered)
+        assert len(rendered) == 1, "the cached answer did not go to the render pool"
     finally:
         server.stop()

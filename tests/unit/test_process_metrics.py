@@ -14,9 +14,11 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from otel_vmi_hv.export.process_metrics import register_process_metrics
+from otel_vmi_hv.export.process_metrics import prometheus_text, register_process_metrics
 from otel_vmi_hv.export.prometheus_text import family_name, render
 
 EXPECTED = {
@@ -141,3 +143,21 @@ def test_values_follow_the_process_between_collections(
             file.close()
     assert after["process_open_fds"] - before["process_open_fds"] == 40
     assert after["process_cpu_seconds_total"] >= before["process_cpu_seconds_total"]
+
+
+def test_openmetrics_families_and_units_match_the_stock_exporter(
+    readers: tuple[InMemoryMetricReader, CollectorRegistry],
+) -> None:
+    """What /metrics appends before ``# EOF``: the families the stock exporter gives in OpenMetrics."""
+    _, registry = readers
+
+    def families(text: str) -> dict[str, tuple[str, str, str, list[str]]]:
+        return {
+            f.name: (f.type, f.unit, f.documentation, [s.name for s in f.samples]) for f in om_families(text)
+        }
+
+    ours = families(prometheus_text(openmetrics=True).decode() + "# EOF\n")
+    assert ours == families(om_latest(registry).decode())
+    assert ours["process_cpu_seconds"][:2] == ("counter", "seconds")
+    assert ours["process_resident_memory_bytes"][:2] == ("gauge", "bytes")
+    assert ours["process_threads"][:2] == ("gauge", "")

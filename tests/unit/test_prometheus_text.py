@@ -1,23 +1,27 @@
-"""The agent's own text renderer against the stock OpenTelemetry Prometheus exporter, and its cache."""
+"""The agent's own renderer (text 0.0.4 and OpenMetrics) against the stock OpenTelemetry Prometheus
+exporter, and its cache."""
 
 from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_vmi_hv.config import load_settings
-from otel_vmi_hv.export.prometheus_text import family_name, number
+from otel_vmi_hv.export.prometheus_text import PrometheusTextReader, family_name, number
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, Series
 from otel_vmi_hv.revision import Revision
-from tests.exposition import parse_samples
+from tests.exposition import PROMETHEUS_3, parse_samples
 from tests.peers import require
 
 ODD_NAMES = ["plain", 'with "quotes"', "back\\slash", "new\nline", "ünïcödé-名前", "tab\there", ""]
@@ -265,3 +269,130 @@ def test_sample_values_are_written_as_the_prometheus_client_writes_them() -> Non
     values += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(2000)]  # every exponent
     for value in values:
         assert number(value) == floatToGoString(value), value
+
+
+# ---------------------------------------------------------------------------------- OpenMetrics
+
+
+def _openmetrics(telemetry: Telemetry) -> str:
+    scrape = telemetry.scrape(PROMETHEUS_3, "")
+    assert scrape.content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    return scrape.body.decode()
+
+
+Samples = list[tuple[str, tuple[tuple[str, str], ...], float]]
+
+
+def _om_families(text: str) -> dict[str, tuple[str, str, str, Samples]]:
+    """OpenMetrics families by name: (type, help, unit, samples without _created)."""
+    families = {}
+    for family in om_families(text):
+        samples = sorted(
+            (s.name, _labels(s.labels), s.value) for s in family.samples if not s.name.endswith("_created")
+        )
+        families[family.name] = (family.type, family.documentation, family.unit, samples)
+    return families
+
+
+def test_openmetrics_has_the_stock_exporters_families_units_and_samples(setup) -> None:
+    telemetry, state, registry = setup
+    _fill(telemetry, state)
+    ours, our_process = _split_process(_om_families(_openmetrics(telemetry)))  # type: ignore[arg-type]
+    stock, stock_process = _split_process(_om_families(om_latest(registry).decode()))  # type: ignore[arg-type]
+    assert ours == stock
+    assert our_process == stock_process, "the same process families, with their types and units"
+    assert ours["otel_vmi_hv_detection_duration_seconds"][2] == "seconds"  # type: ignore[index]
+    assert ours["otel_vmi_hv_relists"][0] == "counter"  # type: ignore[index]
+
+
+def test_openmetrics_and_text_carry_the_same_samples(setup) -> None:
+    telemetry, state, _ = setup
+    _fill(telemetry, state)
+    text = {
+        family.name: sorted((s.name, _labels(s.labels), s.value) for s in family.samples)
+        for family in text_string_to_metric_families(telemetry.render_prometheus().decode())
+        if not family.name.startswith("process_")
+    }
+    om = {name: f[3] for name, f in _om_families(_openmetrics(telemetry)).items() if name[:8] != "process_"}
+    assert om == text
+
+
+def test_openmetrics_ends_with_eof_after_the_process_metrics(setup) -> None:
+    telemetry, state, _ = setup
+    _fill(telemetry, state)
+    body = _openmetrics(telemetry)
+    assert body.endswith("\n# EOF\n") and body.count("# EOF") == 1
+    assert body.index("# HELP process_cpu_seconds ") < body.index("# EOF")
+    assert "# EOF" not in telemetry.render_prometheus().decode()
+
+
+def test_counters_and_histograms_carry_created_from_their_start(setup) -> None:
+    """_created is when the series started counting: it stays put while the counter grows."""
+    telemetry, state, _ = setup
+    started = time.time()
+    _fill(telemetry, state)
+    filled = time.time()
+
+    def created(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, _labels(s.labels)): s.value
+            for family in om_families(body)
+            for s in family.samples
+            if s.name.endswith("_created")
+        }
+
+    first = created(_openmetrics(telemetry))
+    names = {name for name, _ in first}
+    assert names == {
+        "otel_vmi_hv_relists_created",
+        "otel_vmi_hv_watch_restarts_created",
+        "otel_vmi_hv_detection_errors_created",
+        "otel_vmi_hv_detection_duration_seconds_created",
+    }
+    assert all(started <= value <= filled for value in first.values()), first
+    telemetry.self_metrics.record_relist()
+    later = _openmetrics(telemetry)
+    assert created(later) == first
+    assert parse_samples(later.replace("# EOF\n", ""), "otel_vmi_hv_relists_total") == [({}, 2.0)]
+
+
+def test_openmetrics_label_values_survive_escaping_exactly(setup) -> None:
+    telemetry, state, _ = setup
+    _fill(telemetry, state)
+    (family,) = [f for f in om_families(_openmetrics(telemetry)) if f.name == "kubevirt_vmi_hypervisor_info"]
+    assert {s.labels["name"] for s in family.samples} == set(ODD_NAMES)
+    assert {s.labels["namespace"] for s in family.samples} == {"a", 'b"x'}
+
+
+def test_help_text_is_escaped_for_each_format() -> None:
+    """OpenMetrics escapes a double quote in HELP, text 0.0.4 must not (its parser keeps the backslash)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    description = 'say "hi"\\now\nnext line'
+    reader = PrometheusTextReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    provider.get_meter("t").create_counter("greetings", unit="{greeting}", description=description).add(1)
+    (text,) = text_string_to_metric_families(reader.render().decode())
+    (om,) = om_families(reader.render(openmetrics=True).decode() + "# EOF\n")
+    assert text.documentation == description
+    assert om.documentation == description
+    provider.shutdown()
+
+
+def test_each_format_is_cached_apart_and_byte_identical_to_a_fresh_collection(setup) -> None:
+    telemetry, state, _ = setup
+    _fill(telemetry, state)
+    text, om = telemetry.render_prometheus(), _openmetrics(telemetry).encode()
+    collections = telemetry.prometheus_collections
+    for _ in range(3):
+        assert _collected(telemetry.render_prometheus()) == _collected(text)
+        assert _collected(_openmetrics(telemetry).encode()) == _collected(om)
+    assert telemetry.prometheus_collections == collections, "unchanged state must not collect again"
+    assert telemetry._prometheus is not None
+    assert telemetry._prometheus.render(openmetrics=True) == _collected(om)
+    assert telemetry._prometheus.render() == _collected(text)
+    state.set_rows([Series("kvm", "only", "a", "node-1")])
+    assert _collected(_openmetrics(telemetry).encode()) != _collected(om)
+    assert telemetry.prometheus_collections == collections + 1, "only the format asked for is collected"
+    assert _collected(telemetry.render_prometheus()) != _collected(text)
+    assert telemetry.prometheus_collections == collections + 2
