@@ -560,6 +560,12 @@ class LibvirtDaemon:
                 total += int(line.split()[1])  # Netid Recv-Q Send-Q ... (no State column when filtered)
         return total
 
+    def client_connections(self) -> int:
+        """Connections libvirtd has accepted and not closed (the harness's own included), from ``ss``."""
+        pid = self._require_pid()
+        out = subprocess.run([SS, "-xpH", "state", "established"], capture_output=True, text=True, check=True)
+        return sum(1 for line in out.stdout.splitlines() if f"pid={pid}," in line)
+
     def resume_daemon(self) -> None:
         """SIGCONT libvirtd; calls that were blocked then complete."""
         pid = self._require_pid()
