@@ -62,6 +62,19 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def entry() -> int:
+    """The program (``otel-vmi-hv``, ``python -m otel_vmi_hv``): ``main``, then no more logging.
+
+    The process exits next. A thread the agent could not wait for (a libvirt call on a hung daemon,
+    a detection or an API request in flight) may still finish and log; its write to stderr would
+    race the interpreter's last flush of stderr, and CPython aborts the process when another thread
+    holds that stream's lock then ("could not acquire lock ... at interpreter shutdown").
+    """
+    code = main()
+    logging.disable(logging.CRITICAL)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
