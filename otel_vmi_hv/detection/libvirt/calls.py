@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLOSE_TIMEOUT = 1.0  # how long close() waits for the connections to be let go of
+STOP_DELAY_MS = 50  # the event loop's last turns, for the idle callbacks closes left behind
 MAX_INFLIGHT_PER_DAEMON = 2
 MAX_INFLIGHT_TOTAL = 64
 RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=30.0)
@@ -75,14 +76,15 @@ class EventLoop:
     callbacks and domain lifecycle events, and it calls into Python for the last two. So it must
     not outlive its agent: an interpreter shutting down while this thread still runs libvirt (and
     may call back into Python) is a race the process can lose. ``acquire`` starts it for an agent,
-    ``release`` by the last agent wakes it and waits for it to end. libvirt allows one event
-    implementation per process, registered once; the thread can be started again after a stop.
+    ``release`` by the last agent ends it and waits for it. libvirt allows one event implementation
+    per process, registered once; the thread can be started again after a stop.
     """
 
     _registered = False
     _users = 0
     _thread: threading.Thread | None = None
-    _stopping = False
+    _stopping = False  # no new work for the loop: it ends when its stop timer fires
+    _stop_due = False  # the stop timer fired
     _guard = threading.Lock()
 
     @classmethod
@@ -94,7 +96,7 @@ class EventLoop:
             if not cls._registered:
                 libvirt.virEventRegisterDefaultImpl()
                 cls._registered = True
-            cls._stopping = False
+            cls._stopping = cls._stop_due = False
             cls._thread = threading.Thread(target=cls._run, name="libvirt-events", daemon=True)
             cls._thread.start()
 
@@ -107,8 +109,10 @@ class EventLoop:
             if cls._users or thread is None:
                 return True
             cls._stopping = True
-        # Wake the loop out of its wait: a timer due at once, which removes itself when it fires.
-        libvirt.virEventAddTimeout(0, _remove_timer, None)
+        # The loop ends when this timer fires, not at once: libvirt frees a closed connection
+        # (its socket among the rest) in idle callbacks on this loop, each one scheduling the
+        # next, and the loop runs idle callbacks only while no timer is due.
+        libvirt.virEventAddTimeout(STOP_DELAY_MS, cls._stop_timer, None)
         thread.join(timeout)
         with cls._guard:
             if thread.is_alive():
@@ -124,20 +128,23 @@ class EventLoop:
             return cls._thread is not None and not cls._stopping
 
     @classmethod
+    def _stop_timer(cls, timer: int, _opaque: object) -> None:
+        libvirt.virEventRemoveTimeout(timer)
+        with cls._guard:
+            cls._stop_due = True
+
+    @classmethod
     def _run(cls) -> None:
         while True:
-            with cls._guard:
-                if cls._stopping:
-                    return
             try:
                 libvirt.virEventRunDefaultImpl()
             except libvirt.libvirtError:
                 log.exception("libvirt event loop iteration failed")
                 time.sleep(0.1)
-
-
-def _remove_timer(timer: int, _opaque: object) -> None:
-    libvirt.virEventRemoveTimeout(timer)
+            with cls._guard:
+                if cls._stop_due:
+                    cls._stopping = cls._stop_due = False
+                    return
 
 
 class _WorkerPool:
