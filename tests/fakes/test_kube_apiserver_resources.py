@@ -131,5 +131,5 @@ def test_pods_by_namespace_label_and_node(api: FakeKubeAPIServer, kube: Any) -> 
     api.forbid("pods")
     with pytest.raises(ApiException) as refused:
         core_api(kube).list_namespaced_pod("ci")
-    message = json.loads(refused.value.body)["message"]
+    message = json.loads(refused.value.body or "{}")["message"]
     assert refused.value.status == 403 and 'cannot list resource "pods"' in message
