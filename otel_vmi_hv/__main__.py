@@ -1,5 +1,5 @@
 import sys
 
-from otel_vmi_hv.cli import main
+from otel_vmi_hv.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -88,6 +88,7 @@ class Agent:
             daemons = self.libvirt if self.libvirt is not None else NO_DAEMONS
             self.telemetry.register_vmi_instruments(self.tracker, daemons, self.emulation)
         self.http: HttpServer | None = None
+        self._uses_event_loop = False
 
     def _build_source(self) -> Source:
         if self.settings.source == "kubernetes":
@@ -151,7 +152,8 @@ class Agent:
         if self.libvirt is not None:
             from otel_vmi_hv.detection.libvirt.calls import EventLoop
 
-            EventLoop.ensure_running()
+            EventLoop.acquire()
+            self._uses_event_loop = True
         self.tracker.start()
         if self.telemetry is not None:
             self._start_http(self.telemetry)
@@ -192,5 +194,14 @@ class Agent:
         if self.telemetry is not None:
             self.telemetry.shutdown(max(0.5, budget - (time.monotonic() - started)))
         if self.libvirt is not None:
-            self.libvirt.close()
+            from otel_vmi_hv.detection.libvirt.calls import CLOSE_TIMEOUT, EventLoop
+
+            # Every connection let go of, then libvirt's event loop ended: nothing of libvirt may
+            # still run (and call into Python) while the interpreter shuts down. A hung daemon's
+            # connection cannot be waited for; the budget bounds both.
+            left = max(0.2, budget - (time.monotonic() - started))
+            self.libvirt.close(timeout=min(CLOSE_TIMEOUT, left / 2))
+            if self._uses_event_loop:
+                self._uses_event_loop = False
+                EventLoop.release(timeout=min(CLOSE_TIMEOUT, left / 2))
         log.info("stopped in %.2fs", time.monotonic() - started)

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from otel_vmi_hv import __version__
@@ -60,6 +60,19 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def entry() -> int:
+    """The program (``otel-vmi-hv``, ``python -m otel_vmi_hv``): ``main``, then no more logging.
+
+    The process exits next. A thread the agent could not wait for (a libvirt call on a hung daemon,
+    a detection or an API request in flight) may still finish and log; its write to stderr would
+    race the interpreter's last flush of stderr, and CPython aborts the process when another thread
+    holds that stream's lock then ("could not acquire lock ... at interpreter shutdown").
+    """
+    code = main()
+    logging.disable(logging.CRITICAL)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,6 +155,7 @@ def run(settings: Settings) -> int:
 def detect(settings: Settings, output: str) -> int:
     from otel_vmi_hv.agent import Agent
     from otel_vmi_hv.detect_report import render_json, render_table, rows
+    from otel_vmi_hv.model import EMULATED
 
     agent = Agent(settings, with_telemetry=False, cross_check=True)
     agent.start()
@@ -157,14 +171,26 @@ def detect(settings: Settings, output: str) -> int:
             )
             return 1
         agent.tracker.wait_idle(settings.libvirt_timeout * 2 + DETECT_TIMEOUT_SLACK)
-        while not agent.emulation.settled() and time.monotonic() < deadline + DETECT_TIMEOUT_SLACK:
-            time.sleep(0.05)
-        report = rows(agent.tracker.detections(), settings.node_name, agent.emulation.explain)
+        facts_deadline = deadline + DETECT_TIMEOUT_SLACK
+        _wait_until(agent.emulation.settled, facts_deadline)  # the Node and the KubeVirt CR
+        detections = agent.tracker.detections()
+        # Then what the emulated VMIs' launcher pods requested, read once each, where the agent may.
+        agent.emulation.prepare(
+            vmi for vmi, d in detections if d is not None and d.hypervisor_type == EMULATED
+        )
+        _wait_until(agent.emulation.settled, facts_deadline)
+        report = rows(detections, settings.node_name, agent.emulation.explain)
         problems = agent.emulation.problems()
+        accelerator = agent.emulation.describe_accelerator()
     finally:
         agent.stop(budget=1.0)
-    sys.stdout.write(render_json(report) if output == "json" else render_table(report, problems))
+    sys.stdout.write(render_json(report) if output == "json" else render_table(report, problems, accelerator))
     return 0
+
+
+def _wait_until(done: Callable[[], bool], deadline: float) -> None:
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def config_reference() -> str:

@@ -71,7 +71,8 @@ def render_json(report: list[dict[str, Any]]) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
 
-def render_table(report: list[dict[str, Any]], problems: Sequence[str] = ()) -> str:
+def render_table(report: list[dict[str, Any]], problems: Sequence[str] = (), accelerator: str = "") -> str:
+    """The report as a table, then hints, why emulated VMIs are, and this node's accelerator."""
     headers = ("NAMESPACE", "NAME", "NODE", "HYPERVISOR", "WHY", "METHOD", "SOURCE", "ERROR")
     table = [
         (
@@ -112,6 +113,8 @@ def render_table(report: list[dict[str, Any]], problems: Sequence[str] = ()) -> 
         out.append("")
         out.extend(f"why emulated, {line}" for line in evidence)
         out.extend(f"cannot tell why VMIs are emulated: {problem}" for problem in problems)
+    if accelerator:
+        out.extend(("", f"node accelerator: {accelerator}"))
     return "\n".join(out) + "\n"
 
 

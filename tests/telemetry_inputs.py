@@ -27,6 +27,9 @@ class FixedInputs:
     def node_kvm_available(self) -> bool | None:
         return None
 
+    def node_accelerator_available(self) -> tuple[str, bool] | None:
+        return None
+
     def explain(self, vmi: object) -> tuple[str, str]:
         return ("unknown", "")
 

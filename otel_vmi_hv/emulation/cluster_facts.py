@@ -1,11 +1,14 @@
 """The cluster facts that explain emulation, cached from list-watches like the VMIs.
 
 Two small caches: this node's Node object (field selector ``metadata.name=<node>``) for its
-allocatable ``devices.kubevirt.io/kvm``, and the KubeVirt CR (listed cluster-wide; there is one)
-for ``spec.configuration.developerConfiguration.useEmulation``. Nothing is read per scrape: the
-caches change only on watch events, and ``version`` grows with every change of the derived facts
-so a cached /metrics body can be invalidated. Without RBAC for either resource everything else
-works; the reason is ``unknown`` and the evidence names the missing rule.
+allocatable hypervisor devices (``devices.kubevirt.io/kvm``, ``devices.kubevirt.io/mshv``), and the
+KubeVirt CR (listed cluster-wide; there is one) for ``developerConfiguration.useEmulation`` and the
+configured hypervisor (``hypervisors.py``), which says which of those devices counts. Nothing is
+read per scrape: the caches change only on watch events, and ``version`` grows with every change of
+the derived facts so a cached /metrics body can be invalidated. Without RBAC for either resource
+everything else works; the reason is ``unknown`` and the evidence names the missing rule. Where the
+agent may list pods, an emulated VMI's launcher pod is read once to confirm what it requested
+(``launcher_pods.py``).
 
 On a plain libvirt host ``HostFacts`` gives the same interface from the KVM device probe.
 """
@@ -14,19 +17,28 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from otel_vmi_hv.config import Settings
+from otel_vmi_hv.emulation.hypervisors import Hypervisor, default_hypervisor, hypervisor_of
 from otel_vmi_hv.emulation.kvm_device import KvmState, probe_kvm_device
-from otel_vmi_hv.emulation.reasons import EmulationPolicy, Explanation, NodeKvm, explain_emulation
+from otel_vmi_hv.emulation.launcher_pods import LauncherPods
+from otel_vmi_hv.emulation.reasons import (
+    DEVICE_RESOURCE_PREFIX,
+    EmulationPolicy,
+    Explanation,
+    NodeAccelerator,
+    explain_emulation,
+)
 from otel_vmi_hv.model import VMI
 from otel_vmi_hv.sources.kubernetes import api_client_for, list_watch_options
 from otel_vmi_hv.sources.list_watch import ListWatch, Resource
 
 log = logging.getLogger(__name__)
 
-KVM_RESOURCE = "devices.kubevirt.io/kvm"
+KVM_DEVICE = "kvm"
 NODES = Resource("nodes")
 KUBEVIRTS = Resource("kubevirts", "kubevirt.io", "v1")
 USE_EMULATION = "spec.configuration.developerConfiguration.useEmulation"
@@ -36,30 +48,33 @@ def rbac_rule(resource: Resource) -> str:
     return f"the agent's ClusterRole needs get, list and watch on {resource.name}"
 
 
-def node_kvm_from(node: Mapping[str, Any] | None, node_name: str) -> NodeKvm:
-    """KVM as virt-handler's device plugin advertises it: allocatable ``devices.kubevirt.io/kvm`` > 0."""
+def node_device_from(node: Mapping[str, Any] | None, node_name: str, device: str | None) -> NodeAccelerator:
+    """A device as virt-handler's device plugin advertises it: ``devices.kubevirt.io/<device>`` > 0."""
+    if device is None:
+        return NodeAccelerator(None, None, f"node {node_name}: no device to check for this hypervisor")
     if node is None:
-        return NodeKvm(None, f"node {node_name} is not in the API (no Node object of that name)")
+        return NodeAccelerator(
+            device, None, f"node {node_name} is not in the API (no Node object of that name)"
+        )
+    resource = f"{DEVICE_RESOURCE_PREFIX}{device}"
     status = node.get("status")
     allocatable = status.get("allocatable") if isinstance(status, Mapping) else None
-    raw = allocatable.get(KVM_RESOURCE) if isinstance(allocatable, Mapping) else None
+    raw = allocatable.get(resource) if isinstance(allocatable, Mapping) else None
     if raw is None:
-        return NodeKvm(False, f"node {node_name} has no allocatable {KVM_RESOURCE}")
+        return NodeAccelerator(device, False, f"node {node_name} has no allocatable {resource}")
     from kubernetes.utils import parse_quantity
 
     try:
         amount = parse_quantity(raw)  # type: ignore[no-untyped-call]
     except (ValueError, TypeError):
-        return NodeKvm(None, f"node {node_name} allocatable {KVM_RESOURCE}={raw!r} is not a quantity")
-    if amount <= 0:
-        return NodeKvm(False, f"node {node_name} allocatable {KVM_RESOURCE}={raw}")
-    return NodeKvm(True, f"node {node_name} allocatable {KVM_RESOURCE}={raw}")
+        return NodeAccelerator(
+            device, None, f"node {node_name} allocatable {resource}={raw!r} is not a quantity"
+        )
+    return NodeAccelerator(device, amount > 0, f"node {node_name} allocatable {resource}={raw}")
 
 
-def emulation_policy_from(kubevirts: list[Mapping[str, Any]]) -> EmulationPolicy:
-    """``useEmulation`` of the cluster's KubeVirt CR (the oldest, should there be several)."""
-    if not kubevirts:
-        return EmulationPolicy(None, "no KubeVirt CR (kubevirts.kubevirt.io) in the cluster")
+def oldest(kubevirts: list[Mapping[str, Any]]) -> tuple[Mapping[str, Any], str]:
+    """The cluster's KubeVirt CR (the oldest, should there be several) and its ``namespace/name``."""
 
     def created(obj: Mapping[str, Any]) -> str:
         metadata = obj.get("metadata")
@@ -68,6 +83,14 @@ def emulation_policy_from(kubevirts: list[Mapping[str, Any]]) -> EmulationPolicy
     cr = min(kubevirts, key=created)
     metadata = cr.get("metadata")
     name = f"{metadata.get('namespace')}/{metadata.get('name')}" if isinstance(metadata, Mapping) else "?"
+    return cr, name
+
+
+def emulation_policy_from(kubevirts: list[Mapping[str, Any]]) -> EmulationPolicy:
+    """``useEmulation`` of the cluster's KubeVirt CR (the oldest, should there be several)."""
+    if not kubevirts:
+        return EmulationPolicy(None, "no KubeVirt CR (kubevirts.kubevirt.io) in the cluster")
+    cr, name = oldest(kubevirts)
     value: Any = cr
     for part in USE_EMULATION.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
@@ -136,6 +159,21 @@ class _Cache:
         self._changed()
 
 
+def _describe(accelerator: NodeAccelerator, why: str) -> str:
+    state = {True: "present", False: "absent", None: "unknown"}[accelerator.available]
+    return f"{accelerator.device or 'no known device'} {state} ({why})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """What the two caches say, derived once per change."""
+
+    kvm: NodeAccelerator  # the KVM device, whatever the hypervisor (otel_vmi_hv_node_kvm_available)
+    accelerator: NodeAccelerator  # the configured hypervisor's device
+    hypervisor: Hypervisor
+    policy: EmulationPolicy
+
+
 class ClusterFacts:
     """Node and KubeVirt CR facts for one node's agent, kept current by two list-watches."""
 
@@ -155,10 +193,14 @@ class ClusterFacts:
         self._version = 0
         self._node = _Cache(self._recompute)
         self._kubevirt = _Cache(self._recompute)
-        self._derived: tuple[NodeKvm, EmulationPolicy] = (
-            NodeKvm(None, f"node {self._node_name} not read yet"),
+        not_read = NodeAccelerator(KVM_DEVICE, None, f"node {self._node_name} not read yet")
+        self._derived = _Derived(
+            not_read,
+            not_read,
+            default_hypervisor("KubeVirt CR not read yet"),
             EmulationPolicy(None, "KubeVirt CR not read yet"),
         )
+        self._launchers = LauncherPods(self._client, self._node_name, on_change=self._launcher_read)
         self._watches = [
             ListWatch(
                 NODES,
@@ -191,37 +233,72 @@ class ClusterFacts:
     def stop(self) -> None:
         for watch in self._watches:
             watch.stop()
+        self._launchers.stop()
 
     # ------------------------------------------------------------------ what the agent asks
 
     @property
     def version(self) -> int:
-        """Grows whenever the node's KVM state or the emulation policy changes."""
+        """Grows whenever the node's devices, the hypervisor, the policy or a launcher's request is learnt."""
         with self._lock:
             return self._version
 
-    def node_kvm(self) -> NodeKvm:
+    def node_kvm(self) -> NodeAccelerator:
         with self._lock:
-            return self._derived[0]
+            return self._derived.kvm
+
+    def node_accelerator(self) -> NodeAccelerator:
+        """The configured hypervisor's device on this node (``kvm``, ``mshv``)."""
+        with self._lock:
+            return self._derived.accelerator
+
+    def hypervisor(self) -> Hypervisor:
+        with self._lock:
+            return self._derived.hypervisor
 
     def emulation_policy(self) -> EmulationPolicy:
         with self._lock:
-            return self._derived[1]
+            return self._derived.policy
 
     def node_kvm_available(self) -> bool | None:
         return self.node_kvm().available
 
-    def explain(self, vmi: VMI) -> tuple[str, str]:
-        """``(reason, evidence)`` for a VMI reported ``qemu-tcg``."""
+    def node_accelerator_available(self) -> tuple[str, bool] | None:
+        """``(device, available)`` for the configured hypervisor's device; None while unknown."""
+        accelerator = self.node_accelerator()
+        if accelerator.device is None or accelerator.available is None:
+            return None
+        return accelerator.device, accelerator.available
+
+    def describe_accelerator(self) -> str:
+        """This node's accelerator in words, for `detect`: which device, whether present, and why."""
         with self._lock:
-            node, policy = self._derived
-        explanation: Explanation = explain_emulation(vmi.software_emulation, node, policy)
-        return str(explanation.reason), explanation.evidence
+            derived = self._derived
+        return _describe(
+            derived.accelerator, f"{derived.hypervisor.evidence}; {derived.accelerator.evidence}"
+        )
+
+    def explain(self, vmi: VMI) -> tuple[str, str]:
+        """``(reason, evidence)`` for a VMI reported ``qemu-tcg``; no I/O (a launcher is read later)."""
+        with self._lock:
+            derived = self._derived
+        node = derived.accelerator
+        launcher = None
+        if vmi.software_emulation is None and node.available and node.device is not None:
+            launcher = self._launchers.request(vmi, node.device)
+        explanation: Explanation = explain_emulation(vmi.software_emulation, node, derived.policy, launcher)
+        return explanation.reason, explanation.evidence
+
+    def prepare(self, vmis: Iterable[VMI]) -> None:
+        """Start reading what these VMIs' launchers request (``detect`` then waits for ``settled``)."""
+        for vmi in vmis:
+            self.explain(vmi)
 
     def settled(self) -> bool:
-        """Both objects were listed, or their listing failed (for `detect`, which waits for it)."""
+        """Both objects were listed (or their listing failed) and no launcher is being read (for `detect`)."""
         caches = (self._node, self._kubevirt)
-        return all(cache.synced or cache.failure is not None for cache in caches)
+        listed = all(cache.synced or cache.failure is not None for cache in caches)
+        return listed and not self._launchers.pending()
 
     def problems(self) -> list[str]:
         """Facts that cannot be read, each with what would fix it (for `detect`)."""
@@ -244,39 +321,70 @@ class ClusterFacts:
             return f"not served by the API server ({resource.name} missing: is KubeVirt installed?)"
         return f"cannot be read: {reason}"
 
-    def _node_fact(self) -> NodeKvm:
-        with self._node.lock:
-            synced, failure = self._node.synced, self._node.failure
+    @staticmethod
+    def _readable(cache: _Cache) -> tuple[bool, tuple[int | None, str] | None]:
+        """(listed, the failure that makes its objects unusable, if any)."""
+        with cache.lock:
+            synced, failure = cache.synced, cache.failure
         if failure is not None and (failure[0] in (401, 403, 404) or not synced):
-            return NodeKvm(None, f"node {self._node_name}: {self._failure_text(NODES, failure)}")
-        if not synced:
-            return NodeKvm(None, f"node {self._node_name} not read yet")
+            return synced, failure
+        return synced, None
+
+    def _node_facts(self, hypervisor: Hypervisor) -> tuple[NodeAccelerator, NodeAccelerator]:
+        """(the KVM device, the hypervisor's device) on this node."""
+        synced, failure = self._readable(self._node)
+        if failure is not None or not synced:
+            why = self._failure_text(NODES, failure) if failure is not None else "not read yet"
+            sep = ": " if failure is not None else " "
+            evidence = f"node {self._node_name}{sep}{why}"
+            return NodeAccelerator(KVM_DEVICE, None, evidence), NodeAccelerator(
+                hypervisor.device, None, evidence
+            )
         nodes = [
             n
             for n in self._node.objects()
             if isinstance(n.get("metadata"), Mapping) and n["metadata"].get("name") == self._node_name
         ]
-        return node_kvm_from(nodes[0] if nodes else None, self._node_name)
+        node = nodes[0] if nodes else None
+        kvm = node_device_from(node, self._node_name, KVM_DEVICE)
+        if hypervisor.device == KVM_DEVICE:
+            return kvm, kvm
+        return kvm, node_device_from(node, self._node_name, hypervisor.device)
 
-    def _policy_fact(self) -> EmulationPolicy:
-        with self._kubevirt.lock:
-            synced, failure = self._kubevirt.synced, self._kubevirt.failure
-        if failure is not None and (failure[0] in (401, 403, 404) or not synced):
-            return EmulationPolicy(None, f"KubeVirt CR {self._failure_text(KUBEVIRTS, failure)}")
+    def _cluster_facts(self) -> tuple[Hypervisor, EmulationPolicy]:
+        synced, failure = self._readable(self._kubevirt)
+        if failure is not None:
+            why = f"KubeVirt CR {self._failure_text(KUBEVIRTS, failure)}"
+            return default_hypervisor(f"hypervisor assumed ({why})"), EmulationPolicy(None, why)
         if not synced:
-            return EmulationPolicy(None, "KubeVirt CR not read yet")
-        return emulation_policy_from(self._kubevirt.objects())
+            return default_hypervisor("KubeVirt CR not read yet"), EmulationPolicy(
+                None, "KubeVirt CR not read yet"
+            )
+        kubevirts = self._kubevirt.objects()
+        if not kubevirts:
+            hypervisor = default_hypervisor("no KubeVirt CR (kubevirts.kubevirt.io) in the cluster")
+        else:
+            hypervisor = hypervisor_of(*oldest(kubevirts))
+        return hypervisor, emulation_policy_from(kubevirts)
 
     def _recompute(self) -> None:
         # Serialised: two watch threads deriving at once must not store an older result last.
         with self._recompute_lock:
-            derived = (self._node_fact(), self._policy_fact())
+            hypervisor, policy = self._cluster_facts()
+            kvm, accelerator = self._node_facts(hypervisor)
+            derived = _Derived(kvm, accelerator, hypervisor, policy)
             with self._lock:
                 if derived == self._derived:
                     return
                 self._derived = derived
                 self._version += 1
-        log.info("emulation facts: %s; %s", derived[0].evidence, derived[1].evidence)
+        log.info("emulation facts: %s; %s; %s", hypervisor.evidence, accelerator.evidence, policy.evidence)
+        self._on_change()
+
+    def _launcher_read(self) -> None:
+        """A launcher pod's request was learnt: explanations may differ now."""
+        with self._lock:
+            self._version += 1
         self._on_change()
 
 
@@ -332,11 +440,25 @@ class HostFacts:
         with self._lock:
             return self._state.available
 
+    def node_accelerator_available(self) -> tuple[str, bool] | None:
+        """On a plain host the accelerator is KVM: the device probe's answer."""
+        available = self.node_kvm_available()
+        return None if available is None else (KVM_DEVICE, available)
+
     def explain(self, vmi: VMI) -> tuple[str, str]:
         with self._lock:
             state = self._state
-        explanation = explain_emulation(vmi.software_emulation, NodeKvm(state.available, state.detail), None)
-        return str(explanation.reason), explanation.evidence
+        node = NodeAccelerator(KVM_DEVICE, state.available, state.detail)
+        explanation = explain_emulation(vmi.software_emulation, node, None)
+        return explanation.reason, explanation.evidence
+
+    def describe_accelerator(self) -> str:
+        with self._lock:
+            state = self._state
+        return _describe(NodeAccelerator(KVM_DEVICE, state.available, state.detail), state.detail)
+
+    def prepare(self, vmis: Iterable[VMI]) -> None:
+        """Nothing to read ahead on a plain host."""
 
     def settled(self) -> bool:
         return True  # probed at construction

@@ -44,14 +44,22 @@ class VmiInstruments:
             "otel_vmi_hv_vmi_emulation_info",
             callbacks=[self.observe_emulation],
             unit="",
-            description="Why a VMI runs under QEMU TCG software emulation "
-            "(reason: cross_arch, node_without_kvm, kvm_not_requested, unknown); 1 for emulated VMIs only",
+            description="Why a VMI runs under QEMU TCG software emulation (reason: cross_arch, "
+            "node_without_<device>, <device>_not_requested with device kvm or mshv, unknown); "
+            "1 for emulated VMIs only",
         )
         meter.create_observable_gauge(
             "otel_vmi_hv_node_kvm_available",
             callbacks=[self.observe_node_kvm],
             unit="",
             description="1 when this node offers KVM to VMIs, 0 when it does not; absent while unknown",
+        )
+        meter.create_observable_gauge(
+            "otel_vmi_hv_node_accelerator_available",
+            callbacks=[self.observe_node_accelerator],
+            unit="",
+            description="1 when this node offers the device of the cluster's hypervisor to VMIs "
+            "(device: kvm, mshv), 0 when it does not; absent while unknown",
         )
         meter.create_observable_gauge(
             "otel_vmi_hv_vmis",
@@ -87,6 +95,13 @@ class VmiInstruments:
     def observe_node_kvm(self, _options: CallbackOptions) -> Iterable[Observation]:
         available = self._facts.node_kvm_available()
         return [] if available is None else [Observation(int(available))]
+
+    def observe_node_accelerator(self, _options: CallbackOptions) -> Iterable[Observation]:
+        accelerator = self._facts.node_accelerator_available()
+        if accelerator is None:
+            return []
+        device, available = accelerator
+        return [Observation(int(available), {"device": device})]
 
     def observe_vmis(self, _options: CallbackOptions) -> Iterable[Observation]:
         snapshot = self._snapshots.snapshot()

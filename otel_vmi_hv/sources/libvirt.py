@@ -50,15 +50,19 @@ def list_active_domains(calls: LibvirtCalls, uri: str) -> list[ActiveDomain]:
 def register_lifecycle_events(calls: LibvirtCalls, uri: str, callback: Callable[[], None]) -> None:
     """Call ``callback`` (on the event-loop thread) whenever a domain of ``uri`` changes state.
 
-    Registration belongs to the connection, so the source repeats it after every reconnect.
+    Registration belongs to the connection, so the source repeats it after every reconnect; the
+    connection deregisters it before it is closed.
     """
     if not EventLoop.running():
         return
 
-    def op(conn: Any) -> None:
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda *_: callback(), None)
+    def register(conn: Any) -> int:
+        callback_id: int = conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda *_: callback(), None
+        )
+        return callback_id
 
-    calls.call(uri, op)
+    calls.register_events(uri, register)
 
 
 def labels_for_domain(domain_name: str) -> tuple[str, str]:

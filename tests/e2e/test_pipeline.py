@@ -25,6 +25,7 @@ KUBERNETES_ATTRIBUTES = (
     *("k8s.namespace.name", "k8s.pod.name", "k8s.pod.uid", "k8s.daemonset.name", "k8s.container.name"),
     "k8s.node.name",
 )
+ACCELERATOR = "otel_vmi_hv_node_accelerator_available"
 
 
 def _unique(prefix: str) -> str:
@@ -149,6 +150,18 @@ def test_running_domains_reach_metrics_prometheus_and_otlp(
         assert {(ns, name) for ns, name, _ in in_metrics} == set(expected)
         assert {reason for _, _, reason in in_metrics} <= {"kvm_not_requested", "node_without_kvm"}
         wait_until(lambda: reasons_over_otlp() == in_metrics, 15, "the same reasons over OTLP")
+
+        # The node's accelerator: on a plain host KVM, from the /dev/kvm probe; the same on both paths.
+        def accelerator_over_otlp() -> dict[str, float]:
+            latest = otlp_receiver.latest_export(ACCELERATOR)
+            points = latest.of(ACCELERATOR) if latest is not None else []
+            return {str(p.attributes["device"]): float(p.value or 0) for p in points}
+
+        accelerator = {
+            labels["device"]: value for labels, value in parse_samples(agent.metrics(), ACCELERATOR)
+        }
+        assert set(accelerator) == {"kvm"} and set(accelerator.values()) <= {0.0, 1.0}
+        wait_until(lambda: accelerator_over_otlp() == accelerator, 15, "the same accelerator over OTLP")
 
         prometheus = prometheus_factory([f"127.0.0.1:{agent.port}"])
         query = f'{INFO}{{namespace="{namespace}"}}'

@@ -13,11 +13,13 @@ transitions delivered as synthetic ``DELETED``/``ADDED`` events, bookmarks, drop
 on the same port.  This module reproduces those behaviours over real HTTP on 127.0.0.1 so that the client
 library, urllib3 and the agent are exercised end to end.
 
-Three resources are served: ``virtualmachineinstances`` and ``kubevirts`` in group ``kubevirt.io``,
-version ``v1`` (namespaced), and the core ``nodes`` (cluster-scoped, under ``/api/v1``; field selector
-``metadata.name`` and ``spec.unschedulable``).  They share one store and one resourceVersion sequence, as
-they share etcd.  :meth:`FakeKubeAPIServer.forbid` answers one resource with the real 403 message (RBAC
-missing).  The behaviours copied from the real server (k8s.io/apiserver, cacher + etcd3 store) are:
+Four resources are served: ``virtualmachineinstances`` and ``kubevirts`` in group ``kubevirt.io``,
+version ``v1`` (namespaced), the core ``nodes`` (cluster-scoped, under ``/api/v1``; field selector
+``metadata.name`` and ``spec.unschedulable``) and the core ``pods`` (namespaced; field selector
+``metadata.name``, ``spec.nodeName`` and ``status.phase``).  They share one store and one resourceVersion
+sequence, as they share etcd.  :meth:`FakeKubeAPIServer.forbid` answers one resource with the real 403
+message (RBAC missing).  The behaviours copied from the real server (k8s.io/apiserver, cacher + etcd3
+store) are:
 
 * resourceVersions are a single global, monotonically increasing integer rendered as a string (an etcd
   revision); every create/update/delete bumps it and stamps ``metadata.resourceVersion``.
@@ -161,7 +163,18 @@ NODE_RESOURCE: Final = ResourceType(
 KUBEVIRT_RESOURCE: Final = ResourceType(
     GROUP, VERSION, "kubevirts", "kubevirt", "KubeVirt", True, _CRD_FIELDS, ("kv", "kvs")
 )
-RESOURCES: Final = (VMI_RESOURCE, NODE_RESOURCE, KUBEVIRT_RESOURCE)
+# Some of the fields the real server selects pods by (pkg/registry/core/pod: PodToSelectableFields).
+POD_RESOURCE: Final = ResourceType(
+    "",
+    "v1",
+    "pods",
+    "pod",
+    "Pod",
+    True,
+    frozenset({"metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"}),
+    ("po",),
+)
+RESOURCES: Final = (VMI_RESOURCE, NODE_RESOURCE, KUBEVIRT_RESOURCE, POD_RESOURCE)
 _RESOURCE_BY_KIND: Final = {r.kind: r for r in RESOURCES}
 
 # How the real server answers a GET on a collection (k8s.io/apiserver's cacher in front of etcd3, as
@@ -534,10 +547,16 @@ class _Filter:
             return False
         metadata = obj.get("metadata") or {}
         for name, negated, value in self.fields.terms:
+            section, _, attribute = name.partition(".")
+            if section == "metadata":
+                continue  # FieldSelector.matches below
+            found = (obj.get(section) or {}).get(attribute)
             if name == "spec.unschedulable":
-                actual = str(bool((obj.get("spec") or {}).get("unschedulable"))).lower()
-                if (actual == value) == negated:
-                    return False
+                actual = str(bool(found)).lower()
+            else:
+                actual = "" if found is None else str(found)
+            if (actual == value) == negated:
+                return False
         if self.namespace is not None and metadata.get("namespace") != self.namespace:
             return False
         if self.fields and not self.fields.matches(metadata):

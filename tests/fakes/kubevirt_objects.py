@@ -173,11 +173,15 @@ def make_migrating_vmi(
 KUBEVIRT_CR_FIXTURE: Final = "kubevirt-cr-use-emulation.yaml"
 NODE_FIXTURE: Final = "node-SYNTHETIC-kubevirt-worker.yaml"
 KVM_DEVICE_RESOURCE: Final = "devices.kubevirt.io/kvm"
+MSHV_DEVICE_RESOURCE: Final = "devices.kubevirt.io/mshv"
+LAUNCHER_POD_FIXTURE: Final = "launcher-pod-ocp411-cat8kv-01.yaml"
+DEVICE_PREFIX: Final = "devices.kubevirt.io/"
 
 
-def make_node(name: str, kvm: str | None) -> JsonObj:
+def make_node(name: str, kvm: str | None, *, mshv: str | None = None) -> JsonObj:
     """The worker Node fixture renamed, with allocatable (and capacity) ``devices.kubevirt.io/kvm``
-    set to ``kvm``, or removed when None (a node whose virt-handler found no /dev/kvm).
+    set to ``kvm``, or removed when None (a node whose virt-handler found no /dev/kvm), and
+    ``devices.kubevirt.io/mshv`` set to ``mshv`` when given (a Hyper-V node: /dev/mshv).
     """
     node: JsonObj = load_fixture(NODE_FIXTURE)
     node["metadata"]["name"] = name
@@ -189,11 +193,20 @@ def make_node(name: str, kvm: str | None) -> JsonObj:
             node["status"][section].pop(KVM_DEVICE_RESOURCE, None)
         else:
             node["status"][section][KVM_DEVICE_RESOURCE] = kvm
+        if mshv is not None:
+            node["status"][section][MSHV_DEVICE_RESOURCE] = mshv
     return node
 
 
-def make_kubevirt(use_emulation: bool | None) -> JsonObj:
-    """The KubeVirt CR fixture with ``developerConfiguration.useEmulation`` set, or removed when None."""
+def make_kubevirt(
+    use_emulation: bool | None, *, hypervisor: str | None = None, feature_gate: bool = True
+) -> JsonObj:
+    """The KubeVirt CR fixture with ``developerConfiguration.useEmulation`` set, or removed when None.
+
+    ``hypervisor`` (``kvm``, ``hyperv-direct``) fills ``spec.configuration.hypervisors``, the field
+    KubeVirt v1.8 added, and (unless ``feature_gate`` is False) enables the ``ConfigurableHypervisor``
+    feature gate that makes KubeVirt honour it.
+    """
     cr: JsonObj = load_fixture(KUBEVIRT_CR_FIXTURE)
     cr["metadata"].pop("resourceVersion", None)
     developer = cr["spec"]["configuration"]["developerConfiguration"]
@@ -201,7 +214,45 @@ def make_kubevirt(use_emulation: bool | None) -> JsonObj:
         developer.pop("useEmulation", None)
     else:
         developer["useEmulation"] = use_emulation
+    if hypervisor is not None:
+        cr["spec"]["configuration"]["hypervisors"] = [{"name": hypervisor}]
+        if feature_gate:
+            developer.setdefault("featureGates", []).append("ConfigurableHypervisor")
     return cr
+
+
+def make_launcher_pod(vmi: JsonObj, node: str, *, device: str | None = "kvm") -> JsonObj:
+    """The real launcher pod fixture turned into the launcher of ``vmi`` on ``node``.
+
+    Its name, namespace, uid (the key of the VMI's ``status.activePods`` for ``node``), node and the
+    labels and owner reference naming the VMI follow ``vmi``. ``device`` is the hypervisor device its
+    compute container requests (``kvm``, ``mshv``), or None for a launcher that requests none, as
+    KubeVirt renders it when ``useEmulation`` is true.
+    """
+    pod: JsonObj = load_fixture(LAUNCHER_POD_FIXTURE)
+    metadata, vmi_md = pod["metadata"], vmi["metadata"]
+    pod_uid = next(uid for uid, pod_node in vmi["status"]["activePods"].items() if pod_node == node)
+    suffix = stable_uid("launcher", pod_uid)[:5]
+    metadata.pop("resourceVersion", None)
+    metadata.update(
+        name=f"virt-launcher-{vmi_md['name']}-{suffix}",
+        generateName=f"virt-launcher-{vmi_md['name']}-",
+        namespace=vmi_md["namespace"],
+        uid=pod_uid,
+    )
+    metadata["labels"].update({"kubevirt.io/created-by": vmi_md["uid"], "kubevirt.io/domain": vmi_md["name"]})
+    for owner in metadata["ownerReferences"]:
+        owner.update(name=vmi_md["name"], uid=vmi_md["uid"])
+    pod["spec"]["nodeName"] = node
+    for container in pod["spec"]["containers"]:
+        for section in ("limits", "requests"):
+            amounts = container.get("resources", {}).get(section)
+            if not amounts or KVM_DEVICE_RESOURCE not in amounts:
+                continue
+            quantity = amounts.pop(KVM_DEVICE_RESOURCE)
+            if device is not None:
+                amounts[f"{DEVICE_PREFIX}{device}"] = quantity
+    return pod
 
 
 def with_software_emulation(vmi: JsonObj, host: str = "amd64", guest: str = "arm64") -> JsonObj:

@@ -12,7 +12,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tests.fakes.kube_apiserver import CACHED_LIST, CONSISTENT_LIST, FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi
+from tests.fakes.kubevirt_objects import make_kubevirt, make_launcher_pod, make_node, make_vmi
 
 
 def core_api(kube: Any) -> Any:
@@ -113,3 +113,23 @@ def test_restart_expires_old_watch_positions(api: FakeKubeAPIServer, kube: Any) 
     [event] = [json.loads(line) for line in response.data.splitlines() if line.strip()]
     assert event["type"] == "ERROR" and event["object"]["code"] == 410
     assert [n["metadata"]["name"] for n in api.objects(kind="Node")] == ["worker-1", "worker-2"]
+
+
+def test_pods_by_namespace_label_and_node(api: FakeKubeAPIServer, kube: Any) -> None:
+    mine, other = make_vmi("ci", "runner", "worker-1"), make_vmi("ci", "other", "worker-2")
+    api.create(make_launcher_pod(mine, "worker-1"))
+    api.create(make_launcher_pod(other, "worker-2"))
+    pods = core_api(kube).list_namespaced_pod(
+        "ci",
+        label_selector=f"kubevirt.io/created-by={mine['metadata']['uid']}",
+        field_selector="spec.nodeName=worker-1",
+        resource_version="0",
+    )
+    assert [p.metadata.uid for p in pods.items] == list(mine["status"]["activePods"])
+    assert core_api(kube).list_namespaced_pod("ci", field_selector="spec.nodeName=worker-3").items == []
+    assert core_api(kube).list_namespaced_pod("other").items == []
+    api.forbid("pods")
+    with pytest.raises(ApiException) as refused:
+        core_api(kube).list_namespaced_pod("ci")
+    message = json.loads(refused.value.body or "{}")["message"]
+    assert refused.value.status == 403 and 'cannot list resource "pods"' in message

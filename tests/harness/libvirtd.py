@@ -560,6 +560,23 @@ class LibvirtDaemon:
                 total += int(line.split()[1])  # Netid Recv-Q Send-Q ... (no State column when filtered)
         return total
 
+    def client_connections(self, client_pid: int | None = None) -> int:
+        """Connections libvirtd has accepted and not closed, from ``ss``: all of them (the harness's
+        own included), or those whose other end is a socket of process ``client_pid``."""
+        pid = self._require_pid()
+        out = subprocess.run([SS, "-xpH", "state", "established"], capture_output=True, text=True, check=True)
+        mine = {line for line in out.stdout.splitlines() if f"pid={pid}," in line}
+        if client_pid is None:
+            return len(mine)
+        theirs = set()
+        for fd in Path(f"/proc/{client_pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed since the listing
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    theirs.add(link[len("socket:[") : -1])
+        # Local address and inode, then peer address and inode: "<path> <inode> * <peer inode>".
+        return sum(1 for line in mine if line.split()[6] in theirs)
+
     def resume_daemon(self) -> None:
         """SIGCONT libvirtd; calls that were blocked then complete."""
         pid = self._require_pid()

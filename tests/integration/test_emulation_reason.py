@@ -9,16 +9,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from otel_vmi_hv.emulation.cluster_facts import ClusterFacts
 from otel_vmi_hv.model import VMI, LibvirtTarget
 from tests.agent_process import wait_until
-from tests.fakes.kube_apiserver import FakeKubeAPIServer
+from tests.fakes.kube_apiserver import FakeKubeAPIServer, RecordedRequest
 from tests.fakes.kubevirt_objects import (
     KVM_DEVICE_RESOURCE,
+    MSHV_DEVICE_RESOURCE,
     make_kubevirt,
+    make_launcher_pod,
     make_node,
     make_vmi,
     with_software_emulation,
@@ -26,7 +29,9 @@ from tests.fakes.kubevirt_objects import (
 from tests.integration.kube_env import Launchers, agent_settings, running_agent
 
 NODE = "worker-1"
-TCG_VMI = VMI("uid-1", "ci", "build-runner", LibvirtTarget("qemu:///x", "ci_build-runner", "pod-1"))
+TCG_VMI = VMI(
+    "uid-1", "ci", "build-runner", LibvirtTarget("qemu:///x", "ci_build-runner", "pod-1", pod_uid="pod-1")
+)
 
 
 @pytest.fixture
@@ -74,6 +79,58 @@ def test_node_without_kvm_device(api: FakeKubeAPIServer, facts: Facts) -> None:
     facts.wait_reason("node_without_kvm", "the node offers no KVM device")
     assert KVM_DEVICE_RESOURCE in facts.evidence() and NODE in facts.evidence()
     assert facts.facts.node_kvm_available() is False
+
+
+def test_kvm_cluster_reports_the_kvm_device_as_its_accelerator(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, "1k", mshv="1k"))  # an mshv device means nothing on a KVM cluster
+    api.create(make_kubevirt(True))
+    facts.wait_reason("kvm_not_requested", "KVM on the node, emulation allowed")
+    assert facts.facts.node_accelerator_available() == ("kvm", True)
+    assert facts.facts.node_kvm_available() is True
+
+
+def test_hyperv_cluster_checks_the_mshv_device(api: FakeKubeAPIServer, facts: Facts) -> None:
+    """A node offering /dev/mshv and no /dev/kvm, in a cluster configured for hyperv-direct."""
+    api.create(make_node(NODE, None, mshv="1k"))
+    api.create(make_kubevirt(True, hypervisor="hyperv-direct"))
+    facts.wait_reason("mshv_not_requested", "the mshv device is there; the launcher did not ask for it")
+    assert MSHV_DEVICE_RESOURCE in facts.evidence()
+    assert facts.facts.node_accelerator_available() == ("mshv", True)
+    assert facts.facts.node_kvm_available() is False, "the KVM gauge still says what it says: no KVM"
+
+
+def test_hyperv_node_without_mshv(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, "1k", mshv="0"))
+    api.create(make_kubevirt(True, hypervisor="hyperv-direct"))
+    facts.wait_reason("node_without_mshv", "no mshv device, whatever KVM the node has")
+    assert MSHV_DEVICE_RESOURCE in facts.evidence() and NODE in facts.evidence()
+    assert facts.facts.node_accelerator_available() == ("mshv", False)
+
+
+def test_hypervisors_without_the_feature_gate_mean_kvm(api: FakeKubeAPIServer, facts: Facts) -> None:
+    """KubeVirt ignores spec.configuration.hypervisors unless ConfigurableHypervisor is enabled."""
+    api.create(make_node(NODE, None, mshv="1k"))
+    api.create(make_kubevirt(True, hypervisor="hyperv-direct", feature_gate=False))
+    facts.wait_reason("node_without_kvm", "the cluster runs KVM")
+    assert facts.facts.node_accelerator_available() == ("kvm", False)
+    assert "ConfigurableHypervisor" in facts.facts.hypervisor().evidence
+
+
+def test_switching_the_cluster_to_hyperv_changes_the_device(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, None, mshv="1k"))
+    api.create(make_kubevirt(True))
+    facts.wait_reason("node_without_kvm", "a KVM cluster at first")
+    version = facts.facts.version
+
+    def configure_hyperv(cr: dict[str, dict[str, dict[str, Any]]]) -> None:
+        configuration = cr["spec"]["configuration"]
+        configuration["hypervisors"] = [{"name": "hyperv-direct"}]
+        configuration["developerConfiguration"]["featureGates"] = ["ConfigurableHypervisor"]
+
+    api.patch("kubevirt", "kubevirt", configure_hyperv, kind="KubeVirt")
+    facts.wait_reason("mshv_not_requested", "the CR now configures hyperv-direct")
+    assert facts.facts.version > version
+    assert facts.facts.node_accelerator_available() == ("mshv", True)
 
 
 def test_node_with_zero_kvm_devices(api: FakeKubeAPIServer, facts: Facts) -> None:
@@ -232,3 +289,73 @@ def test_facts_are_cached_not_read_per_call(api: FakeKubeAPIServer, facts: Facts
         facts.facts.explain(TCG_VMI)
         facts.facts.node_kvm_available()
     assert len([r for r in api.requests[before:] if r.verb in ("list", "get")]) == 0
+
+
+# ------------------------------------------------------------------ the launcher pod's own word
+
+LAUNCHED = make_vmi("ci", "build-runner", NODE, pod_uid="pod-1", uid="uid-1")  # TCG_VMI as the API has it
+
+
+def _pod_requests(api: FakeKubeAPIServer) -> list[RecordedRequest]:
+    return [r for r in api.requests if r.resource == "pods"]
+
+
+def test_launcher_pod_confirms_the_device_was_not_requested(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    api.create(make_launcher_pod(LAUNCHED, NODE, device=None))
+    wait_until(lambda: "launcher pod ci/virt-launcher-build-runner-" in facts.evidence(), 10, "the pod read")
+    assert facts.reason() == "kvm_not_requested"
+    assert "requests no devices.kubevirt.io/kvm" in facts.evidence()
+    assert "useEmulation: true" in facts.evidence(), "the CR's word stays beside the launcher's"
+    for _ in range(50):
+        facts.evidence()
+    (lookup,) = _pod_requests(api)  # one narrowed list per launcher, cached; never a watch
+    assert (lookup.verb, lookup.namespace, lookup.kind) == ("list", "ci", "cached_list")
+    assert lookup.params["labelSelector"] == "kubevirt.io/created-by=uid-1"
+    assert lookup.params["fieldSelector"] == f"spec.nodeName={NODE}"
+
+
+def test_launcher_pod_explains_a_vmi_started_while_emulation_was_allowed(
+    api: FakeKubeAPIServer, facts: Facts
+) -> None:
+    """The CR disallows emulation now; the launcher shows the VMI started without KVM all the same."""
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(False))
+    api.create(make_launcher_pod(LAUNCHED, NODE, device=None))
+    facts.wait_reason("kvm_not_requested", "the launcher's request settles it")
+    assert "requests no devices.kubevirt.io/kvm" in facts.evidence() and "restart" in facts.evidence()
+
+
+def test_launcher_pod_that_requested_the_device_leaves_tcg_unexplained(
+    api: FakeKubeAPIServer, facts: Facts
+) -> None:
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    api.create(make_launcher_pod(LAUNCHED, NODE, device="kvm"))
+    wait_until(lambda: "requests devices.kubevirt.io/kvm: 1" in facts.evidence(), 10, "the pod read")
+    assert facts.reason() == "unknown"
+
+
+def test_hyperv_launcher_pod_is_checked_for_mshv(api: FakeKubeAPIServer, facts: Facts) -> None:
+    api.create(make_node(NODE, None, mshv="1k"))
+    api.create(make_kubevirt(False, hypervisor="hyperv-direct"))
+    api.create(make_launcher_pod(LAUNCHED, NODE, device=None))
+    facts.wait_reason("mshv_not_requested", "the launcher did not ask for mshv")
+    assert "requests no devices.kubevirt.io/mshv" in facts.evidence()
+
+
+def test_without_rbac_on_pods_the_reason_comes_from_the_node_and_the_cr(
+    api: FakeKubeAPIServer, facts: Facts
+) -> None:
+    api.forbid("pods")
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    api.create(make_launcher_pod(LAUNCHED, NODE, device=None))
+    facts.wait_reason("kvm_not_requested", "from the CR, as before")
+    wait_until(lambda: len(_pod_requests(api)) == 1 and facts.facts.settled(), 10, "the 403")
+    for _ in range(50):
+        assert facts.reason() == "kvm_not_requested"
+        assert "launcher" not in facts.evidence()
+    assert len(_pod_requests(api)) == 1, "a 403 is not asked again at every scrape"
+    assert facts.facts.problems() == []

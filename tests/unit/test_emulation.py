@@ -2,66 +2,105 @@
 
 from __future__ import annotations
 
-from otel_vmi_hv.emulation.reasons import EmulationPolicy, EmulationReason, NodeKvm, explain_emulation
+from otel_vmi_hv.emulation.reasons import (
+    EmulationPolicy,
+    LauncherRequest,
+    NodeAccelerator,
+    explain_emulation,
+)
 from otel_vmi_hv.model import SoftwareEmulation
 
-KVM = NodeKvm(True, "node w1 allocatable devices.kubevirt.io/kvm=1k")
-NO_KVM = NodeKvm(False, "node w1 has no allocatable devices.kubevirt.io/kvm")
-NODE_UNREADABLE = NodeKvm(
-    None, "node w1: forbidden: the agent's ClusterRole needs get, list and watch on nodes"
+KVM = NodeAccelerator("kvm", True, "node w1 allocatable devices.kubevirt.io/kvm=1k")
+NO_KVM = NodeAccelerator("kvm", False, "node w1 has no allocatable devices.kubevirt.io/kvm")
+MSHV = NodeAccelerator("mshv", True, "node w1 allocatable devices.kubevirt.io/mshv=1k")
+NO_MSHV = NodeAccelerator("mshv", False, "node w1 has no allocatable devices.kubevirt.io/mshv")
+NODE_UNREADABLE = NodeAccelerator(
+    "kvm", None, "node w1: forbidden: the agent's ClusterRole needs get, list and watch on nodes"
 )
+UNKNOWN_HYPERVISOR = NodeAccelerator(None, None, "node w1: no device to check for this hypervisor")
 ALLOWED = EmulationPolicy(True, "KubeVirt CR kubevirt/kubevirt allows emulation")
 NOT_ALLOWED = EmulationPolicy(False, "KubeVirt CR kubevirt/kubevirt does not allow emulation")
 POLICY_UNREADABLE = EmulationPolicy(None, "KubeVirt CR forbidden: needs get, list and watch on kubevirts")
 CROSS = SoftwareEmulation(
     "CrossArchitectureEmulation", "VM running with software emulation (host=amd64, guest=arm64)"
 )
+ASKED_NOTHING = LauncherRequest(
+    False, "launcher pod ci/virt-launcher-r-x requests no devices.kubevirt.io/kvm"
+)
+ASKED_KVM = LauncherRequest(True, "launcher pod ci/virt-launcher-r-x requests devices.kubevirt.io/kvm: 1")
 
 
 def test_cross_arch_whatever_the_node_and_policy() -> None:
-    for node in (KVM, NO_KVM, NODE_UNREADABLE):
+    for node in (KVM, NO_KVM, NODE_UNREADABLE, MSHV, UNKNOWN_HYPERVISOR):
         for policy in (ALLOWED, NOT_ALLOWED, POLICY_UNREADABLE, None):
             result = explain_emulation(CROSS, node, policy)
-            assert result.reason is EmulationReason.CROSS_ARCH
+            assert result.reason == "cross_arch"
             assert "guest=arm64" in result.evidence
 
 
-def test_node_without_kvm_needs_no_policy() -> None:
+def test_node_without_the_device_needs_no_policy() -> None:
     for policy in (ALLOWED, NOT_ALLOWED, POLICY_UNREADABLE, None):
         result = explain_emulation(None, NO_KVM, policy)
-        assert result.reason is EmulationReason.NODE_WITHOUT_KVM
+        assert result.reason == "node_without_kvm"
         assert "devices.kubevirt.io/kvm" in result.evidence
+        result = explain_emulation(None, NO_MSHV, policy)
+        assert result.reason == "node_without_mshv"
+        assert "devices.kubevirt.io/mshv" in result.evidence
 
 
-def test_kvm_not_requested_when_emulation_is_allowed() -> None:
+def test_device_not_requested_when_emulation_is_allowed() -> None:
     result = explain_emulation(None, KVM, ALLOWED)
-    assert result.reason is EmulationReason.KVM_NOT_REQUESTED
+    assert result.reason == "kvm_not_requested"
     assert "allows emulation" in result.evidence and "kvm=1k" in result.evidence
+    assert explain_emulation(None, MSHV, ALLOWED).reason == "mshv_not_requested"
 
 
 def test_unreadable_node_is_unknown_and_names_the_rule() -> None:
     result = explain_emulation(None, NODE_UNREADABLE, ALLOWED)
-    assert result.reason is EmulationReason.UNKNOWN
+    assert result.reason == "unknown"
     assert "get, list and watch on nodes" in result.evidence
+
+
+def test_a_hypervisor_without_a_known_device_is_unknown() -> None:
+    result = explain_emulation(None, UNKNOWN_HYPERVISOR, ALLOWED, ASKED_NOTHING)
+    assert result.reason == "unknown" and "no device to check" in result.evidence
 
 
 def test_unreadable_policy_is_unknown_and_names_the_rule() -> None:
     result = explain_emulation(None, KVM, POLICY_UNREADABLE)
-    assert result.reason is EmulationReason.UNKNOWN
+    assert result.reason == "unknown"
     assert "kubevirts" in result.evidence
 
 
 def test_emulation_not_allowed_on_a_kvm_node_is_unknown_with_a_hint() -> None:
     result = explain_emulation(None, KVM, NOT_ALLOWED)
-    assert result.reason is EmulationReason.UNKNOWN
+    assert result.reason == "unknown"
     assert "restart" in result.evidence
 
 
+def test_the_launcher_pod_settles_not_requested_whatever_the_policy_says() -> None:
+    for policy in (ALLOWED, NOT_ALLOWED, POLICY_UNREADABLE):
+        result = explain_emulation(None, KVM, policy, ASKED_NOTHING)
+        assert result.reason == "kvm_not_requested"
+        assert "requests no devices.kubevirt.io/kvm" in result.evidence and policy.evidence in result.evidence
+    switched_off = explain_emulation(None, KVM, NOT_ALLOWED, ASKED_NOTHING)
+    assert "restart" in switched_off.evidence, "emulation allowed when it started, not any more"
+
+
+def test_a_launcher_that_got_the_device_leaves_tcg_unexplained() -> None:
+    result = explain_emulation(None, KVM, ALLOWED, ASKED_KVM)
+    assert result.reason == "unknown" and "requests devices.kubevirt.io/kvm: 1" in result.evidence
+
+
+def test_the_launcher_does_not_override_a_node_without_the_device() -> None:
+    assert explain_emulation(None, NO_KVM, ALLOWED, ASKED_NOTHING).reason == "node_without_kvm"
+
+
 def test_plain_host() -> None:
-    usable = NodeKvm(True, "/dev/kvm is usable (KVM API version 12)")
-    assert explain_emulation(None, usable, None).reason is EmulationReason.KVM_NOT_REQUESTED
-    missing = NodeKvm(False, "/dev/kvm is missing")
-    assert explain_emulation(None, missing, None).reason is EmulationReason.NODE_WITHOUT_KVM
-    odd = NodeKvm(None, "cannot open /dev/kvm: Input/output error")
+    usable = NodeAccelerator("kvm", True, "/dev/kvm is usable (KVM API version 12)")
+    assert explain_emulation(None, usable, None).reason == "kvm_not_requested"
+    missing = NodeAccelerator("kvm", False, "/dev/kvm is missing")
+    assert explain_emulation(None, missing, None).reason == "node_without_kvm"
+    odd = NodeAccelerator("kvm", None, "cannot open /dev/kvm: Input/output error")
     result = explain_emulation(None, odd, None)
-    assert result.reason is EmulationReason.UNKNOWN and "Input/output" in result.evidence
+    assert result.reason == "unknown" and "Input/output" in result.evidence

@@ -62,6 +62,7 @@ AGENT_METRICS = {
     "otel_vmi_hv_last_sync_timestamp_seconds",
     "otel_vmi_hv_vmi_emulation_info",
     "otel_vmi_hv_node_kvm_available",
+    "otel_vmi_hv_node_accelerator_available",
     "otel_vmi_hv_detection_mismatches_total",
     "otel_vmi_hv_otlp_export_failures_total",
     "otel_vmi_hv_label_values_replaced_total",
@@ -422,7 +423,7 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ (b) RBAC
 
 
-def test_rbac_is_exactly_read_access_to_vmis_nodes_and_the_kubevirt_cr() -> None:
+def test_rbac_is_exactly_read_access_to_vmis_nodes_the_kubevirt_cr_and_a_list_of_pods() -> None:
     manifests = all_manifests()
     assert of_kind("Role", manifests) == []
     assert of_kind("RoleBinding", manifests) == []
@@ -430,15 +431,19 @@ def test_rbac_is_exactly_read_access_to_vmis_nodes_and_the_kubevirt_cr() -> None
     assert len(roles) == 1, "exactly one ClusterRole"
     role = roles[0]
     assert "aggregationRule" not in role
-    granted = set()
+    granted: dict[tuple[str, str], list[str]] = {}
     for rule in role["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs"
-        assert sorted(rule["verbs"]) == ["get", "list", "watch"], "read-only"
-        granted |= {(group, resource) for group in rule["apiGroups"] for resource in rule["resources"]}
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted[(group, resource)] = sorted(rule["verbs"])
+    read = ["get", "list", "watch"]
     assert granted == {
-        ("kubevirt.io", "virtualmachineinstances"),
-        ("", "nodes"),  # the agent's own Node: allocatable devices.kubevirt.io/kvm
-        ("kubevirt.io", "kubevirts"),  # the KubeVirt CR: developerConfiguration.useEmulation
+        ("kubevirt.io", "virtualmachineinstances"): read,
+        ("", "nodes"): read,  # the agent's own Node: allocatable devices.kubevirt.io/kvm (or mshv)
+        ("kubevirt.io", "kubevirts"): read,  # the KubeVirt CR: useEmulation, the hypervisor
+        # An emulated VMI's launcher pod, found by label (a name to `get` it by is not known); no watch.
+        ("", "pods"): ["list"],
     }
 
 

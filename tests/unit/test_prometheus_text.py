@@ -58,6 +58,9 @@ class State:
     def node_kvm_available(self) -> bool | None:
         return False
 
+    def node_accelerator_available(self) -> tuple[str, bool] | None:
+        return ("kvm", False)
+
     def explain(self, vmi: VMI) -> tuple[str, str]:
         return ("node_without_kvm", "no devices.kubevirt.io/kvm")
 
@@ -148,6 +151,9 @@ def test_same_samples_as_the_stock_exporter(setup) -> None:
         if r.hypervisor_type == "qemu-tcg"
     }
     assert ours["otel_vmi_hv_node_kvm_available"][2] == [("otel_vmi_hv_node_kvm_available", (), 0.0)]  # type: ignore[index]
+    assert ours["otel_vmi_hv_node_accelerator_available"][2] == [  # type: ignore[index]
+        ("otel_vmi_hv_node_accelerator_available", (("device", "kvm"),), 0.0)
+    ]
 
 
 def test_label_values_survive_escaping_exactly(setup) -> None:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+CLOSE_TIMEOUT = 1.0  # how long close() waits for the connections to be let go of
+STOP_DELAY_MS = 50  # the event loop's last turns, for the idle callbacks closes left behind
 MAX_INFLIGHT_PER_DAEMON = 2
 MAX_INFLIGHT_TOTAL = 64
 RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=30.0)
@@ -68,37 +70,81 @@ def silence_libvirt_stderr() -> None:
 
 
 class EventLoop:
-    """libvirt's default event loop on a daemon thread.
+    """libvirt's default event loop on a thread of its own, for as long as an agent uses it.
 
-    It drives keepalive (which ends calls blocked on a daemon that stopped answering) and domain
-    lifecycle events. libvirt allows one registration per process, hence the class-level guard.
+    It drives keepalive (which ends calls blocked on a daemon that stopped answering), close
+    callbacks and domain lifecycle events, and it calls into Python for the last two. So it must
+    not outlive its agent: an interpreter shutting down while this thread still runs libvirt (and
+    may call back into Python) is a race the process can lose. ``acquire`` starts it for an agent,
+    ``release`` by the last agent ends it and waits for it. libvirt allows one event implementation
+    per process, registered once; the thread can be started again after a stop.
     """
 
-    _started = False
+    _registered = False
+    _users = 0
+    _thread: threading.Thread | None = None
+    _stopping = False  # no new work for the loop: it ends when its stop timer fires
+    _stop_due = False  # the stop timer fired
     _guard = threading.Lock()
 
     @classmethod
-    def ensure_running(cls) -> None:
+    def acquire(cls) -> None:
         with cls._guard:
-            if cls._started:
+            cls._users += 1
+            if cls._thread is not None:
                 return
-            libvirt.virEventRegisterDefaultImpl()
-            thread = threading.Thread(target=cls._run, name="libvirt-events", daemon=True)
-            thread.start()
-            cls._started = True
+            if not cls._registered:
+                libvirt.virEventRegisterDefaultImpl()
+                cls._registered = True
+            cls._stopping = cls._stop_due = False
+            cls._thread = threading.Thread(target=cls._run, name="libvirt-events", daemon=True)
+            cls._thread.start()
+
+    @classmethod
+    def release(cls, timeout: float = 1.0) -> bool:
+        """One user fewer; the last one stops the loop. False when it did not end within ``timeout``."""
+        with cls._guard:
+            cls._users = max(0, cls._users - 1)
+            thread = cls._thread
+            if cls._users or thread is None:
+                return True
+            cls._stopping = True
+        # The loop ends when this timer fires, not at once: libvirt frees a closed connection
+        # (its socket among the rest) in idle callbacks on this loop, each one scheduling the
+        # next, and the loop runs idle callbacks only while no timer is due.
+        libvirt.virEventAddTimeout(STOP_DELAY_MS, cls._stop_timer, None)
+        thread.join(timeout)
+        with cls._guard:
+            if thread.is_alive():
+                log.warning("libvirt's event loop did not stop within %.1fs", timeout)
+                return False
+            if cls._thread is thread:
+                cls._thread = None
+        return True
 
     @classmethod
     def running(cls) -> bool:
-        return cls._started
+        with cls._guard:
+            return cls._thread is not None and not cls._stopping
 
-    @staticmethod
-    def _run() -> None:
+    @classmethod
+    def _stop_timer(cls, timer: int, _opaque: object) -> None:
+        libvirt.virEventRemoveTimeout(timer)
+        with cls._guard:
+            cls._stop_due = True
+
+    @classmethod
+    def _run(cls) -> None:
         while True:
             try:
                 libvirt.virEventRunDefaultImpl()
             except libvirt.libvirtError:
                 log.exception("libvirt event loop iteration failed")
                 time.sleep(0.1)
+            with cls._guard:
+                if cls._stop_due:
+                    cls._stopping = cls._stop_due = False
+                    return
 
 
 class _WorkerPool:
@@ -172,6 +218,9 @@ class _Daemon:
         self.last_error = ""
         self.last_reason = "unreachable"
         self.generation = 0  # connections stored so far
+        # Domain event callbacks registered on a connection, by connection: deregistered before it
+        # is closed (a connection with callbacks stays open, and they call into Python).
+        self.event_callbacks: list[tuple[Any, int]] = []
 
     @property
     def state(self) -> str:
@@ -260,13 +309,38 @@ class LibvirtCalls:
             self._drop_connection(daemon)
         self._sockets.release(uri)
 
-    def close(self) -> None:
+    def register_events(self, uri: str, register: Callable[[Any], int]) -> None:
+        """``register(connection)`` adds a domain event callback and returns its id (raises
+        LibvirtUnavailable). The id stays with the connection, which deregisters it before closing.
+        """
+
+        def op(conn: Any) -> None:
+            callback_id = register(conn)
+            daemon = self._daemon(uri)
+            with daemon.lock:
+                daemon.event_callbacks.append((conn, callback_id))
+
+        self.call(uri, op)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Close every connection and wait, at most ``timeout``, until libvirt has let go of each.
+
+        Only then may the caller stop libvirt's event loop and the interpreter exit: a connection
+        still open keeps that loop working on it, and its close and event callbacks calling into
+        Python. False when a close did not finish in time (its daemon is hung).
+        """
         with self._lock:
             daemons = list(self._daemons.values())
             self._daemons.clear()
-        for daemon in daemons:
-            self._drop_connection(daemon)
+        deadline = self._clock() + timeout
+        closing = [thread for daemon in daemons if (thread := self._drop_connection(daemon)) is not None]
+        for thread in closing:
+            thread.join(max(0.0, deadline - self._clock()))
         self._sockets.close()
+        stuck = sum(thread.is_alive() for thread in closing)
+        if stuck:
+            log.warning("%d libvirt connection(s) not closed within %.1fs (hung daemon)", stuck, timeout)
+        return not stuck
 
     # ------------------------------------------------------------------ internals
 
@@ -403,7 +477,7 @@ class LibvirtCalls:
                 self._keep(daemon, conn, fresh)
                 raise LibvirtUnavailable("no_domain", describe(error)) from None
             if code in _CONNECTION_ERRORS or not _alive(conn):
-                _close_quietly(conn)
+                _release(conn, self._take_callbacks(daemon, conn))  # dead: every RPC fails at once
                 with daemon.lock:
                     if daemon.conn is conn:
                         daemon.conn = None
@@ -435,9 +509,7 @@ class LibvirtCalls:
                 log.warning(
                     "connection to libvirt at %s closed (reason %d); reconnecting", daemon.uri, reason
                 )
-                threading.Thread(
-                    target=_close_quietly, args=(conn,), name="libvirt-close", daemon=True
-                ).start()
+                self._release_in_background(conn, self._take_callbacks(daemon, conn))
                 self._notify_disconnected(daemon.uri)
 
         with contextlib.suppress(libvirt.libvirtError):
@@ -461,7 +533,7 @@ class LibvirtCalls:
                 conn = None
             self._changed()
         if conn is not None:  # not kept, or another call connected first: one connection per URI
-            _close_quietly(conn)
+            _release(conn, [])
         if was_failing:
             log.info("reconnected to libvirt at %s", daemon.uri)
             self._notify_recovered(daemon.uri)
@@ -481,17 +553,32 @@ class LibvirtCalls:
                 "libvirt at %s is unreachable: %s", daemon.uri, daemon.last_error
             )
 
-    def _drop_connection(self, daemon: _Daemon) -> None:
+    def _drop_connection(self, daemon: _Daemon) -> threading.Thread | None:
+        """Forget the daemon's connection and let go of it on a thread of its own (returned)."""
         with daemon.lock:
             conn, daemon.conn = daemon.conn, None
             self._changed()
-        if conn is not None:
-            # close() is an RPC, and so is the close libvirt-python's __del__ does when the last
-            # reference goes: on a hung daemon either blocks forever. Whoever drops a connection
-            # (the watch thread, on a VMI deletion) must not be that thread, so a throwaway thread
-            # owns the connection until it is closed.
-            threading.Thread(target=_close_quietly, args=(conn,), name="libvirt-close", daemon=True).start()
-            del conn
+        if conn is None:
+            return None
+        callbacks = self._take_callbacks(daemon, conn)
+        return self._release_in_background(conn, callbacks)
+
+    @staticmethod
+    def _take_callbacks(daemon: _Daemon, conn: Any) -> list[int]:
+        with daemon.lock:
+            mine = [callback for owner, callback in daemon.event_callbacks if owner is conn]
+            daemon.event_callbacks = [(o, c) for o, c in daemon.event_callbacks if o is not conn]
+        return mine
+
+    @staticmethod
+    def _release_in_background(conn: Any, callbacks: list[int]) -> threading.Thread:
+        # Deregistering and closing are RPCs, and so is the close libvirt-python's __del__ does
+        # when the last reference goes: on a hung daemon each blocks forever. Whoever drops a
+        # connection (the watch thread, on a VMI deletion) must not be that thread, so a throwaway
+        # thread owns the connection until it is closed.
+        thread = threading.Thread(target=_release, args=(conn, callbacks), name="libvirt-close", daemon=True)
+        thread.start()
+        return thread
 
     def _notify_recovered(self, uri: str) -> None:
         _notify(self._on_recovered, uri, "recovery")
@@ -527,6 +614,21 @@ def _alive(conn: Any) -> bool:
 def _close_quietly(conn: Any) -> None:
     with contextlib.suppress(libvirt.libvirtError):
         conn.close()
+
+
+def _release(conn: Any, callbacks: list[int]) -> None:
+    """Let go of a connection for good: its event and close callbacks first, then the connection.
+
+    libvirt keeps a connection with registered domain event callbacks open whatever close() says
+    (each registration holds a reference), and a registered close callback is called from inside
+    libvirt; only without both does close() end the connection and every call into Python with it.
+    """
+    for callback in callbacks:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(callback)
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    _close_quietly(conn)
 
 
 def connect_reason(error: Exception) -> str:

@@ -1,0 +1,72 @@
+"""Which hypervisor a KubeVirt cluster runs VMIs with, and so which node device accelerates them.
+
+KubeVirt v1.8 added a hypervisor abstraction behind the feature gate ``ConfigurableHypervisor``: the
+KubeVirt CR's ``spec.configuration.hypervisors`` (KubeVirtConfiguration.Hypervisors, a list of
+HypervisorConfiguration whose ``name`` is ``kvm`` or ``hyperv-direct``, in
+staging/src/kubevirt.io/api/core/v1/types.go) selects it. KubeVirt honours only the first entry, and
+only with the gate enabled; otherwise, and on older releases without the field, it is KVM. Each
+backend names the device its launchers request and virt-handler's device plugin advertises as
+``devices.kubevirt.io/<device>`` (pkg/hypervisor/kvm and pkg/hypervisor/mshv, GetHypervisorDevice):
+``kvm`` for KVM, ``mshv`` for hyperv-direct, whose domains have libvirt type ``hyperv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_HYPERVISOR = "kvm"
+FEATURE_GATE = "ConfigurableHypervisor"
+# KubeVirt's hypervisor names and the device each one's launchers request.
+DEVICES = {"kvm": "kvm", "hyperv-direct": "mshv"}
+
+
+@dataclass(frozen=True, slots=True)
+class Hypervisor:
+    """The cluster's hypervisor: its KubeVirt name, its device (None when unknown here), and why."""
+
+    name: str
+    device: str | None
+    evidence: str
+
+
+def _configuration(cr: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec = cr.get("spec")
+    configuration = spec.get("configuration") if isinstance(spec, Mapping) else None
+    return configuration if isinstance(configuration, Mapping) else {}
+
+
+def _gate_enabled(configuration: Mapping[str, Any]) -> bool:
+    developer = configuration.get("developerConfiguration")
+    gates = developer.get("featureGates") if isinstance(developer, Mapping) else None
+    return isinstance(gates, list) and FEATURE_GATE in gates
+
+
+def hypervisor_of(cr: Mapping[str, Any], cr_name: str) -> Hypervisor:
+    """The hypervisor KubeVirt uses according to the CR ``cr_name`` (``namespace/name``)."""
+    configuration = _configuration(cr)
+    entries = configuration.get("hypervisors")
+    first = entries[0] if isinstance(entries, list) and entries else None
+    named = first.get("name") if isinstance(first, Mapping) else None
+    if not isinstance(named, str) or not named:
+        return default_hypervisor(
+            f"KubeVirt CR {cr_name} names no hypervisor (spec.configuration.hypervisors)"
+        )
+    if not _gate_enabled(configuration):
+        return default_hypervisor(
+            f"KubeVirt CR {cr_name} names hypervisor {named!r} but the feature gate {FEATURE_GATE} is off"
+        )
+    device = DEVICES.get(named)
+    if device is None:
+        return Hypervisor(
+            named,
+            None,
+            f"KubeVirt CR {cr_name} configures hypervisor {named!r}, whose device is not known here",
+        )
+    return Hypervisor(named, device, f"KubeVirt CR {cr_name} configures hypervisor {named}")
+
+
+def default_hypervisor(why: str) -> Hypervisor:
+    """KVM, KubeVirt's default, with the reason it applies (or is assumed)."""
+    return Hypervisor(DEFAULT_HYPERVISOR, DEVICES[DEFAULT_HYPERVISOR], f"{why}: KVM")
