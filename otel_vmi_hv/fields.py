@@ -8,9 +8,7 @@ once instead of checking ``isinstance`` at every step.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 def field(obj: object, *path: str | int) -> Any:
@@ -28,7 +26,19 @@ def field(obj: object, *path: str | int) -> Any:
     return value
 
 
-def typed(obj: object, kind: type[T], *path: str | int) -> T | None:
-    """``field`` when the value there is a ``kind`` (a ``str``, a ``Mapping``, ...), else None."""
+def mapping(obj: object, *path: str | int) -> Mapping[str, Any]:
+    """The mapping at ``path``, or an empty one where it is absent or not a mapping."""
     value = field(obj, *path)
-    return value if isinstance(value, kind) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+def text(obj: object, *path: str | int) -> str | None:
+    """The string at ``path``, or None where it is absent or not a string."""
+    value = field(obj, *path)
+    return value if isinstance(value, str) else None
+
+
+def items(obj: object, *path: str | int) -> list[Any]:
+    """The list at ``path``, or an empty one where it is absent or not a list."""
+    value = field(obj, *path)
+    return value if isinstance(value, list) else []

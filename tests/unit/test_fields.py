@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from otel_vmi_hv.fields import field, typed
+from otel_vmi_hv.fields import field, items, mapping, text
 
 POD = {"metadata": {"uid": "u-1", "labels": None}, "spec": {"containers": [{"name": "compute"}, "junk"]}}
 
@@ -24,8 +22,10 @@ def test_absent_levels_and_wrong_types_give_none() -> None:
     assert field(POD, "metadata", 0) is None
 
 
-def test_typed_refuses_a_value_of_another_type() -> None:
-    assert typed(POD, str, "metadata", "uid") == "u-1"
-    assert typed(POD, Mapping, "metadata") == {"uid": "u-1", "labels": None}
-    assert typed(POD, str, "spec") is None
-    assert typed(POD, int, "metadata", "uid") is None
+def test_typed_readers_refuse_a_value_of_another_type() -> None:
+    assert text(POD, "metadata", "uid") == "u-1"
+    assert text(POD, "spec") is None
+    assert mapping(POD, "metadata") == {"uid": "u-1", "labels": None}
+    assert mapping(POD, "metadata", "labels") == {}
+    assert items(POD, "spec", "containers") == [{"name": "compute"}, "junk"]
+    assert items(POD, "metadata") == []

@@ -19,10 +19,10 @@ def test_a_stop_cuts_the_loops_wait_short_and_join_sees_the_end() -> None:
 
     worker = Worker("looping", loop)
     worker.start()
-    assert worker.alive
+    started_alive = worker.alive
     worker.stop()
     assert worker.join(5.0)
-    assert not worker.alive
+    assert (started_alive, worker.alive) == (True, False)
     assert turns == []
 
 
