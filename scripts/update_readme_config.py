@@ -1,4 +1,4 @@
-"""Regenerate the configuration table in README.md from the code (`make docs`)."""
+"""Regenerate the configuration table in docs/configuration.md from the code (`make docs`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from otel_vmi_hv.cli import config_reference
 
-readme = Path(__file__).resolve().parent.parent / "README.md"
+readme = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 text = readme.read_text()
 updated = re.sub(
     r"(<!-- BEGIN CONFIG TABLE.*?-->\n).*?(<!-- END CONFIG TABLE -->)",

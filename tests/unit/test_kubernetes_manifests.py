@@ -40,7 +40,7 @@ RULES = ROOT / "config" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "config" / "grafana" / "otel-vmi-hv-dashboard.json"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 K8S_DOC = ROOT / "docs" / "kubernetes.md"
-README = ROOT / "README.md"
+METRICS_DOC = ROOT / "docs" / "metrics.md"
 DOCKERFILE = ROOT / "Dockerfile"
 
 KUBELET_PODS = "/var/lib/kubelet/pods"
@@ -48,7 +48,7 @@ JOB = "otel-vmi-hv"  # the job name the rules expect (the Service name, the Serv
 EXTRA_ENV = {"NODE_NAME", "KUBECONFIG"}  # read by the agent without being OPTIONS of their own
 ALLOWED_CAPABILITIES = {"DAC_OVERRIDE"}
 
-# What the agent exports, in Prometheus names (README "The metric" and "Self-metrics").
+# What the agent exports, in Prometheus names (docs/metrics.md, "The metric" and "Self-metrics").
 AGENT_METRICS = {
     "kubevirt_vmi_hypervisor_info",
     "otel_vmi_hv_vmis",
@@ -818,9 +818,9 @@ def test_rule_expressions_use_only_exported_metrics() -> None:
         assert names and names <= QUERYABLE_METRICS, f"{rule['alert']}: {names - QUERYABLE_METRICS}"
 
 
-def readme_metric_names() -> set[str]:
-    """Prometheus names of the metric and self-metrics the README documents."""
-    text = README.read_text(encoding="utf-8")
+def documented_metric_names() -> set[str]:
+    """Prometheus names of the metric and self-metrics docs/metrics.md documents."""
+    text = METRICS_DOC.read_text(encoding="utf-8")
     names = {"kubevirt_vmi_hypervisor_info"} if "kubevirt_vmi_hypervisor_info" in text else set()
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     for name, kind in re.findall(r"^\|\s*`(otel_vmi_hv_\w+)`\s*\|\s*(\w+)\s*\|", text, re.MULTILINE):
@@ -829,8 +829,8 @@ def readme_metric_names() -> set[str]:
     return names
 
 
-def test_metric_set_matches_the_readme() -> None:
-    assert readme_metric_names() == AGENT_METRICS
+def test_metric_set_matches_the_metrics_page() -> None:
+    assert documented_metric_names() == AGENT_METRICS
 
 
 # --------------------------------------------------------------------------------- (f) the runbook
