@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the agent (or its tests) need, skipping what is already there.
 #   scripts/install-system-deps.sh run    libvirt's library and headers, to build libvirt-python
-#   scripts/install-system-deps.sh test   plus a libvirt daemon, QEMU, tini, Prometheus (promtool), ss (iproute2) and curl
+#   scripts/install-system-deps.sh test   plus a libvirt daemon, QEMU, tini, Prometheus (promtool), ss (iproute2), curl
+#                                         and ab (apache2-utils, the C client of the distance-to-the-limit benchmark)
 set -euo pipefail
 
 want=(libvirt-dev pkg-config gcc)
 if [[ "${1:-run}" == "test" ]]; then
   # libvirt-daemon-system is left out on purpose: it pulls polkit and service start-up, and the
   # tests start their own daemon.
-  want+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 tini prometheus iproute2 curl)
+  want+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 tini prometheus iproute2 curl apache2-utils)
 fi
 
 missing=()
