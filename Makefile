@@ -41,6 +41,7 @@ image-test: system-deps-test $(VENV)/.dev-installed
 
 docs: $(VENV)/.run-installed
 	$(BIN)/python scripts/update_readme_config.py
+	$(BIN)/python scripts/chart_values_doc.py
 
 bench: system-deps-test $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
