@@ -110,6 +110,13 @@ def test_every_alert_links_its_runbook_in_kubevirts_format() -> None:
             assert f"`{label}: {rule['labels'][label]}`" in impact, f"{name}: {label} not justified"
     runbooks = {path.stem for path in RUNBOOKS.glob("*.md")} - {"README"}
     assert runbooks == alert_names(), "one runbook per alert, and no runbook of a deleted alert"
+    index = re.findall(
+        r"^\| \[(\w+)\]\(\1\.md\) \| (\w+) \| (\w+) \|$", (RUNBOOKS / "README.md").read_text(), re.M
+    )
+    assert sorted(index) == sorted(
+        (rule["alert"], rule["labels"]["severity"], rule["labels"]["operator_health_impact"])
+        for rule in alert_rules()
+    ), "docs/runbooks/README.md lists every alert with its labels"
 
 
 def test_runbook_format_check_catches_a_fifth_section() -> None:
