@@ -1,5 +1,6 @@
 """Offline checks of the cluster deliverables: config/kubernetes/, the alert rules, the Grafana dashboard,
-docs/runbook.md and the examples in docs/kubernetes.md.
+and the examples in docs/kubernetes.md and docs/runbooks/README.md (the runbooks themselves:
+tests/unit/test_alert_rules.py).
 
 No cluster is needed. Built-in kinds are validated against the official Kubernetes schemas shipped by
 kubernetes-validate; the Prometheus Operator kinds against the small schemas below. promtool checks the
@@ -38,7 +39,7 @@ K8S_DIR = ROOT / "config" / "kubernetes"
 KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
 RULES = ROOT / "config" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "config" / "grafana" / "otel-vmi-hv-dashboard.json"
-RUNBOOK = ROOT / "docs" / "runbook.md"
+RUNBOOKS_README = ROOT / "docs" / "runbooks" / "README.md"
 K8S_DOC = ROOT / "docs" / "kubernetes.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -672,6 +673,38 @@ def test_kustomize_builds_every_object_into_one_namespace() -> None:
             assert doc["metadata"]["namespace"] == namespace, doc["kind"]
 
 
+def runbook_urls(built: list[dict[str, Any]]) -> dict[str, str]:
+    (rule,) = of_kind("PrometheusRule", [("", doc) for doc in built])
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
+    return {r["alert"]: r["annotations"]["runbook_url"] for r in alerts}
+
+
+def test_built_rules_take_the_runbook_base_from_the_kustomization() -> None:
+    (generator,) = load_kustomization()["configMapGenerator"]
+    (base,) = [item.removeprefix("base=") for item in generator["literals"]]
+    urls = runbook_urls(kustomize_build(K8S_DIR))
+    assert urls == {alert["alert"]: f"{base}{alert['alert']}.md" for alert in alert_rules()}
+    # The plain rules file carries the same default base.
+    assert urls == {alert["alert"]: alert["annotations"]["runbook_url"] for alert in alert_rules()}
+
+
+def test_doc_overlay_points_every_runbook_url_at_its_own_copy(tmp_path: Path) -> None:
+    (block,) = [b for b in yaml_blocks(RUNBOOKS_README.read_text(encoding="utf-8")) if "runbook-urls" in b]
+    overlay = yaml.safe_load(block)
+    overlay_dir = tmp_path / "deploy" / "otel-vmi-hv"
+    overlay_dir.mkdir(parents=True)
+    overlay["resources"] = [os.path.relpath(K8S_DIR, overlay_dir)]
+    overlay["transformers"] = [os.path.relpath(K8S_DIR / "runbook-urls", overlay_dir)]
+    (overlay_dir / "kustomization.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
+    (patch,) = yaml.safe_load(overlay["patches"][0]["patch"])
+    built = kustomize_build(overlay_dir)
+    defaults = runbook_urls(kustomize_build(K8S_DIR))
+    urls = runbook_urls(built)
+    assert urls == {alert: f"{patch['value']}{alert}.md" for alert in defaults}
+    assert not set(urls.values()) & set(defaults.values())
+    assert of_kind("ConfigMap", [("", doc) for doc in built]) == [], "the base is never applied"
+
+
 # ------------------------------------------------------------------------------ (e) the dashboard
 
 PROMQL_KEYWORDS = {
@@ -813,9 +846,11 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 
 def test_rule_expressions_use_only_exported_metrics() -> None:
-    for rule in alert_rules():
+    rules = [rule for group in load_documents(RULES)[0]["groups"] for rule in group["rules"]]
+    known = QUERYABLE_METRICS | {rule["record"] for rule in rules if "record" in rule}
+    for rule in rules:
         names = metric_names(rule["expr"])
-        assert names and names <= QUERYABLE_METRICS, f"{rule['alert']}: {names - QUERYABLE_METRICS}"
+        assert names and names <= known, f"{rule.get('alert', rule.get('record'))}: {names - known}"
 
 
 def documented_metric_names() -> set[str]:
@@ -831,60 +866,6 @@ def documented_metric_names() -> set[str]:
 
 def test_metric_set_matches_the_metrics_page() -> None:
     assert documented_metric_names() == AGENT_METRICS
-
-
-# --------------------------------------------------------------------------------- (f) the runbook
-
-
-def markdown_anchors(text: str) -> set[str]:
-    """GitHub's anchors for the headings of a Markdown text (code blocks skipped)."""
-    anchors: set[str] = set()
-    in_code = False
-    for line in text.splitlines():
-        if line.lstrip().startswith("```"):
-            in_code = not in_code
-            continue
-        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if heading and not in_code:
-            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
-            anchors.add(slug)
-    return anchors
-
-
-def test_every_alert_has_summary_description_and_an_existing_runbook_section() -> None:
-    runbook_text = RUNBOOK.read_text(encoding="utf-8")
-    anchors = markdown_anchors(runbook_text)
-    alerts = alert_rules()
-    assert {rule["alert"] for rule in alerts} == {
-        "KubeVirtVMIRunningUnderSoftwareEmulation",
-        "KubeVirtVMIHypervisorUnknown",
-        "OtelVmiHvLibvirtHung",
-        "OtelVmiHvVMIListStale",
-        "OtelVmiHvDown",
-        "OtelVmiHvMemoryNearLimit",
-    }
-    for rule in alerts:
-        annotations = rule["annotations"]
-        assert annotations.get("summary") and annotations.get("description"), rule["alert"]
-        assert "runbook_url" not in annotations, "a relative `runbook` reference, no invented host"
-        path, _, anchor = annotations["runbook"].partition("#")
-        assert (ROOT / path).resolve() == RUNBOOK, f"{rule['alert']}: {annotations['runbook']}"
-        assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in {RUNBOOK.name}"
-        assert rule["labels"].get("severity") in ("info", "warning", "critical")
-
-
-def test_runbook_sections_are_the_alerts_and_its_links_resolve() -> None:
-    text = RUNBOOK.read_text(encoding="utf-8")
-    sections = set(re.findall(r"^## (\S+)\s*$", text, re.MULTILINE))
-    assert sections == {rule["alert"] for rule in alert_rules()}
-    anchors = markdown_anchors(text)
-    for link in re.findall(r"\]\(#([^)]+)\)", text):
-        assert link in anchors, f"dangling link #{link}"
-
-
-def test_anchor_check_catches_a_renamed_section() -> None:
-    text = RUNBOOK.read_text(encoding="utf-8").replace("## OtelVmiHvDown", "## OtelVmiHvIsDown")
-    assert "otelvmihvdown" not in markdown_anchors(text)
 
 
 # ------------------------------------------------- the ServiceMonitor's relabelings, in a real Prometheus
