@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from otel_vmi_hv.config import Settings
@@ -42,6 +43,18 @@ class _NoDaemons:
 NO_DAEMONS = _NoDaemons()
 
 
+class _RevisionWithFacts(Revision):
+    """Until the export layer reads the facts' ``version`` itself: /metrics re-renders when it moves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.facts_version: Callable[[], int] = lambda: 0
+
+    @property
+    def value(self) -> int:
+        return super().value + self.facts_version()
+
+
 class Source(Protocol):
     last_error: str | None  # why the last listing failed, for `detect`
 
@@ -54,7 +67,7 @@ class Agent:
         """``cross_check`` asks libvirt even where /proc answered (``detect`` compares the two)."""
         self.settings = settings
         kubernetes = settings.source == "kubernetes"
-        self.revision = Revision()
+        self.revision = _RevisionWithFacts()
         self.telemetry = Telemetry(settings, self.revision) if with_telemetry else None
         self.metrics: Recorder = self.telemetry.self_metrics if self.telemetry else Recorder()
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
@@ -70,6 +83,10 @@ class Agent:
                 settings.libvirt_timeout, self.revision, keep_connections=not kubernetes
             )
         self.detector = DetectionOrder(self._detectors(), self.metrics, ask_both=cross_check)
+        # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device,
+        # recomputed by the facts' own worker whenever the tracker's snapshot changes.
+        self.emulation = emulation_facts_for(settings)
+        self.revision.facts_version = lambda: self.emulation.version
         self.tracker = Tracker(
             self.detector.detect,
             settings.node_name,
@@ -78,12 +95,12 @@ class Agent:
             # A launcher's daemon is one per VMI: forgotten once no VMI needs it. The standalone
             # daemon serves every domain and is kept.
             release=self.libvirt.forget if kubernetes and self.libvirt is not None else None,
+            on_change=self.emulation.wake,
         )
+        self.emulation.follow(self.tracker.snapshot)
         if self.libvirt is not None:
             self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
         self.source: Source = self._build_source()
-        # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device.
-        self.emulation = emulation_facts_for(settings, on_change=self.revision.bump)
         if self.telemetry is not None:
             daemons = self.libvirt if self.libvirt is not None else NO_DAEMONS
             self.telemetry.register_vmi_instruments(self.tracker, daemons, self.emulation)
