@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.detection.order import DetectionOrder
 from otel_vmi_hv.detection.proc.detector import ProcDetector
-from otel_vmi_hv.emulation.cluster_facts import emulation_facts_for
+from otel_vmi_hv.emulation.cluster_facts import ClusterFacts, emulation_facts_for
+from otel_vmi_hv.emulation.vmi_events import VmiEvents
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Detector, Recorder
 from otel_vmi_hv.revision import Revision
@@ -98,6 +99,7 @@ class Agent:
             on_change=self.emulation.wake,
         )
         self.emulation.follow(self.tracker.snapshot)
+        self.events = self._build_events(with_telemetry)
         if self.libvirt is not None:
             self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
         self.source: Source = self._build_source()
@@ -130,6 +132,16 @@ class Agent:
             metrics=self.metrics,
             on_synced=self._synced,
         )
+
+    def _build_events(self, running: bool) -> VmiEvents | None:
+        """Events on emulated VMIs: the agent's (not `detect`'s), in KubeVirt mode, unless switched off."""
+        if not (running and self.settings.events and isinstance(self.emulation, ClusterFacts)):
+            return None
+        settings = self.settings
+        instance = dict(settings.resource_attributes).get("k8s.pod.name") or settings.node_name
+        events = VmiEvents(self.emulation.client, self.metrics, instance=instance, node=settings.node_name)
+        self.emulation.tell(events)
+        return events
 
     def _detectors(self) -> list[Detector]:
         """/proc first when it is on (no RPC, cannot hang), then the launcher's libvirt."""
@@ -175,6 +187,8 @@ class Agent:
         if self.telemetry is not None:
             self._start_http(self.telemetry)
         self.readiness.done(READY_EXPORTERS)
+        if self.events is not None:
+            self.events.start()
         self.emulation.start()
         self.source.start()
 
@@ -205,6 +219,8 @@ class Agent:
         started = time.monotonic()
         self.source.stop()
         self.emulation.stop()
+        if self.events is not None:
+            self.events.stop()
         if self.http is not None:
             self.http.stop()
         self.tracker.stop(timeout=0.5)
