@@ -10,12 +10,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from otel_vmi_hv.config import Settings
 from otel_vmi_hv.detection.order import DetectionOrder
 from otel_vmi_hv.detection.proc.detector import ProcDetector
-from otel_vmi_hv.emulation.cluster_facts import emulation_facts_for
+from otel_vmi_hv.emulation.cluster_facts import ClusterFacts, emulation_facts_for
+from otel_vmi_hv.emulation.vmi_events import VmiEvents
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Detector, Recorder
 from otel_vmi_hv.revision import Revision
@@ -42,6 +44,18 @@ class _NoDaemons:
 NO_DAEMONS = _NoDaemons()
 
 
+class _RevisionWithFacts(Revision):
+    """Until the export layer reads the facts' ``version`` itself: /metrics re-renders when it moves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.facts_version: Callable[[], int] = lambda: 0
+
+    @property
+    def value(self) -> int:
+        return super().value + self.facts_version()
+
+
 class Source(Protocol):
     last_error: str | None  # why the last listing failed, for `detect`
 
@@ -54,7 +68,7 @@ class Agent:
         """``cross_check`` asks libvirt even where /proc answered (``detect`` compares the two)."""
         self.settings = settings
         kubernetes = settings.source == "kubernetes"
-        self.revision = Revision()
+        self.revision = _RevisionWithFacts()
         self.telemetry = Telemetry(settings, self.revision) if with_telemetry else None
         self.metrics: Recorder = self.telemetry.self_metrics if self.telemetry else Recorder()
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
@@ -70,6 +84,10 @@ class Agent:
                 settings.libvirt_timeout, self.revision, keep_connections=not kubernetes
             )
         self.detector = DetectionOrder(self._detectors(), self.metrics, ask_both=cross_check)
+        # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device,
+        # recomputed by the facts' own worker whenever the tracker's snapshot changes.
+        self.emulation = emulation_facts_for(settings)
+        self.revision.facts_version = lambda: self.emulation.version
         self.tracker = Tracker(
             self.detector.detect,
             settings.node_name,
@@ -78,12 +96,13 @@ class Agent:
             # A launcher's daemon is one per VMI: forgotten once no VMI needs it. The standalone
             # daemon serves every domain and is kept.
             release=self.libvirt.forget if kubernetes and self.libvirt is not None else None,
+            on_change=self.emulation.wake,
         )
+        self.emulation.follow(self.tracker.snapshot)
+        self.events = self._build_events(with_telemetry)
         if self.libvirt is not None:
             self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
         self.source: Source = self._build_source()
-        # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device.
-        self.emulation = emulation_facts_for(settings, on_change=self.revision.bump)
         if self.telemetry is not None:
             daemons = self.libvirt if self.libvirt is not None else NO_DAEMONS
             self.telemetry.register_vmi_instruments(self.tracker, daemons, self.emulation)
@@ -113,6 +132,16 @@ class Agent:
             metrics=self.metrics,
             on_synced=self._synced,
         )
+
+    def _build_events(self, running: bool) -> VmiEvents | None:
+        """Events on emulated VMIs: the agent's (not `detect`'s), in KubeVirt mode, unless switched off."""
+        if not (running and self.settings.events and isinstance(self.emulation, ClusterFacts)):
+            return None
+        settings = self.settings
+        instance = dict(settings.resource_attributes).get("k8s.pod.name") or settings.node_name
+        events = VmiEvents(self.emulation.client, self.metrics, instance=instance, node=settings.node_name)
+        self.emulation.tell(events)
+        return events
 
     def _detectors(self) -> list[Detector]:
         """/proc first when it is on (no RPC, cannot hang), then the launcher's libvirt."""
@@ -158,6 +187,8 @@ class Agent:
         if self.telemetry is not None:
             self._start_http(self.telemetry)
         self.readiness.done(READY_EXPORTERS)
+        if self.events is not None:
+            self.events.start()
         self.emulation.start()
         self.source.start()
 
@@ -188,6 +219,8 @@ class Agent:
         started = time.monotonic()
         self.source.stop()
         self.emulation.stop()
+        if self.events is not None:
+            self.events.stop()
         if self.http is not None:
             self.http.stop()
         self.tracker.stop(timeout=0.5)

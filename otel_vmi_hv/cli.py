@@ -155,7 +155,6 @@ def run(settings: Settings) -> int:
 def detect(settings: Settings, output: str) -> int:
     from otel_vmi_hv.agent import Agent
     from otel_vmi_hv.detect_report import render_json, render_table, rows
-    from otel_vmi_hv.model import EMULATED
 
     agent = Agent(settings, with_telemetry=False, cross_check=True)
     agent.start()
@@ -171,15 +170,15 @@ def detect(settings: Settings, output: str) -> int:
             )
             return 1
         agent.tracker.wait_idle(settings.libvirt_timeout * 2 + DETECT_TIMEOUT_SLACK)
-        facts_deadline = deadline + DETECT_TIMEOUT_SLACK
-        _wait_until(agent.emulation.settled, facts_deadline)  # the Node and the KubeVirt CR
+        # The Node, the KubeVirt CR and the emulated VMIs' launcher pods read, their reasons published.
+        _wait_until(agent.emulation.settled, deadline + DETECT_TIMEOUT_SLACK)
         detections = agent.tracker.detections()
-        # Then what the emulated VMIs' launcher pods requested, read once each, where the agent may.
-        agent.emulation.prepare(
-            vmi for vmi, d in detections if d is not None and d.hypervisor_type == EMULATED
+        explanations = agent.emulation.explanations()
+        report = rows(
+            detections,
+            settings.node_name,
+            lambda vmi: explanations.get(vmi.key, ("unknown", "not explained in time")),
         )
-        _wait_until(agent.emulation.settled, facts_deadline)
-        report = rows(detections, settings.node_name, agent.emulation.explain)
         problems = agent.emulation.problems()
         accelerator = agent.emulation.describe_accelerator()
     finally:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from otel_vmi_hv.emulation.reasons import FIXES, EmulationReason
 from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection
 
 
@@ -112,6 +113,10 @@ def render_table(report: list[dict[str, Any]], problems: Sequence[str] = (), acc
     if evidence or problems:
         out.append("")
         out.extend(f"why emulated, {line}" for line in evidence)
+        reasons = sorted(
+            {EmulationReason(row["emulation_reason"]) for row in report if row["emulation_reason"]}
+        )
+        out.extend(f"fix for {reason}: {FIXES[reason]}" for reason in reasons)
         out.extend(f"cannot tell why VMIs are emulated: {problem}" for problem in problems)
     if accelerator:
         out.extend(("", f"node accelerator: {accelerator}"))

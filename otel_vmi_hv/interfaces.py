@@ -9,7 +9,7 @@ own packages and only this module is imported across package lines.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,13 +54,25 @@ class ConnectionStates(Protocol):
 
 
 class EmulationFacts(Protocol):
-    """Why a VMI is emulated, from facts cached off the scrape path (cluster or host)."""
+    """Why emulated VMIs are, computed ahead from cached facts (cluster or host); reads are immutable.
+
+    ``follow`` names the snapshots to explain and ``wake`` says they (or anything) changed: a worker
+    of the facts then recomputes and publishes, moving ``version`` whenever anything reported changes.
+    """
 
     @property
     def version(self) -> int: ...
     def node_kvm_available(self) -> bool | None: ...
     def node_accelerator_available(self) -> tuple[str, bool] | None: ...
-    def explain(self, vmi: VMI) -> tuple[str, str]: ...
+    def explanations(self) -> Mapping[str, tuple[str, str]]:
+        """VMI key → (reason, evidence) for each emulated VMI explained so far."""
+        ...
+
+    def follow(self, snapshots: Callable[[], Snapshot]) -> None: ...
+    def wake(self) -> None: ...
+    def describe_accelerator(self) -> str: ...
+    def settled(self) -> bool: ...
+    def problems(self) -> list[str]: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
 
@@ -89,3 +101,6 @@ class Recorder:
 
     def record_mismatch(self) -> None:
         """/proc and libvirt answered differently for one VMI."""
+
+    def record_event(self, result: str) -> None:
+        """One Kubernetes Event about an emulated VMI: created, updated, dropped, forbidden, failed."""

@@ -54,6 +54,7 @@ class Tracker:
         metrics: Recorder,
         revision: Revision,
         release: Callable[[str], None] | None = None,
+        on_change: Callable[[], None] | None = None,
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,6 +63,8 @@ class Tracker:
         self._metrics = metrics
         self._revision = revision
         self._release = release
+        self._on_change = on_change  # told, outside the lock, after what snapshot() returns changed
+        self._unannounced = False
         self._workers = workers
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
@@ -99,6 +102,10 @@ class Tracker:
 
     def upsert(self, vmi: VMI) -> None:
         """A VMI should be reported; detect it if its domain lifetime is new."""
+        self._upsert(vmi)
+        self._announce()
+
+    def _upsert(self, vmi: VMI) -> None:
         released: list[str] = []
         with self._lock:
             entry = self._entries.get(vmi.key)
@@ -131,6 +138,7 @@ class Tracker:
         released: list[str] = []
         with self._lock:
             self._drop(key, released)
+        self._announce()
         self._release_all(released)
 
     def replace_all(self, vmis: Iterable[VMI]) -> None:
@@ -142,6 +150,7 @@ class Tracker:
         with self._lock:
             for key in [key for key in self._entries if key not in fresh]:
                 self._drop(key, released)
+        self._announce()
         self._release_all(released)
 
     def retry_unknown(self, uri: str) -> None:
@@ -208,8 +217,14 @@ class Tracker:
     # ------------------------------------------------------------------ internals
 
     def _changed(self) -> None:
-        self._dirty = True
+        self._dirty = self._unannounced = True
         self._revision.bump()
+
+    def _announce(self) -> None:
+        """Call ``on_change`` once for the changes made so far; never with the lock held."""
+        if self._unannounced and self._on_change is not None:
+            self._unannounced = False
+            self._on_change()
 
     def _labels(self, vmi: VMI) -> tuple[str, str]:
         labels = (encodable_label(vmi.namespace), encodable_label(vmi.name))
@@ -325,6 +340,7 @@ class Tracker:
                     entry.pending_attempts = 0
                     previous = self._record(key, entry, vmi, detection)
             self._unuse(vmi.target.uri, released)
+        self._announce()
         # Gone or restarted meanwhile (the new lifetime has its own job): whatever this late attempt
         # set up for the old launcher (daemon state) is released here if nothing else uses it.
         self._release_all(released)

@@ -3,6 +3,8 @@ emulation facts), held fixed by a test or benchmark that sets the snapshot itsel
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.revision import Revision
 
@@ -30,8 +32,23 @@ class FixedInputs:
     def node_accelerator_available(self) -> tuple[str, bool] | None:
         return None
 
-    def explain(self, vmi: object) -> tuple[str, str]:
-        return ("unknown", "")
+    def explanations(self) -> Mapping[str, tuple[str, str]]:
+        return {}
+
+    def follow(self, snapshots: object) -> None:
+        """The snapshot is set by the test itself."""
+
+    def wake(self) -> None:
+        """Nothing to recompute."""
+
+    def describe_accelerator(self) -> str:
+        return ""
+
+    def settled(self) -> bool:
+        return True
+
+    def problems(self) -> list[str]:
+        return []
 
     def start(self) -> None:
         """Nothing to watch: the facts are fixed."""

@@ -468,6 +468,15 @@ OPTIONS: tuple[Option, ...] = (
         "--kvm-device",
     ),
     Option(
+        "OTEL_VMI_HV_EVENTS",
+        "events",
+        "true",
+        "true or false",
+        "KubeVirt mode: record a Warning Event on each VMI reported qemu-tcg (once per VMI and reason,"
+        " rate-limited), seen in `kubectl describe vmi`; needs create and patch on events.",
+        parse.boolean,
+    ),
+    Option(
         "OTEL_VMI_HV_RELIST_SPREAD",
         "relist_spread",
         "10s",

@@ -39,6 +39,7 @@ class Settings:
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
     kvm_device: str = "/dev/kvm"
+    events: bool = True  # Kubernetes Events on emulated VMIs (KubeVirt mode)
     relist_spread: float = 10.0
     watch_silence_timeout: float = 180.0
     web_max_connections: int = 512

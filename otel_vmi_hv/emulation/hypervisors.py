@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from otel_vmi_hv.fields import items, mapping, text
+
 DEFAULT_HYPERVISOR = "kvm"
 FEATURE_GATE = "ConfigurableHypervisor"
 # KubeVirt's hypervisor names and the device each one's launchers request.
@@ -31,29 +33,15 @@ class Hypervisor:
     evidence: str
 
 
-def _configuration(cr: Mapping[str, Any]) -> Mapping[str, Any]:
-    spec = cr.get("spec")
-    configuration = spec.get("configuration") if isinstance(spec, Mapping) else None
-    return configuration if isinstance(configuration, Mapping) else {}
-
-
-def _gate_enabled(configuration: Mapping[str, Any]) -> bool:
-    developer = configuration.get("developerConfiguration")
-    gates = developer.get("featureGates") if isinstance(developer, Mapping) else None
-    return isinstance(gates, list) and FEATURE_GATE in gates
-
-
 def hypervisor_of(cr: Mapping[str, Any], cr_name: str) -> Hypervisor:
     """The hypervisor KubeVirt uses according to the CR ``cr_name`` (``namespace/name``)."""
-    configuration = _configuration(cr)
-    entries = configuration.get("hypervisors")
-    first = entries[0] if isinstance(entries, list) and entries else None
-    named = first.get("name") if isinstance(first, Mapping) else None
-    if not isinstance(named, str) or not named:
+    configuration = mapping(cr, "spec", "configuration")
+    named = text(configuration, "hypervisors", 0, "name")
+    if not named:
         return default_hypervisor(
             f"KubeVirt CR {cr_name} names no hypervisor (spec.configuration.hypervisors)"
         )
-    if not _gate_enabled(configuration):
+    if FEATURE_GATE not in items(configuration, "developerConfiguration", "featureGates"):
         return default_hypervisor(
             f"KubeVirt CR {cr_name} names hypervisor {named!r} but the feature gate {FEATURE_GATE} is off"
         )

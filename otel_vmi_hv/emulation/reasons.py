@@ -1,37 +1,57 @@
 """Why a VMI runs under QEMU TCG: one reason from the facts KubeVirt leaves behind, with evidence.
 
-KubeVirt decides acceleration per launcher pod: with emulation not allowed the launcher requests
-the extended resource of the cluster's hypervisor (``devices.kubevirt.io/kvm``, or
-``devices.kubevirt.io/mshv`` for Hyper-V) and fails without the device; with the KubeVirt CR's
-``developerConfiguration.useEmulation: true`` it requests none and runs TCG even on a node that has
-it. Cross-architecture guests run TCG by design and carry the ``SoftwareEmulation`` condition. So a
-Running TCG VMI is explained, in this order, by its condition, by its node lacking the device, or by
-its launcher not having asked for it (read from the launcher pod where the agent may, else inferred
-from the cluster allowing emulation); when a fact cannot be read the reason is ``unknown`` and the
-evidence says what is missing. The reasons that concern the device name it (``node_without_kvm``,
-``node_without_mshv``, ``kvm_not_requested``, ``mshv_not_requested``). This module only decides; the
-facts are read elsewhere.
+KubeVirt decides acceleration per launcher pod: with emulation not allowed the launcher requests the
+extended resource of the cluster's hypervisor (``devices.kubevirt.io/kvm`` or ``.../mshv``) and fails
+without the device; with ``developerConfiguration.useEmulation: true`` it requests none and runs TCG
+even where the device exists. Cross-architecture guests run TCG by design and carry the
+``SoftwareEmulation`` condition. So a TCG VMI is explained, in this order, by its condition, by its
+node lacking the device, or by its launcher not having asked for it (the launcher pod's word where
+it was read, else the cluster's policy); a fact that cannot be read gives ``unknown``. This module
+only decides; the facts are read elsewhere.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from otel_vmi_hv.model import SoftwareEmulation
 
-CROSS_ARCH = "cross_arch"
-UNKNOWN = "unknown"
 DEVICE_RESOURCE_PREFIX = "devices.kubevirt.io/"
 
 
-def node_without(device: str) -> str:
-    """The reason for a node that lacks the hypervisor device: ``node_without_kvm``, ``node_without_mshv``."""
-    return f"node_without_{device}"
+class EmulationReason(enum.StrEnum):
+    """The ``reason`` label of ``otel_vmi_hv_vmi_emulation_info`` and the WHY column of ``detect``."""
+
+    CROSS_ARCH = "cross_arch"
+    NODE_WITHOUT_KVM = "node_without_kvm"
+    NODE_WITHOUT_MSHV = "node_without_mshv"
+    KVM_NOT_REQUESTED = "kvm_not_requested"
+    MSHV_NOT_REQUESTED = "mshv_not_requested"
+    UNKNOWN = "unknown"
 
 
-def not_requested(device: str) -> str:
-    """The reason for a launcher that did not ask for it: ``kvm_not_requested``, ``mshv_not_requested``."""
-    return f"{device}_not_requested"
+_RESTART = "then restart the VMI"
+_NOT_REQUESTED_FIX = f"set the KubeVirt CR's useEmulation: false (or remove it), {_RESTART}"
+FIXES = {
+    EmulationReason.CROSS_ARCH: "by design; run it on a node of its own architecture if speed matters",
+    EmulationReason.NODE_WITHOUT_KVM: "enable virtualization on the node (firmware, kvm_intel/kvm_amd, "
+    f"nested virtualization), {_RESTART}",
+    EmulationReason.NODE_WITHOUT_MSHV: f"enable the Microsoft Hypervisor on the node, {_RESTART}",
+    EmulationReason.KVM_NOT_REQUESTED: _NOT_REQUESTED_FIX,
+    EmulationReason.MSHV_NOT_REQUESTED: _NOT_REQUESTED_FIX,
+    EmulationReason.UNKNOWN: "what the evidence names as missing (an RBAC rule, the KubeVirt CR, a restart)",
+}
+
+
+def node_without(device: str) -> EmulationReason:
+    """``node_without_kvm`` or ``node_without_mshv``."""
+    return EmulationReason(f"node_without_{device}")
+
+
+def not_requested(device: str) -> EmulationReason:
+    """``kvm_not_requested`` or ``mshv_not_requested``."""
+    return EmulationReason(f"{device}_not_requested")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +85,7 @@ class LauncherRequest:
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    reason: str
+    reason: EmulationReason
     evidence: str
 
 
@@ -78,44 +98,39 @@ def explain_emulation(
     """The reason one VMI reported ``qemu-tcg`` is emulated.
 
     ``policy`` is None on a plain libvirt host, where no cluster policy exists: a TCG domain on a
-    host with a usable device was simply defined that way. ``launcher`` is what the launcher pod
-    requests, when it could be read: it settles ``<device>_not_requested`` even where the cluster's
-    policy cannot be read or has changed since the VMI started.
+    host with a usable device was simply defined that way. ``launcher`` settles
+    ``<device>_not_requested`` even where the policy cannot be read or changed since the VMI started.
     """
     if condition is not None:
         detail = condition.message or condition.reason or "status True"
-        return Explanation(CROSS_ARCH, f"VMI condition SoftwareEmulation=True ({condition.reason}): {detail}")
+        evidence = f"VMI condition SoftwareEmulation=True ({condition.reason}): {detail}"
+        return Explanation(EmulationReason.CROSS_ARCH, evidence)
     device = node.device
     if device is None or node.available is None:
-        return Explanation(UNKNOWN, node.evidence)
+        return Explanation(EmulationReason.UNKNOWN, node.evidence)
     if node.available is False:
         return Explanation(node_without(device), node.evidence)
     if policy is None:
         return Explanation(not_requested(device), f"{node.evidence}; the domain is defined with type='qemu'")
+    if launcher is not None and launcher.requested:
+        # KubeVirt gives a launcher that got the device a domain of that type: TCG is unexplained.
+        evidence = f"{node.evidence}; {launcher.evidence}, yet the domain runs under TCG"
+        return Explanation(EmulationReason.UNKNOWN, evidence)
     if launcher is not None:
-        return _from_launcher(device, node, policy, launcher)
-    if policy.allowed:
-        return Explanation(not_requested(device), f"{node.evidence}; {policy.evidence}")
-    if policy.allowed is None:
-        return Explanation(UNKNOWN, f"{node.evidence}; {policy.evidence}")
-    return Explanation(
-        UNKNOWN,
-        f"{node.evidence}; {policy.evidence}: emulation is not allowed now, so the VMI probably"
-        " started while it was (a restart of the VMI should bring the device)",
-    )
-
-
-def _from_launcher(
-    device: str, node: NodeAccelerator, policy: EmulationPolicy, launcher: LauncherRequest
-) -> Explanation:
-    """The node has the device and the launcher pod was read: its request decides."""
-    if launcher.requested:
-        # KubeVirt gives a launcher that got the device a domain of that type; TCG here is not
-        # something the facts explain.
-        return Explanation(UNKNOWN, f"{node.evidence}; {launcher.evidence}, yet the domain runs under TCG")
-    if policy.allowed is False:
-        note = "; emulation was allowed when it started and is not any more (a restart brings the device)"
+        note = (
+            ""
+            if policy.allowed is not False
+            else ("; emulation was allowed when it started and is not any more (a restart brings the device)")
+        )
         return Explanation(
             not_requested(device), f"{node.evidence}; {launcher.evidence}; {policy.evidence}{note}"
         )
-    return Explanation(not_requested(device), f"{node.evidence}; {launcher.evidence}; {policy.evidence}")
+    if policy.allowed:
+        return Explanation(not_requested(device), f"{node.evidence}; {policy.evidence}")
+    if policy.allowed is None:
+        return Explanation(EmulationReason.UNKNOWN, f"{node.evidence}; {policy.evidence}")
+    return Explanation(
+        EmulationReason.UNKNOWN,
+        f"{node.evidence}; {policy.evidence}: emulation is not allowed now, so the VMI probably"
+        " started while it was (a restart of the VMI should bring the device)",
+    )

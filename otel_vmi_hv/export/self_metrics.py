@@ -23,6 +23,7 @@ class SelfMetrics(Recorder):
     """Instruments about the agent itself; none carries a per-VMI attribute."""
 
     def __init__(self, meter: Any, revision: Revision, export_status: ExportStatus | None) -> None:
+        # Long: one statement per instrument, each with its name, unit and description.
         self._revision = revision
         self._export_status = export_status
         self._last_sync: float | None = None
@@ -56,6 +57,12 @@ class SelfMetrics(Recorder):
             "otel_vmi_hv_detection_mismatches",
             unit="{detection}",
             description="Detections where /proc and libvirt named different hypervisor types",
+        )
+        self.events = meter.create_counter(
+            "otel_vmi_hv_events",
+            unit="{event}",
+            description="Kubernetes Events about emulated VMIs, by result "
+            "(created, updated, dropped, forbidden, failed)",
         )
         meter.create_observable_gauge(
             "otel_vmi_hv_last_sync_timestamp",
@@ -96,6 +103,10 @@ class SelfMetrics(Recorder):
 
     def record_mismatch(self) -> None:
         self.mismatches.add(1)
+        self._revision.bump()
+
+    def record_event(self, result: str) -> None:
+        self.events.add(1, {"result": result})
         self._revision.bump()
 
     def _observe_last_sync(self, _options: CallbackOptions) -> Iterable[Observation]:

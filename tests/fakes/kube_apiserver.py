@@ -174,7 +174,22 @@ POD_RESOURCE: Final = ResourceType(
     frozenset({"metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"}),
     ("po",),
 )
-RESOURCES: Final = (VMI_RESOURCE, NODE_RESOURCE, KUBEVIRT_RESOURCE, POD_RESOURCE)
+# Core v1 Events: the one resource the fake accepts writes for (POST, PUT, PATCH), as the agent's only
+# write permission is on events; a write of anything else is refused with 405.
+EVENT_RESOURCE: Final = ResourceType(
+    "",
+    "v1",
+    "events",
+    "event",
+    "Event",
+    True,
+    frozenset(
+        {"metadata.name", "metadata.namespace", "involvedObject.name", "involvedObject.uid", "reason", "type"}
+    ),
+    ("ev",),
+)
+RESOURCES: Final = (VMI_RESOURCE, NODE_RESOURCE, KUBEVIRT_RESOURCE, POD_RESOURCE, EVENT_RESOURCE)
+WRITE_VERBS: Final = {"POST": "create", "PUT": "update", "PATCH": "patch"}
 _RESOURCE_BY_KIND: Final = {r.kind: r for r in RESOURCES}
 
 # How the real server answers a GET on a collection (k8s.io/apiserver's cacher in front of etcd3, as
@@ -612,6 +627,17 @@ def _with_rv(obj: JsonObj, rv: int) -> JsonObj:
 
 def _now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _merge_patch(target: JsonObj, patch: Mapping[str, Any]) -> None:
+    """RFC 7386 JSON merge patch (what a strategic merge patch is for the fields of an Event)."""
+    for name, value in patch.items():
+        if value is None:
+            target.pop(name, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(name), dict):
+            _merge_patch(target[name], value)
+        else:
+            target[name] = json.loads(_dumps(value))
 
 
 def _resource_of(obj: Mapping[str, Any]) -> ResourceType:
@@ -1604,13 +1630,16 @@ class FakeKubeAPIServer:
         """Entry point for every request, in this order: record it (counters, request log), apply a pending
         hang/fail injection, check the bearer token, dispatch.  Injected faults therefore win over auth.
         """
+        payload = b""
         if h.command != "GET":
             length = int(h.headers.get("Content-Length") or 0)
             if length:
-                h.rfile.read(length)
+                payload = h.rfile.read(length)
         parts = urlsplit(h.path)
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         route = _route(parts.path, params)
+        if h.command in WRITE_VERBS and route.resource is not None:
+            route = _Route(WRITE_VERBS[h.command], route.namespace, route.name, route.resource)
         with self._lock:
             self._requests.append(
                 RecordedRequest(
@@ -1647,7 +1676,10 @@ class FakeKubeAPIServer:
             if forbidden:
                 assert route.resource is not None
                 raise _ApiError(403, self._forbidden_message(route), reason="Forbidden")
-            self._dispatch(h, route, params)
+            if h.command != "GET":
+                self._write(h, route, payload)
+            else:
+                self._dispatch(h, route, params)
         except _ApiError as err:
             body = status_object(
                 err.code,
@@ -1707,6 +1739,49 @@ class FakeKubeAPIServer:
                 self._serve_watch(h, flt, params)
             else:
                 self._send_bytes(h, 200, self._list(flt, params))
+
+    def _write(self, h: _Handler, route: _Route, body: bytes) -> None:
+        """An Event written as the real server takes it: create (409 on an existing name), replace or
+        merge-patch (404 when missing). Writes of any other resource, or another method, get 405."""
+        resource = route.resource
+        if resource is not EVENT_RESOURCE or route.verb not in WRITE_VERBS.values():
+            raise _ApiError(405, f"{h.command} is not allowed on {h.path}", reason="MethodNotAllowed")
+        assert route.namespace is not None
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            raise _ApiError(400, "the body is not JSON", reason="BadRequest") from None
+        if not isinstance(obj, dict):
+            raise _ApiError(400, "the body is not an object", reason="BadRequest")
+        if route.verb == "create" and route.name is None:
+            metadata = obj.setdefault("metadata", {})
+            if metadata.setdefault("namespace", route.namespace) != route.namespace:
+                raise _ApiError(
+                    400, "the namespace of the object does not match the request", reason="BadRequest"
+                )
+            obj["kind"], name = "Event", str(metadata.get("name"))
+            try:
+                self._send_json(h, 201, self.create(obj))
+            except ValueError:
+                details = {"name": name, "kind": "events"}
+                raise _ApiError(
+                    409, f'events "{name}" already exists', reason="AlreadyExists", details=details
+                ) from None
+            return
+        if route.name is None or route.verb == "create":
+            raise _ApiError(405, f"{h.command} is not allowed on {h.path}", reason="MethodNotAllowed")
+        try:
+            if route.verb == "update":
+                obj.setdefault("metadata", {}).update(name=route.name, namespace=route.namespace)
+                self._send_json(h, 200, self.update({**obj, "kind": "Event"}))
+            else:
+                stored = self.patch(route.namespace, route.name, lambda o: _merge_patch(o, obj), kind="Event")
+                self._send_json(h, 200, stored)
+        except KeyError:
+            details = {"name": route.name, "kind": "events"}
+            raise _ApiError(
+                404, f'events "{route.name}" not found', reason="NotFound", details=details
+            ) from None
 
     def _discovery(self, path: str) -> JsonObj:
         group_version = {"groupVersion": API_VERSION, "version": VERSION}

@@ -222,3 +222,32 @@ def test_detect_shows_what_the_launcher_requested_where_pods_may_be_read(
     assert "launcher" not in row["emulation_evidence"] and "useEmulation: true" in row["emulation_evidence"]
     assert main(["detect"]) == 0
     assert "cannot tell why" not in capsys.readouterr().out
+
+
+def test_the_launcher_pod_is_read_without_any_scrape(api: FakeKubeAPIServer, tmp_path: Path) -> None:
+    """Prometheus pull only and nobody scrapes: the lookup follows the detection, not a collection."""
+    pods = tmp_path / "pods"
+    vmi = make_vmi("ci", "runner", NODE)
+    Launchers(pods).run_vmi(vmi, "qemu", NODE)
+    api.create(vmi)
+    api.create(make_launcher_pod(vmi, NODE, device=None))
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    with running_agent(api, tmp_path, NODE, pods, OTEL_METRICS_EXPORTER="prometheus") as agent:
+        assert agent.telemetry is not None
+        api.wait_for(
+            lambda: any(r.resource == "pods" and r.verb == "list" for r in api.requests),
+            "the launcher pod listed",
+            timeout=10,
+        )
+
+        def launcher_said() -> bool:
+            return any(
+                "launcher pod ci/virt-launcher-runner-" in e
+                for _, e in agent.emulation.explanations().values()
+            )
+
+        wait_until(launcher_said, 10, "the launcher's answer published")
+        [(reason, _)] = agent.emulation.explanations().values()
+        assert reason == "kvm_not_requested"
+        assert agent.telemetry.prometheus_collections == 0, "no collection happened"

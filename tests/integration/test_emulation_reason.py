@@ -6,7 +6,6 @@ the KubeVirt CR, and the VMI source for the SoftwareEmulation condition.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ from typing import Any
 import pytest
 
 from otel_vmi_hv.emulation.cluster_facts import ClusterFacts
-from otel_vmi_hv.model import VMI, LibvirtTarget
+from otel_vmi_hv.interfaces import Snapshot
+from otel_vmi_hv.model import VMI, LibvirtTarget, Series
 from tests.agent_process import wait_until
 from tests.fakes.kube_apiserver import FakeKubeAPIServer, RecordedRequest
 from tests.fakes.kubevirt_objects import (
@@ -41,23 +41,26 @@ def api() -> Iterator[FakeKubeAPIServer]:
 
 
 class Facts:
-    """ClusterFacts of NODE against the fake, with its change notifications counted."""
+    """ClusterFacts of NODE against the fake, following a snapshot of emulated VMIs (TCG_VMI at first)."""
 
     def __init__(self, api: FakeKubeAPIServer, tmp_path: Path) -> None:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-        self.changes = 0
-        self.changed = threading.Event()
-        self.facts = ClusterFacts(agent_settings(kubeconfig, NODE, tmp_path), on_change=self._on_change)
+        self.vmis = [TCG_VMI]
+        self.facts = ClusterFacts(agent_settings(kubeconfig, NODE, tmp_path))
+        self.facts.follow(self._snapshot)
 
-    def _on_change(self) -> None:
-        self.changes += 1
-        self.changed.set()
+    def _snapshot(self) -> Snapshot:
+        rows = tuple((Series("qemu-tcg", vmi.name, vmi.namespace, NODE), vmi) for vmi in self.vmis)
+        return Snapshot(len(self.vmis), (), 0, 0, rows)
+
+    def explain(self, vmi: VMI = TCG_VMI) -> tuple[str, str]:
+        return self.facts.explanations().get(vmi.key, ("", ""))
 
     def reason(self, vmi: VMI = TCG_VMI) -> str:
-        return self.facts.explain(vmi)[0]
+        return self.explain(vmi)[0]
 
     def evidence(self, vmi: VMI = TCG_VMI) -> str:
-        return self.facts.explain(vmi)[1]
+        return self.explain(vmi)[1]
 
     def wait_reason(self, reason: str, what: str) -> None:
         wait_until(lambda: self.reason() == reason, 10, what)
@@ -113,7 +116,7 @@ def test_hypervisors_without_the_feature_gate_mean_kvm(api: FakeKubeAPIServer, f
     api.create(make_kubevirt(True, hypervisor="hyperv-direct", feature_gate=False))
     facts.wait_reason("node_without_kvm", "the cluster runs KVM")
     assert facts.facts.node_accelerator_available() == ("kvm", False)
-    assert "ConfigurableHypervisor" in facts.facts.hypervisor().evidence
+    assert "ConfigurableHypervisor" in facts.facts.describe_accelerator()
 
 
 def test_switching_the_cluster_to_hyperv_changes_the_device(api: FakeKubeAPIServer, facts: Facts) -> None:
@@ -170,7 +173,10 @@ def test_cross_arch_condition_wins(api: FakeKubeAPIServer, facts: Facts, tmp_pat
     with running_agent(api, tmp_path, NODE, pods) as agent:
         wait_until(lambda: len(agent.tracker.detections()) == 1, 10, "the VMI in the tracker")
         [(seen, _)] = agent.tracker.detections()
-        reason, evidence = facts.facts.explain(seen)
+        facts.vmis = [seen]
+        facts.facts.wake()
+        wait_until(lambda: facts.reason(seen) == "cross_arch", 10, "the condition explains it")
+        reason, evidence = facts.explain(seen)
     assert reason == "cross_arch"
     assert "CrossArchitectureEmulation" in evidence and "guest=arm64" in evidence
 
@@ -204,14 +210,14 @@ def test_kvm_appearing_on_the_node_changes_the_reason(api: FakeKubeAPIServer, fa
     api.create(make_node(NODE, None))
     api.create(make_kubevirt(True))
     facts.wait_reason("node_without_kvm", "no KVM at first")
-    version, changes = facts.facts.version, facts.changes
+    version = facts.facts.version
 
     def add_kvm(node: dict[str, dict[str, dict[str, str]]]) -> None:
         node["status"]["allocatable"][KVM_DEVICE_RESOURCE] = "1k"
 
     api.patch("", NODE, add_kvm, kind="Node")  # virt-handler's device plugin found /dev/kvm
     facts.wait_reason("kvm_not_requested", "KVM appeared; the launcher still did not ask for it")
-    assert facts.facts.version > version and facts.changes > changes
+    assert facts.facts.version > version
     assert facts.facts.node_kvm_available() is True
 
 
@@ -286,7 +292,7 @@ def test_facts_are_cached_not_read_per_call(api: FakeKubeAPIServer, facts: Facts
     facts.wait_reason("kvm_not_requested", "facts read")
     before = len(api.requests)
     for _ in range(200):
-        facts.facts.explain(TCG_VMI)
+        facts.facts.explanations()
         facts.facts.node_kvm_available()
     assert len([r for r in api.requests[before:] if r.verb in ("list", "get")]) == 0
 

@@ -75,6 +75,7 @@ BAD_VALUES = {
     "OTEL_VMI_HV_TLS_KEY_FILE": "key.pem",
     "OTEL_VMI_HV_TLS_CLIENT_CA_FILE": "ca.pem",
     "OTEL_VMI_HV_KVM_DEVICE": "dev/kvm",
+    "OTEL_VMI_HV_EVENTS": "yes",
     "OTEL_VMI_HV_RELIST_SPREAD": "11m",
     "OTEL_VMI_HV_WATCH_SILENCE_TIMEOUT": "0s",
 }

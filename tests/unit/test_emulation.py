@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from otel_vmi_hv.detect_report import render_table, rows
 from otel_vmi_hv.emulation.reasons import (
+    FIXES,
     EmulationPolicy,
+    EmulationReason,
     LauncherRequest,
     NodeAccelerator,
     explain_emulation,
 )
-from otel_vmi_hv.model import SoftwareEmulation
+from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, SoftwareEmulation
 
 KVM = NodeAccelerator("kvm", True, "node w1 allocatable devices.kubevirt.io/kvm=1k")
 NO_KVM = NodeAccelerator("kvm", False, "node w1 has no allocatable devices.kubevirt.io/kvm")
@@ -104,3 +109,18 @@ def test_plain_host() -> None:
     odd = NodeAccelerator("kvm", None, "cannot open /dev/kvm: Input/output error")
     result = explain_emulation(None, odd, None)
     assert result.reason == "unknown" and "Input/output" in result.evidence
+
+
+def _explained_as(reason: str) -> Callable[[VMI], tuple[str, str]]:
+    return lambda _: (reason, "the evidence")
+
+
+def test_every_reason_has_a_fix_that_detect_prints() -> None:
+    assert set(FIXES) == set(EmulationReason)
+    assert all(FIXES[reason].strip() for reason in EmulationReason)
+    vmi = VMI("uid-1", "ci", "runner", LibvirtTarget("qemu:///x", "ci_runner", "1"))
+    detection = Detection("qemu-tcg", DetectionMethod.LIBVIRT)
+    for reason in EmulationReason:
+        table = render_table(rows([(vmi, detection)], "w1", _explained_as(reason)))
+        assert f"why emulated, {reason}: the evidence" in table
+        assert f"fix for {reason}: {FIXES[reason]}" in table

@@ -6,19 +6,40 @@ import os
 import stat
 from pathlib import Path
 
-from otel_vmi_hv.emulation.cluster_facts import HostFacts
-from otel_vmi_hv.model import VMI, LibvirtTarget
+from otel_vmi_hv.emulation.host_facts import HostFacts
+from otel_vmi_hv.interfaces import Snapshot
+from otel_vmi_hv.model import VMI, LibvirtTarget, Series
+from tests.agent_process import wait_until
 from tests.peers import require
 
 TCG_DOMAIN = VMI("uuid-1", "", "builder", LibvirtTarget("qemu:///system", "builder", "1/uuid-1"))
+EMULATED = Snapshot(1, (), 0, 0, ((Series("qemu-tcg", "builder", "", "host"), TCG_DOMAIN),))
+
+
+def following(facts: HostFacts) -> HostFacts:
+    """The facts explaining a snapshot with the TCG domain, published without their worker."""
+    facts.follow(lambda: EMULATED)
+    facts.publish()
+    return facts
 
 
 def test_missing_device_explains_emulation(tmp_path: Path) -> None:
-    facts = HostFacts(str(tmp_path / "kvm"))
-    reason, evidence = facts.explain(TCG_DOMAIN)
+    facts = following(HostFacts(str(tmp_path / "kvm")))
+    reason, evidence = facts.explanations()["uuid-1"]
     assert reason == "node_without_kvm"
     assert "missing" in evidence
     assert facts.node_kvm_available() is False
+
+
+def test_explanations_are_published_before_any_read(tmp_path: Path) -> None:
+    facts = HostFacts(str(tmp_path / "kvm"))
+    assert facts.explanations() == {}, "nothing followed yet"
+    facts.follow(lambda: EMULATED)
+    facts.start()
+    try:
+        wait_until(lambda: "uuid-1" in facts.explanations(), 5, "the worker explains the followed snapshot")
+    finally:
+        facts.stop()
 
 
 def test_kvm_appearing_is_picked_up_on_refresh(tmp_path: Path) -> None:
@@ -26,16 +47,17 @@ def test_kvm_appearing_is_picked_up_on_refresh(tmp_path: Path) -> None:
     kvm = os.stat(require("kvm")).st_rdev  # a working KVM driver behind those numbers
     require("device-nodes")
     path = tmp_path / "kvm"
-    changes: list[int] = []
-    facts = HostFacts(str(path), on_change=lambda: changes.append(1))
-    assert facts.explain(TCG_DOMAIN)[0] == "node_without_kvm"
+    facts = following(HostFacts(str(path)))
+    assert facts.explanations()["uuid-1"][0] == "node_without_kvm"
+    version = facts.version
     os.mknod(path, 0o600 | stat.S_IFCHR, kvm)
     facts.refresh()
-    assert facts.node_kvm_available() is True, facts.explain(TCG_DOMAIN)[1]
-    assert facts.explain(TCG_DOMAIN)[0] == "kvm_not_requested"
-    assert facts.version == 1 and changes == [1]
-    facts.refresh()  # nothing changed: no new version, no notification
-    assert facts.version == 1 and changes == [1]
+    assert facts.node_kvm_available() is True, facts.explanations()["uuid-1"][1]
+    assert facts.explanations()["uuid-1"][0] == "kvm_not_requested"
+    assert facts.version > version
+    version = facts.version
+    facts.refresh()  # nothing changed: no new version
+    assert facts.version == version
 
 
 def test_the_libvirt_source_gets_host_facts(tmp_path: Path) -> None:
@@ -47,5 +69,6 @@ def test_the_libvirt_source_gets_host_facts(tmp_path: Path) -> None:
     )
     facts = emulation_facts_for(settings)
     assert isinstance(facts, HostFacts)
-    assert facts.explain(TCG_DOMAIN)[0] == "node_without_kvm"
-    assert str(tmp_path / "no-kvm") in facts.explain(TCG_DOMAIN)[1]
+    reason, evidence = following(facts).explanations()["uuid-1"]
+    assert reason == "node_without_kvm"
+    assert str(tmp_path / "no-kvm") in evidence

@@ -424,7 +424,7 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ (b) RBAC
 
 
-def test_rbac_is_exactly_read_access_to_vmis_nodes_the_kubevirt_cr_and_a_list_of_pods() -> None:
+def test_rbac_is_read_access_to_vmis_nodes_the_kubevirt_cr_a_list_of_pods_and_events_written() -> None:
     manifests = all_manifests()
     assert of_kind("Role", manifests) == []
     assert of_kind("RoleBinding", manifests) == []
@@ -445,6 +445,9 @@ def test_rbac_is_exactly_read_access_to_vmis_nodes_the_kubevirt_cr_and_a_list_of
         ("kubevirt.io", "kubevirts"): read,  # the KubeVirt CR: useEmulation, the hypervisor
         # An emulated VMI's launcher pod, found by label (a name to `get` it by is not known); no watch.
         ("", "pods"): ["list"],
+        # The only write: Events on emulated VMIs, created, or patched when they exist already.
+        ("", "events"): ["create", "patch"],
+        ("events.k8s.io", "events"): ["create", "patch"],
     }
 
 

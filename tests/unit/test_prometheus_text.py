@@ -61,8 +61,25 @@ class State:
     def node_accelerator_available(self) -> tuple[str, bool] | None:
         return ("kvm", False)
 
-    def explain(self, vmi: VMI) -> tuple[str, str]:
-        return ("node_without_kvm", "no devices.kubevirt.io/kvm")
+    def explanations(self) -> dict[str, tuple[str, str]]:
+        return {
+            vmi.key: ("node_without_kvm", "no devices.kubevirt.io/kvm") for _, vmi in self.current.emulated
+        }
+
+    def follow(self, snapshots: object) -> None:
+        """The snapshot is set by the test itself."""
+
+    def wake(self) -> None:
+        """Nothing to recompute."""
+
+    def describe_accelerator(self) -> str:
+        return ""
+
+    def settled(self) -> bool:
+        return True
+
+    def problems(self) -> list[str]:
+        return []
 
     def start(self) -> None:
         """Nothing to watch: the facts are fixed."""
