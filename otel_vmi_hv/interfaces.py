@@ -89,3 +89,6 @@ class Recorder:
 
     def record_mismatch(self) -> None:
         """/proc and libvirt answered differently for one VMI."""
+
+    def record_handler_error(self) -> None:
+        """What a list-watch called (its handler, this recorder) raised: a bug, logged with its traceback."""

@@ -207,15 +207,12 @@ class ClusterFacts:
                 self._node,
                 self._client,
                 list_watch_options(settings, field_selector=f"metadata.name={self._node_name}"),
-                on_failure=self._node.failed,
-                on_watching=self._node.watching,
             ),
             ListWatch(
                 KUBEVIRTS,
                 self._kubevirt,
                 self._client,
                 list_watch_options(settings),
-                on_failure=self._kubevirt.failed,
             ),
         ]
 
