@@ -40,10 +40,6 @@ class ResourceExpired(Exception):
     """The resume point (resourceVersion or continue token) is gone: a relist is needed."""
 
 
-class WatchLineTooLong(Exception):
-    """A watch line grew past the cap without a newline."""
-
-
 class HandlerBug(Exception):
     """The handler or the recorder raised: a bug in the agent, not a fault of the API server."""
 
@@ -81,18 +77,10 @@ class Resource:
         }.get(status or 0, "")
 
 
-# The client's parameter names, as the loop uses them, and their names in the query string.
-_QUERY_NAMES = {
-    "label_selector": "labelSelector",
-    "field_selector": "fieldSelector",
-    "limit": "limit",
-    "resource_version": "resourceVersion",
-    "resource_version_match": "resourceVersionMatch",
-    "_continue": "continue",
-    "watch": "watch",
-    "allow_watch_bookmarks": "allowWatchBookmarks",
-    "timeout_seconds": "timeoutSeconds",
-}
+def _query_name(name: str) -> str:
+    """The API's name of a client parameter: ``labelSelector`` for ``label_selector``, and so on."""
+    head, *rest = name.lstrip("_").split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def get_collection(api_client: Any, resource: Resource, timeout: tuple[float, float], **params: Any) -> Any:
@@ -103,7 +91,7 @@ def get_collection(api_client: Any, resource: Resource, timeout: tuple[float, fl
     """
     from kubernetes.client.exceptions import ApiException
 
-    query = [(_QUERY_NAMES[name], value) for name, value in params.items() if value is not None]
+    query = [(_query_name(name), value) for name, value in params.items() if value is not None]
     method, url, headers, body, post_params = api_client.param_serialize(
         "GET",
         resource.path,
@@ -219,7 +207,13 @@ class ListWatch:
     def _run(self, worker: Worker) -> None:
         failures = 0  # consecutive: a cycle that delivered starts the count again
         while not worker.stopping:
-            outcome = self._cycle(worker)
+            try:
+                outcome = self._cycle(worker)
+            except HandlerBug as bug:
+                log.exception("%s: bug in the handler; relisting", self.resource.name)
+                self._recorder.record_handler_error()
+                self._resource_version = None  # the handler's state is in doubt: rebuild it
+                outcome = Outcome(False, f"bug in the {self.resource.name} handler: {bug}")
             failures = 0 if outcome.delivered else failures
             if outcome.failure is not None and not worker.stopping:
                 failures += 1
@@ -232,7 +226,8 @@ class ListWatch:
         self._delivered = False
         try:
             if self._resource_version is None:
-                if self._listed and self._spread_relist(worker):
+                spread = random.uniform(0, self._options.relist_spread) if self._listed else 0.0  # noqa: S311
+                if worker.sleep(spread):  # a relist after an outage waits: agents must not relist in step
                     return Outcome(False)
                 self._relist()
             opened = time.monotonic()
@@ -240,22 +235,13 @@ class ListWatch:
                 self._watch_once(worker)
             except ReadTimeoutError:  # the read timeout is the silence timeout
                 if not worker.stopping:
-                    log.info(
-                        "%s watch silent for %.0fs; resuming it",
-                        self.resource.name,
-                        self._options.silence_timeout,
-                    )
+                    log.info("%s watch silent too long; resuming it", self.resource.name)
                     self._tell(self._recorder.record_watch_restart, "silent")
                 return Outcome(self._delivered)
             self._tell(self._recorder.record_watch_restart, "closed")
             if time.monotonic() - opened < MIN_WATCH_SECONDS:
                 worker.sleep(MIN_WATCH_SECONDS)
             return Outcome(self._delivered)
-        except HandlerBug as bug:
-            log.exception("%s: bug in the handler; relisting", self.resource.name)
-            self._recorder.record_handler_error()
-            self._resource_version = None  # the handler's state is in doubt: rebuild it
-            return Outcome(False, f"bug in the {self.resource.name} handler: {bug}")
         except ResourceExpired:
             self._expired("410 Gone")
         except ApiException as error:
@@ -263,6 +249,8 @@ class ListWatch:
                 why = f"HTTP {error.status} {error.reason}{self.resource.hint(error.status)}"
                 return Outcome(self._delivered, why, error.status)
             self._expired("HTTP 410")  # some servers refuse a too-old watch with HTTP 410
+        except HandlerBug:
+            raise
         except Exception as error:  # connection refused or reset, timeouts, bad JSON, long lines: transient
             return Outcome(self._delivered, f"{type(error).__name__}: {error}")
         return Outcome(self._delivered)
@@ -283,10 +271,10 @@ class ListWatch:
         """Report a failed cycle, then wait before the next attempt (jittered, growing)."""
         self.last_error = outcome.failure
         delay = self._options.backoff.delay(failures)
+        what = f"{self.resource.name} {'list' if self._resource_version is None else 'watch'}"
         (log.warning if failures in (1, 5) or failures % 20 == 0 else log.debug)(
-            "%s %s from the Kubernetes API failed (%s); retrying in %.1fs (attempt %d)",
-            self.resource.name,
-            "list" if self._resource_version is None else "watch",
+            "%s from the Kubernetes API failed (%s); retrying in %.1fs (attempt %d)",
+            what,
             outcome.failure,
             delay,
             failures,
@@ -299,17 +287,9 @@ class ListWatch:
             self._recorder.record_handler_error()
         worker.sleep(delay)
 
-    def _spread_relist(self, worker: Worker) -> bool:
-        """Wait a random part of the relist spread; True when stopped meanwhile."""
-        delay = random.uniform(0, self._options.relist_spread)  # noqa: S311 - spreading, not security
-        log.debug("%s relist in %.1fs (spread)", self.resource.name, delay)
-        return worker.sleep(delay)
-
     def _selectors(self) -> dict[str, Any]:
-        return {
-            "label_selector": self._options.label_selector,
-            "field_selector": self._options.field_selector,
-        }
+        options = self._options
+        return {"label_selector": options.label_selector, "field_selector": options.field_selector}
 
     def _list_params(self) -> dict[str, Any]:
         """The first page's parameters: from the watch cache whenever the server has one."""
@@ -342,11 +322,7 @@ class ListWatch:
                 if "_continue" in params:
                     log.info("%s list continue token expired; restarting the list", self.resource.name)
                 else:  # older than anything the server keeps: only a consistent read can answer
-                    log.info(
-                        "%s version %s too old to list from; listing afresh",
-                        self.resource.name,
-                        self._last_seen,
-                    )
+                    log.info("%s version too old to list from; listing afresh", self.resource.name)
                     self._consistent_next = True
                     first = self._list_params()
                 params = dict(first)
@@ -440,7 +416,7 @@ def watch_events(response: Any, max_line_bytes: int, what: str = "watch") -> Ite
             length = len(buffer) if end < 0 else end
             if length > max_line_bytes:
                 log.warning("%s watch line longer than %d bytes; restarting the watch", what, max_line_bytes)
-                raise WatchLineTooLong(f"watch line longer than {max_line_bytes} bytes")
+                raise ValueError(f"watch line longer than {max_line_bytes} bytes")
             if end < 0:
                 scanned = len(buffer)
                 break
