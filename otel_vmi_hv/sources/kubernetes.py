@@ -124,12 +124,11 @@ class KubernetesVMISource:
         *,
         metrics: Recorder,
         on_synced: Callable[[], None] = lambda: None,
-        api_client: Any = None,
     ) -> None:
         self._settings = settings
         self._sink = sink
         self._on_synced = on_synced
-        self._api_client = api_client
+        self._api_client: Any = None
         self._interpret = VMIInterpreter(settings.node_name, settings.libvirt_uri, settings.pods_root)
         self._listing: dict[str, VMI] = {}  # the relist in progress
         selector = f"kubevirt.io/nodeName={settings.node_name}"

@@ -198,10 +198,6 @@ class ListWatch:
             except Exception:  # closing a half-dead socket may fail in many ways; it is going anyway
                 log.debug("closing the %s watch response failed", self.resource.name, exc_info=True)
 
-    def join(self, timeout: float) -> None:
-        if self._worker is not None:
-            self._worker.join(timeout)
-
     # ------------------------------------------------------------------ the loop
 
     def _run(self, worker: Worker) -> None:

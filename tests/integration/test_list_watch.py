@@ -137,7 +137,6 @@ class Running:
 
     def __exit__(self, *exc: object) -> None:
         self.watch.stop()
-        self.watch.join(5)
 
 
 def test_first_list_and_relists_come_from_the_watch_cache(api: FakeKubeAPIServer, tmp_path: Path) -> None:
@@ -246,8 +245,7 @@ def test_stop_ends_an_open_watch_at_once(api: FakeKubeAPIServer, tmp_path: Path)
     api.wait_for_watches(1)
     assert thread_name in _thread_names()
     running.watch.stop()
-    running.watch.join(2)
-    assert thread_name not in _thread_names()
+    wait_until(lambda: thread_name not in _thread_names(), 2, "the watch thread ended")
 
 
 def _thread_names() -> set[str]:
@@ -302,7 +300,6 @@ def test_a_refused_connection_is_retried_by_the_loop_alone(
             wait_until(lambda: len(handler.failures) >= 3, 10, "three failed lists")
         finally:
             watch.stop()
-            watch.join(5)
     assert handler.failures[0][0] is None and "Connection refused" in handler.failures[0][1]
     assert not [
         r.getMessage() for r in caplog.records if r.name.startswith("urllib3") and "Retry" in r.getMessage()
