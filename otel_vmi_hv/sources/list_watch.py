@@ -372,6 +372,9 @@ class ListWatch:
                 if worker.stopping:
                     return
                 self._apply(event)
+        except BaseException:
+            response.close()  # the client's retries are off: a half-read stream must not be reused
+            raise
         finally:
             self._response = None
             response.release_conn()
