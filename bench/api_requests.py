@@ -21,14 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import table
-from otel_vmi_hv.sources.list_watch import (
-    RELIST_SPREAD,
-    SILENCE_TIMEOUT,
-    WATCH_TIMEOUT_RANGE,
-    ListWatch,
-    ListWatchOptions,
-    Resource,
-)
+from otel_vmi_hv.config import load_settings
+from otel_vmi_hv.sources.list_watch import ListWatch, ListWatchOptions, Resource
 from tests.fakes.kube_apiserver import CACHED_LIST, CONSISTENT_LIST, WATCH, FakeKubeAPIServer
 from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi
 
@@ -49,6 +43,12 @@ class Discard:
         pass
 
     def changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        pass
+
+    def watching(self) -> None:
+        pass
+
+    def failed(self, status: int | None, reason: str) -> None:
         pass
 
 
@@ -94,10 +94,11 @@ def measure(
 ) -> dict[str, dict[str, float]]:
     from kubernetes import config
 
-    low, high = WATCH_TIMEOUT_RANGE
+    defaults = load_settings({"OTEL_VMI_HV_SOURCE": "libvirt"})  # the documented defaults
+    low, high = ListWatchOptions(0, 0).watch_timeout_range
     options = ListWatchOptions(
-        relist_spread=RELIST_SPREAD / scale,
-        silence_timeout=SILENCE_TIMEOUT / scale,
+        relist_spread=defaults.relist_spread / scale,
+        silence_timeout=defaults.watch_silence_timeout / scale,
         watch_timeout_range=(max(1, round(low / scale)), max(2, round(high / scale))),
     )
     with (

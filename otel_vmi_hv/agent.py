@@ -114,12 +114,7 @@ class Agent:
             from otel_vmi_hv.sources.kubernetes import KubernetesVMISource
 
             return KubernetesVMISource(
-                self.settings,
-                self.tracker,
-                on_synced=self._synced,
-                on_relist=self.metrics.record_relist,
-                on_sync=self.metrics.record_sync,
-                on_watch_restart=self.metrics.record_watch_restart,
+                self.settings, self.tracker, metrics=self.metrics, on_synced=self._synced
             )
         from otel_vmi_hv.sources.libvirt import LibvirtDomainSource
 

@@ -104,3 +104,6 @@ class Recorder:
 
     def record_event(self, result: str) -> None:
         """One Kubernetes Event about an emulated VMI: created, updated, dropped, forbidden, failed."""
+
+    def record_handler_error(self) -> None:
+        """What a list-watch called (its handler, this recorder) raised: a bug, logged with its traceback."""

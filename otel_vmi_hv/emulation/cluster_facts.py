@@ -50,15 +50,12 @@ class ClusterFacts(ExplainedFacts):
                 self._node,
                 self.client,
                 list_watch_options(settings, field_selector=f"metadata.name={self._node_name}"),
-                on_failure=self._node.failed,
-                on_watching=self._node.watching,
             ),
             ListWatch(
                 KUBEVIRTS,
                 self._kubevirt,
                 self.client,
                 list_watch_options(settings),
-                on_failure=self._kubevirt.failed,
             ),
         ]
         self.publish()

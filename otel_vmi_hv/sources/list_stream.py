@@ -1,17 +1,11 @@
 """The items of a Kubernetes list answer, decoded one at a time while the body arrives.
 
-Why: the first list is answered from the API server's watch cache, which before Kubernetes 1.33
-ignores ``limit``, so every VMI of the node comes in one JSON document (about 20 KB of JSON per VMI,
-several times that once decoded). ``json.loads`` of that body holds the bytes, the text and the whole
-object tree at the same moment, and the process keeps that high-water mark for good. Here only one
-item's objects and a window of text (the item being read plus one network chunk) exist at a time: the
-handler turns each item into the little the agent keeps before the next one is decoded.
-
-The document is walked with the standard library's ``json.JSONDecoder.raw_decode`` (its C scanner),
-one value at a time: the top-level object's keys in whatever order the server writes them
-(``metadata`` before or after ``items``), each element of ``items`` as soon as it is complete. A value
-cut by the end of a chunk fails to decode and is tried again once the text after it has at least
-doubled, so an item of any size is decoded in linear time.
+Why: before Kubernetes 1.33 the watch cache ignores ``limit``, so the first list brings every VMI of
+the node in one JSON document, and ``json.loads`` of it would hold the bytes, the text and the whole
+object tree at once (a high-water mark the process keeps; BENCHMARKS.md). Here only one item's
+objects and a window of text exist at a time. The document is walked with the standard library's
+``json.JSONDecoder.raw_decode``, one value at a time, ``metadata`` before or after ``items``; a value
+cut by the end of a chunk is tried again once the text after it has at least doubled (linear time).
 """
 
 from __future__ import annotations
@@ -102,8 +96,6 @@ class ListBody:
         if char not in (",", closing):
             raise self._error(f"expected ',' or {closing!r}")
         self._pos += 1
-        if char == ",":
-            self._peek()
         return char
 
     def _expect(self, char: str, problem: str) -> None:

@@ -3,9 +3,10 @@
 Why this exists
 ---------------
 No real kube-apiserver can run in this test environment, yet the agent talks to the API through the real
-``kubernetes`` Python client: ``CustomObjectsApi.list_cluster_custom_object`` and ``CoreV1Api.list_node``,
-for lists and, with ``watch=True`` and ``_preload_content=False``, for watch streams that the agent reads
-line by line itself (``otel_vmi_hv/sources/list_watch.py``; it does not use ``kubernetes.watch.Watch``).
+``kubernetes`` Python client: its ``ApiClient`` (``param_serialize`` and ``call_api``, no generated API
+class) sends every request (lists and watches: ``otel_vmi_hv/sources/list_watch.py``), with the client's own
+urllib3 retries turned off; the agent decodes list bodies item by item as they arrive
+(``sources/list_stream.py``) and reads watch streams line by line itself (not ``kubernetes.watch.Watch``).
 A mock at the Python level would only prove that the agent calls the methods we expected; it would not
 prove that the agent survives what a real API server does on the wire: chunked JSON-lines watch streams,
 ``410 Expired`` for stale resourceVersions, paginated lists served from one consistent snapshot, selector
@@ -77,8 +78,9 @@ that drive ``kubernetes.watch.Watch`` directly against this fake
 * An abrupt connection close (``drop_streams``) surfaces from the generator as
   ``urllib3.exceptions.ProtocolError`` ("Response ended prematurely"), not as ``ApiException``.
 * Non-2xx answers to a watch request are raised as ``ApiException`` before any event is read.
-* urllib3's default ``Retry(3)`` applies to the client's GETs: connection refused, read timeouts and
-  connections closed before the response headers are retried 3 times (no backoff), so a stopped server
+* urllib3's default ``Retry(3)`` applies to the client's GETs (the agent's client sets ``Configuration.retries
+  = False``: its list-watch backs off by itself): connection refused, read timeouts and connections
+  closed before the response headers are retried 3 times (no backoff), so a stopped server
   costs 4 connection attempts and one hung request is transparently retried.  HTTP error statuses are not
   retried (``client_go_retries`` is off by default) EXCEPT 413/429/503 carrying ``Retry-After``: urllib3
   honours the header, sleeps, and retries, so the caller never sees those failures unless all 4 fail.
