@@ -22,7 +22,7 @@ from typing import Any
 import h11
 
 from otel_vmi_hv.server.client_noise import RateLimitedLog
-from otel_vmi_hv.server.endpoints import TEXT, Endpoints
+from otel_vmi_hv.server.endpoints import TEXT_HEADERS, Endpoints, Headers
 from otel_vmi_hv.server.limits import ServerLimits
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ class Connection(asyncio.Protocol):
         limits: ServerLimits,
         endpoints: Endpoints,
         client_noise: RateLimitedLog,
-        *,
         beyond_cap: bool = False,
     ) -> None:
         self._loop = loop
@@ -165,10 +164,7 @@ class Connection(asyncio.Protocol):
                 elif event is h11.PAUSED:
                     return  # h11 waits for an answer that is not sent yet
             elif isinstance(event, h11.Request):
-                if self._beyond_cap:
-                    self._endpoints.answer_beyond_cap(self, event)
-                else:
-                    self._endpoints.answer(self, event)
+                self._endpoints.answer(self, event, self._beyond_cap)
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
@@ -178,32 +174,37 @@ class Connection(asyncio.Protocol):
         self._rendering = rendering
         self._enter(State.RENDERING)
 
-    def respond(self, status: int, body: bytes, headers: list[tuple[str, str]], head_only: bool) -> None:
+    def respond(self, status: int, body: bytes, headers: Headers, head_only: bool) -> None:
         """Send one complete response; then go on with what the client sent meanwhile."""
         self._rendering = None
         if self._transport is None or self._transport.is_closing():
             return
         if self._beyond_cap or (status >= 400 and self._h11.their_state is not h11.DONE):
-            headers = [*headers, ("Connection", "close")]
+            headers = (*headers, ("Connection", "close"))
+        if self._write(status, body, headers, head_only):
+            self._buffered = 0
+            self._update_reading()  # writing may have paused at once: the client reads slower than this
+            self._next_cycle()
+
+    def _write(self, status: int, body: bytes, headers: Headers, head_only: bool) -> bool:
+        """Frame one response with h11 and write it; False, and the connection closed, if h11 refuses."""
+        assert self._transport is not None
         try:
-            data = self._h11.send(
-                h11.Response(
-                    status_code=status,
-                    reason=HTTPStatus(status).phrase,
-                    headers=self._endpoints.headers(headers, body),
-                )
+            response = h11.Response(
+                status_code=status,
+                reason=HTTPStatus(status).phrase,
+                headers=list(self._endpoints.headers(headers, body)),
             )
+            data = self._h11.send(response)
             if not head_only:
                 data += self._h11.send(h11.Data(data=body))
             data += self._h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as error:
             log.error("HTTP response could not be framed: %s", error)
             self._close()
-            return
-        self._buffered = 0
-        self._transport.write(data)  # may pause writing at once: the client reads slower than this
-        self._update_reading()
-        self._next_cycle()
+            return False
+        self._transport.write(data)
+        return True
 
     def resume(self) -> None:
         """After an answer rendered in the pool: go on with requests that arrived meanwhile."""
@@ -233,19 +234,7 @@ class Connection(asyncio.Protocol):
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self._transport is not None:
             status = error.error_status_hint
             body = f"{HTTPStatus(status).phrase}: {error}\n".encode(errors="replace")
-            headers = [("Content-Type", TEXT), ("Connection", "close")]
-            try:
-                data = self._h11.send(
-                    h11.Response(
-                        status_code=status,
-                        reason=HTTPStatus(status).phrase,
-                        headers=self._endpoints.headers(headers, body),
-                    )
-                )
-                data += self._h11.send(h11.Data(data=body)) + self._h11.send(h11.EndOfMessage())
-                self._transport.write(data)
-            except h11.LocalProtocolError:
-                pass
+            self._write(status, body, (*TEXT_HEADERS, ("Connection", "close")), head_only=False)
         self._close()
 
     def _close(self) -> None:
