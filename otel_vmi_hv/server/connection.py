@@ -23,7 +23,6 @@ import h11
 
 from otel_vmi_hv.server.client_noise import RateLimitedLog
 from otel_vmi_hv.server.endpoints import TEXT_HEADERS, Endpoints, Headers
-from otel_vmi_hv.server.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +52,10 @@ class Connection(asyncio.Protocol):
     again, and until then the deadline for reading applies.
     """
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        limits: ServerLimits,
-        endpoints: Endpoints,
-        client_noise: RateLimitedLog,
-        beyond_cap: bool = False,
-    ) -> None:
-        self._loop = loop
+    def __init__(self, endpoints: Endpoints, client_noise: RateLimitedLog, beyond_cap: bool = False) -> None:
+        self._loop = endpoints.loop
         self._beyond_cap = beyond_cap  # one request, probes only, closed after the answer
-        self._limits = limits
+        self._limits = endpoints.limits
         self._endpoints = endpoints
         self._client_noise = client_noise
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -73,7 +65,7 @@ class Connection(asyncio.Protocol):
         self._after_writing = State.READING_HEAD  # where WRITING goes once the client reads again
         self._buffered = 0  # bytes received while rendering (pipelined requests)
         self._rendering: asyncio.Future[Any] | None = None
-        self.closed: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
 
     @property
     def state(self) -> State:
@@ -259,13 +251,12 @@ class Connection(asyncio.Protocol):
         self._arm()
 
     def _deadline(self, state: State) -> float | None:
+        """None for RENDERING (the renderer's own bounds) and CLOSING (nothing more to wait for)."""
         if state is State.READING_HEAD:
             return self._limits.head_timeout(self._beyond_cap)
         if state is State.LINGERING:
             return self._limits.read_header_timeout
-        if state in (State.IDLE, State.WRITING):
-            return self._limits.idle_timeout
-        return None  # RENDERING: the renderer's own bounds; CLOSING: nothing more to wait for
+        return self._limits.idle_timeout if state in (State.IDLE, State.WRITING) else None
 
     def _arm(self) -> None:
         self._disarm()

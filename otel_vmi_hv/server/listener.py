@@ -51,16 +51,19 @@ TOO_MANY_CONNECTIONS = (
     b"Retry-After: 1\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
 )
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_LISTEN_REASONS = {
+    errno.EADDRINUSE: "the address is already in use (another process listens there)",
+    errno.EADDRNOTAVAIL: "the address is not one of this host's",
+}
 
 
 class ListenError(OSError):
     """The listening socket could not be opened; names the address so the operator can fix it."""
 
     def __init__(self, host: str, port: int, reason: str) -> None:
-        super().__init__(f"cannot listen on {_host_port(host, port)}: {reason}")
-        self.host = host
-        self.port = port
-        self.reason = reason
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.host, self.port, self.reason = host, port, reason
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -85,17 +88,9 @@ def open_listener(host: str, port: int) -> socket.socket:
 
 
 def _listen_reason(error: OSError, port: int) -> str:
-    if error.errno == errno.EADDRINUSE:
-        return "the address is already in use (another process listens there)"
     if error.errno == errno.EACCES and 0 < port < 1024:
         return "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
-    if error.errno == errno.EADDRNOTAVAIL:
-        return "the address is not one of this host's"
-    return error.strerror or str(error)
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _LISTEN_REASONS.get(error.errno or 0) or error.strerror or str(error)
 
 
 @dataclass(eq=False)
@@ -135,7 +130,6 @@ class HttpServer:
         tls: ReloadingTLS | None = None,
         limits: ServerLimits = ServerLimits(),  # noqa: B008 - frozen
     ) -> None:
-        self.host = host
         self.limits = limits
         self._tls = tls
         self._listener = open_listener(host, port)
@@ -143,7 +137,6 @@ class HttpServer:
         self.loop.set_exception_handler(self._loop_exception)
         self.endpoints = Endpoints(render_metrics, readiness, limits, self.loop, render_cached)
         self._worker: Worker | None = None
-        self._accept_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[None]] = set()
         self.connections = 0  # within the cap
         self._probe_slots: dict[_ProbeSlot, None] = {}  # beyond it, oldest first
@@ -155,7 +148,7 @@ class HttpServer:
         return int(self._listener.getsockname()[1])
 
     def start(self) -> None:
-        self._accept_task = self.loop.create_task(self._accept_loop())
+        self._track(self._accept_loop())
         self._worker = Worker("http", lambda _: self.loop.run_forever())
         self._worker.start()
 
@@ -178,9 +171,7 @@ class HttpServer:
 
     async def _shutdown(self) -> None:
         self._listener.close()
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-        for task in list(self._serving):
+        for task in list(self._serving):  # the accept loop among them
             task.cancel()
 
     async def _accept_loop(self) -> None:
@@ -283,9 +274,7 @@ class HttpServer:
                     return
                 context = self._tls.context()
             transport, connection = await self.loop.connect_accepted_socket(
-                lambda: Connection(
-                    self.loop, self.limits, self.endpoints, self.client_noise, slot is not None
-                ),
+                lambda: Connection(self.endpoints, self.client_noise, slot is not None),
                 sock,
                 ssl=context,
                 ssl_handshake_timeout=head_timeout if context else None,
