@@ -370,7 +370,7 @@ OPTIONS: tuple[Option, ...] = (
         "WEB_MAX_CONNECTIONS",
         default="512",
         allowed="an integer 1-100000",
-        help="Open connections the HTTP server holds at most (each idle one costs about 5 KiB); beyond "
+        help="Open connections the HTTP server holds at most (memory per idle one: BENCHMARKS.md); beyond "
         "them, 8 more may each send one request within 1 s: /healthz and /readyz are answered, "
         "anything else gets 503, and the connection is closed.",
         parse=parse.int_between(1, 100_000),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import socket
 from http import HTTPStatus
 from typing import Any
 
@@ -61,26 +60,17 @@ class Connection(asyncio.Protocol):
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._state = State.READING_HEAD
+        self.state = State.READING_HEAD  # read by the listener: a probe slot still waiting
         self._after_writing = State.READING_HEAD  # where WRITING goes once the client reads again
         self._buffered = 0  # bytes received while rendering (pipelined requests)
         self._rendering: asyncio.Future[Any] | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
-    @property
-    def state(self) -> State:
-        return self._state
-
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Headers and body go out in one write, but a pipelined second answer must not wait
-            # for the client's delayed ACK either.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = transport  # with TCP_NODELAY, as asyncio sets on every TCP transport
         self._enter(State.READING_HEAD)
 
     def data_received(self, data: bytes) -> None:
@@ -103,23 +93,23 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # A client that stops reading: stop reading its requests too, and give it a deadline.
-        if self._state is State.CLOSING:
+        if self.state is State.CLOSING:
             return
-        self._after_writing = self._state
+        self._after_writing = self.state
         self._enter(State.WRITING)
         self._update_reading()
 
     def resume_writing(self) -> None:
-        if self._state is not State.WRITING:
+        if self.state is not State.WRITING:
             return
-        self._state = self._after_writing
+        self.state = self._after_writing
         self._arm()
         self._update_reading()
         self._loop.call_soon(self._process)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._state = State.CLOSING
+        self.state = State.CLOSING
         self._transport = None
         if self._rendering is not None:
             self._rendering.cancel()  # nobody to answer: a scrape still queued is not rendered
@@ -131,8 +121,8 @@ class Connection(asyncio.Protocol):
         renders, or responses it does not read."""
         if self._transport is None or self._transport.is_closing():
             return
-        piled_up = self._state is State.RENDERING and self._buffered > MAX_HEAD_BYTES
-        if self._state is State.WRITING or piled_up:
+        piled_up = self.state is State.RENDERING and self._buffered > MAX_HEAD_BYTES
+        if self.state is State.WRITING or piled_up:
             self._transport.pause_reading()
         else:
             self._transport.resume_reading()
@@ -141,7 +131,7 @@ class Connection(asyncio.Protocol):
 
     def _process(self) -> None:
         """Handle what h11 has parsed, one request after another (pipelining), iteratively."""
-        while self._transport is not None and self._state in _READING:
+        while self._transport is not None and self.state in _READING:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as error:
@@ -182,12 +172,10 @@ class Connection(asyncio.Protocol):
         """Frame one response with h11 and write it; False, and the connection closed, if h11 refuses."""
         assert self._transport is not None
         try:
-            response = h11.Response(
-                status_code=status,
-                reason=HTTPStatus(status).phrase,
-                headers=list(self._endpoints.headers(headers, body)),
+            framed = list(self._endpoints.headers(headers, body))
+            data = self._h11.send(
+                h11.Response(status_code=status, reason=HTTPStatus(status).phrase, headers=framed)
             )
-            data = self._h11.send(response)
             if not head_only:
                 data += self._h11.send(h11.Data(data=body))
             data += self._h11.send(h11.EndOfMessage())
@@ -240,14 +228,14 @@ class Connection(asyncio.Protocol):
 
     def _cycle_state(self) -> State:
         """Where the request cycle stands, looking through a client that does not read."""
-        return self._after_writing if self._state is State.WRITING else self._state
+        return self._after_writing if self.state is State.WRITING else self.state
 
     def _enter(self, state: State) -> None:
         """Move to ``state`` and start its deadline; while WRITING, only note it for later."""
-        if self._state is State.WRITING and state is not State.WRITING:
+        if self.state is State.WRITING and state is not State.WRITING:
             self._after_writing = state
             return
-        self._state = state
+        self.state = state
         self._arm()
 
     def _deadline(self, state: State) -> float | None:
@@ -260,9 +248,9 @@ class Connection(asyncio.Protocol):
 
     def _arm(self) -> None:
         self._disarm()
-        seconds = self._deadline(self._state)
+        seconds = self._deadline(self.state)
         if seconds is not None:
-            self._timer = self._loop.call_later(seconds, self._expired, self._state)
+            self._timer = self._loop.call_later(seconds, self._expired, self.state)
 
     def _disarm(self) -> None:
         if self._timer is not None:

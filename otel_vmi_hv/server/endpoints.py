@@ -86,7 +86,7 @@ class Endpoints:
         self.loop = loop
         self.limits = limits
         self._render_metrics = render_metrics
-        self._render_cached = render_cached
+        self._render_cached = render_cached or (lambda _accept, _encoding: None)
         self._readiness = readiness
         self._pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="http-render")
         self._in_flight = 0
@@ -147,8 +147,6 @@ class Endpoints:
         rendering.add_done_callback(rendered)
 
     def _answer_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
-        if self._render_cached is None:
-            return None
         try:
             return self._render_cached(accept, accept_encoding)
         except Exception:

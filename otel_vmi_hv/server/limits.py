@@ -28,9 +28,6 @@ class ServerLimits:
 
 
 def limits_from(settings: Settings) -> ServerLimits:
-    return ServerLimits(
-        max_connections=settings.web_max_connections,
-        max_requests=settings.web_max_requests,
-        read_header_timeout=settings.web_read_header_timeout,
-        idle_timeout=settings.web_idle_timeout,
-    )
+    """Each configurable limit from its setting, ``web_<limit>``."""
+    configured = ("max_connections", "max_requests", "read_header_timeout", "idle_timeout")
+    return ServerLimits(**{name: getattr(settings, f"web_{name}") for name in configured})

@@ -14,6 +14,7 @@ queued behind a flood is accepted with its request already there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -22,13 +23,14 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.export.exposition import Scrape
 from otel_vmi_hv.server.client_noise import RateLimitedLog
 from otel_vmi_hv.server.connection import Connection, State
-from otel_vmi_hv.server.endpoints import Endpoints, Readiness
+from otel_vmi_hv.server.endpoints import TEXT, Endpoints, Readiness
 from otel_vmi_hv.server.limits import ServerLimits
 from otel_vmi_hv.server.tls_reload import ReloadingTLS
 from otel_vmi_hv.worker import Worker
@@ -42,14 +44,17 @@ LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn: a burst must
 # spread, hence no jitter.
 ACCEPT_BACKOFF = Backoff(initial=0.01, maximum=1.0, jitter=0.0)
 MAX_LINGERING_REFUSALS = 64  # beyond the probe slots, this many get a 503; the rest are closed
-PLAIN_HTTP_ON_TLS_PORT = (
-    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-    b"Content-Length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
-)
-TOO_MANY_CONNECTIONS = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-    b"Retry-After: 1\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
-)
+
+
+def _canned(status: HTTPStatus, body: bytes, *headers: str) -> bytes:
+    """A whole answer written without h11, for connections that never reach the parser."""
+    head = [f"HTTP/1.1 {status} {status.phrase}", f"Content-Type: {TEXT}", "Connection: close", *headers]
+    return "\r\n".join([*head, f"Content-Length: {len(body)}", "", ""]).encode() + body
+
+
+# Go's answer to plain HTTP on a TLS port, and the refusal beyond the probe slots.
+PLAIN_HTTP_ON_TLS_PORT = _canned(HTTPStatus.BAD_REQUEST, b"Client sent an HTTP request to an HTTPS server.\n")
+TOO_MANY_CONNECTIONS = _canned(HTTPStatus.SERVICE_UNAVAILABLE, b"too many connections\n", "Retry-After: 1")
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _LISTEN_REASONS = {
     errno.EADDRINUSE: "the address is already in use (another process listens there)",
@@ -156,11 +161,8 @@ class HttpServer:
         if self._worker is None:
             self._listener.close()
             return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
-        try:
-            future.result(timeout=1)
-        except Exception as error:
-            log.debug("HTTP server shutdown: %s", error)
+        with contextlib.suppress(TimeoutError):  # the loop is stopped below all the same
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(timeout=1)
         self.loop.call_soon_threadsafe(self.loop.stop)
         stopped = self._worker.join(timeout=1)
         self.endpoints.shutdown()
