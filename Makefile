@@ -40,7 +40,7 @@ image-test: system-deps-test $(VENV)/.dev-installed
 	scripts/image-test.sh
 
 docs: $(VENV)/.run-installed
-	$(BIN)/otel-vmi-hv config-doc > docs/configuration.md
+	$(BIN)/python -m otel_vmi_hv config-doc > docs/configuration.md
 
 bench: system-deps-test $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -14,7 +14,7 @@ PAGE = (ROOT / "docs" / "configuration.md").read_text()
 
 
 def test_configuration_page_is_the_generated_one() -> None:
-    assert config_reference() == PAGE, "run `make docs` (otel-vmi-hv config-doc > docs/configuration.md)"
+    assert config_reference() == PAGE, "run `make docs` to regenerate docs/configuration.md"
 
 
 def test_every_setting_is_documented_and_every_documented_variable_exists() -> None:
