@@ -40,7 +40,7 @@ image-test: system-deps-test $(VENV)/.dev-installed
 	scripts/image-test.sh
 
 docs: $(VENV)/.run-installed
-	$(BIN)/python scripts/update_readme_config.py
+	$(BIN)/python -m otel_vmi_hv config-doc > docs/configuration.md
 	$(BIN)/python scripts/chart_values_doc.py
 
 bench: system-deps-test $(VENV)/.dev-installed

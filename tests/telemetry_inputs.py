@@ -47,6 +47,9 @@ class FixedInputs:
     def settled(self) -> bool:
         return True
 
+    def wait_settled(self, timeout: float) -> bool:
+        return True
+
     def problems(self) -> list[str]:
         return []
 

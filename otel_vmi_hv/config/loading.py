@@ -28,7 +28,6 @@ from otel_vmi_hv.config.options import (
 )
 from otel_vmi_hv.config.settings import ConfigError, Settings
 
-GRPC_COMPRESSIONS = ("gzip",)  # the gRPC exporter refuses "none" and "deflate" with an exception
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
 _KUBE_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
 
@@ -44,8 +43,7 @@ class _Draft:
     environ: Mapping[str, str]
     values: dict[str, Any] = field(default_factory=dict)  # Settings fields
     origins: dict[str, str] = field(default_factory=dict)  # Settings field -> env, flag or default
-    by_env: dict[str, Any] = field(default_factory=dict)  # every option that has a value
-    requested_source: str = "auto"  # OTEL_VMI_HV_SOURCE before auto is resolved
+    by_env: dict[str, Any] = field(default_factory=dict)  # every option that has a value, as given
 
 
 def unset_empty_variables(environ: MutableMapping[str, str]) -> list[str]:
@@ -85,16 +83,18 @@ def load_settings(
 
 
 def _read_options(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> _Draft:
+    """Each option's value, default included; an unset option fills its field only if no option
+    before it did (a metrics-only twin keeps the value of the variable for every signal)."""
     draft = _Draft(environ)
     for option in OPTIONS:
         raw, origin = _raw_value(option, environ, flags)
-        if raw is None:
-            continue
-        parsed = _parse(option, raw, origin)
-        if option.field is not None:
+        parsed = None if raw is None else _parse(option, raw, origin)
+        if raw is not None:
+            draft.by_env[option.env] = parsed
+        if option.field is not None and (raw is not None or option.field not in draft.values):
             draft.values[option.field] = parsed
-            draft.origins[option.field] = origin
-        draft.by_env[option.env] = parsed
+            if raw is not None:
+                draft.origins[option.field] = origin
     return draft
 
 
@@ -128,29 +128,17 @@ def _parse(option: Option, raw: str, origin: str) -> Any:
 # ----------------------------------------------------------------------------- checks across options
 
 
-def _otlp_protocol(draft: _Draft) -> None:
-    """The metrics protocol wins over the general one, which defaults to grpc."""
-    draft.values.setdefault("otlp_protocol", draft.by_env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
-
-
 def _grpc_compression(draft: _Draft) -> None:
     """The gRPC exporter raises on "none" and "deflate": refuse them at start instead."""
     if "otlp" not in draft.values["metrics_exporters"] or draft.values["otlp_protocol"] != "grpc":
         return
     for variable in ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
         compression = draft.by_env.get(variable)
-        if compression is not None and compression not in GRPC_COMPRESSIONS:
+        if compression is not None and compression != "gzip":
             raise ConfigError(
                 f"{variable}={compression!r} cannot be used with the grpc protocol: "
                 "gzip, or unset for none (deflate and none exist only for http/protobuf)"
             )
-
-
-def _otlp_endpoint(draft: _Draft) -> None:
-    """The metrics endpoint wins over the general one; None leaves the SDK's default."""
-    draft.values["otlp_endpoint"] = draft.by_env.get(
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
-    ) or draft.by_env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 def _service_name(draft: _Draft) -> None:
@@ -166,26 +154,22 @@ def _service_name(draft: _Draft) -> None:
 
 def _node_name_default(draft: _Draft) -> None:
     """Unset: $NODE_NAME (the downward API in the DaemonSet), else the host name."""
-    if "node_name" in draft.values:
+    if draft.values["node_name"] is not None:
         return
     raw = draft.environ.get("NODE_NAME") or socket.gethostname()
     draft.values["node_name"] = parse.node_name(raw)
     draft.origins["node_name"] = "default"
 
 
-def _in_cluster(environ: Mapping[str, str]) -> bool:
-    return bool(environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(IN_CLUSTER_TOKEN)
-
-
 def _source(draft: _Draft) -> None:
     """auto: kubernetes in a pod or with KUBECONFIG, else libvirt; an explicit kubernetes source
     needs a cluster to talk to (in a pod, KUBECONFIG or ~/.kube/config)."""
     kubeconfig = draft.environ.get("KUBECONFIG", "").strip() or None
-    cluster = _in_cluster(draft.environ) or kubeconfig is not None
-    draft.requested_source = draft.values["source"]
-    if draft.requested_source == "auto":
+    in_pod = bool(draft.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(IN_CLUSTER_TOKEN)
+    cluster = in_pod or kubeconfig is not None
+    if draft.values["source"] == "auto":
         draft.values["source"] = "kubernetes" if cluster else "libvirt"
-    elif draft.requested_source == "kubernetes" and not cluster:
+    elif draft.values["source"] == "kubernetes" and not cluster:
         kubeconfig = os.path.expanduser("~/.kube/config")
         if not os.path.exists(kubeconfig):
             raise ConfigError(
@@ -213,7 +197,7 @@ def _kubernetes_node_name(draft: _Draft) -> None:
 
 def _libvirt_uri(draft: _Draft) -> None:
     """Unset: the default of the resolved source; placeholders only where the source fills them."""
-    uri = draft.values.get("libvirt_uri")
+    uri = draft.values["libvirt_uri"]
     source = draft.values["source"]
     if uri is None:
         draft.values["libvirt_uri"] = (
@@ -221,7 +205,7 @@ def _libvirt_uri(draft: _Draft) -> None:
         )
         draft.origins["libvirt_uri"] = "default"
     elif source == "libvirt" and "{" in uri.replace("{{", ""):
-        auto = " (auto: no cluster found)" if draft.requested_source == "auto" else ""
+        auto = " (auto: no cluster found)" if draft.by_env["OTEL_VMI_HV_SOURCE"] == "auto" else ""
         raise ConfigError(
             f"OTEL_VMI_HV_LIBVIRT_URI={uri!r} has placeholders, which only the kubernetes source fills "
             f"(the source is libvirt{auto})"
@@ -245,24 +229,17 @@ def _export_timeout(draft: _Draft) -> None:
 
 def _tls_pair(draft: _Draft) -> None:
     """HTTPS needs a certificate and its key; a client CA alone means neither is set."""
-    cert, key, client_ca = (
-        draft.values.get(name) for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
-    )
-    if (cert and key) or not (cert or key or client_ca):
-        return
-    missing = "OTEL_VMI_HV_TLS_KEY_FILE" if cert else "OTEL_VMI_HV_TLS_CERT_FILE"
-    given = (
-        "OTEL_VMI_HV_TLS_CERT_FILE"
-        if cert
-        else ("OTEL_VMI_HV_TLS_KEY_FILE" if key else "OTEL_VMI_HV_TLS_CLIENT_CA_FILE")
-    )
-    raise ConfigError(f"{given} is set but {missing} is not: HTTPS needs both a certificate and its key")
+    cert, key, client_ca = (f"OTEL_VMI_HV_TLS_{name}_FILE" for name in ("CERT", "KEY", "CLIENT_CA"))
+    given = [env for env in (cert, key, client_ca) if env in draft.by_env]
+    if given and given[:2] != [cert, key]:
+        missing = key if given[0] == cert else cert
+        raise ConfigError(
+            f"{given[0]} is set but {missing} is not: HTTPS needs both a certificate and its key"
+        )
 
 
 CHECKS: tuple[Callable[[_Draft], None], ...] = (
-    _otlp_protocol,
     _grpc_compression,
-    _otlp_endpoint,
     _service_name,
     _node_name_default,
     _source,
@@ -276,20 +253,14 @@ CHECKS: tuple[Callable[[_Draft], None], ...] = (
 def _load_tls_material(draft: _Draft, tls_check: TlsCheck) -> None:
     """Load the TLS material now, so a wrong path or a key that does not match fails at start
     (the client CA separately, so the message names the file at fault)."""
-    cert, key = draft.values.get("tls_cert_file"), draft.values.get("tls_key_file")
-    client_ca = draft.values.get("tls_client_ca_file")
+    cert, key, client_ca = (draft.values[f"tls_{name}_file"] for name in ("cert", "key", "client_ca"))
     if not (cert and key):
         return
-    try:
-        tls_check(cert, key, None)
-    except OSError as error:
-        raise ConfigError(
-            f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r} cannot be used: {error}"
-        ) from None
+    checks = [(None, f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r}")]
     if client_ca:
+        checks.append((client_ca, f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r}"))
+    for ca, files in checks:
         try:
-            tls_check(cert, key, client_ca)
+            tls_check(cert, key, ca)
         except OSError as error:
-            raise ConfigError(
-                f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r} cannot be used: {error}"
-            ) from None
+            raise ConfigError(f"{files} cannot be used: {error}") from None

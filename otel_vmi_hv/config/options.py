@@ -1,29 +1,23 @@
 """The table of every environment variable and flag the agent honours: the single source of truth.
 
-The CLI builds its flags from ``OPTIONS``, the README's configuration reference is generated from it
-(``otel-vmi-hv config-doc``, ``make docs``), and a test keeps the two in step. Each row names the
-``Settings`` field it fills and the parser (``parsers.py``) that checks its value; checks that need
-more than one value live in ``loading.py``.
+Each default is written here once. ``load_settings`` fills ``Settings`` from it, the server's limits
+take their defaults from it (``default_value``), the CLI builds its flags from it, and
+docs/configuration.md is generated from it (``otel-vmi-hv config-doc``, ``make docs``); tests keep
+the documented defaults equal to the effective ones. Checks that need more than one value live in
+``loading.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import otel_vmi_hv.config.parsers as parse
 from otel_vmi_hv.config.parsers import URI_PLACEHOLDERS
 
 PROTOCOLS = ("grpc", "http/protobuf")
-SOURCES = ("auto", "kubernetes", "libvirt")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 COMPRESSIONS = ("gzip", "deflate", "none")
-SIGNAL_SETTINGS = (
-    *("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY", "COMPRESSION", "ENDPOINT", "HEADERS"),
-    *("INSECURE", "PROTOCOL", "TIMEOUT"),
-)
-
 STANDALONE_LIBVIRT_URI = "qemu:///system"
 # KubeVirt runs one virtqemud per launcher pod; its socket sits in an emptyDir of that pod
 # (libvirt-runtime). The DaemonSet mounts /var/lib/kubelet/pods at /pods so the path stays
@@ -34,558 +28,393 @@ KUBEVIRT_LIBVIRT_URI = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Option:
     env: str
-    field: str | None  # Settings field it fills; None for variables only validated here
-    default: str | None  # as documented; None means "computed" (see default_doc) or "SDK default"
-    allowed: str
+    allowed: str  # what the value may be, in an operator's words (error messages, the docs)
     help: str
-    parse: Callable[[str], Any]
+    parse: Callable[[str], Any]  # raises ValueError (or ConfigError) on a bad value
+    field: str | None = None  # the Settings field it fills; None: only validated (the SDK reads it)
+    default: str | None = None  # parsed like a value; None: unset (the SDK's own default, if any)
     flag: str | None = None
-    default_doc: str | None = None
+    default_doc: str | None = None  # what the docs show when the default is computed at start
+
+    @property
+    def documented_default(self) -> str:
+        """A value in backticks, or what the default depends on."""
+        if self.default_doc and self.default_doc.startswith("OTEL_"):
+            return f"`{self.default_doc}`"  # a metrics twin: the variable for every signal
+        if self.default is not None:
+            return f"`{self.default}`" if self.default else "empty"
+        return self.default_doc or ("unset" if self.field else "SDK default")
 
 
+def agent_option(name: str, **row: Any) -> Option:
+    """``OTEL_VMI_HV_<NAME>``: fills ``Settings.<name>`` and takes the flag ``--<name>``."""
+    return Option(
+        env=f"OTEL_VMI_HV_{name}", field=name.lower(), flag="--" + name.lower().replace("_", "-"), **row
+    )
+
+
+def per_signal(pattern: str, metrics: dict[str, Any] | None = None, **row: Any) -> tuple[Option, Option]:
+    """A variable for every signal (``{}`` in ``pattern`` where the signal goes) and its twin for
+    metrics only, which wins over it (the TRACES and LOGS twins are read by nothing of the agent)."""
+    general = Option(env=pattern.format(""), **row)
+    twin = dataclasses.replace(
+        general,
+        env=pattern.format("METRICS_"),
+        help=f"Like {general.env}, for metrics exports only; wins over it.",
+        default=None,
+        default_doc=general.env,
+        **(metrics or {}),
+    )
+    return general, twin
+
+
+_PER_SIGNAL = (
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}ENDPOINT",
+        field="otlp_endpoint",
+        default_doc="SDK default",
+        allowed="a URL such as http://collector:4317",
+        help="OTLP endpoint (SDK default: http://localhost:4317 for grpc, http://localhost:4318 for "
+        "http/protobuf, which appends /v1/metrics to the general one; the metrics one is used as is).",
+        parse=parse.endpoint,
+    ),
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}PROTOCOL",
+        metrics={"flag": "--otlp-protocol"},
+        field="otlp_protocol",
+        default="grpc",
+        allowed="grpc or http/protobuf",
+        help="OTLP transport.",
+        parse=parse.choice(PROTOCOLS),
+    ),
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}HEADERS",
+        allowed="comma list of key=value (URL-encoded; names are HTTP tokens, no control characters)",
+        help="Headers sent with every OTLP export (values are never logged).",
+        parse=parse.headers,
+    ),
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}CERTIFICATE",
+        allowed="path of a readable PEM file",
+        help="CA bundle to verify the Collector's TLS certificate.",
+        parse=parse.readable_file,
+    ),
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}CLIENT_KEY",
+        allowed="path of a readable PEM file",
+        help="Private key of the client certificate presented to the Collector (mutual TLS).",
+        parse=parse.readable_file,
+    ),
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}CLIENT_CERTIFICATE",
+        allowed="path of a readable PEM file",
+        help="Client certificate presented to the Collector (mutual TLS).",
+        parse=parse.readable_file,
+    ),
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}INSECURE",
+        allowed="true or false",
+        help="gRPC only: plaintext to a scheme-less endpoint (an http:// endpoint is plaintext anyway).",
+        parse=parse.boolean,
+    ),
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}TIMEOUT",
+        allowed="a positive number of seconds",
+        help="Timeout of one OTLP export (SDK default: 10). The Python SDK reads seconds, not milliseconds.",
+        parse=parse.positive_number,
+    ),
+    per_signal(
+        "OTEL_EXPORTER_OTLP_{}COMPRESSION",
+        allowed="gzip, deflate or none (grpc: gzip only)",
+        help="Compression of OTLP exports.",
+        parse=parse.choice(COMPRESSIONS),
+    ),
+    per_signal(
+        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_{}CREDENTIAL_PROVIDER",
+        allowed="an installed credential provider name",
+        help="gRPC: plug-in that supplies the channel credentials.",
+        parse=parse.entry_point_names("opentelemetry_otlp_credential_provider"),
+    ),
+    per_signal(
+        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_{}CREDENTIAL_PROVIDER",
+        allowed="an installed credential provider name",
+        help="http/protobuf: plug-in that supplies the HTTP session.",
+        parse=parse.entry_point_names("opentelemetry_otlp_credential_provider"),
+    ),
+)
+
+# A new row: ``agent_option("NAME", default=..., allowed=..., help=..., parse=...)`` for the agent's
+# own OTEL_VMI_HV_NAME, plus a field ``name`` in settings.py (type only: the default is the row's).
 OPTIONS: tuple[Option, ...] = (
     Option(
-        "OTEL_METRICS_EXPORTER",
-        "metrics_exporters",
-        "prometheus,otlp",
-        "comma list of prometheus, otlp, console, or none alone",
-        "Which exporters run: Prometheus pull (/metrics), OTLP push, console (stdout, for debugging).",
-        parse.exporters,
-        "--metrics-exporter",
+        env="OTEL_METRICS_EXPORTER",
+        field="metrics_exporters",
+        flag="--metrics-exporter",
+        default="prometheus,otlp",
+        allowed="comma list of prometheus, otlp, console, or none alone",
+        help="Which exporters run: Prometheus pull (/metrics), OTLP push, console (stdout, for debugging).",
+        parse=parse.exporters,
     ),
     Option(
-        "OTEL_EXPORTER_PROMETHEUS_HOST",
-        "prometheus_host",
-        "0.0.0.0",  # noqa: S104 - a node agent is scraped from outside
-        "a host name or address",
-        "Address the HTTP server (/metrics, /healthz, /readyz) listens on.",
-        parse.host,
-        "--prometheus-host",
+        env="OTEL_EXPORTER_PROMETHEUS_HOST",
+        field="prometheus_host",
+        flag="--prometheus-host",
+        default="0.0.0.0",  # noqa: S104 - a node agent is scraped from outside
+        allowed="a host name or address",
+        help="Address the HTTP server (/metrics, /healthz, /readyz) listens on.",
+        parse=parse.host,
     ),
     Option(
-        "OTEL_EXPORTER_PROMETHEUS_PORT",
-        "prometheus_port",
-        "9464",
-        "an integer 0-65535 (0: any free port)",
-        "Port of the HTTP server.",
-        parse.int_between(0, 65535),
-        "--prometheus-port",
+        env="OTEL_EXPORTER_PROMETHEUS_PORT",
+        field="prometheus_port",
+        flag="--prometheus-port",
+        default="9464",
+        allowed="an integer 0-65535 (0: any free port)",
+        help="Port of the HTTP server.",
+        parse=parse.int_between(0, 65535),
+    ),
+    *(option for pair in _PER_SIGNAL for option in pair),
+    Option(
+        env="OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        allowed="cumulative, delta or lowmemory",
+        help="Temporality of OTLP-exported sums and histograms (/metrics is always cumulative).",
+        parse=parse.choice(("cumulative", "delta", "lowmemory")),
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        None,
-        None,
-        "a URL such as http://collector:4317",
-        "OTLP endpoint for all signals (SDK default: http://localhost:4317 for grpc, "
-        "http://localhost:4318 for http/protobuf, which appends /v1/metrics).",
-        parse.endpoint,
+        env="OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+        allowed="explicit_bucket_histogram or base2_exponential_bucket_histogram",
+        help="Histogram aggregation of OTLP exports.",
+        parse=parse.choice(("explicit_bucket_histogram", "base2_exponential_bucket_histogram")),
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        None,
-        None,
-        "a URL",
-        "OTLP endpoint for metrics only; wins over OTEL_EXPORTER_OTLP_ENDPOINT, used as is.",
-        parse.endpoint,
+        env="OTEL_METRICS_EXEMPLAR_FILTER",
+        allowed="trace_based, always_on or always_off",
+        help="Which measurements may carry exemplars (the agent records none with a trace).",
+        parse=parse.choice(("trace_based", "always_on", "always_off"), fold=False),
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        None,
-        "grpc",
-        "grpc or http/protobuf",
-        "OTLP transport for all signals.",
-        parse.choice(PROTOCOLS),
+        env="OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+        allowed="comma list of installed resource detector names",
+        help="Extra OpenTelemetry resource detectors to run at start.",
+        parse=parse.entry_point_names("opentelemetry_resource_detector"),
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        "otlp_protocol",
-        None,
-        "grpc or http/protobuf",
-        "OTLP transport for metrics; wins over OTEL_EXPORTER_OTLP_PROTOCOL.",
-        parse.choice(PROTOCOLS),
-        "--otlp-protocol",
-        default_doc="OTEL_EXPORTER_OTLP_PROTOCOL",
+        env="OTEL_PYTHON_CONTEXT",
+        allowed="an installed context implementation (contextvars_context)",
+        help="OpenTelemetry's runtime context implementation.",
+        parse=parse.entry_point_names("opentelemetry_context"),
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        None,
-        None,
-        "comma list of key=value (URL-encoded; names are HTTP tokens, no control characters)",
-        "Headers sent with every OTLP export (values are never logged).",
-        parse.headers,
+        env="OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
+        allowed="comma list of gRPC status names, e.g. UNAVAILABLE,RESOURCE_EXHAUSTED",
+        help="gRPC status codes after which an export is retried (SDK default: the transient ones).",
+        parse=parse.grpc_status_codes,
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-        None,
-        None,
-        "comma list of key=value",
-        "Headers for metrics exports only.",
-        parse.headers,
+        env="OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
+        allowed="true or false",
+        help="Let the OTLP exporters count their own exports (OpenTelemetry SDK self-metrics).",
+        parse=parse.boolean,
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        None,
-        None,
-        "path of a readable PEM file",
-        "CA bundle to verify the Collector's TLS certificate.",
-        parse.readable_file,
+        env="OTEL_METRIC_EXPORT_INTERVAL",
+        field="export_interval_ms",
+        flag="--export-interval",
+        default="60000",
+        allowed="an integer 100-86400000 (ms)",
+        help="Milliseconds between two OTLP (and console) exports.",
+        parse=parse.int_between(100, 86_400_000),
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
-        None,
-        None,
-        "path of a readable PEM file",
-        "CA bundle for metrics exports only.",
-        parse.readable_file,
+        env="OTEL_METRIC_EXPORT_TIMEOUT",
+        field="export_timeout_ms",
+        default="30000",
+        allowed="an integer 100-86400000 (ms)",
+        help="Milliseconds one periodic collection plus export may take (at most the interval: "
+        "unset, it follows a shorter interval).",
+        parse=parse.int_between(100, 86_400_000),
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_INSECURE",
-        None,
-        None,
-        "true or false",
-        "gRPC only: plaintext to a scheme-less endpoint (an http:// endpoint is plaintext anyway).",
-        parse.boolean,
+        env="OTEL_SERVICE_NAME",
+        field="service_name",
+        default="otel-vmi-hv",
+        allowed="a non-empty printable string",
+        help="service.name of the resource; wins over service.name in OTEL_RESOURCE_ATTRIBUTES.",
+        parse=parse.text,
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
-        None,
-        None,
-        "true or false",
-        "gRPC only, metrics only: like OTEL_EXPORTER_OTLP_INSECURE.",
-        parse.boolean,
+        env="OTEL_RESOURCE_ATTRIBUTES",
+        field="resource_attributes",
+        default="",
+        allowed="comma list of key=value",
+        help="Resource attributes; each wins over the value the agent detects.",
+        parse=parse.key_values,
     ),
     Option(
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-        None,
-        "10",
-        "a positive number of seconds",
-        "Timeout of one OTLP export. The Python SDK reads this in seconds, not milliseconds.",
-        parse.positive_number,
+        env="OTEL_SDK_DISABLED",
+        field="sdk_disabled",
+        default="false",
+        allowed="true or false",
+        help="Disable the OpenTelemetry SDK: no metric is exported, /metrics is empty.",
+        parse=parse.boolean,
     ),
-    Option(
-        "OTEL_EXPORTER_OTLP_COMPRESSION",
-        None,
-        None,
-        "gzip, deflate or none (grpc: gzip only)",
-        "Compression of OTLP exports.",
-        parse.choice(COMPRESSIONS),
-    ),
-    Option(
-        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
-        None,
-        None,
-        "gzip, deflate or none (grpc: gzip only)",
-        "Compression of OTLP metrics exports; wins over OTEL_EXPORTER_OTLP_COMPRESSION.",
-        parse.choice(COMPRESSIONS),
-    ),
-    Option(
-        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        None,
-        None,
-        "a positive number of seconds",
-        "Timeout of one OTLP metrics export; wins over OTEL_EXPORTER_OTLP_TIMEOUT.",
-        parse.positive_number,
-    ),
-    Option(
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-        None,
-        None,
-        "path of a readable PEM file",
-        "Private key of the client certificate presented to the Collector (mutual TLS).",
-        parse.readable_file,
-    ),
-    Option(
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
-        None,
-        None,
-        "path of a readable PEM file",
-        "Client key for metrics exports only.",
-        parse.readable_file,
-    ),
-    Option(
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-        None,
-        None,
-        "path of a readable PEM file",
-        "Client certificate presented to the Collector (mutual TLS).",
-        parse.readable_file,
-    ),
-    Option(
-        "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
-        None,
-        None,
-        "path of a readable PEM file",
-        "Client certificate for metrics exports only.",
-        parse.readable_file,
-    ),
-    Option(
-        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
-        None,
-        None,
-        "cumulative, delta or lowmemory",
-        "Temporality of OTLP-exported sums and histograms (/metrics is always cumulative).",
-        parse.choice(("cumulative", "delta", "lowmemory")),
-    ),
-    Option(
-        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
-        None,
-        None,
-        "explicit_bucket_histogram or base2_exponential_bucket_histogram",
-        "Histogram aggregation of OTLP exports.",
-        parse.choice(("explicit_bucket_histogram", "base2_exponential_bucket_histogram")),
-    ),
-    Option(
-        "OTEL_METRICS_EXEMPLAR_FILTER",
-        None,
-        None,
-        "trace_based, always_on or always_off",
-        "Which measurements may carry exemplars (the agent records none with a trace).",
-        parse.choice_exact(("trace_based", "always_on", "always_off")),
-    ),
-    Option(
-        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
-        None,
-        None,
-        "comma list of installed resource detector names",
-        "Extra OpenTelemetry resource detectors to run at start.",
-        parse.entry_point_names("opentelemetry_resource_detector"),
-    ),
-    Option(
-        "OTEL_PYTHON_CONTEXT",
-        None,
-        None,
-        "an installed context implementation (contextvars_context)",
-        "OpenTelemetry's runtime context implementation.",
-        parse.entry_point_names("opentelemetry_context"),
-    ),
-    Option(
-        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
-        None,
-        None,
-        "an installed credential provider name",
-        "gRPC: plug-in that supplies the channel credentials.",
-        parse.entry_point_names("opentelemetry_otlp_credential_provider"),
-    ),
-    Option(
-        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_METRICS_CREDENTIAL_PROVIDER",
-        None,
-        None,
-        "an installed credential provider name",
-        "gRPC, metrics only: like OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER.",
-        parse.entry_point_names("opentelemetry_otlp_credential_provider"),
-    ),
-    Option(
-        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
-        None,
-        None,
-        "an installed credential provider name",
-        "http/protobuf: plug-in that supplies the HTTP session.",
-        parse.entry_point_names("opentelemetry_otlp_credential_provider"),
-    ),
-    Option(
-        "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER",
-        None,
-        None,
-        "an installed credential provider name",
-        "http/protobuf, metrics only: like OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER.",
-        parse.entry_point_names("opentelemetry_otlp_credential_provider"),
-    ),
-    Option(
-        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
-        None,
-        None,
-        "comma list of gRPC status names, e.g. UNAVAILABLE,RESOURCE_EXHAUSTED",
-        "gRPC status codes after which an export is retried (SDK default: the transient ones).",
-        parse.grpc_status_codes,
-    ),
-    Option(
-        "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
-        None,
-        None,
-        "true or false",
-        "Let the OTLP exporters count their own exports (OpenTelemetry SDK self-metrics).",
-        parse.boolean,
-    ),
-    Option(
-        "OTEL_METRIC_EXPORT_INTERVAL",
-        "export_interval_ms",
-        "60000",
-        "an integer 100-86400000 (ms)",
-        "Milliseconds between two OTLP (and console) exports.",
-        parse.int_between(100, 86_400_000),
-        "--export-interval",
-    ),
-    Option(
-        "OTEL_METRIC_EXPORT_TIMEOUT",
-        "export_timeout_ms",
-        "30000",
-        "an integer 100-86400000 (ms)",
-        "Milliseconds one periodic collection plus export may take.",
-        parse.int_between(100, 86_400_000),
-    ),
-    Option(
-        "OTEL_SERVICE_NAME",
-        "service_name",
-        "otel-vmi-hv",
-        "a non-empty printable string",
-        "service.name of the resource; wins over service.name in OTEL_RESOURCE_ATTRIBUTES.",
-        parse.text,
-    ),
-    Option(
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "resource_attributes",
-        "",
-        "comma list of key=value",
-        "Resource attributes; each wins over the value the agent detects (see Resource attributes).",
-        parse.key_values,
-    ),
-    Option(
-        "OTEL_SDK_DISABLED",
-        "sdk_disabled",
-        "false",
-        "true or false",
-        "Disable the OpenTelemetry SDK: no metric is exported, /metrics is empty.",
-        parse.boolean,
-    ),
-    Option(
-        "OTEL_VMI_HV_NODE_NAME",
-        "node_name",
-        None,
-        "a node name (1-253 printable characters)",
-        "The node this agent reports for: the `node` label and the VMI watch's scope.",
-        parse.node_name,
-        "--node-name",
+    agent_option(
+        "NODE_NAME",
         default_doc="$NODE_NAME, else the host name",
+        allowed="a node name (1-253 printable characters)",
+        help="The node this agent reports for: the `node` label and the VMI watch's scope.",
+        parse=parse.node_name,
     ),
-    Option(
-        "OTEL_VMI_HV_SOURCE",
-        "source",
-        "auto",
-        "auto, kubernetes or libvirt",
-        "Where VMIs come from: the Kubernetes API (KubeVirt) or the libvirt daemon's active domains. "
+    agent_option(
+        "SOURCE",
+        default="auto",
+        allowed="auto, kubernetes or libvirt",
+        help="Where VMIs come from: the Kubernetes API (KubeVirt) or the libvirt daemon's active domains. "
         "auto picks kubernetes in a pod or when KUBECONFIG is set.",
-        parse.choice(SOURCES),
-        "--source",
+        parse=parse.choice(("auto", "kubernetes", "libvirt")),
     ),
-    Option(
-        "OTEL_VMI_HV_LIBVIRT_URI",
-        "libvirt_uri",
-        None,
-        "a libvirt URI; with the kubernetes source a template using "
-        + ", ".join("{" + p + "}" for p in URI_PLACEHOLDERS),
-        "libvirt connection (always opened read-only).",
-        parse.libvirt_uri,
-        "--libvirt-uri",
+    agent_option(
+        "LIBVIRT_URI",
         default_doc=f"{STANDALONE_LIBVIRT_URI} (libvirt source); {KUBEVIRT_LIBVIRT_URI} (kubernetes)",
+        allowed="a libvirt URI; with the kubernetes source a template using "
+        + ", ".join("{" + p + "}" for p in URI_PLACEHOLDERS),
+        help="libvirt connection (always opened read-only).",
+        parse=parse.libvirt_uri,
     ),
-    Option(
-        "OTEL_VMI_HV_LIBVIRT_TIMEOUT",
-        "libvirt_timeout",
-        "5s",
-        "a duration 10ms-5m, e.g. 5s or 500ms",
-        "Longest one libvirt call may take before its VMI is reported unknown and retried later.",
-        parse.duration_between(0.01, 300),
-        "--libvirt-timeout",
+    agent_option(
+        "LIBVIRT_TIMEOUT",
+        default="5s",
+        allowed="a duration 10ms-5m, e.g. 5s or 500ms",
+        help="Longest one libvirt call may take before its VMI is reported unknown and retried later.",
+        parse=parse.duration_between(0.01, 300),
     ),
-    Option(
-        "OTEL_VMI_HV_LOG_LEVEL",
-        "log_level",
-        "info",
-        "debug, info, warning or error",
-        "Log verbosity (logs go to stderr).",
-        parse.choice(LOG_LEVELS),
-        "--log-level",
+    agent_option(
+        "LOG_LEVEL",
+        default="info",
+        allowed="debug, info, warning or error",
+        help="Log verbosity (logs go to stderr).",
+        parse=parse.choice(("debug", "info", "warning", "error")),
     ),
-    Option(
-        "OTEL_VMI_HV_PODS_ROOT",
-        "pods_root",
-        "/pods",
-        "an absolute directory path",
-        "Where the host's /var/lib/kubelet/pods is mounted (kubernetes source).",
-        parse.absolute_path,
-        "--pods-root",
+    agent_option(
+        "PODS_ROOT",
+        default="/pods",
+        allowed="an absolute directory path",
+        help="Where the host's /var/lib/kubelet/pods is mounted (kubernetes source).",
+        parse=parse.absolute_path,
     ),
-    Option(
-        "OTEL_VMI_HV_PROC_ROOT",
-        "proc_root",
-        None,
-        "an existing absolute directory: the host's /proc (e.g. /host/proc from a read-only hostPath)",
-        "Detect from the running QEMU's vCPU thread names in this /proc before asking libvirt "
-        "(no socket, no privilege needed); see docs/proc-detection.md.",
-        parse.existing_directory,
-        "--proc-root",
+    agent_option(
+        "PROC_ROOT",
         default_doc="unset: off",
+        allowed="an existing absolute directory: the host's /proc "
+        "(e.g. /host/proc from a read-only hostPath)",
+        help="Detect from the running QEMU's vCPU thread names in this /proc before asking libvirt "
+        "(no socket, no privilege needed); see docs/proc-detection.md.",
+        parse=parse.existing_directory,
     ),
-    Option(
-        "OTEL_VMI_HV_RESYNC_INTERVAL",
-        "resync_interval",
-        "30s",
-        "a duration 1s-1h",
-        "libvirt source: how often the domain list is re-read in addition to lifecycle events.",
-        parse.duration_between(1, 3600),
-        "--resync-interval",
+    agent_option(
+        "RESYNC_INTERVAL",
+        default="30s",
+        allowed="a duration 1s-1h",
+        help="libvirt source: how often the domain list is re-read in addition to lifecycle events.",
+        parse=parse.duration_between(1, 3600),
     ),
-    Option(
-        "OTEL_VMI_HV_TLS_CERT_FILE",
-        "tls_cert_file",
-        None,
-        "path of a readable PEM certificate (chain)",
-        "Serve /metrics, /healthz and /readyz over HTTPS with this certificate (needs the key file too).",
-        parse.absolute_path,
-        "--tls-cert-file",
+    agent_option(
+        "TLS_CERT_FILE",
         default_doc="unset: plain HTTP",
+        allowed="path of a readable PEM certificate (chain)",
+        help="Serve /metrics, /healthz and /readyz over HTTPS with this certificate "
+        "(needs the key file too).",
+        parse=parse.absolute_path,
     ),
-    Option(
-        "OTEL_VMI_HV_TLS_KEY_FILE",
-        "tls_key_file",
-        None,
-        "path of a readable PEM private key",
-        "Private key of the HTTPS certificate.",
-        parse.absolute_path,
-        "--tls-key-file",
+    agent_option(
+        "TLS_KEY_FILE",
+        allowed="path of a readable PEM private key",
+        help="Private key of the HTTPS certificate.",
+        parse=parse.absolute_path,
     ),
-    Option(
-        "OTEL_VMI_HV_TLS_CLIENT_CA_FILE",
-        "tls_client_ca_file",
-        None,
-        "path of a readable PEM CA bundle",
-        "Require client certificates signed by this CA (mutual TLS); needs the certificate and key.",
-        parse.absolute_path,
-        "--tls-client-ca-file",
+    agent_option(
+        "TLS_CLIENT_CA_FILE",
         default_doc="unset: no client certificate asked",
+        allowed="path of a readable PEM CA bundle",
+        help="Require client certificates signed by this CA (mutual TLS); needs the certificate and key.",
+        parse=parse.absolute_path,
     ),
-    Option(
-        "OTEL_VMI_HV_KVM_DEVICE",
-        "kvm_device",
-        "/dev/kvm",
-        "an absolute path",
-        "libvirt source: the KVM device opened (and asked KVM_GET_API_VERSION) to tell why a domain is"
+    agent_option(
+        "KVM_DEVICE",
+        default="/dev/kvm",
+        allowed="an absolute path",
+        help="libvirt source: the KVM device opened (and asked KVM_GET_API_VERSION) to tell why a domain is"
         " emulated; in a cluster the Node's allocatable devices.kubevirt.io/kvm is used instead.",
-        parse.absolute_path,
-        "--kvm-device",
+        parse=parse.absolute_path,
     ),
-    Option(
-        "OTEL_VMI_HV_EVENTS",
-        "events",
-        "true",
-        "true or false",
-        "KubeVirt mode: record a Warning Event on each VMI reported qemu-tcg (once per VMI and reason,"
+    agent_option(
+        "EVENTS",
+        default="true",
+        allowed="true or false",
+        help="KubeVirt mode: record a Warning Event on each VMI reported qemu-tcg (once per VMI and reason,"
         " rate-limited), seen in `kubectl describe vmi`; needs create and patch on events.",
-        parse.boolean,
+        parse=parse.boolean,
     ),
-    Option(
-        "OTEL_VMI_HV_RELIST_SPREAD",
-        "relist_spread",
-        "10s",
-        "a duration 0s-10m",
-        "kubernetes source: longest random wait before a relist that follows an outage, so the agents"
+    agent_option(
+        "RELIST_SPREAD",
+        default="10s",
+        allowed="a duration 0s-10m",
+        help="kubernetes source: longest random wait before a relist that follows an outage, so the agents"
         " of all nodes do not relist in the same second.",
-        parse.duration_between(0, 600),
-        "--relist-spread",
+        parse=parse.duration_between(0, 600),
     ),
-    Option(
-        "OTEL_VMI_HV_WATCH_SILENCE_TIMEOUT",
-        "watch_silence_timeout",
-        "3m",
-        "a duration 100ms-1h",
-        "kubernetes source: a watch that brings neither an event nor a bookmark for this long is ended"
+    agent_option(
+        "WATCH_SILENCE_TIMEOUT",
+        default="3m",
+        allowed="a duration 100ms-1h",
+        help="kubernetes source: a watch that brings neither an event nor a bookmark for this long is ended"
         " and resumed (the API server sends bookmarks about every minute).",
-        parse.duration_between(0.1, 3600),
-        "--watch-silence-timeout",
+        parse=parse.duration_between(0.1, 3600),
     ),
-    Option(
-        "OTEL_VMI_HV_WEB_MAX_CONNECTIONS",
-        "web_max_connections",
-        "512",
-        "an integer 1-100000",
-        "Open connections the HTTP server holds at most (each idle one costs about 5 KiB); beyond "
+    agent_option(
+        "WEB_MAX_CONNECTIONS",
+        default="512",
+        allowed="an integer 1-100000",
+        help="Open connections the HTTP server holds at most (memory per idle one: BENCHMARKS.md); beyond "
         "them, 8 more may each send one request within 1 s: /healthz and /readyz are answered, "
         "anything else gets 503, and the connection is closed.",
-        parse.int_between(1, 100_000),
-        "--web-max-connections",
+        parse=parse.int_between(1, 100_000),
     ),
-    Option(
-        "OTEL_VMI_HV_WEB_MAX_REQUESTS",
-        "web_max_requests",
-        "40",
-        "an integer 1-10000",
-        "Concurrent /metrics requests served at most; more are answered 503 (node_exporter's "
+    agent_option(
+        "WEB_MAX_REQUESTS",
+        default="40",
+        allowed="an integer 1-10000",
+        help="Concurrent /metrics requests served at most; more are answered 503 (node_exporter's "
         "--web.max-requests).",
-        parse.int_between(1, 10_000),
-        "--web-max-requests",
+        parse=parse.int_between(1, 10_000),
     ),
-    Option(
-        "OTEL_VMI_HV_WEB_READ_HEADER_TIMEOUT",
-        "web_read_header_timeout",
-        "10s",
-        "a duration 100ms-5m",
-        "Time a client has to send a request's headers (and finish the TLS handshake); then it is "
+    agent_option(
+        "WEB_READ_HEADER_TIMEOUT",
+        default="10s",
+        allowed="a duration 100ms-5m",
+        help="Time a client has to send a request's headers (and finish the TLS handshake); then it is "
         "disconnected (Go's ReadHeaderTimeout).",
-        parse.duration_between(0.1, 300),
-        "--web-read-header-timeout",
+        parse=parse.duration_between(0.1, 300),
     ),
-    Option(
-        "OTEL_VMI_HV_WEB_IDLE_TIMEOUT",
-        "web_idle_timeout",
-        "30s",
-        "a duration 1s-1h",
-        "How long an idle keep-alive connection, or a client not reading its response, is kept.",
-        parse.duration_between(1, 3600),
-        "--web-idle-timeout",
+    agent_option(
+        "WEB_IDLE_TIMEOUT",
+        default="30s",
+        allowed="a duration 1s-1h",
+        help="How long an idle keep-alive connection, or a client not reading its response, is kept.",
+        parse=parse.duration_between(1, 3600),
     ),
 )
 
 OPTION_BY_ENV = {option.env: option for option in OPTIONS}
-# Variables of the installed OpenTelemetry packages that nothing on the agent's path reads (traces,
-# logs, auto-instrumentation, other exporters); tests/unit/test_config.py compares this list with
-# the SDK's, so a new SDK variable is either validated or listed here on purpose.
-NOT_READ_BY_THE_AGENT = frozenset(
-    {
-        "OTEL_ATTRIBUTE_COUNT_LIMIT",  # span and log record attributes
-        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-        "OTEL_BLRP_EXPORT_TIMEOUT",
-        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
-        "OTEL_BLRP_MAX_QUEUE_SIZE",
-        "OTEL_BLRP_SCHEDULE_DELAY",
-        "OTEL_BSP_EXPORT_TIMEOUT",
-        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-        "OTEL_BSP_MAX_QUEUE_SIZE",
-        "OTEL_BSP_SCHEDULE_DELAY",
-        "OTEL_CONFIG_FILE",  # read by opentelemetry-instrument's configurator only
-        "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
-        "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
-        "OTEL_EXPORTER_ZIPKIN_TIMEOUT",
-        "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
-        "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT",
-        "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-        "OTEL_LOG_LEVEL",  # defined by the SDK, read by none of its modules
-        "OTEL_LOGS_EXPORTER",
-        "OTEL_PROPAGATORS",  # trace context propagation
-        "OTEL_PYTHON_ID_GENERATOR",
-        "OTEL_PYTHON_LOGGER_CONFIGURATOR",
-        "OTEL_PYTHON_LOGGER_PROVIDER",
-        "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED",
-        "OTEL_PYTHON_METER_CONFIGURATOR",
-        "OTEL_PYTHON_METER_PROVIDER",  # the agent builds its MeterProvider, never the global one
-        "OTEL_PYTHON_TRACER_CONFIGURATOR",
-        "OTEL_PYTHON_TRACER_PROVIDER",
-        "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
-        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
-        "OTEL_SPAN_EVENT_COUNT_LIMIT",
-        "OTEL_SPAN_LINK_COUNT_LIMIT",
-        "OTEL_TRACES_EXPORTER",
-        "OTEL_TRACES_SAMPLER",
-        "OTEL_TRACES_SAMPLER_ARG",
-    }
-    | {f"OTEL_EXPORTER_OTLP_{signal}_{name}" for signal in ("TRACES", "LOGS") for name in SIGNAL_SETTINGS}
-    | {
-        f"OTEL_PYTHON_EXPORTER_OTLP_{transport}_{signal}_CREDENTIAL_PROVIDER"
-        for transport in ("GRPC", "HTTP")
-        for signal in ("TRACES", "LOGS")
-    }
-)
+
+
+def default_value(field: str) -> Any:
+    """What ``field`` is when its variable is unset (for parts built without ``Settings``)."""
+    return next(o.parse(o.default) for o in OPTIONS if o.field == field and o.default is not None)
+
+
 # Never echoed back, not even in an error message: they carry tokens.
 SECRET_OPTIONS = frozenset({"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"})

@@ -20,33 +20,21 @@ URI_PLACEHOLDERS = ("pod_uid", "vmi_uid", "namespace", "name", "mode", "pods_roo
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 _GRPC_STATUS_NAMES = frozenset(
     {
-        *("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND"),
-        *("ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"),
-        *("ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"),
-        "UNAUTHENTICATED",
+        *("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ABORTED"),
+        *("ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "INTERNAL"),
+        *("OUT_OF_RANGE", "UNIMPLEMENTED", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"),
     }
 )
 
 
-def choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
-    """One of ``allowed``, case folded and trimmed."""
+def choice(allowed: tuple[str, ...], fold: bool = True) -> Callable[[str], str]:
+    """One of ``allowed``, case folded and trimmed unless the SDK compares without (``fold``)."""
 
     def parse(raw: str) -> str:
-        value = raw.strip().lower()
+        value = raw.strip().lower() if fold else raw
         if value not in allowed:
             raise ValueError
         return value
-
-    return parse
-
-
-def choice_exact(allowed: tuple[str, ...]) -> Callable[[str], str]:
-    """For values the SDK compares without folding case or trimming."""
-
-    def parse(raw: str) -> str:
-        if raw not in allowed:
-            raise ValueError
-        return raw
 
     return parse
 

@@ -2,7 +2,8 @@
 
 Every other module of the agent reads its configuration from one frozen ``Settings``; nothing reads
 the environment again after start (the OpenTelemetry SDK aside, which reads the variables that
-``options.py`` validated).
+``options.py`` validated). The fields have no defaults: ``load_settings`` fills each from the option
+table, where every default is written.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names the variable, the value and what is allowed."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     metrics_exporters: tuple[str, ...]
     prometheus_host: str
     prometheus_port: int
     otlp_protocol: str
-    otlp_endpoint: str | None
+    otlp_endpoint: str | None  # None: the SDK's default
     export_interval_ms: int
     export_timeout_ms: int
     service_name: str
@@ -33,21 +34,21 @@ class Settings:
     log_level: str
     pods_root: str
     resync_interval: float
-    kubeconfig: str | None = None
-    proc_root: str | None = None  # the host's /proc for the proc detection method; None: off
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    tls_client_ca_file: str | None = None
-    kvm_device: str = "/dev/kvm"
-    events: bool = True  # Kubernetes Events on emulated VMIs (KubeVirt mode)
-    relist_spread: float = 10.0
-    watch_silence_timeout: float = 180.0
-    web_max_connections: int = 512
-    web_max_requests: int = 40
-    web_read_header_timeout: float = 10.0
-    web_idle_timeout: float = 30.0
+    kubeconfig: str | None  # KUBECONFIG, read by the kubernetes client
+    proc_root: str | None  # the host's /proc for the proc detection method; None: off
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    tls_client_ca_file: str | None
+    kvm_device: str
+    events: bool  # Kubernetes Events on emulated VMIs (KubeVirt mode)
+    relist_spread: float
+    watch_silence_timeout: float
+    web_max_connections: int
+    web_max_requests: int
+    web_read_header_timeout: float
+    web_idle_timeout: float
     # What each value came from ("env", "flag", "default"), for check-config.
-    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    origins: tuple[tuple[str, str], ...] = field(compare=False)
 
     @property
     def exports_prometheus(self) -> bool:

@@ -62,6 +62,7 @@ class ExplainedFacts:
         self._recorded: dict[str, str] = {}  # VMI key → reason told to ``_events``
         self._wakeup = threading.Event()
         self._busy = False
+        self._settled = threading.Condition()  # notified after each pass of the worker
         self._poll_interval = poll_interval
         self._publish_lock = threading.Lock()
         self._published = _Published(None, MappingProxyType({}))
@@ -127,6 +128,11 @@ class ExplainedFacts:
         """The facts were read (or failed) and the last change is published (``detect`` waits for it)."""
         return not self._wakeup.is_set() and not self._busy and self._inputs_settled()
 
+    def wait_settled(self, timeout: float) -> bool:
+        """Wait until ``settled`` or ``timeout`` seconds passed; True when settled."""
+        with self._settled:
+            return self._settled.wait_for(self.settled, timeout)
+
     def start(self) -> None:
         self._worker.start()
 
@@ -143,6 +149,8 @@ class ExplainedFacts:
             self._wakeup.clear()
             self.publish()
             self._busy = False
+            with self._settled:
+                self._settled.notify_all()
             if not self._wakeup.wait(self._poll_interval) and not worker.stopping:
                 self._poll()
 

@@ -10,11 +10,4 @@ from otel_vmi_hv.server.limits import ServerLimits, limits_from
 from otel_vmi_hv.server.listener import HttpServer, ListenError
 from otel_vmi_hv.server.tls_reload import tls_context
 
-__all__ = [
-    "HttpServer",
-    "ListenError",
-    "Readiness",
-    "ServerLimits",
-    "limits_from",
-    "tls_context",
-]
+__all__ = ["HttpServer", "ListenError", "Readiness", "ServerLimits", "limits_from", "tls_context"]

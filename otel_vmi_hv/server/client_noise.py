@@ -26,23 +26,17 @@ class RateLimitedLog:
         self._dropped = 0
         self._lock = threading.Lock()
 
-    def allow(self) -> tuple[bool, int]:
-        """Whether a line may go out now, and how many were dropped since the last one."""
+    def debug(self, message: str, *args: object) -> None:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return
         now = time.monotonic()
         with self._lock:
             if now - self._window >= 1.0:
                 self._window, self._used = now, 0
             if self._used >= self._per_second:
                 self._dropped += 1
-                return False, 0
+                return
             self._used += 1
             dropped, self._dropped = self._dropped, 0
-            return True, dropped
-
-    def debug(self, message: str, *args: object) -> None:
-        if not self._logger.isEnabledFor(logging.DEBUG):
-            return
-        allowed, dropped = self.allow()
-        if allowed:
-            suffix = f" ({dropped} similar lines dropped)" if dropped else ""
-            self._logger.debug(message + suffix, *args)
+        suffix = f" ({dropped} similar lines dropped)" if dropped else ""
+        self._logger.debug(message + suffix, *args)

@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import socket
 from http import HTTPStatus
 from typing import Any
 
 import h11
 
 from otel_vmi_hv.server.client_noise import RateLimitedLog
-from otel_vmi_hv.server.endpoints import TEXT, Endpoints
-from otel_vmi_hv.server.limits import ServerLimits
+from otel_vmi_hv.server.endpoints import TEXT_HEADERS, Endpoints, Headers
 
 log = logging.getLogger(__name__)
 
@@ -53,43 +51,26 @@ class Connection(asyncio.Protocol):
     again, and until then the deadline for reading applies.
     """
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        limits: ServerLimits,
-        endpoints: Endpoints,
-        client_noise: RateLimitedLog,
-        *,
-        beyond_cap: bool = False,
-    ) -> None:
-        self._loop = loop
+    def __init__(self, endpoints: Endpoints, client_noise: RateLimitedLog, beyond_cap: bool = False) -> None:
+        self._loop = endpoints.loop
         self._beyond_cap = beyond_cap  # one request, probes only, closed after the answer
-        self._limits = limits
+        self._limits = endpoints.limits
         self._endpoints = endpoints
         self._client_noise = client_noise
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._state = State.READING_HEAD
+        self.state = State.READING_HEAD  # read by the listener: a probe slot still waiting
         self._after_writing = State.READING_HEAD  # where WRITING goes once the client reads again
         self._buffered = 0  # bytes received while rendering (pipelined requests)
         self._rendering: asyncio.Future[Any] | None = None
-        self.closed: asyncio.Future[None] = loop.create_future()
-
-    @property
-    def state(self) -> State:
-        return self._state
+        self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Headers and body go out in one write, but a pipelined second answer must not wait
-            # for the client's delayed ACK either.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = transport  # with TCP_NODELAY, as asyncio sets on every TCP transport
         self._enter(State.READING_HEAD)
 
     def data_received(self, data: bytes) -> None:
@@ -112,23 +93,23 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # A client that stops reading: stop reading its requests too, and give it a deadline.
-        if self._state is State.CLOSING:
+        if self.state is State.CLOSING:
             return
-        self._after_writing = self._state
+        self._after_writing = self.state
         self._enter(State.WRITING)
         self._update_reading()
 
     def resume_writing(self) -> None:
-        if self._state is not State.WRITING:
+        if self.state is not State.WRITING:
             return
-        self._state = self._after_writing
+        self.state = self._after_writing
         self._arm()
         self._update_reading()
         self._loop.call_soon(self._process)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._state = State.CLOSING
+        self.state = State.CLOSING
         self._transport = None
         if self._rendering is not None:
             self._rendering.cancel()  # nobody to answer: a scrape still queued is not rendered
@@ -140,8 +121,8 @@ class Connection(asyncio.Protocol):
         renders, or responses it does not read."""
         if self._transport is None or self._transport.is_closing():
             return
-        piled_up = self._state is State.RENDERING and self._buffered > MAX_HEAD_BYTES
-        if self._state is State.WRITING or piled_up:
+        piled_up = self.state is State.RENDERING and self._buffered > MAX_HEAD_BYTES
+        if self.state is State.WRITING or piled_up:
             self._transport.pause_reading()
         else:
             self._transport.resume_reading()
@@ -150,7 +131,7 @@ class Connection(asyncio.Protocol):
 
     def _process(self) -> None:
         """Handle what h11 has parsed, one request after another (pipelining), iteratively."""
-        while self._transport is not None and self._state in _READING:
+        while self._transport is not None and self.state in _READING:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as error:
@@ -165,10 +146,7 @@ class Connection(asyncio.Protocol):
                 elif event is h11.PAUSED:
                     return  # h11 waits for an answer that is not sent yet
             elif isinstance(event, h11.Request):
-                if self._beyond_cap:
-                    self._endpoints.answer_beyond_cap(self, event)
-                else:
-                    self._endpoints.answer(self, event)
+                self._endpoints.answer(self, event, self._beyond_cap)
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
@@ -178,20 +156,25 @@ class Connection(asyncio.Protocol):
         self._rendering = rendering
         self._enter(State.RENDERING)
 
-    def respond(self, status: int, body: bytes, headers: list[tuple[str, str]], head_only: bool) -> None:
+    def respond(self, status: int, body: bytes, headers: Headers, head_only: bool) -> None:
         """Send one complete response; then go on with what the client sent meanwhile."""
         self._rendering = None
         if self._transport is None or self._transport.is_closing():
             return
         if self._beyond_cap or (status >= 400 and self._h11.their_state is not h11.DONE):
-            headers = [*headers, ("Connection", "close")]
+            headers = (*headers, ("Connection", "close"))
+        if self._write(status, body, headers, head_only):
+            self._buffered = 0
+            self._update_reading()  # writing may have paused at once: the client reads slower than this
+            self._next_cycle()
+
+    def _write(self, status: int, body: bytes, headers: Headers, head_only: bool) -> bool:
+        """Frame one response with h11 and write it; False, and the connection closed, if h11 refuses."""
+        assert self._transport is not None
         try:
+            framed = list(self._endpoints.headers(headers, body))
             data = self._h11.send(
-                h11.Response(
-                    status_code=status,
-                    reason=HTTPStatus(status).phrase,
-                    headers=self._endpoints.headers(headers, body),
-                )
+                h11.Response(status_code=status, reason=HTTPStatus(status).phrase, headers=framed)
             )
             if not head_only:
                 data += self._h11.send(h11.Data(data=body))
@@ -199,11 +182,9 @@ class Connection(asyncio.Protocol):
         except h11.LocalProtocolError as error:
             log.error("HTTP response could not be framed: %s", error)
             self._close()
-            return
-        self._buffered = 0
-        self._transport.write(data)  # may pause writing at once: the client reads slower than this
-        self._update_reading()
-        self._next_cycle()
+            return False
+        self._transport.write(data)
+        return True
 
     def resume(self) -> None:
         """After an answer rendered in the pool: go on with requests that arrived meanwhile."""
@@ -233,19 +214,7 @@ class Connection(asyncio.Protocol):
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self._transport is not None:
             status = error.error_status_hint
             body = f"{HTTPStatus(status).phrase}: {error}\n".encode(errors="replace")
-            headers = [("Content-Type", TEXT), ("Connection", "close")]
-            try:
-                data = self._h11.send(
-                    h11.Response(
-                        status_code=status,
-                        reason=HTTPStatus(status).phrase,
-                        headers=self._endpoints.headers(headers, body),
-                    )
-                )
-                data += self._h11.send(h11.Data(data=body)) + self._h11.send(h11.EndOfMessage())
-                self._transport.write(data)
-            except h11.LocalProtocolError:
-                pass
+            self._write(status, body, (*TEXT_HEADERS, ("Connection", "close")), head_only=False)
         self._close()
 
     def _close(self) -> None:
@@ -259,30 +228,29 @@ class Connection(asyncio.Protocol):
 
     def _cycle_state(self) -> State:
         """Where the request cycle stands, looking through a client that does not read."""
-        return self._after_writing if self._state is State.WRITING else self._state
+        return self._after_writing if self.state is State.WRITING else self.state
 
     def _enter(self, state: State) -> None:
         """Move to ``state`` and start its deadline; while WRITING, only note it for later."""
-        if self._state is State.WRITING and state is not State.WRITING:
+        if self.state is State.WRITING and state is not State.WRITING:
             self._after_writing = state
             return
-        self._state = state
+        self.state = state
         self._arm()
 
     def _deadline(self, state: State) -> float | None:
+        """None for RENDERING (the renderer's own bounds) and CLOSING (nothing more to wait for)."""
         if state is State.READING_HEAD:
             return self._limits.head_timeout(self._beyond_cap)
         if state is State.LINGERING:
             return self._limits.read_header_timeout
-        if state in (State.IDLE, State.WRITING):
-            return self._limits.idle_timeout
-        return None  # RENDERING: the renderer's own bounds; CLOSING: nothing more to wait for
+        return self._limits.idle_timeout if state in (State.IDLE, State.WRITING) else None
 
     def _arm(self) -> None:
         self._disarm()
-        seconds = self._deadline(self._state)
+        seconds = self._deadline(self.state)
         if seconds is not None:
-            self._timer = self._loop.call_later(seconds, self._expired, self._state)
+            self._timer = self._loop.call_later(seconds, self._expired, self.state)
 
     def _disarm(self) -> None:
         if self._timer is not None:

@@ -30,12 +30,20 @@ SERVER_HEADER = "otel-vmi-hv"
 VARY = ("Vary", "Accept, Accept-Encoding")  # /metrics answers depend on both
 RENDER_THREADS = 2
 PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
+Headers = tuple[tuple[str, str], ...]
+TEXT_HEADERS: Headers = (("Content-Type", TEXT),)
+TOO_MANY: Headers = (*TEXT_HEADERS, ("Retry-After", "1"))
+STATIC_ANSWERS = {
+    b"/healthz": (200, b"ok\n"),
+    b"/readyz": (200, b"ready\n"),
+    b"/": (200, b"otel-vmi-hv: /metrics /healthz /readyz\n"),
+}
 
 
 class Responder(Protocol):
     """What an endpoint needs of the connection it answers on."""
 
-    def respond(self, status: int, body: bytes, headers: list[tuple[str, str]], head_only: bool) -> None:
+    def respond(self, status: int, body: bytes, headers: Headers, head_only: bool) -> None:
         """Send one complete response."""
 
     def start_rendering(self, rendering: asyncio.Future[Any]) -> None:
@@ -78,7 +86,7 @@ class Endpoints:
         self.loop = loop
         self.limits = limits
         self._render_metrics = render_metrics
-        self._render_cached = render_cached
+        self._render_cached = render_cached or (lambda _accept, _encoding: None)
         self._readiness = readiness
         self._pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="http-render")
         self._in_flight = 0
@@ -88,47 +96,33 @@ class Endpoints:
         """Drop scrapes still queued for the pool; one rendering right now finishes on its own."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def answer(self, connection: Responder, request: h11.Request) -> None:
-        """Answer one request on ``connection``; /metrics is rendered in the pool, the rest at once."""
+    def answer(self, connection: Responder, request: h11.Request, beyond_cap: bool = False) -> None:
+        """Answer one request on ``connection``; /metrics is rendered in the pool, the rest at once.
+        Beyond the connection cap only probes are answered (kubelet restarts an agent whose liveness
+        probe fails), anything else gets 503 to come back later."""
         head_only = request.method == b"HEAD"
-        if request.http_version not in (b"1.0", b"1.1"):
-            connection.respond(505, b"only HTTP/1.0 and HTTP/1.1 are served\n", _text_headers(), head_only)
-            return
-        if request.method not in (b"GET", b"HEAD"):
-            body = b"only GET and HEAD are served\n"
-            connection.respond(405, body, [*_text_headers(), ("Allow", "GET, HEAD")], head_only)
-            return
         path = request.target.split(b"?", 1)[0]
-        if path == b"/metrics":
+        headers: Headers = TEXT_HEADERS
+        if beyond_cap and path not in PROBE_PATHS:
+            status, body, headers = 503, b"too many connections\n", TOO_MANY
+        elif request.http_version not in (b"1.0", b"1.1"):
+            status, body = 505, b"only HTTP/1.0 and HTTP/1.1 are served\n"
+        elif request.method not in (b"GET", b"HEAD"):
+            status, body = 405, b"only GET and HEAD are served\n"
+            headers = (*TEXT_HEADERS, ("Allow", "GET, HEAD"))
+        elif path == b"/metrics":
             self._metrics(connection, request, head_only)
-        elif path == b"/healthz":
-            connection.respond(200, b"ok\n", _text_headers(), head_only)
-        elif path == b"/readyz":
-            pending = self._readiness.pending()
-            if pending:
-                body = ("not ready: " + ", ".join(pending) + "\n").encode()
-                connection.respond(503, body, _text_headers(), head_only)
-            else:
-                connection.respond(200, b"ready\n", _text_headers(), head_only)
-        elif path == b"/":
-            connection.respond(200, b"otel-vmi-hv: /metrics /healthz /readyz\n", _text_headers(), head_only)
-        else:
-            body = b"not found; try /metrics, /healthz or /readyz\n"
-            connection.respond(404, body, _text_headers(), head_only)
-
-    def answer_beyond_cap(self, connection: Responder, request: h11.Request) -> None:
-        """Answer a request on a connection beyond the connection cap: probes as usual (kubelet
-        restarts an agent whose liveness probe fails), anything else 503 to come back later."""
-        if request.target.split(b"?", 1)[0] in PROBE_PATHS:
-            self.answer(connection, request)
             return
-        body = b"too many connections\n"
-        connection.respond(503, body, [*_text_headers(), ("Retry-After", "1")], request.method == b"HEAD")
+        elif path == b"/readyz" and (pending := self._readiness.pending()):
+            status, body = 503, ("not ready: " + ", ".join(pending) + "\n").encode()
+        else:
+            status, body = STATIC_ANSWERS.get(path, (404, b"not found; try /metrics, /healthz or /readyz\n"))
+        connection.respond(status, body, headers, head_only)
 
     def _metrics(self, connection: Responder, request: h11.Request, head_only: bool) -> None:
         if self._in_flight >= self.limits.max_requests:
             body = f"too many concurrent scrapes (limit {self.limits.max_requests})\n".encode()
-            connection.respond(503, body, [*_text_headers(), ("Retry-After", "1")], head_only)
+            connection.respond(503, body, TOO_MANY, head_only)
             return
         accept, accept_encoding = (
             ",".join(value.decode("latin-1") for name, value in request.headers if name == wanted)
@@ -142,7 +136,7 @@ class Endpoints:
         rendering = self.loop.run_in_executor(self._pool, self._render, accept, accept_encoding)
         connection.start_rendering(rendering)
 
-        def rendered(future: asyncio.Future[tuple[int, bytes, list[tuple[str, str]]]]) -> None:
+        def rendered(future: asyncio.Future[tuple[int, bytes, Headers]]) -> None:
             self._in_flight -= 1
             if future.cancelled():
                 return
@@ -153,44 +147,36 @@ class Endpoints:
         rendering.add_done_callback(rendered)
 
     def _answer_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
-        if self._render_cached is None:
-            return None
         try:
             return self._render_cached(accept, accept_encoding)
         except Exception:
             log.debug("answering /metrics from the cache failed; rendering it instead", exc_info=True)
             return None
 
-    def headers(self, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
+    def headers(self, headers: Headers, body: bytes) -> Headers:
         """The headers every response carries, around ``headers``."""
         now = int(time.time())
         if now != self._date[0]:
             self._date = (now, formatdate(now, usegmt=True))
-        return [
+        return (
             *headers,
             ("Content-Length", str(len(body))),
             ("Server", SERVER_HEADER),
             ("Date", self._date[1]),
-        ]
+        )
 
-    def _render(self, accept: str, accept_encoding: str) -> tuple[int, bytes, list[tuple[str, str]]]:
+    def _render(self, accept: str, accept_encoding: str) -> tuple[int, bytes, Headers]:
         """Runs in the render pool: the SDK collection and compression take milliseconds."""
         try:
             scrape = self._render_metrics(accept, accept_encoding)
         except LookupError as missing:
-            return 404, f"{missing}\n".encode(), [*_text_headers(), VARY]
+            return 404, f"{missing}\n".encode(), (*TEXT_HEADERS, VARY)
         except Exception:
             log.exception("rendering /metrics failed")
-            return 500, b"rendering metrics failed; see the agent log\n", [*_text_headers(), VARY]
+            return 500, b"rendering metrics failed; see the agent log\n", (*TEXT_HEADERS, VARY)
         return 200, scrape.body, _scrape_headers(scrape)
 
 
-def _scrape_headers(scrape: Scrape) -> list[tuple[str, str]]:
-    headers = [("Content-Type", scrape.content_type), VARY]
-    if scrape.encoding:
-        headers.append(("Content-Encoding", scrape.encoding))
-    return headers
-
-
-def _text_headers() -> list[tuple[str, str]]:
-    return [("Content-Type", TEXT)]
+def _scrape_headers(scrape: Scrape) -> Headers:
+    encoding = (("Content-Encoding", scrape.encoding),) if scrape.encoding else ()
+    return (("Content-Type", scrape.content_type), VARY, *encoding)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from otel_vmi_hv.config import Settings
+from otel_vmi_hv.config import Settings, default_value
 
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
-    """What one client may hold; the defaults keep the agent well inside its memory limit."""
+    """The configurable limits default to the option table's; the probe slots are not options."""
 
-    max_connections: int = 512
-    max_requests: int = 40  # concurrent /metrics requests, like node_exporter's --web.max-requests
-    read_header_timeout: float = 10.0
-    idle_timeout: float = 30.0  # longer than the keep-alive gap of any usual scrape interval
+    max_connections: int = default_value("web_max_connections")
+    max_requests: int = default_value("web_max_requests")  # concurrent /metrics requests
+    read_header_timeout: float = default_value("web_read_header_timeout")
+    idle_timeout: float = default_value("web_idle_timeout")
     # Beyond max_connections, this many more connections may send one request, answered only if it
     # is a probe (/healthz, /readyz): liveness must not fail because others hold every connection.
     probe_slots: int = 8
@@ -28,9 +28,6 @@ class ServerLimits:
 
 
 def limits_from(settings: Settings) -> ServerLimits:
-    return ServerLimits(
-        max_connections=settings.web_max_connections,
-        max_requests=settings.web_max_requests,
-        read_header_timeout=settings.web_read_header_timeout,
-        idle_timeout=settings.web_idle_timeout,
-    )
+    """Each configurable limit from its setting, ``web_<limit>``."""
+    configured = ("max_connections", "max_requests", "read_header_timeout", "idle_timeout")
+    return ServerLimits(**{name: getattr(settings, f"web_{name}") for name in configured})

@@ -1,90 +1,74 @@
 """The metrics port's listening socket: bind, accept, the connection cap, start and stop.
 
-HTTP/1.1 is parsed and framed by h11 on an asyncio loop of its own thread, chosen by measurement over
-uvicorn, hypercorn, aiohttp's server and the standard library's (BENCHMARKS.md): the least memory per
-idle connection and at import, and none of the others has all of a connection cap, a header deadline
-and a certificate reloaded without a restart. What an
-exposed port needs around the parser is split in three: this module accepts (a listen backlog that
-absorbs bursts, a cap on connections, backing off when file descriptors run out, a 400 for plain HTTP on
-the TLS port, the certificate reloaded when cert-manager rotates it); server/connection.py keeps each
-connection's deadlines; server/endpoints.py answers.
+h11 parses HTTP/1.1 on an asyncio loop of its own worker (why not a server framework: BENCHMARKS.md).
+This module accepts: a backlog that absorbs bursts, the connection cap, backing off when descriptors
+run out, a 400 for plain HTTP on the TLS port, the certificate reloaded when it is rotated.
 
-Probes get through a full cap. Whoever can reach the port can open ``max_connections`` connections
-and hold them (idle, or as scrapers that do not read); refusing everything beyond the cap would then
-fail kubelet's liveness probe and restart the agent again and again. So a few connections beyond the
-cap (``probe_slots``) are accepted on probation: each may send one request within
-``probe_head_timeout`` (1 s, kubelet's default probe timeout), a probe is answered, anything else gets
-503 "too many connections", and the connection is closed. When every probation slot is taken, a new
-connection evicts the oldest one whose request has not been read yet, preferring those that had sent
-nothing when accepted (as nginx, running out of connections, closes idle ones oldest first). A probe
-sends its request right after connecting, and under a flood it waits in the backlog meanwhile, so its
-request is there when it is accepted: a stream of new silent connections cannot keep it out, and a
-stream of connections that each send a byte would have to bring ``probe_slots`` of them between the
-probe's accept and the read of its request. The accept loop drains the backlog without yielding:
-yielding after each accept (measured at 2,000-3,000 new connections a second on 2 cores) left probes
-queued behind the flood for a second. Memory stays bounded: at most ``max_connections + probe_slots``
-connections and ``MAX_LINGERING_REFUSALS`` refusals, a few KiB each.
+Probes get through a full cap: whoever holds every connection must not fail kubelet's liveness
+probe. A few connections beyond the cap (``probe_slots``) may each send one request; a probe is
+answered, anything else gets 503. When all are taken a new one evicts the oldest whose request is
+not read yet, silent ones first; the accept loop drains the backlog without yielding, so a probe
+queued behind a flood is accepted with its request already there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.export.exposition import Scrape
 from otel_vmi_hv.server.client_noise import RateLimitedLog
 from otel_vmi_hv.server.connection import Connection, State
-from otel_vmi_hv.server.endpoints import Endpoints, Readiness
+from otel_vmi_hv.server.endpoints import TEXT, Endpoints, Readiness
 from otel_vmi_hv.server.limits import ServerLimits
 from otel_vmi_hv.server.tls_reload import ReloadingTLS
+from otel_vmi_hv.worker import Worker
 
 log = logging.getLogger(__name__)
 # Malformed requests, resets, bad TLS records: a client's fault, at most a rate-limited debug line.
 client_log = logging.getLogger("otel_vmi_hv.server.client")
 
-MIN_BACKLOG = 128
+LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn: a burst must not find it full
 # Out of descriptors: accepting again at once would spin at 100 % CPU. A local resource, no fleet to
 # spread, hence no jitter.
 ACCEPT_BACKOFF = Backoff(initial=0.01, maximum=1.0, jitter=0.0)
 MAX_LINGERING_REFUSALS = 64  # beyond the probe slots, this many get a 503; the rest are closed
-PLAIN_HTTP_ON_TLS_PORT = (
-    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-    b"Content-Length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
-)
-TOO_MANY_CONNECTIONS = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-    b"Retry-After: 1\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
-)
+
+
+def _canned(status: HTTPStatus, body: bytes, *headers: str) -> bytes:
+    """A whole answer written without h11, for connections that never reach the parser."""
+    head = [f"HTTP/1.1 {status} {status.phrase}", f"Content-Type: {TEXT}", "Connection: close", *headers]
+    return "\r\n".join([*head, f"Content-Length: {len(body)}", "", ""]).encode() + body
+
+
+# Go's answer to plain HTTP on a TLS port, and the refusal beyond the probe slots.
+PLAIN_HTTP_ON_TLS_PORT = _canned(HTTPStatus.BAD_REQUEST, b"Client sent an HTTP request to an HTTPS server.\n")
+TOO_MANY_CONNECTIONS = _canned(HTTPStatus.SERVICE_UNAVAILABLE, b"too many connections\n", "Retry-After: 1")
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_LISTEN_REASONS = {
+    errno.EADDRINUSE: "the address is already in use (another process listens there)",
+    errno.EADDRNOTAVAIL: "the address is not one of this host's",
+}
 
 
 class ListenError(OSError):
     """The listening socket could not be opened; names the address so the operator can fix it."""
 
     def __init__(self, host: str, port: int, reason: str) -> None:
-        super().__init__(f"cannot listen on {_host_port(host, port)}: {reason}")
-        self.host = host
-        self.port = port
-        self.reason = reason
-
-
-def listen_backlog() -> int:
-    """The kernel's accept-queue cap, at least 128: a burst of scrapers must not find it full."""
-    try:
-        with open("/proc/sys/net/core/somaxconn") as somaxconn:
-            return max(MIN_BACKLOG, int(somaxconn.read().strip()))
-    except (OSError, ValueError):
-        return MIN_BACKLOG
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.host, self.port, self.reason = host, port, reason
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -100,7 +84,7 @@ def open_listener(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(listen_backlog())
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError as error:
         sock.close()
@@ -109,17 +93,9 @@ def open_listener(host: str, port: int) -> socket.socket:
 
 
 def _listen_reason(error: OSError, port: int) -> str:
-    if error.errno == errno.EADDRINUSE:
-        return "the address is already in use (another process listens there)"
     if error.errno == errno.EACCES and 0 < port < 1024:
         return "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
-    if error.errno == errno.EADDRNOTAVAIL:
-        return "the address is not one of this host's"
-    return error.strerror or str(error)
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _LISTEN_REASONS.get(error.errno or 0) or error.strerror or str(error)
 
 
 @dataclass(eq=False)
@@ -159,76 +135,72 @@ class HttpServer:
         tls: ReloadingTLS | None = None,
         limits: ServerLimits = ServerLimits(),  # noqa: B008 - frozen
     ) -> None:
-        self.host = host
         self.limits = limits
         self._tls = tls
         self._listener = open_listener(host, port)
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._loop_exception)
         self.endpoints = Endpoints(render_metrics, readiness, limits, self.loop, render_cached)
-        self._thread: threading.Thread | None = None
-        self._accept_task: asyncio.Task[None] | None = None
+        self._worker: Worker | None = None
         self._serving: set[asyncio.Task[None]] = set()
         self.connections = 0  # within the cap
         self._probe_slots: dict[_ProbeSlot, None] = {}  # beyond it, oldest first
-        self._refusing = 0
+        self._refusals: set[asyncio.Task[None]] = set()
         self.client_noise = RateLimitedLog(client_log)
-        self._fd_exhausted_since: float | None = None
 
     @property
     def port(self) -> int:
         return int(self._listener.getsockname()[1])
 
     def start(self) -> None:
-        self.loop.run_until_complete(self._setup())
-        self._thread = threading.Thread(target=self.loop.run_forever, name="http", daemon=True)
-        self._thread.start()
+        self._track(self._accept_loop())
+        self._worker = Worker("http", lambda _: self.loop.run_forever())
+        self._worker.start()
 
     def stop(self) -> None:
-        if self._thread is None:
+        if self._worker is None:
             self._listener.close()
             return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
-        try:
-            future.result(timeout=1)
-        except Exception as error:
-            log.debug("HTTP server shutdown: %s", error)
+        with contextlib.suppress(TimeoutError):  # the loop is stopped below all the same
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(timeout=1)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=1)
+        stopped = self._worker.join(timeout=1)
         self.endpoints.shutdown()
-        if not self._thread.is_alive():
+        if stopped:
             self.loop.close()
 
     # ------------------------------------------------------------------ accepting
 
-    async def _setup(self) -> None:
-        self._accept_task = self.loop.create_task(self._accept_loop())
-
     async def _shutdown(self) -> None:
         self._listener.close()
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-        for task in list(self._serving):
+        for task in list(self._serving):  # the accept loop among them
             task.cancel()
 
     async def _accept_loop(self) -> None:
-        failures = 0
+        failures, since = 0, 0.0
         while True:
             try:
                 sock, _ = await self.loop.sock_accept(self._listener)
             except OSError as error:
-                if error.errno not in _OUT_OF_RESOURCES:
-                    if self._listener.fileno() == -1:
-                        return
+                if error.errno in _OUT_OF_RESOURCES:  # the connection stays queued: wait, say it once
+                    if not failures:
+                        since = time.monotonic()
+                        log.warning(
+                            "cannot accept HTTP connections: %s (%d open connections); retrying until "
+                            "descriptors are free",
+                            os.strerror(error.errno or 0),
+                            self.connections,
+                        )
+                    failures += 1
+                    await asyncio.sleep(ACCEPT_BACKOFF.delay(failures))
+                elif self._listener.fileno() == -1:
+                    return
+                else:
                     self.client_noise.debug("accept failed: %s", error)
-                    continue
-                # Out of descriptors: the pending connection stays queued; wait and say it once.
-                failures += 1
-                self._out_of_descriptors(error)
-                await asyncio.sleep(ACCEPT_BACKOFF.delay(failures))
                 continue
-            failures = 0
-            self._descriptors_back()
+            if failures:
+                log.info("accepting HTTP connections again after %.1fs", time.monotonic() - since)
+                failures = 0
             if self.connections < self.limits.max_connections:
                 self.connections += 1
                 self._track(self._serve(sock))
@@ -238,22 +210,6 @@ class HttpServer:
                 slot.task = self._track(self._serve(sock, slot))
             else:
                 self._refuse(sock)
-
-    def _out_of_descriptors(self, error: OSError) -> None:
-        if self._fd_exhausted_since is None:
-            self._fd_exhausted_since = time.monotonic()
-            log.warning(
-                "cannot accept HTTP connections: %s (%d open connections); retrying until "
-                "descriptors are free",
-                os.strerror(error.errno or 0),
-                self.connections,
-            )
-
-    def _descriptors_back(self) -> None:
-        if self._fd_exhausted_since is not None:
-            waited = time.monotonic() - self._fd_exhausted_since
-            log.info("accepting HTTP connections again after %.1fs", waited)
-            self._fd_exhausted_since = None
 
     def _track(self, serving: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self.loop.create_task(serving)
@@ -285,18 +241,19 @@ class HttpServer:
             self.connections,
             len(self._probe_slots),
         )
-        if self._tls is not None or self._refusing >= MAX_LINGERING_REFUSALS:
+        if self._tls is not None or len(self._refusals) >= MAX_LINGERING_REFUSALS:
             sock.close()
             return
-        self._refusing += 1
-        self._track(self._answer_refused(sock))
+        refusal = self._track(self._answer_and_close(sock, TOO_MANY_CONNECTIONS))
+        self._refusals.add(refusal)
+        refusal.add_done_callback(self._refusals.discard)
 
-    async def _answer_refused(self, sock: socket.socket) -> None:
-        """503, then read what the client sent for a moment: closing with its request unread would
-        reset the connection and lose the answer."""
+    async def _answer_and_close(self, sock: socket.socket, answer: bytes) -> None:
+        """Send ``answer``, then read what the client sent for a moment: closing with its request
+        unread would reset the connection and lose the answer."""
         try:
             sock.setblocking(False)
-            await asyncio.wait_for(self.loop.sock_sendall(sock, TOO_MANY_CONNECTIONS), 1.0)
+            await asyncio.wait_for(self.loop.sock_sendall(sock, answer), 1.0)
             sock.shutdown(socket.SHUT_WR)
             async with asyncio.timeout(1.0):
                 while await self.loop.sock_recv(sock, 4096):
@@ -305,22 +262,12 @@ class HttpServer:
             pass
         finally:
             sock.close()
-            self._refusing -= 1
 
     async def _serve(self, sock: socket.socket, slot: _ProbeSlot | None = None) -> None:
         """Serve one accepted connection until it closes; with ``slot``, one beyond the cap."""
         head_timeout = self.limits.head_timeout(beyond_cap=slot is not None)
         if slot is not None:
             slot.started = True
-
-        def connection_for_socket() -> Connection:
-            made = Connection(
-                self.loop, self.limits, self.endpoints, self.client_noise, beyond_cap=slot is not None
-            )
-            if slot is not None:
-                slot.connection = made
-            return made
-
         try:
             sock.setblocking(False)
             context: ssl.SSLContext | None = None
@@ -329,11 +276,13 @@ class HttpServer:
                     return
                 context = self._tls.context()
             transport, connection = await self.loop.connect_accepted_socket(
-                connection_for_socket,
+                lambda: Connection(self.endpoints, self.client_noise, slot is not None),
                 sock,
                 ssl=context,
                 ssl_handshake_timeout=head_timeout if context else None,
             )
+            if slot is not None:
+                slot.connection = connection  # until now it counted as waiting, as in READING_HEAD
             try:
                 await connection.closed
             except asyncio.CancelledError:
@@ -365,17 +314,9 @@ class HttpServer:
             await asyncio.wait_for(readable, timeout)
         finally:
             self.loop.remove_reader(sock.fileno())
-        first = sock.recv(1, socket.MSG_PEEK)
-        if first == b"\x16":
+        if sock.recv(1, socket.MSG_PEEK) == b"\x16":
             return True
-        if first:
-            try:
-                sock.recv(65536)  # the request, so closing does not reset the connection
-                await asyncio.wait_for(self.loop.sock_sendall(sock, PLAIN_HTTP_ON_TLS_PORT), 1.0)
-                sock.shutdown(socket.SHUT_WR)
-            except (TimeoutError, OSError):
-                pass
-        sock.close()
+        await self._answer_and_close(sock, PLAIN_HTTP_ON_TLS_PORT)
         return False
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

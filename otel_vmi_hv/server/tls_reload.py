@@ -41,18 +41,18 @@ def _signature(path: str) -> tuple[int, int, int, int]:
 
 
 class ReloadingTLS:
+    """Server-side TLS (1.2+, no renegotiation), reloaded when the files change on disk."""
+
     def __init__(self, cert_file: str, key_file: str, client_ca_file: str | None = None) -> None:
-        self.files = tuple(f for f in (cert_file, key_file, client_ca_file) if f)
-        self._cert_file, self._key_file, self._client_ca_file = cert_file, key_file, client_ca_file
+        self._files = (cert_file, key_file, client_ca_file)
         self._lock = threading.Lock()
         self._signatures = self._current_signatures()
-        self._context = server_context(cert_file, key_file, client_ca_file)
+        self._context = server_context(*self._files)
         self._checked = time.monotonic()
         self._failed_signatures: tuple[tuple[int, int, int, int], ...] | None = None
-        self.reloads = 0
 
     def _current_signatures(self) -> tuple[tuple[int, int, int, int], ...]:
-        return tuple(_signature(path) for path in self.files)
+        return tuple(_signature(path) for path in self._files if path)
 
     def context(self) -> ssl.SSLContext:
         """The context for a new connection; reloaded first if a file changed."""
@@ -65,8 +65,8 @@ class ReloadingTLS:
             if signatures in (self._signatures, self._failed_signatures):
                 return self._context
             try:
-                context = server_context(self._cert_file, self._key_file, self._client_ca_file)
-            except (OSError, ssl.SSLError) as error:
+                context = server_context(*self._files)
+            except OSError as error:  # ssl.SSLError is one
                 self._failed_signatures = signatures
                 log.warning(
                     "TLS certificate files changed but cannot be loaded (%s); still serving the previous "
@@ -75,11 +75,8 @@ class ReloadingTLS:
                 )
                 return self._context
             self._context, self._signatures, self._failed_signatures = context, signatures, None
-            self.reloads += 1
-            log.info("TLS certificate reloaded from %s", self._cert_file)
+            log.info("TLS certificate reloaded from %s", self._files[0])
             return self._context
 
 
-def tls_context(cert_file: str, key_file: str, client_ca_file: str | None) -> ReloadingTLS:
-    """Server-side TLS (1.2+, no renegotiation), reloaded when the files change on disk."""
-    return ReloadingTLS(cert_file, key_file, client_ca_file)
+tls_context = ReloadingTLS  # the name the agent builds it by

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from otel_vmi_hv.config import (
-    NOT_READ_BY_THE_AGENT,
     OPTION_BY_ENV,
     OPTIONS,
     SECRET_OPTIONS,
@@ -19,6 +18,51 @@ from otel_vmi_hv.config import (
     parse_duration,
     unset_empty_variables,
 )
+
+# Variables of the installed OpenTelemetry packages that nothing on the agent's path reads (traces,
+# logs, auto-instrumentation, other exporters): a new SDK variable is either validated or listed here.
+NOT_READ_BY_THE_AGENT = {
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",  # span and log record attributes
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_BLRP_EXPORT_TIMEOUT",
+    "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BLRP_MAX_QUEUE_SIZE",
+    "OTEL_BLRP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_CONFIG_FILE",  # read by opentelemetry-instrument's configurator only
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+    "OTEL_EXPORTER_ZIPKIN_TIMEOUT",
+    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_LOG_LEVEL",  # defined by the SDK, read by none of its modules
+    "OTEL_LOGS_EXPORTER",
+    "OTEL_PROPAGATORS",  # trace context propagation
+    "OTEL_PYTHON_ID_GENERATOR",
+    "OTEL_PYTHON_LOGGER_CONFIGURATOR",
+    "OTEL_PYTHON_LOGGER_PROVIDER",
+    "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED",
+    "OTEL_PYTHON_METER_CONFIGURATOR",
+    "OTEL_PYTHON_METER_PROVIDER",  # the agent builds its MeterProvider, never the global one
+    "OTEL_PYTHON_TRACER_CONFIGURATOR",
+    "OTEL_PYTHON_TRACER_PROVIDER",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+} | {  # the traces and logs twins of every per-signal OTLP variable (options.per_signal)
+    option.env.replace("_METRICS_", f"_{signal}_")
+    for option in OPTIONS
+    if option.default_doc in OPTION_BY_ENV
+    for signal in ("TRACES", "LOGS")
+}
 
 BAD_VALUES = {
     "OTEL_METRICS_EXPORTER": "prometheus,zipkin",

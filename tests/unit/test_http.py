@@ -16,9 +16,10 @@ from contextlib import contextmanager
 
 import pytest
 
+from otel_vmi_hv.config import load_settings
 from otel_vmi_hv.export.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition, Scrape
 from otel_vmi_hv.revision import Revision
-from otel_vmi_hv.server import HttpServer, ListenError, Readiness, ServerLimits
+from otel_vmi_hv.server import HttpServer, ListenError, Readiness, ServerLimits, limits_from
 from tests.agent_process import exchange, wait_until
 
 BODY = b"some_metric 1\n" * 1000  # above the gzip threshold
@@ -41,6 +42,16 @@ def serving(
         yield server
     finally:
         server.stop()
+
+
+def test_the_limits_default_to_the_settings_and_follow_them() -> None:
+    """ServerLimits() is what an unset environment gives (docs/configuration.md: test_docs.py)."""
+    assert limits_from(load_settings({"NODE_NAME": "n"})) == ServerLimits()
+    env = {"OTEL_VMI_HV_WEB_MAX_CONNECTIONS": "7", "OTEL_VMI_HV_WEB_MAX_REQUESTS": "3"}
+    env |= {"OTEL_VMI_HV_WEB_READ_HEADER_TIMEOUT": "2s", "OTEL_VMI_HV_WEB_IDLE_TIMEOUT": "9s"}
+    limits = limits_from(load_settings(env))
+    assert (limits.max_connections, limits.max_requests) == (7, 3)
+    assert (limits.read_header_timeout, limits.idle_timeout) == (2.0, 9.0)
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:

@@ -78,6 +78,9 @@ class State:
     def settled(self) -> bool:
         return True
 
+    def wait_settled(self, timeout: float) -> bool:
+        return True
+
     def problems(self) -> list[str]:
         return []
 
