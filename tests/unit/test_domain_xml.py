@@ -19,7 +19,7 @@ from tests.conftest import FIXTURES
 )
 def test_real_kubevirt_domains_are_kvm(fixture: str) -> None:
     result = parse_domain_type((FIXTURES / fixture).read_bytes())
-    assert (result.hypervisor_type, result.error) == ("kvm", "")
+    assert (result.hypervisor_type, result.error) == ("kvm", None)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,184 @@
+"""One libvirt daemon as the agent knows it: a circuit breaker around its connection.
+
+A call that overran the timeout counts as stuck until it returns. While one is, new calls fail at
+once as ``busy`` rather than pile up threads on a hung daemon (KubeVirt's per-launcher virtqemud
+serves only five client requests anyway), and its return is what says the daemon recovered. A
+daemon that could not be opened is not asked again before its backoff delay. Reasons come from
+libvirt's error code and errno, never from its messages, which libvirt translates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import threading
+import time
+from typing import Any
+
+import libvirt
+
+from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.model import FailureReason
+
+RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=30.0)
+
+# Error codes that mean "the daemon or the connection is gone", not "this domain is odd".
+CONNECTION_ERRORS = frozenset(
+    {
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+    }
+)
+
+
+class LibvirtUnavailable(Exception):
+    """A call could not be made or did not finish; ``reason`` is the self-metric label."""
+
+    def __init__(self, reason: FailureReason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Daemon:
+    """One libvirt URI: its connection, calls in flight and stuck, and when it may be tried again."""
+
+    def __init__(self, uri: str, max_inflight: int) -> None:
+        self.uri = uri
+        self.lock = threading.Lock()
+        self.conn: Any = None
+        self.generation = 0  # connections kept so far
+        self.slots = threading.BoundedSemaphore(max_inflight)
+        self.stuck_calls = 0  # calls that overran the timeout and have not returned yet
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_failure = LibvirtUnavailable(FailureReason.UNREACHABLE)
+        # Domain event callbacks registered on a connection, by connection: deregistered before it
+        # is closed (a connection with callbacks stays open, and they call into Python).
+        self.event_callbacks: list[tuple[Any, int]] = []
+
+    @property
+    def state(self) -> str:
+        if self.stuck_calls:
+            return "hung"
+        if self.conn is not None:
+            return "connected"
+        return "disconnected" if self.failures else "idle"
+
+    def admit(self, now: float, deadline: float, timeout: float) -> None:
+        """Take a slot for one call (``now`` on the backoff clock), or say at once why not."""
+        with self.lock:
+            if self.conn is None and now < self.retry_at:
+                raise LibvirtUnavailable(self.last_failure.reason, self.last_failure.detail)
+            if self.stuck_calls:
+                # Another call would only hang beside the stuck one, whose return signals recovery.
+                why = f"a call to {self.uri} has not returned after {timeout:g}s"
+                raise LibvirtUnavailable(FailureReason.BUSY, why)
+        if not self.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            why = f"no free connection slot for {self.uri} within {timeout:g}s"
+            raise LibvirtUnavailable(FailureReason.BUSY, why)
+
+    def overran(self) -> bool:
+        """A call is left running past its deadline; True when it is the first one stuck."""
+        with self.lock:
+            self.stuck_calls += 1
+            return self.stuck_calls == 1
+
+    def returned_late(self, error: Exception | None) -> bool:
+        """A stuck call came back; True when none is stuck any more and it did not fail."""
+        with self.lock:
+            self.stuck_calls -= 1
+            return self.stuck_calls == 0 and error is None
+
+    def open_failed(self, failure: LibvirtUnavailable, now: float) -> bool:
+        """Back off before the next try; True on the first failure in a row."""
+        with self.lock:
+            self.failures += 1
+            self.retry_at = now + RECONNECT_BACKOFF.delay(self.failures)
+            self.last_failure = failure
+            return self.failures == 1
+
+    def answered(self, conn: Any, keep: bool) -> tuple[bool, Any]:
+        """A fresh connection answered: (was failing, the connection when it is not kept)."""
+        with self.lock:
+            if keep and self.conn is not None:
+                return False, conn  # another call connected first: one connection per URI
+            was_failing = self.failures > 0
+            self.failures = 0
+            self.retry_at = 0.0
+            if keep:
+                self.conn = conn
+                self.generation += 1
+                return was_failing, None
+        return was_failing, conn
+
+    def lost(self, conn: Any, *, reconnect_now: bool = False) -> bool:
+        """``conn`` died; True when it was the kept one (then it is dropped). ``reconnect_now``:
+        the next call reconnects at once, and the backoff starts if that fails."""
+        with self.lock:
+            if self.conn is not conn:
+                return False
+            self.conn = None
+            if reconnect_now:
+                self.failures += 1
+                self.retry_at = 0.0
+            return True
+
+    def take_callbacks(self, conn: Any) -> list[int]:
+        with self.lock:
+            mine = [callback for owner, callback in self.event_callbacks if owner is conn]
+            self.event_callbacks = [(o, c) for o, c in self.event_callbacks if o is not conn]
+        return mine
+
+
+def close_connection(conn: Any, callbacks: list[int]) -> None:
+    """Let go of a connection for good: its event and close callbacks first, then the connection.
+
+    libvirt keeps a connection with registered domain event callbacks open whatever close() says
+    (each registration holds a reference), and a registered close callback is called from inside
+    libvirt; only without both does close() end the connection and every call into Python with it.
+    """
+    for callback in callbacks:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(callback)
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
+
+
+def alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+def connect_reason(error: Exception) -> FailureReason:
+    """Why a connection could not be opened: the operator's fix differs.
+
+    no_socket: nothing at the socket path (pods root not mounted, launcher gone);
+    permission_denied: the agent lacks the rights to the socket (not root, or no DAC_OVERRIDE);
+    unreachable: anything else (daemon down, refused). errno is int1 of a system error.
+    """
+    if isinstance(error, libvirt.libvirtError):
+        number = error.get_int1() if error.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR else None
+    else:
+        number = getattr(error, "errno", None)
+    if number in (errno.EACCES, errno.EPERM):
+        return FailureReason.PERMISSION_DENIED
+    if number in (errno.ENOENT, errno.ENOTDIR):
+        return FailureReason.NO_SOCKET
+    return FailureReason.UNREACHABLE
+
+
+def describe(error: Exception) -> str:
+    if not isinstance(error, libvirt.libvirtError):
+        return str(error)
+    message = error.get_error_message() or str(error)
+    return f"{message} (code {error.get_error_code()})"
