@@ -55,14 +55,10 @@ class LibvirtCalls:
         timeout: float,
         *,
         keep_connections: bool = True,
-        max_inflight_per_daemon: int = MAX_INFLIGHT_PER_DAEMON,
-        max_inflight_total: int = MAX_INFLIGHT_TOTAL,
         open_read_only: Callable[[str], Any] = libvirt.openReadOnly,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.timeout = timeout
-        self._max_per_daemon = max_inflight_per_daemon
-        self._max_total = max_inflight_total
         # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
         # (KubeVirt launchers), asked once per domain lifetime: an open connection per running VMI
         # would cost memory and a socket each for nothing, so close it after each call, and forget
@@ -164,7 +160,7 @@ class LibvirtCalls:
         with self._lock:
             daemon = self._daemons.get(uri)
             if daemon is None:
-                daemon = self._daemons[uri] = Daemon(uri, self._max_per_daemon)
+                daemon = self._daemons[uri] = Daemon(uri, MAX_INFLIGHT_PER_DAEMON)
             return daemon
 
     def _call(self, uri: str, op: Callable[[Any], T]) -> T:
@@ -172,7 +168,7 @@ class LibvirtCalls:
         deadline = time.monotonic() + self.timeout
         daemon.admit(self._clock(), deadline, self.timeout)
         with self._lock:
-            if self._inflight_total >= self._max_total:
+            if self._inflight_total >= MAX_INFLIGHT_TOTAL:
                 daemon.slots.release()
                 raise LibvirtUnavailable(FailureReason.BUSY, "too many libvirt calls still running")
             self._inflight_total += 1
@@ -183,7 +179,7 @@ class LibvirtCalls:
             self._free_slot(daemon)
             raise LibvirtUnavailable(FailureReason.BUSY, f"cannot start a libvirt worker: {error}") from None
         try:
-            return call.result(deadline - time.monotonic(), lambda: self._overran(daemon))
+            return call.result(deadline - time.monotonic(), lambda: daemon.overran(self.timeout))
         except Abandoned:
             why = f"no answer from {daemon.uri} within {self.timeout:g}s"
             raise LibvirtUnavailable(FailureReason.TIMEOUT, why) from None
@@ -204,15 +200,8 @@ class LibvirtCalls:
         finally:
             self._free_slot(daemon)
 
-    def _overran(self, daemon: Daemon) -> None:
-        if daemon.overran():
-            log.warning(
-                "libvirt at %s did not answer within %.3gs; treating it as hung", daemon.uri, self.timeout
-            )
-
     def _returned_late(self, daemon: Daemon, error: Exception | None) -> None:
         if daemon.returned_late(error):
-            log.info("libvirt at %s answers again", daemon.uri)
             _notify(self._on_recovered, daemon.uri, "recovery")
 
     def _with_connection(self, daemon: Daemon, op: Callable[[Any], T]) -> T:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import threading
 import time
 from typing import Any
@@ -19,6 +20,8 @@ import libvirt
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.model import FailureReason
+
+log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 
@@ -83,17 +86,23 @@ class Daemon:
             why = f"no free connection slot for {self.uri} within {timeout:g}s"
             raise LibvirtUnavailable(FailureReason.BUSY, why)
 
-    def overran(self) -> bool:
-        """A call is left running past its deadline; True when it is the first one stuck."""
+    def overran(self, timeout: float) -> None:
+        """A call is left running past its deadline: the daemon is hung until it returns."""
         with self.lock:
             self.stuck_calls += 1
-            return self.stuck_calls == 1
+            if self.stuck_calls == 1:
+                log.warning(
+                    "libvirt at %s did not answer within %.3gs; treating it as hung", self.uri, timeout
+                )
 
     def returned_late(self, error: Exception | None) -> bool:
-        """A stuck call came back; True when none is stuck any more and it did not fail."""
+        """A stuck call came back; True when it recovered: none is stuck any more, and it did not fail."""
         with self.lock:
             self.stuck_calls -= 1
-            return self.stuck_calls == 0 and error is None
+            recovered = self.stuck_calls == 0 and error is None
+        if recovered:
+            log.info("libvirt at %s answers again", self.uri)
+        return recovered
 
     def open_failed(self, failure: LibvirtUnavailable, now: float) -> bool:
         """Back off before the next try; True on the first failure in a row."""

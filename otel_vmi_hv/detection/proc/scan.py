@@ -71,29 +71,13 @@ class _Reader:
 
     def read(self, path: str, limit: int) -> bytes | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            with open(path, "rb") as file:  # buffered: reads until ``limit`` or the end
+                return file.read(limit)
         except PermissionError:
             self.refused += 1
-            return None
         except OSError:  # ENOENT, ESRCH: the process or thread is gone
-            return None
-        try:
-            chunks: list[bytes] = []
-            remaining = limit
-            while remaining > 0:
-                chunk = os.read(fd, min(remaining, 65536))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                remaining -= len(chunk)
-            return b"".join(chunks)
-        except PermissionError:
-            self.refused += 1
-            return None
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+            pass
+        return None
 
     def text(self, path: str, limit: int) -> str | None:
         raw = self.read(path, limit)
@@ -104,9 +88,9 @@ class _Reader:
             return os.listdir(path)
         except PermissionError:
             self.refused += 1
-            return []
         except OSError:
-            return []
+            pass
+        return []
 
 
 def _qemu_executable(reader: _Reader, pid_dir: str) -> str | None:
