@@ -15,8 +15,7 @@ from typing import NoReturn
 
 from otel_vmi_hv.model import UNKNOWN, FailureReason, hypervisor_type_for
 
-# Real domain XMLs are 5-30 KB (KubeVirt's converter output is ~9 KB). A megabyte leaves room
-# for domains with hundreds of devices while keeping a hostile document cheap to reject.
+# Far above any real domain, even one with hundreds of devices; a hostile document stays cheap to reject.
 MAX_DOMAIN_XML_BYTES = 1 << 20
 
 
