@@ -57,9 +57,7 @@ def parse_domain_type(document: str | bytes, max_bytes: int = MAX_DOMAIN_XML_BYT
 
     def start(name: str, attrs: dict[str, str]) -> None:
         if not root:
-            root["name"] = name
-            root["type"] = attrs.get("type", "")
-            root["seen"] = "1"
+            root.update(name=name, type=attrs.get("type", ""))
 
     parser = xml.parsers.expat.ParserCreate(encoding=None)
     parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
