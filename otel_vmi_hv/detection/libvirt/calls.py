@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLOSE_TIMEOUT = 1.0  # how long close() waits for the connections to be let go of
-MAX_INFLIGHT_PER_DAEMON = 2
-MAX_INFLIGHT_TOTAL = 64
+MAX_INFLIGHT_TOTAL = 64  # calls at once over every daemon
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
 
@@ -160,7 +159,7 @@ class LibvirtCalls:
         with self._lock:
             daemon = self._daemons.get(uri)
             if daemon is None:
-                daemon = self._daemons[uri] = Daemon(uri, MAX_INFLIGHT_PER_DAEMON)
+                daemon = self._daemons[uri] = Daemon(uri)
             return daemon
 
     def _call(self, uri: str, op: Callable[[Any], T]) -> T:

@@ -23,6 +23,7 @@ from otel_vmi_hv.model import FailureReason
 
 log = logging.getLogger(__name__)
 
+MAX_INFLIGHT = 2  # calls at once per daemon
 RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 
 # Error codes that mean "the daemon or the connection is gone", not "this domain is odd".
@@ -51,12 +52,12 @@ class LibvirtUnavailable(Exception):
 class Daemon:
     """One libvirt URI: its connection, calls in flight and stuck, and when it may be tried again."""
 
-    def __init__(self, uri: str, max_inflight: int) -> None:
+    def __init__(self, uri: str) -> None:
         self.uri = uri
         self.lock = threading.Lock()
         self.conn: Any = None
         self.generation = 0  # connections kept so far
-        self.slots = threading.BoundedSemaphore(max_inflight)
+        self.slots = threading.BoundedSemaphore(MAX_INFLIGHT)
         self.stuck_calls = 0  # calls that overran the timeout and have not returned yet
         self.failures = 0
         self.retry_at = 0.0
