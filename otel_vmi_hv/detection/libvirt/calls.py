@@ -9,7 +9,6 @@ asked (a domain's XML, the list of domains) belongs to ``domain.py`` and ``sourc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -19,19 +18,11 @@ from typing import Any, TypeVar
 import libvirt
 
 from otel_vmi_hv.detection.libvirt.call_pool import Abandoned, Call, CallPool
-from otel_vmi_hv.detection.libvirt.daemons import (
-    CONNECTION_ERRORS,
-    Daemon,
-    LibvirtUnavailable,
-    alive,
-    close_connection,
-    connect_reason,
-    describe,
-)
+from otel_vmi_hv.detection.libvirt.connections import Connections, notify
+from otel_vmi_hv.detection.libvirt.daemons import Daemon, LibvirtUnavailable
 from otel_vmi_hv.detection.libvirt.event_loop import EventLoop
-from otel_vmi_hv.detection.libvirt.socket_paths import SocketPathShortener
 from otel_vmi_hv.model import FailureReason
-from otel_vmi_hv.worker import Worker, run_once, stop_all
+from otel_vmi_hv.worker import stop_all
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +30,6 @@ T = TypeVar("T")
 
 CLOSE_TIMEOUT = 1.0  # how long close() waits for the connections to be let go of
 MAX_INFLIGHT_TOTAL = 64  # calls at once over every daemon
-KEEPALIVE_INTERVAL = 5
-KEEPALIVE_COUNT = 3
 
 
 class LibvirtCalls:
@@ -58,20 +47,16 @@ class LibvirtCalls:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.timeout = timeout
-        # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
-        # (KubeVirt launchers), asked once per domain lifetime: an open connection per running VMI
-        # would cost memory and a socket each for nothing, so close it after each call, and forget
-        # a launcher's daemon once it answered.
-        self._keep_connections = keep_connections
-        self._open = open_read_only
         self._clock = clock
-        self._sockets = SocketPathShortener()
         self._pool = CallPool("libvirt-call")
         self._daemons: dict[str, Daemon] = {}
         self._lock = threading.Lock()
         self._inflight_total = 0
-        self._on_recovered: list[Callable[[str], None]] = []
-        self._on_disconnected: list[Callable[[str], None]] = []
+        # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
+        # (KubeVirt launchers), asked once per domain lifetime: an open connection per running VMI
+        # would cost memory and a socket each for nothing, so close it after each call, and forget
+        # a launcher's daemon once it answered.
+        self._connections = Connections(open_read_only, clock, keep_connections)
 
     def subscribe(
         self,
@@ -81,14 +66,14 @@ class LibvirtCalls:
     ) -> None:
         """Be told (on a libvirt thread) when a daemon answers again, or a kept connection closed."""
         if recovered is not None:
-            self._on_recovered.append(recovered)
+            self._connections.recovered.append(recovered)
         if disconnected is not None:
-            self._on_disconnected.append(disconnected)
+            self._connections.disconnected.append(disconnected)
 
     def call(self, uri: str, op: Callable[[Any], T]) -> T:
         """``op(connection)`` on a worker, waiting at most ``timeout``; raises LibvirtUnavailable."""
         result = self._call(uri, op)
-        if not self._keep_connections:
+        if not self._connections.keep:
             self._drop_if_settled(uri)
         return result
 
@@ -110,8 +95,8 @@ class LibvirtCalls:
         with self._lock:
             daemon = self._daemons.pop(uri, None)
         if daemon is not None:
-            self._drop_connection(daemon)
-        self._sockets.release(uri)
+            self._connections.drop(daemon)
+        self._connections.sockets.release(uri)
 
     def register_events(self, uri: str, register: Callable[[Any], int]) -> bool:
         """``register(connection)`` adds a domain event callback and returns its id (raises
@@ -140,9 +125,9 @@ class LibvirtCalls:
         with self._lock:
             daemons = list(self._daemons.values())
             self._daemons.clear()
-        closing = [worker for daemon in daemons if (worker := self._drop_connection(daemon)) is not None]
+        closing = [worker for daemon in daemons if (worker := self._connections.drop(daemon)) is not None]
         closed = stop_all(closing, timeout)
-        self._sockets.close()
+        self._connections.sockets.close()
         if not closed:
             stuck = sum(worker.alive for worker in closing)
             log.warning("%d libvirt connection(s) not closed within %.1fs (hung daemon)", stuck, timeout)
@@ -195,108 +180,10 @@ class LibvirtCalls:
     def _run(self, daemon: Daemon, op: Callable[[Any], T]) -> T:
         """On a pool worker: the call itself, holding its slot until it returns."""
         try:
-            return self._with_connection(daemon, op)
+            return self._connections.run(daemon, op)
         finally:
             self._free_slot(daemon)
 
     def _returned_late(self, daemon: Daemon, error: Exception | None) -> None:
         if daemon.returned_late(error):
-            _notify(self._on_recovered, daemon.uri, "recovery")
-
-    def _with_connection(self, daemon: Daemon, op: Callable[[Any], T]) -> T:
-        conn = daemon.conn
-        fresh = conn is None
-        if fresh:
-            conn = self._connect(daemon)
-        try:
-            result = op(conn)
-        except libvirt.libvirtError as error:
-            code = error.get_error_code()
-            if code != libvirt.VIR_ERR_NO_DOMAIN and (code in CONNECTION_ERRORS or not alive(conn)):
-                close_connection(conn, daemon.take_callbacks(conn))  # dead: every RPC fails at once
-                daemon.lost(conn)
-                self._open_failed(daemon, error)
-                raise LibvirtUnavailable(FailureReason.UNREACHABLE, describe(error)) from None
-            if fresh:
-                self._answered(daemon, conn)
-            reason = (
-                FailureReason.NO_DOMAIN if code == libvirt.VIR_ERR_NO_DOMAIN else FailureReason.LIBVIRT_ERROR
-            )
-            raise LibvirtUnavailable(reason, describe(error)) from None
-        if fresh:
-            self._answered(daemon, conn)
-        return result
-
-    def _connect(self, daemon: Daemon) -> Any:
-        try:
-            conn = self._open(self._sockets.shorten(daemon.uri))
-        except (libvirt.libvirtError, OSError) as error:
-            raise self._open_failed(daemon, error) from None
-        if conn is None:  # old bindings return None instead of raising
-            raise LibvirtUnavailable(FailureReason.UNREACHABLE, f"cannot open {daemon.uri}")
-        if EventLoop.running():
-            with contextlib.suppress(libvirt.libvirtError):  # local drivers (test:///) have none
-                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-            if self._keep_connections:
-                self._watch_close(daemon, conn)
-        return conn
-
-    def _open_failed(self, daemon: Daemon, error: Exception) -> LibvirtUnavailable:
-        failure = LibvirtUnavailable(connect_reason(error), self._sockets.explain(describe(error)))
-        if daemon.open_failed(failure, self._clock()):
-            # With one daemon per launcher, the VMI's own "unknown" warning already says this.
-            (log.warning if self._keep_connections else log.debug)(
-                "libvirt at %s is unreachable: %s", daemon.uri, failure.detail
-            )
-        return failure
-
-    def _answered(self, daemon: Daemon, conn: Any) -> None:
-        was_failing, spare = daemon.answered(conn, self._keep_connections)
-        if spare is not None:
-            close_connection(spare, [])
-        if was_failing:
-            log.info("reconnected to libvirt at %s", daemon.uri)
-            _notify(self._on_recovered, daemon.uri, "recovery")
-
-    def _watch_close(self, daemon: Daemon, conn: Any) -> None:
-        """Learn at once when a kept connection dies (daemon killed or restarted), not at the next call.
-
-        libvirt reports it on the event-loop thread; the connection is dropped and listeners are
-        told, so the standalone source re-lists (and reconnects) instead of waiting for its resync.
-        """
-
-        def closed(_conn: Any, reason: int, _opaque: object) -> None:
-            if daemon.lost(conn, reconnect_now=True):
-                log.warning(
-                    "connection to libvirt at %s closed (reason %d); reconnecting", daemon.uri, reason
-                )
-                self._close_in_background(conn, daemon.take_callbacks(conn))
-                _notify(self._on_disconnected, daemon.uri, "disconnect")
-
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.registerCloseCallback(closed, None)
-
-    def _drop_connection(self, daemon: Daemon) -> Worker | None:
-        """Forget the daemon's connection and let go of it on a worker of its own (returned)."""
-        with daemon.lock:
-            conn, daemon.conn = daemon.conn, None
-        if conn is None:
-            return None
-        return self._close_in_background(conn, daemon.take_callbacks(conn))
-
-    @staticmethod
-    def _close_in_background(conn: Any, callbacks: list[int]) -> Worker:
-        # Deregistering and closing are RPCs, and so is the close libvirt-python's __del__ does
-        # when the last reference goes: on a hung daemon each blocks forever. Whoever drops a
-        # connection (the watch thread, on a VMI deletion) must not be that thread, so a throwaway
-        # worker owns the connection until it is closed.
-        return run_once("libvirt-close", lambda: close_connection(conn, callbacks))
-
-
-def _notify(callbacks: list[Callable[[str], None]], uri: str, what: str) -> None:
-    """Tell listeners about ``uri``; a failing listener is logged, never propagated into libvirt."""
-    for callback in callbacks:
-        try:
-            callback(uri)
-        except Exception:
-            log.exception("%s callback for %s failed", what, uri)
+            notify(self._connections.recovered, daemon.uri, "recovery")

@@ -9,7 +9,6 @@ libvirt's error code and errno, never from its messages, which libvirt translate
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import threading
@@ -144,29 +143,6 @@ class Daemon:
             mine = [callback for owner, callback in self.event_callbacks if owner is conn]
             self.event_callbacks = [(o, c) for o, c in self.event_callbacks if o is not conn]
         return mine
-
-
-def close_connection(conn: Any, callbacks: list[int]) -> None:
-    """Let go of a connection for good: its event and close callbacks first, then the connection.
-
-    libvirt keeps a connection with registered domain event callbacks open whatever close() says
-    (each registration holds a reference), and a registered close callback is called from inside
-    libvirt; only without both does close() end the connection and every call into Python with it.
-    """
-    for callback in callbacks:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.domainEventDeregisterAny(callback)
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.unregisterCloseCallback()
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.close()
-
-
-def alive(conn: Any) -> bool:
-    try:
-        return bool(conn.isAlive())
-    except libvirt.libvirtError:
-        return False
 
 
 def connect_reason(error: Exception) -> FailureReason:
