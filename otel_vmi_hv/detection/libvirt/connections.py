@@ -3,25 +3,21 @@
 A kept connection (standalone: one daemon serves every domain) is watched: libvirt reports its
 close on the event loop, and listeners re-list at once instead of at the next resync. Letting go
 of a connection takes RPCs (deregistering its callbacks, closing it) that block forever on a hung
-daemon, so whoever drops one hands it to a throwaway worker.
+daemon, so whoever drops one hands it to a throwaway worker. Failure reasons come from libvirt's
+error code and errno, never from its messages, which libvirt translates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import libvirt
 
-from otel_vmi_hv.detection.libvirt.daemons import (
-    CONNECTION_ERRORS,
-    Daemon,
-    LibvirtUnavailable,
-    connect_reason,
-    describe,
-)
+from otel_vmi_hv.detection.libvirt.daemons import Daemon, LibvirtUnavailable
 from otel_vmi_hv.detection.libvirt.event_loop import EventLoop
 from otel_vmi_hv.detection.libvirt.socket_paths import SocketPathShortener
 from otel_vmi_hv.model import FailureReason
@@ -33,6 +29,19 @@ T = TypeVar("T")
 
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
+
+# Error codes that mean "the daemon or the connection is gone", not "this domain is odd".
+CONNECTION_ERRORS = frozenset(
+    {
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+    }
+)
 
 
 class Connections:
@@ -170,3 +179,28 @@ def notify(callbacks: list[Callable[[str], None]], uri: str, what: str) -> None:
             callback(uri)
         except Exception:
             log.exception("%s callback for %s failed", what, uri)
+
+
+def connect_reason(error: Exception) -> FailureReason:
+    """Why a connection could not be opened: the operator's fix differs.
+
+    no_socket: nothing at the socket path (pods root not mounted, launcher gone);
+    permission_denied: the agent lacks the rights to the socket (not root, or no DAC_OVERRIDE);
+    unreachable: anything else (daemon down, refused). errno is int1 of a system error.
+    """
+    if isinstance(error, libvirt.libvirtError):
+        number = error.get_int1() if error.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR else None
+    else:
+        number = getattr(error, "errno", None)
+    if number in (errno.EACCES, errno.EPERM):
+        return FailureReason.PERMISSION_DENIED
+    if number in (errno.ENOENT, errno.ENOTDIR):
+        return FailureReason.NO_SOCKET
+    return FailureReason.UNREACHABLE
+
+
+def describe(error: Exception) -> str:
+    if not isinstance(error, libvirt.libvirtError):
+        return str(error)
+    message = error.get_error_message() or str(error)
+    return f"{message} (code {error.get_error_code()})"

@@ -3,19 +3,15 @@
 A call that overran the timeout counts as stuck until it returns. While one is, new calls fail at
 once as ``busy`` rather than pile up threads on a hung daemon (KubeVirt's per-launcher virtqemud
 serves only five client requests anyway), and its return is what says the daemon recovered. A
-daemon that could not be opened is not asked again before its backoff delay. Reasons come from
-libvirt's error code and errno, never from its messages, which libvirt translates.
+daemon that could not be opened is not asked again before its backoff delay.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
 from typing import Any
-
-import libvirt
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.model import FailureReason
@@ -24,19 +20,6 @@ log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 2  # calls at once per daemon
 RECONNECT_BACKOFF = Backoff(initial=0.5, maximum=30.0)
-
-# Error codes that mean "the daemon or the connection is gone", not "this domain is odd".
-CONNECTION_ERRORS = frozenset(
-    {
-        libvirt.VIR_ERR_NO_CONNECT,
-        libvirt.VIR_ERR_INVALID_CONN,
-        libvirt.VIR_ERR_SYSTEM_ERROR,
-        libvirt.VIR_ERR_RPC,
-        libvirt.VIR_ERR_AUTH_FAILED,
-        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
-        libvirt.VIR_ERR_AUTH_CANCELLED,
-    }
-)
 
 
 class LibvirtUnavailable(Exception):
@@ -143,28 +126,3 @@ class Daemon:
             mine = [callback for owner, callback in self.event_callbacks if owner is conn]
             self.event_callbacks = [(o, c) for o, c in self.event_callbacks if o is not conn]
         return mine
-
-
-def connect_reason(error: Exception) -> FailureReason:
-    """Why a connection could not be opened: the operator's fix differs.
-
-    no_socket: nothing at the socket path (pods root not mounted, launcher gone);
-    permission_denied: the agent lacks the rights to the socket (not root, or no DAC_OVERRIDE);
-    unreachable: anything else (daemon down, refused). errno is int1 of a system error.
-    """
-    if isinstance(error, libvirt.libvirtError):
-        number = error.get_int1() if error.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR else None
-    else:
-        number = getattr(error, "errno", None)
-    if number in (errno.EACCES, errno.EPERM):
-        return FailureReason.PERMISSION_DENIED
-    if number in (errno.ENOENT, errno.ENOTDIR):
-        return FailureReason.NO_SOCKET
-    return FailureReason.UNREACHABLE
-
-
-def describe(error: Exception) -> str:
-    if not isinstance(error, libvirt.libvirtError):
-        return str(error)
-    message = error.get_error_message() or str(error)
-    return f"{message} (code {error.get_error_code()})"
