@@ -98,13 +98,13 @@ class LibvirtCalls:
             self._connections.drop(daemon)
         self._connections.sockets.release(uri)
 
-    def register_events(self, uri: str, register: Callable[[Any], int]) -> bool:
+    def register_events(self, uri: str, register: Callable[[Any], int]) -> None:
         """``register(connection)`` adds a domain event callback and returns its id (raises
         LibvirtUnavailable). The id stays with the connection, which deregisters it before closing.
-        False, and nothing registered, while libvirt's event loop is not running.
+        Nothing is registered while libvirt's event loop is not running: nothing would deliver events.
         """
         if not EventLoop.running():
-            return False
+            return
 
         def op(conn: Any) -> None:
             callback_id = register(conn)
@@ -113,7 +113,6 @@ class LibvirtCalls:
                 daemon.event_callbacks.append((conn, callback_id))
 
         self.call(uri, op)
-        return True
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Close every connection and wait, at most ``timeout``, until libvirt has let go of each.
