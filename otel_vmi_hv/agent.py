@@ -77,12 +77,11 @@ class Agent:
         # where a libvirt method or the libvirt source can run: never for /proc-only detection.
         self.libvirt: LibvirtCalls | None = None
         if self._libvirt_reachable():
-            from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls, silence_libvirt_stderr
+            from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls
+            from otel_vmi_hv.detection.libvirt.event_loop import silence_libvirt_stderr
 
             silence_libvirt_stderr()
-            self.libvirt = LibvirtCalls(
-                settings.libvirt_timeout, self.revision, keep_connections=not kubernetes
-            )
+            self.libvirt = LibvirtCalls(settings.libvirt_timeout, keep_connections=not kubernetes)
         self.detector = DetectionOrder(self._detectors(), self.metrics, ask_both=cross_check)
         # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device,
         # recomputed by the facts' own worker whenever the tracker's snapshot changes.
@@ -174,7 +173,7 @@ class Agent:
                 self.settings.pods_root,
             )
         if self.libvirt is not None:
-            from otel_vmi_hv.detection.libvirt.calls import EventLoop
+            from otel_vmi_hv.detection.libvirt.event_loop import EventLoop
 
             EventLoop.acquire()
             self._uses_event_loop = True
@@ -222,7 +221,8 @@ class Agent:
         if self.telemetry is not None:
             self.telemetry.shutdown(max(0.5, budget - (time.monotonic() - started)))
         if self.libvirt is not None:
-            from otel_vmi_hv.detection.libvirt.calls import CLOSE_TIMEOUT, EventLoop
+            from otel_vmi_hv.detection.libvirt.calls import CLOSE_TIMEOUT
+            from otel_vmi_hv.detection.libvirt.event_loop import EventLoop
 
             # Every connection let go of, then libvirt's event loop ended: nothing of libvirt may
             # still run (and call into Python) while the interpreter shuts down. A hung daemon's

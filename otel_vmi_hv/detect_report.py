@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from otel_vmi_hv.emulation.reasons import FIXES, EmulationReason
-from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection
+from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, FailureReason
 
 
 def rows(
@@ -40,25 +40,31 @@ def rows(
     return result
 
 
-HINTS = {
-    "no_socket": "no libvirt socket where the launcher's should be: is the host's /var/lib/kubelet/pods "
+_R = FailureReason
+_XML = "the domain XML is not one libvirt would write, or not safe to read; see the detail (--output json)"
+HINTS: dict[str, str] = {
+    _R.NO_SOCKET: "no libvirt socket where the launcher's should be: is the host's /var/lib/kubelet/pods "
     "mounted at OTEL_VMI_HV_PODS_ROOT (the DaemonSet mounts it at /pods)? "
     "On a plain host: is libvirtd running?",
-    "permission_denied": "not allowed to open the libvirt socket: the agent must run as root with "
+    _R.PERMISSION_DENIED: "not allowed to open the libvirt socket: the agent must run as root with "
     "CAP_DAC_OVERRIDE (launcher sockets belong to uid 107); see config/kubernetes/daemonset.yaml",
-    "timeout": "libvirt did not answer within OTEL_VMI_HV_LIBVIRT_TIMEOUT: the daemon may be hung",
-    "busy": "an earlier libvirt call to this daemon has not returned: the daemon looks hung",
-    "unreachable": "libvirt refused or dropped the connection: is the daemon running?",
-    "no_domain": "the daemon has no such domain: the VMI is not (or no longer) running there",
-    "no_launcher_pod": "status.activePods names no launcher pod on this node",
-    "libvirt_error": "libvirt answered with an error; see the detail (--output json)",
-    "invalid_name": "the domain name holds a NUL: the API server sent a broken VMI object",
-    "no_process": "no QEMU process of this domain in OTEL_VMI_HV_PROC_ROOT: is the host's /proc mounted "
+    _R.TIMEOUT: "libvirt did not answer within OTEL_VMI_HV_LIBVIRT_TIMEOUT: the daemon may be hung",
+    _R.BUSY: "an earlier libvirt call to this daemon has not returned: the daemon looks hung",
+    _R.UNREACHABLE: "libvirt refused or dropped the connection: is the daemon running?",
+    _R.NO_DOMAIN: "the daemon has no such domain: the VMI is not (or no longer) running there",
+    _R.NO_LAUNCHER_POD: "status.activePods names no launcher pod on this node",
+    _R.LIBVIRT_ERROR: "libvirt answered with an error; see the detail (--output json)",
+    _R.INVALID_NAME: "the domain name holds a NUL: the API server sent a broken VMI object",
+    **dict.fromkeys((_R.TOO_LARGE, _R.MALFORMED, _R.DTD_FORBIDDEN, _R.ENTITY_FORBIDDEN, _R.WRONG_ROOT), _XML),
+    **dict.fromkeys((_R.MISSING_TYPE, _R.UNSUPPORTED_TYPE), _XML),
+    _R.NO_PROCESS: "no QEMU process of this domain in OTEL_VMI_HV_PROC_ROOT: is the host's /proc mounted "
     "there (not the container's own)?",
-    "ambiguous": "several QEMU processes run this domain and no launcher pod UID tells them apart",
-    "no_thread_names": "QEMU runs without -name debug-threads=on, so /proc cannot tell its accelerator",
-    "unreadable": "OTEL_VMI_HV_PROC_ROOT cannot be listed; see the detail (--output json)",
-    "pending": "QEMU has no vCPU thread yet (starting, or waiting in --preconfig); asked again shortly",
+    _R.AMBIGUOUS: "several QEMU processes run this domain and no launcher pod UID tells them apart",
+    _R.NO_THREAD_NAMES: "QEMU runs without -name debug-threads=on, so /proc cannot tell its accelerator",
+    _R.UNREADABLE: "OTEL_VMI_HV_PROC_ROOT cannot be listed; see the detail (--output json)",
+    _R.PENDING: "QEMU has no vCPU thread yet (starting, or waiting in --preconfig); asked again shortly",
+    _R.NO_METHOD: "neither /proc (OTEL_VMI_HV_PROC_ROOT) nor libvirt may be asked",
+    _R.INTERNAL_ERROR: "the agent failed unexpectedly: its log has the traceback; please report it",
 }
 
 
@@ -75,7 +81,7 @@ def render_json(report: list[dict[str, Any]]) -> str:
 def render_table(report: list[dict[str, Any]], problems: Sequence[str] = (), accelerator: str = "") -> str:
     """The report as a table, then hints, why emulated VMIs are, and this node's accelerator."""
     headers = ("NAMESPACE", "NAME", "NODE", "HYPERVISOR", "WHY", "METHOD", "SOURCE", "ERROR")
-    table = [
+    table = [headers] + [
         (
             row["namespace"] or "-",
             row["name"],
@@ -88,31 +94,20 @@ def render_table(report: list[dict[str, Any]], problems: Sequence[str] = (), acc
         )
         for row in report
     ]
-    printable = [tuple(_printable(cell) for cell in line) for line in table]
-    widths = [
-        max(len(h), *(len(line[i]) for line in printable)) if printable else len(h)
-        for i, h in enumerate(headers)
-    ]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    out.extend(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in printable
-    )
+    printable = [[_printable(cell) for cell in line] for line in table]
+    widths = [max(len(line[i]) for line in printable) for i in range(len(headers))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in printable]
     if not report:
         out.append("(no running VMIs found)")
     notes = hints(report)
     if notes:
-        out.append("")
-        out.extend(notes)
-    evidence = sorted(
-        {
-            f"{row['emulation_reason']}: {row['emulation_evidence']}"
-            for row in report
-            if row["emulation_reason"]
-        }
-    )
+        out += ["", *notes]
+    evidence = {
+        f"{row['emulation_reason']}: {row['emulation_evidence']}" for row in report if row["emulation_reason"]
+    }
     if evidence or problems:
         out.append("")
-        out.extend(f"why emulated, {line}" for line in evidence)
+        out.extend(f"why emulated, {line}" for line in sorted(evidence))
         reasons = sorted(
             {EmulationReason(row["emulation_reason"]) for row in report if row["emulation_reason"]}
         )

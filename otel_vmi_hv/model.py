@@ -10,7 +10,6 @@ import enum
 from dataclasses import dataclass
 
 UNKNOWN = "unknown"
-PENDING = "pending"
 EMULATED = "qemu-tcg"  # the hypervisor_type of software emulation
 
 # libvirt's documented <domain type> values (the "virtType" choice of domaincommon.rng plus
@@ -62,6 +61,38 @@ class DetectionMethod(enum.StrEnum):
     NONE = "none"  # nothing worked: the type is unknown
 
 
+class FailureReason(enum.StrEnum):
+    """Why a detection gave no type: the ``reason`` label of the errors self-metric, and `detect`'s ERROR."""
+
+    # libvirt: opening the launcher's (or the host's) daemon, and the call itself
+    NO_SOCKET = "no_socket"
+    PERMISSION_DENIED = "permission_denied"  # also /proc under hidepid
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    BUSY = "busy"
+    NO_DOMAIN = "no_domain"
+    LIBVIRT_ERROR = "libvirt_error"
+    NO_LAUNCHER_POD = "no_launcher_pod"
+    INVALID_NAME = "invalid_name"
+    # the domain XML, from the daemon or the launcher's domain file
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    DTD_FORBIDDEN = "dtd_forbidden"
+    ENTITY_FORBIDDEN = "entity_forbidden"
+    WRONG_ROOT = "wrong_root"
+    MISSING_TYPE = "missing_type"
+    UNSUPPORTED_TYPE = "unsupported_type"
+    # /proc
+    NO_PROCESS = "no_process"
+    AMBIGUOUS = "ambiguous"
+    NO_THREAD_NAMES = "no_thread_names"
+    UNREADABLE = "unreadable"
+    PENDING = "pending"  # not a failure: QEMU has no vCPU thread yet, asked again soon
+    # any method
+    NO_METHOD = "no_method"
+    INTERNAL_ERROR = "internal_error"
+
+
 @dataclass(frozen=True, slots=True)
 class LibvirtTarget:
     """Where one VMI's domain lives: which daemon to ask and under which name.
@@ -106,8 +137,7 @@ class Detection:
 
     hypervisor_type: str
     method: DetectionMethod
-    # Short machine-readable reason on failure (label of the errors self-metric), "" on success.
-    error: str = ""
+    error: FailureReason | None = None  # None on success
     detail: str = ""
     mismatch: str = ""  # where two methods answered differently: the type the other one said
 
@@ -118,7 +148,7 @@ class Detection:
     @property
     def pending(self) -> bool:
         """Not an answer yet (a QEMU without vCPU threads): retry soon, report nothing meanwhile."""
-        return self.error == PENDING
+        return self.error is FailureReason.PENDING
 
 
 @dataclass(frozen=True, slots=True)

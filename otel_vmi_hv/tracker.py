@@ -23,7 +23,16 @@ from dataclasses import dataclass
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.interfaces import Recorder, Snapshot
-from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, DetectionMethod, Series, encodable_label
+from otel_vmi_hv.model import (
+    EMULATED,
+    UNKNOWN,
+    VMI,
+    Detection,
+    DetectionMethod,
+    FailureReason,
+    Series,
+    encodable_label,
+)
 from otel_vmi_hv.revision import Revision
 
 log = logging.getLogger(__name__)
@@ -324,7 +333,7 @@ class Tracker:
             detection = self._detect(vmi)
         except Exception as error:  # a detector must not raise, but one bug must not stop the pool
             log.exception("%s/%s: detection raised", vmi.namespace, vmi.name)
-            detection = Detection(UNKNOWN, DetectionMethod.NONE, "internal_error", repr(error))
+            detection = Detection(UNKNOWN, DetectionMethod.NONE, FailureReason.INTERNAL_ERROR, repr(error))
         if not detection.pending:
             self._metrics.record_detection(detection, self._clock() - started)
         released: list[str] = []

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Sequence
 
 from otel_vmi_hv.interfaces import Detector, Recorder
-from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod
+from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, FailureReason
 
 log = logging.getLogger(__name__)
 
-NO_METHOD = Detection(UNKNOWN, DetectionMethod.NONE, "no_method", "no detection method is on")
+NO_METHOD = Detection(UNKNOWN, DetectionMethod.NONE, FailureReason.NO_METHOD, "no detection method is on")
 
 
 class DetectionOrder:

@@ -47,7 +47,7 @@ class Query:
     domain: str
     pod_uid: str | None
     hypervisor_type: str
-    error: str
+    error: str | None  # None: an answer
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def load_cases(path: Path = FIXTURES / "cases.yaml") -> list[Case]:
                 domain=str(q["domain"]),
                 pod_uid=q.get("pod_uid"),
                 hypervisor_type=str(q.get("hypervisor_type", "unknown")),
-                error=str(q.get("error", "")),
+                error=q.get("error"),
             )
             for q in item["queries"]
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from tests.conftest import FIXTURES
 )
 def test_real_kubevirt_domains_are_kvm(fixture: str) -> None:
     result = parse_domain_type((FIXTURES / fixture).read_bytes())
-    assert (result.hypervisor_type, result.error) == ("kvm", "")
+    assert (result.hypervisor_type, result.error) == ("kvm", None)
 
 
 @pytest.mark.parametrize(
@@ -81,11 +80,9 @@ def test_billion_laughs_is_refused_without_expansion() -> None:
         f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">' for i in range(1, 10)
     ]
     doc = f"<?xml version='1.0'?><!DOCTYPE domain [{''.join(entities)}]><domain type='kvm'>&lol9;</domain>"
-    started = time.perf_counter()
-    result = parse_domain_type(doc)
+    result = parse_domain_type(doc)  # expanded, &lol9; would be 3 GB of "lol"
     assert result.hypervisor_type == "unknown"
     assert result.error == "dtd_forbidden"
-    assert time.perf_counter() - started < 1.0
 
 
 def test_external_entity_never_opens_the_file(tmp_path: Path) -> None:
@@ -111,14 +108,11 @@ def test_parameter_entities_and_external_dtd_are_refused(tmp_path: Path) -> None
     assert parse_domain_type(doc).error == "dtd_forbidden"
 
 
-def test_oversized_document_is_rejected_quickly() -> None:
-    padding = "<description>" + "x" * (50 * 1024 * 1024) + "</description>"
-    doc = f"<domain type='kvm'>{padding}</domain>".encode()
-    started = time.perf_counter()
+def test_oversized_document_is_rejected_before_it_is_parsed() -> None:
+    # Never closed: had it been parsed, it would be "malformed".
+    doc = ("<domain type='kvm'><description>" + "x" * (50 * 1024 * 1024)).encode()
     result = parse_domain_type(doc)
-    elapsed = time.perf_counter() - started
     assert (result.hypervisor_type, result.error) == ("unknown", "too_large")
-    assert elapsed < 1.0
 
 
 def test_document_just_under_the_limit_is_parsed() -> None:

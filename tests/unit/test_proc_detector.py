@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_vmi_hv.detection.proc.detector import ProcDetector, is_pending
+from otel_vmi_hv.detection.proc.detector import ProcDetector
 from otel_vmi_hv.detection.proc.parse import pod_uid_from_cgroup, proc_mount_options
 from otel_vmi_hv.detection.proc.scan import ProcScan, scan_proc
 from otel_vmi_hv.model import UNKNOWN, DetectionMethod
@@ -64,7 +65,7 @@ def test_success_names_the_process_and_its_threads(tmp_path: Path) -> None:
     detection = detector_for(tmp_path, case).detect_domain(
         "default_vmi-fedora", "3b0c4f2e-7d1a-4c55-9a43-2f0d9f1e8b6a"
     )
-    assert detection.ok and detection.error == ""
+    assert detection.ok and detection.error is None
     assert "pid 4242" in detection.detail and "2 vCPU threads" in detection.detail
 
 
@@ -72,13 +73,13 @@ def test_pending_is_its_own_answer(tmp_path: Path) -> None:
     (case,) = [c for c in CASES if c.name == "no-vcpu-thread-yet"]
     detector = detector_for(tmp_path, case)
     detection = detector.detect_domain("default_starting", "bbbb0001-0000-4000-8000-000000000001")
-    assert is_pending(detection) and not detection.ok
+    assert detection.pending and not detection.ok
     # The vCPU thread appears: the next call sees it (nothing was cached).
     proc = Path(detector.proc_root)
     (proc / "9101" / "task" / "9150").mkdir()
     (proc / "9101" / "task" / "9150" / "comm").write_text("CPU 0/KVM\n")
     detection = detector.detect_domain("default_starting", "bbbb0001-0000-4000-8000-000000000001")
-    assert detection.hypervisor_type == "kvm" and not is_pending(detection)
+    assert detection.hypervisor_type == "kvm" and not detection.pending
 
 
 def test_hidepid_answer_names_the_group(tmp_path: Path) -> None:
@@ -196,7 +197,15 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
         time.sleep(0.001)
 
 
-def test_callers_arriving_during_a_pass_share_the_next_one(tmp_path: Path) -> None:
+def waiting_callers(caplog: pytest.LogCaptureFixture) -> int:
+    """Callers that found a pass running and wait for the next one, as the detector's debug log says."""
+    return sum("waiting for the next pass" in record.getMessage() for record in caplog.records)
+
+
+def test_callers_arriving_during_a_pass_share_the_next_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="otel_vmi_hv.detection.proc.detector")
     proc = write_proc_tree(tmp_path / "proc", [])
     gate = GatedScan()
     detector = ProcDetector(str(proc), scan=gate)
@@ -217,14 +226,14 @@ def test_callers_arriving_during_a_pass_share_the_next_one(tmp_path: Path) -> No
     late = [threading.Thread(target=call, args=(f"late{i}",)) for i in range(2)]
     for thread in late:
         thread.start()
-    wait_until(lambda: detector.callers_waiting == 3, "three callers waiting")
+    wait_until(lambda: waiting_callers(caplog) == 2, "the two late callers waiting")
     gate.release.set()
     for thread in (first, *late):
         thread.join(10)
     # The first caller got the pass it started; the late ones never reused it (it missed the
     # QEMU) but shared one new pass that saw it.
     assert results == {"first": UNKNOWN, "late0": "kvm", "late1": "kvm"}
-    assert gate.count == 2 and detector.passes_started == 2
+    assert gate.count == 2
 
 
 def test_a_caller_after_a_finished_pass_gets_a_new_one(tmp_path: Path) -> None:
@@ -241,7 +250,10 @@ def test_a_caller_after_a_finished_pass_gets_a_new_one(tmp_path: Path) -> None:
     assert len(counted) == 3
 
 
-def test_many_concurrent_callers_cost_at_most_two_passes_each_wave(tmp_path: Path) -> None:
+def test_many_concurrent_callers_cost_at_most_two_passes_each_wave(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="otel_vmi_hv.detection.proc.detector")
     proc = write_proc_tree(tmp_path / "proc", [])
     gate = GatedScan()
     detector = ProcDetector(str(proc), scan=gate)
@@ -250,7 +262,7 @@ def test_many_concurrent_callers_cost_at_most_two_passes_each_wave(tmp_path: Pat
     assert gate.first_read.wait(10)
     for thread in threads[1:]:
         thread.start()
-    wait_until(lambda: detector.callers_waiting == 20, "twenty callers waiting")
+    wait_until(lambda: waiting_callers(caplog) == 19, "nineteen callers waiting")
     gate.release.set()
     for thread in threads:
         thread.join(10)

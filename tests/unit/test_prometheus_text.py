@@ -19,7 +19,7 @@ from otel_vmi_hv.config import load_settings
 from otel_vmi_hv.export.prometheus_text import PrometheusTextReader, family_name, number
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Snapshot
-from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, Series
+from otel_vmi_hv.model import VMI, Detection, DetectionMethod, FailureReason, LibvirtTarget, Series
 from otel_vmi_hv.revision import Revision
 from tests.exposition import PROMETHEUS_3, parse_samples
 from tests.peers import require
@@ -136,7 +136,7 @@ def _fill(telemetry: Telemetry, state: State) -> None:
     metrics = telemetry.self_metrics
     metrics.record_sync(1_790_000_000.25)
     metrics.record_detection(Detection("kvm", DetectionMethod.LIBVIRT), 0.004)
-    metrics.record_detection(Detection("unknown", DetectionMethod.NONE, "timeout"), 5.0)
+    metrics.record_detection(Detection("unknown", DetectionMethod.NONE, FailureReason.TIMEOUT), 5.0)
     metrics.record_watch_restart("expired")
     metrics.record_relist()
 

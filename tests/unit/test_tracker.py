@@ -10,7 +10,7 @@ import pytest
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.interfaces import Recorder
-from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, LibvirtTarget
+from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, FailureReason, LibvirtTarget
 from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.tracker import Tracker
 from tests.agent_process import wait_until
@@ -44,7 +44,7 @@ class ScriptedDetector:
         self.calls[(item.target.domain_name, item.target.lifetime_key)] += 1
         answer = self.answers.get(item.target.domain_name, UNKNOWN)
         if answer == UNKNOWN:
-            return Detection(UNKNOWN, DetectionMethod.NONE, "timeout")
+            return Detection(UNKNOWN, DetectionMethod.NONE, FailureReason.TIMEOUT)
         return Detection(answer, DetectionMethod.LIBVIRT)
 
 
@@ -222,7 +222,9 @@ def test_label_values_no_exposition_can_carry_are_replaced_and_counted(
 
 def test_a_pending_answer_is_not_reported_and_is_asked_again_soon(make_tracker) -> None:
     """A QEMU without vCPU threads yet: neither a series nor `unknown`, and no failure backoff."""
-    answers = iter([Detection(UNKNOWN, DetectionMethod.PROC, "pending", "no vCPU thread yet")] * 3)
+    answers = iter(
+        [Detection(UNKNOWN, DetectionMethod.PROC, FailureReason.PENDING, "no vCPU thread yet")] * 3
+    )
 
     def detect(_vmi: VMI) -> Detection:
         return next(answers, Detection("kvm", DetectionMethod.PROC))

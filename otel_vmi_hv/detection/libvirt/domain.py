@@ -11,9 +11,10 @@ import os
 import stat
 from typing import Any
 
-from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls, LibvirtUnavailable
+from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls
+from otel_vmi_hv.detection.libvirt.daemons import LibvirtUnavailable
 from otel_vmi_hv.detection.libvirt.domain_xml import MAX_DOMAIN_XML_BYTES, parse_domain_type
-from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, LibvirtTarget
+from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, FailureReason, LibvirtTarget
 
 
 class DomainDetector:
@@ -25,22 +26,26 @@ class DomainDetector:
 
     def detect_target(self, target: LibvirtTarget) -> Detection:
         if not target.uri:  # an empty URI would make libvirt pick a default daemon: never that
-            return Detection(UNKNOWN, DetectionMethod.NONE, "no_launcher_pod", "no launcher pod on this node")
+            return _unknown(FailureReason.NO_LAUNCHER_POD, "no launcher pod on this node")
         if "\x00" in target.domain_name:  # libvirt cannot even be asked; retrying would not help
-            return Detection(UNKNOWN, DetectionMethod.NONE, "invalid_name", "the domain name contains NUL")
+            return _unknown(FailureReason.INVALID_NAME, "the domain name contains NUL")
         try:
             xml = self._calls.call(target.uri, lambda conn: _live_xml(conn, target.domain_name))
         except LibvirtUnavailable as failure:
-            if target.domain_file is not None and failure.reason != "no_domain":
+            if target.domain_file is not None and failure.reason is not FailureReason.NO_DOMAIN:
                 return _detect_from_file(target.domain_file, failure)
-            return Detection(UNKNOWN, DetectionMethod.NONE, failure.reason, failure.detail)
+            return _unknown(failure.reason, failure.detail)
         parsed = parse_domain_type(xml)
         if parsed.error:
             detail = f"domain {target.domain_name}" + (
                 f": type {parsed.raw_type!r}" if parsed.raw_type else ""
             )
-            return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, detail)
+            return _unknown(parsed.error, detail)
         return Detection(parsed.hypervisor_type, DetectionMethod.LIBVIRT)
+
+
+def _unknown(reason: FailureReason, detail: str) -> Detection:
+    return Detection(UNKNOWN, DetectionMethod.NONE, reason, detail)
 
 
 def _live_xml(conn: Any, domain_name: str) -> str:
@@ -52,16 +57,11 @@ def _detect_from_file(path: str, failure: LibvirtUnavailable) -> Detection:
     try:
         data = _read_regular_file(path, MAX_DOMAIN_XML_BYTES + 1)
     except OSError as error:
-        return Detection(
-            UNKNOWN,
-            DetectionMethod.NONE,
-            failure.reason,
-            f"{failure.detail}; domain file {path}: {error.strerror}",
-        )
+        return _unknown(failure.reason, f"{failure.detail}; domain file {path}: {error.strerror}")
     parsed = parse_domain_type(data)
     if parsed.error:
-        return Detection(UNKNOWN, DetectionMethod.NONE, parsed.error, f"domain file {path}")
-    return Detection(parsed.hypervisor_type, DetectionMethod.DOMAIN_FILE, "", failure.reason)
+        return _unknown(parsed.error, f"domain file {path}")
+    return Detection(parsed.hypervisor_type, DetectionMethod.DOMAIN_FILE, detail=failure.reason)
 
 
 def _read_regular_file(path: str, limit: int) -> bytes:

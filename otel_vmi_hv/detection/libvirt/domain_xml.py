@@ -13,10 +13,9 @@ import xml.parsers.expat
 from dataclasses import dataclass
 from typing import NoReturn
 
-from otel_vmi_hv.model import UNKNOWN, hypervisor_type_for
+from otel_vmi_hv.model import UNKNOWN, FailureReason, hypervisor_type_for
 
-# Real domain XMLs are 5-30 KB (KubeVirt's converter output is ~9 KB). A megabyte leaves room
-# for domains with hundreds of devices while keeping a hostile document cheap to reject.
+# Far above any real domain, even one with hundreds of devices; a hostile document stays cheap to reject.
 MAX_DOMAIN_XML_BYTES = 1 << 20
 
 
@@ -26,21 +25,21 @@ class DomainType:
 
     hypervisor_type: str
     raw_type: str = ""
-    error: str = ""
+    error: FailureReason | None = None
 
 
 class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: FailureReason) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
 def _refuse_dtd(*_args: object) -> NoReturn:
-    raise _Refused("dtd_forbidden")
+    raise _Refused(FailureReason.DTD_FORBIDDEN)
 
 
 def _refuse_entity(*_args: object) -> NoReturn:
-    raise _Refused("entity_forbidden")
+    raise _Refused(FailureReason.ENTITY_FORBIDDEN)
 
 
 def parse_domain_type(document: str | bytes, max_bytes: int = MAX_DOMAIN_XML_BYTES) -> DomainType:
@@ -52,15 +51,13 @@ def parse_domain_type(document: str | bytes, max_bytes: int = MAX_DOMAIN_XML_BYT
     # surrogatepass keeps lone surrogates as invalid UTF-8, so expat rejects them below.
     data = document.encode("utf-8", "surrogatepass") if isinstance(document, str) else bytes(document)
     if len(data) > max_bytes:
-        return DomainType(UNKNOWN, error="too_large")
+        return DomainType(UNKNOWN, error=FailureReason.TOO_LARGE)
 
     root: dict[str, str] = {}
 
     def start(name: str, attrs: dict[str, str]) -> None:
         if not root:
-            root["name"] = name
-            root["type"] = attrs.get("type", "")
-            root["seen"] = "1"
+            root.update(name=name, type=attrs.get("type", ""))
 
     parser = xml.parsers.expat.ParserCreate(encoding=None)
     parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
@@ -74,14 +71,14 @@ def parse_domain_type(document: str | bytes, max_bytes: int = MAX_DOMAIN_XML_BYT
     except _Refused as refused:
         return DomainType(UNKNOWN, error=refused.reason)
     except (xml.parsers.expat.ExpatError, ValueError, UnicodeError):
-        return DomainType(UNKNOWN, error="malformed")
+        return DomainType(UNKNOWN, error=FailureReason.MALFORMED)
 
     if root.get("name") != "domain":
-        return DomainType(UNKNOWN, error="wrong_root")
+        return DomainType(UNKNOWN, error=FailureReason.WRONG_ROOT)
     raw = root.get("type", "")
     if not raw.strip():
-        return DomainType(UNKNOWN, error="missing_type")
+        return DomainType(UNKNOWN, error=FailureReason.MISSING_TYPE)
     hypervisor_type = hypervisor_type_for(raw)
     if hypervisor_type == UNKNOWN:
-        return DomainType(UNKNOWN, raw_type=raw, error="unsupported_type")
+        return DomainType(UNKNOWN, raw_type=raw, error=FailureReason.UNSUPPORTED_TYPE)
     return DomainType(hypervisor_type, raw_type=raw)

@@ -1,6 +1,6 @@
 """Keeps libvirt socket paths under the 108-byte ``sun_path`` limit of AF_UNIX addresses.
 
-A launcher's socket under /var/lib/kubelet/pods is ~121 bytes long. When a URI's ``socket=`` path
+A launcher's socket under /var/lib/kubelet/pods is longer than that. When a URI's ``socket=`` path
 is too long, a symlink with a short name is made in a private directory and the URI points at
 it; connect() follows the link, and only the short name has to fit into ``sun_path``.
 """

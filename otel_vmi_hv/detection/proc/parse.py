@@ -46,34 +46,13 @@ def is_qemu_name(name: str) -> bool:
 
 def split_cmdline(raw: bytes) -> list[str]:
     """argv from ``/proc/<pid>/cmdline`` (NUL-separated, usually NUL-terminated)."""
-    if not raw:
-        return []
-    text = os.fsdecode(raw)
-    parts = text.split("\0")
-    if parts and parts[-1] == "":
-        parts.pop()
-    return parts
+    parts = os.fsdecode(raw).split("\0")
+    return parts[:-1] if parts[-1] == "" else parts
 
 
 def _split_qemu_opts(value: str) -> list[str]:
-    """Split a QEMU option string at single commas; ``,,`` is an escaped comma."""
-    items: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(value):
-        char = value[i]
-        if char == ",":
-            if value[i + 1 : i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
-    items.append("".join(current))
-    return items
+    """Split a QEMU option string at single commas; ``,,`` is an escaped comma (NUL is in no argv)."""
+    return [item.replace("\0", ",") for item in value.replace(",,", "\0").split(",")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +150,7 @@ def proc_mount_options(mountinfo: str, mount_point: str) -> ProcMountOptions | N
         separator = fields.index("-", 6)
         if _unescape_mount_path(fields[4]) != mount_point or fields[separator + 1] != "proc":
             continue
-        options = dict(
-            (item.partition("=")[0], item.partition("=")[2])
-            for item in fields[separator + 3].split(",")
-            if item
-        )
+        options = dict(item.partition("=")[::2] for item in fields[separator + 3].split(",") if item)
         gid = options.get("gid")
         found = ProcMountOptions(options.get("hidepid", "0"), int(gid) if gid and gid.isdigit() else None)
     return found

@@ -36,7 +36,6 @@ class QemuProcess:
     """A running QEMU as /proc shows it."""
 
     pid: int
-    executable: str  # the comm or argv[0] base name that identified it as QEMU
     domain_name: str | None  # from -name guest=...
     pod_uid: str | None  # the kubelet pod whose cgroup it runs in
     thread_names_enabled: bool  # -name debug-threads=on: without it vCPU threads are never named
@@ -71,29 +70,13 @@ class _Reader:
 
     def read(self, path: str, limit: int) -> bytes | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            with open(path, "rb") as file:  # buffered: reads until ``limit`` or the end
+                return file.read(limit)
         except PermissionError:
             self.refused += 1
-            return None
         except OSError:  # ENOENT, ESRCH: the process or thread is gone
-            return None
-        try:
-            chunks: list[bytes] = []
-            remaining = limit
-            while remaining > 0:
-                chunk = os.read(fd, min(remaining, 65536))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                remaining -= len(chunk)
-            return b"".join(chunks)
-        except PermissionError:
-            self.refused += 1
-            return None
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+            pass
+        return None
 
     def text(self, path: str, limit: int) -> str | None:
         raw = self.read(path, limit)
@@ -104,22 +87,18 @@ class _Reader:
             return os.listdir(path)
         except PermissionError:
             self.refused += 1
-            return []
         except OSError:
-            return []
+            pass
+        return []
 
 
-def _qemu_executable(reader: _Reader, pid_dir: str) -> str | None:
+def _is_qemu(reader: _Reader, pid_dir: str) -> bool:
+    """Its ``comm``, else its argv[0]'s base name, names a QEMU system emulator."""
     comm = reader.text(f"{pid_dir}/comm", _SMALL_READ)
-    if comm is not None:
-        comm = comm.rstrip("\n")
-        if is_qemu_name(comm):
-            return comm
+    if comm is not None and is_qemu_name(comm.rstrip("\n")):
+        return True
     head = reader.read(f"{pid_dir}/cmdline", _ARGV0_READ)
-    if not head:
-        return None
-    argv0 = os.path.basename(os.fsdecode(head.split(b"\0", 1)[0]))
-    return argv0 if is_qemu_name(argv0) else None
+    return head is not None and is_qemu_name(os.path.basename(os.fsdecode(head.split(b"\0", 1)[0])))
 
 
 def _vcpu_accelerators(reader: _Reader, pid_dir: str) -> tuple[str, ...]:
@@ -136,8 +115,7 @@ def _vcpu_accelerators(reader: _Reader, pid_dir: str) -> tuple[str, ...]:
 
 def _read_process(reader: _Reader, proc_root: str, pid: int) -> QemuProcess | None:
     pid_dir = f"{proc_root}/{pid}"
-    executable = _qemu_executable(reader, pid_dir)
-    if executable is None:
+    if not _is_qemu(reader, pid_dir):
         return None
     cmdline = reader.read(f"{pid_dir}/cmdline", _CMDLINE_MAX)
     if cmdline is None:
@@ -146,7 +124,6 @@ def _read_process(reader: _Reader, proc_root: str, pid: int) -> QemuProcess | No
     cgroup = reader.text(f"{pid_dir}/cgroup", _CGROUP_MAX)
     return QemuProcess(
         pid=pid,
-        executable=executable,
         domain_name=name.guest,
         pod_uid=pod_uid_from_cgroup(cgroup) if cgroup is not None else None,
         thread_names_enabled=name.debug_threads,
