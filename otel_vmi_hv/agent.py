@@ -1,7 +1,7 @@
 """Wires source → tracker → telemetry → HTTP, and owns start-up and shutdown order.
 
 Parts are built bottom-up and handed to each other explicitly; nothing refers to a part built
-later. One ``Revision`` is shared by every part whose state /metrics shows.
+later.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from otel_vmi_hv.detection.proc.detector import ProcDetector
 from otel_vmi_hv.emulation.cluster_facts import emulation_facts_for
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Detector, Recorder
-from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server import HttpServer, Readiness, limits_from, tls_context
 from otel_vmi_hv.tracker import Tracker
 
@@ -54,8 +53,7 @@ class Agent:
         """``cross_check`` asks libvirt even where /proc answered (``detect`` compares the two)."""
         self.settings = settings
         kubernetes = settings.source == "kubernetes"
-        self.revision = Revision()
-        self.telemetry = Telemetry(settings, self.revision) if with_telemetry else None
+        self.telemetry = Telemetry(settings) if with_telemetry else None
         self.metrics: Recorder = self.telemetry.self_metrics if self.telemetry else Recorder()
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
         self.synced = threading.Event()
@@ -66,15 +64,12 @@ class Agent:
             from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls, silence_libvirt_stderr
 
             silence_libvirt_stderr()
-            self.libvirt = LibvirtCalls(
-                settings.libvirt_timeout, self.revision, keep_connections=not kubernetes
-            )
+            self.libvirt = LibvirtCalls(settings.libvirt_timeout, keep_connections=not kubernetes)
         self.detector = DetectionOrder(self._detectors(), self.metrics, ask_both=cross_check)
         self.tracker = Tracker(
             self.detector.detect,
             settings.node_name,
             metrics=self.metrics,
-            revision=self.revision,
             # A launcher's daemon is one per VMI: forgotten once no VMI needs it. The standalone
             # daemon serves every domain and is kept.
             release=self.libvirt.forget if kubernetes and self.libvirt is not None else None,
@@ -83,7 +78,7 @@ class Agent:
             self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
         self.source: Source = self._build_source()
         # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device.
-        self.emulation = emulation_facts_for(settings, on_change=self.revision.bump)
+        self.emulation = emulation_facts_for(settings)
         if self.telemetry is not None:
             daemons = self.libvirt if self.libvirt is not None else NO_DAEMONS
             self.telemetry.register_vmi_instruments(self.tracker, daemons, self.emulation)

@@ -18,7 +18,8 @@ from otel_vmi_hv.model import VMI, Detection, Series
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the metric callbacks export; replaced as a whole, never mutated."""
+    """What the metric callbacks export; replaced as a whole, never mutated. ``version`` changes
+    whenever the content does, so a reader can tell a new snapshot from the one it saw."""
 
     version: int
     series: tuple[Series, ...]
@@ -48,7 +49,8 @@ class Detector(Protocol):
 
 
 class ConnectionStates(Protocol):
-    """The libvirt daemons the agent knows, by URI, with their connection state."""
+    """The libvirt daemons the agent knows, by URI, with their connection state; a new dict per
+    call, compared by value to tell whether anything changed."""
 
     def states(self) -> dict[str, str]: ...
 
@@ -89,3 +91,9 @@ class Recorder:
 
     def record_mismatch(self) -> None:
         """/proc and libvirt answered differently for one VMI."""
+
+    def record_event(self, result: str) -> None:
+        """A Kubernetes Event about a VMI: written, updated, dropped, failed or forbidden."""
+
+    def record_handler_error(self) -> None:
+        """A watch handler raised: a bug in the agent, logged with its traceback."""

@@ -18,7 +18,6 @@ import libvirt
 from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls, silence_libvirt_stderr
 from otel_vmi_hv.detection.libvirt.domain import DomainDetector
 from otel_vmi_hv.model import Detection, DetectionMethod, LibvirtTarget
-from otel_vmi_hv.revision import Revision
 from tests.conftest import DEMO_NODE, FIXTURES
 
 silence_libvirt_stderr()
@@ -29,7 +28,7 @@ class Detector(DomainDetector):
     """A detector with its own call runner, as the agent builds them."""
 
     def __init__(self, timeout: float, **kwargs: Any) -> None:
-        self.calls = LibvirtCalls(timeout, Revision(), **kwargs)
+        self.calls = LibvirtCalls(timeout, **kwargs)
         super().__init__(self.calls)
 
 

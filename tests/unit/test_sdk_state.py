@@ -10,7 +10,6 @@ from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.export.vmi_instruments import INFO_METRIC
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import Series
-from otel_vmi_hv.revision import Revision
 from tests.exposition import info_series
 from tests.telemetry_inputs import FixedInputs
 
@@ -19,12 +18,10 @@ TOTAL = 100_000
 
 
 def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact() -> None:
-    revision = Revision()
-    state = FixedInputs(revision)
+    state = FixedInputs()
     otlp_like = InMemoryMetricReader()
     telemetry = Telemetry(
         load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "NODE_NAME": "n"}),
-        revision,
         extra_readers=[otlp_like],
     )
     telemetry.register_vmi_instruments(state, state, state)

@@ -27,7 +27,6 @@ import libvirt
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.detection.libvirt.socket_paths import SocketPathShortener
-from otel_vmi_hv.revision import Revision
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +236,6 @@ class LibvirtCalls:
     def __init__(
         self,
         timeout: float,
-        revision: Revision,
         *,
         keep_connections: bool = True,
         max_inflight_per_daemon: int = MAX_INFLIGHT_PER_DAEMON,
@@ -246,7 +244,6 @@ class LibvirtCalls:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.timeout = timeout
-        self._revision = revision
         self._max_per_daemon = max_inflight_per_daemon
         self._max_total = max_inflight_total
         # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
@@ -305,7 +302,6 @@ class LibvirtCalls:
         with self._lock:
             daemon = self._daemons.pop(uri, None)
         if daemon is not None:
-            self._revision.bump()
             self._drop_connection(daemon)
         self._sockets.release(uri)
 
@@ -345,7 +341,7 @@ class LibvirtCalls:
     # ------------------------------------------------------------------ internals
 
     def _changed(self) -> None:
-        self._revision.bump()
+        """What ``states()`` returns changed; /metrics reads it at scrape time."""
 
     def _drop_if_settled(self, uri: str) -> None:
         """Forget a per-launcher daemon that answered and has nothing in flight: no state to keep."""
