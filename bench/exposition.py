@@ -484,4 +484,7 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
 
 
 if __name__ == "__main__":
-    print(run())
+    import sys
+
+    # `python -m bench.exposition 250 1000`: only these numbers of VMIs.
+    print(run(tuple(int(n) for n in sys.argv[1:]) or (110, 250, 1_000, 10_000)))
