@@ -38,9 +38,6 @@ class _NoDaemons:
         return {}
 
 
-NO_DAEMONS = _NoDaemons()
-
-
 class Source(Protocol):
     last_error: str | None  # why the last listing failed, for `detect`
 
@@ -57,7 +54,7 @@ class Agent:
         self.metrics: Recorder = self.telemetry.self_metrics if self.telemetry else Recorder()
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
         self.synced = threading.Event()
-        # libvirt (its Python binding and the C library behind it, 12 MiB resident) is loaded only
+        # libvirt (its Python binding and the C library behind it, see BENCHMARKS.md) is loaded only
         # where a libvirt method or the libvirt source can run: never for /proc-only detection.
         self.libvirt: LibvirtCalls | None = None
         if self._libvirt_reachable():
@@ -72,7 +69,7 @@ class Agent:
             metrics=self.metrics,
             # A launcher's daemon is one per VMI: forgotten once no VMI needs it. The standalone
             # daemon serves every domain and is kept.
-            release=self.libvirt.forget if kubernetes and self.libvirt is not None else None,
+            release=self.libvirt.forget if kubernetes and self.libvirt else None,
         )
         if self.libvirt is not None:
             self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
@@ -80,7 +77,7 @@ class Agent:
         # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device.
         self.emulation = emulation_facts_for(settings)
         if self.telemetry is not None:
-            daemons = self.libvirt if self.libvirt is not None else NO_DAEMONS
+            daemons = self.libvirt or _NoDaemons()
             self.telemetry.register_vmi_instruments(self.tracker, daemons, self.emulation)
         self.http: HttpServer | None = None
         self._uses_event_loop = False
@@ -111,9 +108,7 @@ class Agent:
 
     def _detectors(self) -> list[Detector]:
         """/proc first when it is on (no RPC, cannot hang), then the launcher's libvirt."""
-        detectors: list[Detector] = []
-        if self.settings.proc_root:
-            detectors.append(ProcDetector(self.settings.proc_root))
+        detectors: list[Detector] = [ProcDetector(self.settings.proc_root)] if self.settings.proc_root else []
         if self.libvirt is not None:
             from otel_vmi_hv.detection.libvirt.domain import DomainDetector
 
@@ -122,10 +117,8 @@ class Agent:
 
     def _libvirt_reachable(self) -> bool:
         """False only for a /proc-only deployment: KubeVirt mode with no pods-root mount."""
-        settings = self.settings
-        return not (
-            settings.source == "kubernetes" and settings.proc_root and not os.path.isdir(settings.pods_root)
-        )
+        s = self.settings
+        return not (s.source == "kubernetes" and s.proc_root and not os.path.isdir(s.pods_root))
 
     def _synced(self) -> None:
         if not self.synced.is_set():

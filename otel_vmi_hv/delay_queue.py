@@ -96,14 +96,9 @@ class DelayQueue(Generic[K]):
             return not self._running and all(due > now for due in self._queued.values())
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until ``idle``, at most ``timeout`` seconds of the clock; True when idle."""
-        deadline = self._clock() + timeout
+        """Wait until ``idle``, at most ``timeout`` seconds; True when idle."""
         with self._ready:
-            while not self.idle():
-                if self._clock() >= deadline:
-                    return False
-                self._ready.wait(min(0.05, deadline - self._clock()))
-            return True
+            return self._ready.wait_for(self.idle, timeout)
 
     def shut_down(self) -> None:
         """Wake every ``get``, which returns None from now on."""

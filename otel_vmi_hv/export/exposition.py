@@ -55,8 +55,8 @@ class Scrape:
 
 
 def _media_ranges(accept: str) -> list[tuple[str, dict[str, str], float]]:
-    """``Accept`` as (media range, parameters, quality) in the client's order; a malformed
-    quality counts as 0 (refused), as for ``accepts_gzip``."""
+    """``Accept`` (or ``Accept-Encoding``) as (media range, parameters, quality) in the client's
+    order; a malformed quality counts as 0 (refused)."""
     ranges = []
     for item in accept.split(","):
         media, _, rest = item.partition(";")
@@ -79,26 +79,17 @@ def _media_ranges(accept: str) -> list[tuple[str, dict[str, str], float]]:
 def _specificity(fmt: Format, media: str, params: dict[str, str]) -> int | None:
     """How specifically a media range names ``fmt`` (3 type and version, 2 type, 1 ``type/*``,
     0 ``*/*``), or None when it does not match."""
-    if media == "*/*":
-        return 0
-    if fmt is Format.OPENMETRICS:
-        if media == "application/*":
-            return 1
-        if media != "application/openmetrics-text":
-            return None
-        if params.get("escaping", "allow-utf-8") not in _LEGACY_PRESERVING_ESCAPING:
-            return None
-        version = params.get("version")
-        if version is None:
-            return 2
-        return 3 if version == "1.0.0" else None
-    if media == "text/*":
-        return 1
-    if media != "text/plain":
+    kind, name = ("application", "openmetrics-text") if fmt is Format.OPENMETRICS else ("text", "plain")
+    if media in ("*/*", f"{kind}/*"):
+        return 0 if media == "*/*" else 1
+    if media != f"{kind}/{name}":
         return None
-    # Any text/plain version is a request for the Prometheus text family; 0.0.4 is what is served
-    # (text 1.0.0 is a superset of it).
-    return 3 if params.get("version") == "0.0.4" else 2
+    version = params.get("version")
+    if fmt is Format.TEXT:  # any text/plain version asks for the text family; 0.0.4 is served
+        return 3 if version == "0.0.4" else 2
+    if params.get("escaping", "allow-utf-8") not in _LEGACY_PRESERVING_ESCAPING:
+        return None
+    return 2 if version is None else 3 if version == "1.0.0" else None
 
 
 def choose_format(accept: str) -> Format:
@@ -120,35 +111,16 @@ def choose_format(accept: str) -> Format:
     om, text = best.get(Format.OPENMETRICS), best.get(Format.TEXT)
     if om is None or om[1] <= 0:
         return Format.TEXT
-    if text is None or om[1] > text[1]:
-        return Format.OPENMETRICS
-    if om[1] == text[1] and (om[0], om[2]) > (text[0], text[2]):
+    if text is None or (om[1], om[0], om[2]) > (text[1], text[0], text[2]):
         return Format.OPENMETRICS
     return Format.TEXT
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
     """Whether ``Accept-Encoding`` allows gzip, honouring q-values (``gzip;q=0`` refuses it)."""
-    gzip_q: float | None = None
-    star_q: float | None = None
-    for item in accept_encoding.split(","):
-        coding, _, params = item.partition(";")
-        coding = coding.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0
-        if coding in ("gzip", "x-gzip"):
-            gzip_q = q if gzip_q is None else max(gzip_q, q)
-        elif coding == "*":
-            star_q = q
-    if gzip_q is not None:
-        return gzip_q > 0
-    return star_q is not None and star_q > 0
+    quality = {coding: q for coding, _, q in _media_ranges(accept_encoding)}
+    named = [q for coding, q in quality.items() if coding in ("gzip", "x-gzip")]
+    return max(named) > 0 if named else quality.get("*", 0) > 0
 
 
 class Deflater(Protocol):

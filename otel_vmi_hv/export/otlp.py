@@ -9,6 +9,7 @@ log records of that export, which are then not repeated; other records pass unto
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections import Counter
@@ -122,17 +123,10 @@ def _detail(record: logging.LogRecord) -> str:
 
 def build_exporter(protocol: str, status: ExportStatus) -> MetricExporter:
     """The stock exporter for ``protocol``, reporting to ``status``; reads OTEL_EXPORTER_OTLP_*."""
-    base: type[Any]
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+    transport = "http" if protocol == "http/protobuf" else "grpc"  # only the one asked for is imported
+    base = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{transport}.metric_exporter")
 
-        base = Http
-    else:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
-
-        base = Grpc
-
-    class Exporter(base):  # type: ignore[misc]
+    class Exporter(base.OTLPMetricExporter):  # type: ignore[misc,name-defined]
         def export(
             self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
         ) -> MetricExportResult:

@@ -18,30 +18,16 @@ from otel_vmi_hv.model import Detection
 
 DETECTION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 PREFIX = "otel_vmi_hv_"
-# Counter (name without PREFIX): unit, description.
+# Counter (name without PREFIX): its unit, a space, its description.
 COUNTERS = {
-    "detection_errors": ("{detection}", "Detections that ended unknown, by reason"),
-    "watch_restarts": (
-        "{restart}",
-        "VMI watch streams restarted, by reason (closed, error, expired, silent)",
-    ),
-    "relists": ("{listing}", "Full VMI (or libvirt domain) listings reconciled into the cache"),
-    "label_values_replaced": (
-        "{value}",
-        "VMI label values that could not be encoded (NUL, lone surrogates) and were replaced",
-    ),
-    "detection_mismatches": (
-        "{detection}",
-        "Detections where /proc and libvirt named different hypervisor types",
-    ),
-    "events": (
-        "{event}",
-        "Kubernetes Events about VMIs, by result (written, updated, dropped, failed, forbidden)",
-    ),
-    "watch_handler_errors": (
-        "{error}",
-        "Errors raised by the agent's own watch handlers: bugs, logged with a traceback",
-    ),
+    "detection_errors": "{detection} Detections that ended unknown, by reason",
+    "watch_restarts": "{restart} VMI watch streams restarted, by reason (closed, error, expired, silent)",
+    "relists": "{listing} Full VMI (or libvirt domain) listings reconciled into the cache",
+    "label_values_replaced": "{value} VMI label values that could not be encoded (NUL, lone surrogates) "
+    "and were replaced",
+    "detection_mismatches": "{detection} Detections where /proc and libvirt named different hypervisor types",
+    "events": "{event} Kubernetes Events about VMIs by result: written, updated, dropped, failed, forbidden",
+    "watch_handler_errors": "{error} Watch handlers that raised: a bug, logged with its traceback",
 }
 
 
@@ -55,7 +41,7 @@ class SelfMetrics(Recorder):
         self._lock = threading.Lock()
         self._counters = {
             key: meter.create_counter(PREFIX + key, unit=unit, description=description)
-            for key, (unit, description) in COUNTERS.items()
+            for key, (unit, _, description) in ((k, v.partition(" ")) for k, v in COUNTERS.items())
         }
         self._duration = meter.create_histogram(
             PREFIX + "detection_duration",

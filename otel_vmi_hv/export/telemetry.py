@@ -14,6 +14,7 @@ from typing import Any
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Exemplar, ExemplarReservoir, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
+    MetricExporter,
     MetricReader,
     PeriodicExportingMetricReader,
 )
@@ -55,16 +56,13 @@ def _no_exemplars(_aggregation_type: type) -> Callable[..., ExemplarReservoir]:
     return lambda *_args, **_kwargs: _NoExemplars()
 
 
-def _process_part(fmt: Format) -> bytes:
-    return process_text(openmetrics=fmt is Format.OPENMETRICS)
-
-
 class Telemetry:
     """Owns the MeterProvider; built once at start, shut down once at exit."""
 
     def __init__(self, settings: Settings, *, extra_readers: Sequence[MetricReader] = ()) -> None:
         self._vmi_state: Callable[[], object] = tuple
-        self.exposition = Exposition(self._state, self._collect_for_scrape, _process_part)
+        fresh = lambda fmt: process_text(openmetrics=fmt is Format.OPENMETRICS)  # noqa: E731
+        self.exposition = Exposition(self._state, self._collect_for_scrape, fresh)
 
         readers: list[MetricReader] = list(extra_readers)
         self._prometheus: PrometheusTextReader | None = None
@@ -72,23 +70,20 @@ class Telemetry:
             self._prometheus = PrometheusTextReader(skip_scopes={PROCESS_SCOPE})
             readers.append(self._prometheus)
         self.export_status: ExportStatus | None = None
+        exporters: list[MetricExporter] = []
         if settings.exports_otlp:
             self.export_status = ExportStatus(settings.otlp_endpoint or "the default endpoint")
-            readers.append(
-                PeriodicExportingMetricReader(
-                    build_exporter(settings.otlp_protocol, self.export_status),
-                    export_interval_millis=settings.export_interval_ms,
-                    export_timeout_millis=settings.export_timeout_ms,
-                )
-            )
+            exporters.append(build_exporter(settings.otlp_protocol, self.export_status))
         if "console" in settings.metrics_exporters:
-            readers.append(
-                PeriodicExportingMetricReader(
-                    ConsoleMetricExporter(),
-                    export_interval_millis=settings.export_interval_ms,
-                    export_timeout_millis=settings.export_timeout_ms,
-                )
+            exporters.append(ConsoleMetricExporter())
+        readers += [
+            PeriodicExportingMetricReader(
+                exporter,
+                export_interval_millis=settings.export_interval_ms,
+                export_timeout_millis=settings.export_timeout_ms,
             )
+            for exporter in exporters
+        ]
         self.meter_provider = MeterProvider(
             metric_readers=readers,
             resource=build_resource(settings),
@@ -135,9 +130,7 @@ class Telemetry:
     def scrape_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
         """``scrape`` when it needs no collection and never waits (see ``Exposition.cached``), else
         None: the HTTP server answers that on its event loop, without a thread hop."""
-        if self._prometheus is None:
-            return None
-        return self.exposition.cached(accept, accept_encoding)
+        return None if self._prometheus is None else self.exposition.cached(accept, accept_encoding)
 
     def render_prometheus(self) -> bytes:
         """The /metrics body in Prometheus text format 0.0.4, uncompressed."""
@@ -150,14 +143,7 @@ class Telemetry:
     def shutdown(self, timeout: float) -> None:
         """Final OTLP export and reader shutdown, bounded by ``timeout`` seconds."""
         started = time.monotonic()
-
-        def run() -> None:
-            try:
-                self.meter_provider.shutdown(timeout_millis=timeout * 1000)
-            except Exception:
-                log.warning("MeterProvider shutdown failed", exc_info=True)
-
-        if not run_once("otel-shutdown", run).join(timeout):
+        if not run_once("otel-shutdown", lambda: self.meter_provider.shutdown(timeout * 1000)).join(timeout):
             log.warning("telemetry shutdown did not finish within %.1fs; exiting anyway", timeout)
         else:
             log.debug("telemetry shut down in %.3fs", time.monotonic() - started)
