@@ -2,12 +2,12 @@
 nothing it shows changed.
 
 Formats: ``choose_format`` follows RFC 9110's ``Accept`` rules (the most specific range gives a
-format its quality, q=0 refuses it); anything not preferring OpenMetrics 1.0 gets text 0.0.4.
-Prometheus 3's ``escaping`` is accepted when it leaves legacy names as they are. Cache: scrapes far
-outnumber changes, so the collected part is rendered once per format while the ``state`` the owner
-reads at scrape time compares equal; the process metrics are rendered fresh and appended. Gzip:
-the collected part is deflated once, sync-flushed; each scrape deflates only the fresh part and
-continues the CRC, giving one gzip member (``curl --compressed`` reads only the first member).
+format its quality, q=0 refuses it); anything not preferring OpenMetrics 1.0 gets text 0.0.4, and
+Prometheus 3's ``escaping`` is accepted when it leaves legacy names as they are. Cache: the
+collected part is rendered once per format while the ``state`` read at scrape time compares equal;
+the process metrics are rendered fresh and appended. Gzip: the collected part is deflated once and
+sync-flushed; a scrape deflates only the fresh part and continues the CRC: one gzip member, since
+``curl --compressed`` reads only the first.
 """
 
 from __future__ import annotations
