@@ -23,7 +23,6 @@ class AttributeStatePruner:
     def __init__(self, meter_provider: Any, instrument_name: str) -> None:
         self._provider = meter_provider
         self._name = instrument_name
-        self.pruned = 0
         try:
             _ = meter_provider._measurement_consumer._reader_storages
             self.supported = True
@@ -43,12 +42,6 @@ class AttributeStatePruner:
                     matches.extend(instrument_matches)
         return matches
 
-    def state_size(self) -> int:
-        """Attribute sets the SDK holds for the instrument, summed over readers (for tests)."""
-        if not self.supported:
-            return -1
-        return sum(len(match._attributes_aggregation) for match in self._matches())
-
     def prune_if_bloated(self, live: int) -> None:
         """Drop the instrument's state where it exceeds twice the live series; call from its callback."""
         if not self.supported:
@@ -58,7 +51,6 @@ class AttributeStatePruner:
             for match in self._matches():
                 if len(match._attributes_aggregation) > limit:
                     with match._lock:
-                        self.pruned += len(match._attributes_aggregation)
                         match._attributes_aggregation = {}
         except AttributeError:
             self.supported = False

@@ -100,7 +100,6 @@ class Telemetry:
         self._meter = self.meter_provider.get_meter("otel_vmi_hv", __version__)
         register_process_metrics(self.meter_provider.get_meter(PROCESS_SCOPE, __version__))
         self.self_metrics = SelfMetrics(self._meter, self.export_status)
-        self.pruner: AttributeStatePruner | None = None
 
     def register_vmi_instruments(
         self, snapshots: Snapshots, connections: ConnectionStates, facts: EmulationFacts
@@ -109,8 +108,8 @@ class Telemetry:
 
         Called once, at start, when the tracker and the facts exist; the instruments only read them.
         """
-        self.pruner = AttributeStatePruner(self.meter_provider, INFO_METRIC)
-        VmiInstruments(snapshots, connections, facts, self.pruner).register(self._meter)
+        pruner = AttributeStatePruner(self.meter_provider, INFO_METRIC)
+        VmiInstruments(snapshots, connections, facts, pruner).register(self._meter)
         self._vmi_state = lambda: (snapshots.snapshot().version, connections.states(), facts.version)
 
     def _state(self) -> object:
