@@ -94,6 +94,11 @@ class ExportStatus:
             self._failed(reason, details[-1] if details else "")
         return result
 
+    def counts(self) -> dict[str, int]:
+        """Failed exports by reason, copied under the lock (the export thread adds reasons)."""
+        with self._lock:
+            return dict(self.failures)
+
     def _succeeded(self) -> None:
         with self._lock:
             was, self.failing_reason = self.failing_reason, None

@@ -111,4 +111,4 @@ class SelfMetrics(Recorder):
 
     def _observe_export_failures(self, _options: CallbackOptions) -> Iterable[Observation]:
         assert self._export_status is not None
-        return [Observation(n, {"reason": r}) for r, n in sorted(self._export_status.failures.items())]
+        return [Observation(n, {"reason": r}) for r, n in sorted(self._export_status.counts().items())]
