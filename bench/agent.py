@@ -89,34 +89,25 @@ def _poll(check: Callable[[], bool], timeout: float, interval: float = 0.0005) -
 SCRAPE_POLL = 0.05  # polling a child agent's /metrics: often enough to time it, rarely enough not to load it
 
 
-class DomainLookups:
-    """Calls that reach libvirt, counted where libvirt-python receives them: each call the agent
-    makes for a launcher (one per detection) looks its domain up once."""
+def _count_domain_lookups() -> tuple[list[int], Callable[[], None]]:
+    """Counts the domain lookups that reach libvirt (each detection makes one), through
+    libvirt-python's own class; returns the count and the function that stops counting."""
+    import libvirt
 
-    def __init__(self) -> None:
-        import libvirt
+    made: list[int] = []
+    lookup = libvirt.virConnect.lookupByName
 
-        self.names: list[str] = []  # appended to from several detection threads
-        self._class = libvirt.virConnect
-        self._original = libvirt.virConnect.lookupByName
+    def counted(conn: Any, name: str) -> Any:
+        made.append(1)
+        return lookup(conn, name)
 
-        def counted(conn: Any, name: str) -> Any:
-            self.names.append(name)
-            return self._original(conn, name)
-
-        self._class.lookupByName = counted
-
-    @property
-    def count(self) -> int:
-        return len(self.names)
-
-    def close(self) -> None:
-        self._class.lookupByName = self._original
+    libvirt.virConnect.lookupByName = counted
+    return made, lambda: setattr(libvirt.virConnect, "lookupByName", lookup)
 
 
 def event_to_visible(node: Node, count: int = 300) -> dict[str, Any]:
     settings = load_settings(node.env(0))
-    lookups = DomainLookups()
+    lookups, stop_counting = _count_domain_lookups()
     agent = Agent(settings)
     agent.start()
     assert agent.synced.wait(10)
@@ -129,10 +120,11 @@ def event_to_visible(node: Node, count: int = 300) -> dict[str, Any]:
         started = time.perf_counter()
         node.api.create(vmi)
         latencies.append(_poll(lambda needle=needle: needle in render(), 10) - started)  # type: ignore[misc]
-    calls_after_detection = lookups.count
+    calls_after_detection = len(lookups)
     for _ in range(1000):
         render()
-    calls_per_scrape = (lookups.count - calls_after_detection) / 1000
+    calls_per_scrape = (len(lookups) - calls_after_detection) / 1000
+    stop_counting()
     result = {
         "median": median(latencies),
         "p99": p99(latencies),
@@ -140,7 +132,6 @@ def event_to_visible(node: Node, count: int = 300) -> dict[str, Any]:
         "calls_per_scrape": calls_per_scrape,
     }
     agent.stop(budget=2)
-    lookups.close()
     for index in range(count):
         node.remove(index)
     return result

@@ -40,7 +40,6 @@ from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.export.vmi_instruments import INFO_HELP, INFO_METRIC
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import Series
-from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server import HttpServer, Readiness
 from tests.exposition import PROMETHEUS_3
 from tests.telemetry_inputs import FixedInputs
@@ -164,8 +163,8 @@ class AgentSide:
         self.otlp = PeriodicExportingMetricReader(self.encoder, export_interval_millis=10**9)
         settings = load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_VMI_HV_NODE_NAME": "worker-1"})
         readers = [self.otlp] if extra is None else [extra]
-        self.inputs = FixedInputs(Revision(), Snapshot(1, rows, 0))
-        self.telemetry = Telemetry(settings, self.inputs.revision, extra_readers=readers)
+        self.inputs = FixedInputs(Snapshot(1, rows, 0))
+        self.telemetry = Telemetry(settings, extra_readers=readers)
         self.telemetry.register_vmi_instruments(self.inputs, self.inputs, self.inputs)
         self.variants = (rows, make_rows(len(rows), flip=1))
 
@@ -360,7 +359,7 @@ def _otlp_send(rows: tuple[Series, ...], receiver: Any, repeat: int) -> list[lis
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
     try:
         agent_reader = PeriodicExportingMetricReader(
-            build_exporter("grpc", ExportStatus(endpoint, Revision())), export_interval_millis=10**9
+            build_exporter("grpc", ExportStatus(endpoint)), export_interval_millis=10**9
         )
     finally:
         del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
@@ -485,4 +484,7 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
 
 
 if __name__ == "__main__":
-    print(run())
+    import sys
+
+    # `python -m bench.exposition 250 1000`: only these numbers of VMIs.
+    print(run(tuple(int(n) for n in sys.argv[1:]) or (110, 250, 1_000, 10_000)))

@@ -1,7 +1,7 @@
 """Wires source → tracker → telemetry → HTTP, and owns start-up and shutdown order.
 
 Parts are built bottom-up and handed to each other explicitly; nothing refers to a part built
-later. One ``Revision`` is shared by every part whose state /metrics shows.
+later.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from otel_vmi_hv.config import Settings
@@ -20,7 +19,6 @@ from otel_vmi_hv.emulation.cluster_facts import ClusterFacts, emulation_facts_fo
 from otel_vmi_hv.emulation.vmi_events import VmiEvents
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Detector, Recorder
-from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server import HttpServer, Readiness, limits_from, tls_context
 from otel_vmi_hv.tracker import Tracker
 
@@ -41,21 +39,6 @@ class _NoDaemons:
         return {}
 
 
-NO_DAEMONS = _NoDaemons()
-
-
-class _RevisionWithFacts(Revision):
-    """Until the export layer reads the facts' ``version`` itself: /metrics re-renders when it moves."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.facts_version: Callable[[], int] = lambda: 0
-
-    @property
-    def value(self) -> int:
-        return super().value + self.facts_version()
-
-
 class Source(Protocol):
     last_error: str | None  # why the last listing failed, for `detect`
 
@@ -68,12 +51,11 @@ class Agent:
         """``cross_check`` asks libvirt even where /proc answered (``detect`` compares the two)."""
         self.settings = settings
         kubernetes = settings.source == "kubernetes"
-        self.revision = _RevisionWithFacts()
-        self.telemetry = Telemetry(settings, self.revision) if with_telemetry else None
+        self.telemetry = Telemetry(settings) if with_telemetry else None
         self.metrics: Recorder = self.telemetry.self_metrics if self.telemetry else Recorder()
         self.readiness = Readiness(READY_SYNC, READY_EXPORTERS)
         self.synced = threading.Event()
-        # libvirt (its Python binding and the C library behind it, 12 MiB resident) is loaded only
+        # libvirt (its Python binding and the C library behind it, see BENCHMARKS.md) is loaded only
         # where a libvirt method or the libvirt source can run: never for /proc-only detection.
         self.libvirt: LibvirtCalls | None = None
         if self._libvirt_reachable():
@@ -86,15 +68,13 @@ class Agent:
         # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device,
         # recomputed by the facts' own worker whenever the tracker's snapshot changes.
         self.emulation = emulation_facts_for(settings)
-        self.revision.facts_version = lambda: self.emulation.version
         self.tracker = Tracker(
             self.detector.detect,
             settings.node_name,
             metrics=self.metrics,
-            revision=self.revision,
             # A launcher's daemon is one per VMI: forgotten once no VMI needs it. The standalone
             # daemon serves every domain and is kept.
-            release=self.libvirt.forget if kubernetes and self.libvirt is not None else None,
+            release=self.libvirt.forget if kubernetes and self.libvirt else None,
             on_change=self.emulation.wake,
         )
         self.emulation.follow(self.tracker.snapshot)
@@ -103,7 +83,7 @@ class Agent:
             self.libvirt.subscribe(recovered=self.tracker.retry_unknown)
         self.source: Source = self._build_source()
         if self.telemetry is not None:
-            daemons = self.libvirt if self.libvirt is not None else NO_DAEMONS
+            daemons = self.libvirt or _NoDaemons()
             self.telemetry.register_vmi_instruments(self.tracker, daemons, self.emulation)
         self.http: HttpServer | None = None
         self._uses_event_loop = False
@@ -139,9 +119,7 @@ class Agent:
 
     def _detectors(self) -> list[Detector]:
         """/proc first when it is on (no RPC, cannot hang), then the launcher's libvirt."""
-        detectors: list[Detector] = []
-        if self.settings.proc_root:
-            detectors.append(ProcDetector(self.settings.proc_root))
+        detectors: list[Detector] = [ProcDetector(self.settings.proc_root)] if self.settings.proc_root else []
         if self.libvirt is not None:
             from otel_vmi_hv.detection.libvirt.domain import DomainDetector
 
@@ -150,10 +128,8 @@ class Agent:
 
     def _libvirt_reachable(self) -> bool:
         """False only for a /proc-only deployment: KubeVirt mode with no pods-root mount."""
-        settings = self.settings
-        return not (
-            settings.source == "kubernetes" and settings.proc_root and not os.path.isdir(settings.pods_root)
-        )
+        s = self.settings
+        return not (s.source == "kubernetes" and s.proc_root and not os.path.isdir(s.pods_root))
 
     def _synced(self) -> None:
         if not self.synced.is_set():

@@ -18,7 +18,8 @@ from otel_vmi_hv.model import VMI, Detection, Series
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the metric callbacks export; replaced as a whole, never mutated."""
+    """What the metric callbacks export; replaced as a whole, never mutated. ``version`` changes
+    whenever the content does, so a reader can tell a new snapshot from the one it saw."""
 
     version: int
     series: tuple[Series, ...]
@@ -48,7 +49,8 @@ class Detector(Protocol):
 
 
 class ConnectionStates(Protocol):
-    """The libvirt daemons the agent knows, by URI, with their connection state."""
+    """The libvirt daemons the agent knows, by URI, with their connection state; a new dict per
+    call, compared by value to tell whether anything changed."""
 
     def states(self) -> dict[str, str]: ...
 

@@ -1,27 +1,24 @@
 """Joins the VMIs a source reports with their detections and publishes immutable snapshots.
 
-Sources tell the tracker what should be reported (upsert/remove/replace_all); a small pool of
-workers detects each new domain lifetime once; the result table is turned into a tuple of rows
-that the metric callback reads without taking a lock. Everything slow (libvirt, retries) happens
-here, off the scrape path.
-
-The tracker is also the one place that knows when a libvirt URI stops mattering: no VMI uses it
-and no detection for it is running. Only then is ``release`` called (KubeVirt mode: forget the
-launcher's daemon state), so a late detection of a VMI that already left cannot leave state behind.
+Sources say what should be reported (upsert/remove/replace_all); a few workers detect each new
+domain lifetime once, with retries; metric callbacks read the resulting tuple of rows without a
+lock. The tracker is also the one place that knows when a libvirt URI stops mattering (no VMI uses
+it, no detection for it runs): only then is ``release`` called, so a late detection of a VMI that
+already left cannot leave daemon state behind.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.delay_queue import DelayQueue
 from otel_vmi_hv.interfaces import Recorder, Snapshot
 from otel_vmi_hv.model import (
     EMULATED,
@@ -33,7 +30,7 @@ from otel_vmi_hv.model import (
     Series,
     encodable_label,
 )
-from otel_vmi_hv.revision import Revision
+from otel_vmi_hv.worker import Worker, stop_all
 
 log = logging.getLogger(__name__)
 
@@ -61,67 +58,45 @@ class Tracker:
         node_name: str,
         *,
         metrics: Recorder,
-        revision: Revision,
         release: Callable[[str], None] | None = None,
         on_change: Callable[[], None] | None = None,
         workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``on_change`` is called, outside the lock, after any change to what ``snapshot()``
+        returns; it must not block."""
         self._detect = detect
         self._node = node_name
         self._metrics = metrics
-        self._revision = revision
         self._release = release
-        self._on_change = on_change  # told, outside the lock, after what snapshot() returns changed
-        self._unannounced = False
-        self._workers = workers
+        self._on_change = on_change
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._uri_users: Counter[str] = Counter()  # libvirt URI → entries and running detections
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
-        self._queue: list[tuple[float, int, str]] = []  # (due, seq, key) heap
-        self._queued: dict[str, float] = {}  # key → due time of its live heap item
-        self._running: set[str] = set()
-        self._deferred: set[str] = set()  # due while already running: run again when it ends
-        self._seq = itertools.count()
+        self._queue: DelayQueue[str] = DelayQueue(clock)
+        self._workers = [Worker(f"detector-{index}", self._work_loop) for index in range(workers)]
+        self._changes = 0  # under the lock: tells ``_editing`` whether to call ``on_change``
         self._version = 0
         self._dirty = True
-        self._stopping = False
-        self._threads: list[threading.Thread] = []
         self._snapshot = Snapshot(0, (), 0)
 
-    # ------------------------------------------------------------------ lifecycle
-
     def start(self) -> None:
-        for index in range(self._workers):
-            thread = threading.Thread(target=self._work_loop, name=f"detector-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for worker in self._workers:
+            worker.start()
 
     def stop(self, timeout: float = 1.0) -> None:
-        with self._lock:
-            self._stopping = True
-            self._work.notify_all()
-        deadline = self._clock() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - self._clock()))
-
-    # ------------------------------------------------------------------ source events
+        self._queue.shut_down()
+        stop_all(self._workers, timeout)
 
     def upsert(self, vmi: VMI) -> None:
         """A VMI should be reported; detect it if its domain lifetime is new."""
-        self._upsert(vmi)
-        self._announce()
-
-    def _upsert(self, vmi: VMI) -> None:
-        released: list[str] = []
-        with self._lock:
+        with self._editing() as released:
             entry = self._entries.get(vmi.key)
             if entry is None:
                 self._entries[vmi.key] = _Entry(vmi, self._labels(vmi))
                 self._use(vmi.target.uri)
-                self._schedule(vmi.key, 0.0)
+                self._queue.add_after(vmi.key, 0.0)
                 self._changed()
                 return
             if entry.vmi == vmi:
@@ -136,56 +111,48 @@ class Tracker:
             entry.vmi = vmi
             if lifetime_changed:
                 entry.failures = entry.pending_attempts = 0
-                self._schedule(vmi.key, 0.0)
+                self._queue.add_after(vmi.key, 0.0)
             if labels_changed:
                 entry.labels = self._labels(vmi)
             if exported_changed:
                 self._changed()
-        self._release_all(released)
 
     def remove(self, key: str) -> None:
-        released: list[str] = []
-        with self._lock:
+        with self._editing() as released:
             self._drop(key, released)
-        self._announce()
-        self._release_all(released)
 
     def replace_all(self, vmis: Iterable[VMI]) -> None:
         """Reconcile with a full listing: what is absent goes, what is new or changed is upserted."""
         fresh = {vmi.key: vmi for vmi in vmis}
         for vmi in fresh.values():  # upserts first, so a launcher kept by the listing is never released
             self.upsert(vmi)
-        released: list[str] = []
-        with self._lock:
+        with self._editing() as released:
             for key in [key for key in self._entries if key not in fresh]:
                 self._drop(key, released)
-        self._announce()
-        self._release_all(released)
 
     def retry_unknown(self, uri: str) -> None:
         """Re-detect now every VMI of ``uri`` left unknown: its daemon answers again."""
-        count = 0
         with self._lock:
-            for key, entry in self._entries.items():
-                if entry.vmi.target.uri != uri or entry.detection is None or entry.detection.ok:
-                    continue
-                self._schedule(key, 0.0)
-                count += 1
-        if count:
-            log.info("re-detecting %d VMIs of %s after recovery", count, uri)
-
-    # ------------------------------------------------------------------ reading
+            keys = [
+                key
+                for key, entry in self._entries.items()
+                if entry.vmi.target.uri == uri and entry.detection is not None and not entry.detection.ok
+            ]
+        for key in keys:
+            self._queue.add_after(key, 0.0)
+        if keys:
+            log.info("re-detecting %d VMIs of %s after recovery", len(keys), uri)
 
     def snapshot(self) -> Snapshot:
-        """Return the current snapshot, rebuilding it first if anything changed since the last one."""
+        """The current snapshot, rebuilt first if anything changed since the last one."""
         if not self._dirty:
             return self._snapshot
         with self._lock:
-            return self._rebuild_locked()
-
-    def _rebuild_locked(self) -> Snapshot:
-        if not self._dirty:  # another reader rebuilt it while this one waited for the lock
+            if self._dirty:  # else another reader rebuilt it while this one waited for the lock
+                self._rebuild_locked()
             return self._snapshot
+
+    def _rebuild_locked(self) -> None:
         rows = []
         emulated = []
         pending = 0
@@ -203,7 +170,6 @@ class Tracker:
         unknown = sum(1 for row in rows if row.hypervisor_type == UNKNOWN)
         self._snapshot = Snapshot(self._version, tuple(rows), pending, unknown, tuple(emulated))
         self._dirty = False
-        return self._snapshot
 
     def detections(self) -> list[tuple[VMI, Detection | None]]:
         """Every tracked VMI with its latest detection (for the detect command and debugging)."""
@@ -211,29 +177,30 @@ class Tracker:
             return [(entry.vmi, entry.detection) for entry in self._entries.values()]
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no detection is queued-and-due or running (used by `detect` and tests)."""
-        deadline = self._clock() + timeout
-        with self._lock:
-            while True:
-                now = self._clock()
-                due = any(when <= now for when in self._queued.values())
-                if not due and not self._running:
-                    return True
-                if now >= deadline:
-                    return False
-                self._work.wait(min(0.05, deadline - now))
+        """Wait until no detection is due or running (used by `detect`)."""
+        return self._queue.wait_idle(timeout)
 
     # ------------------------------------------------------------------ internals
 
-    def _changed(self) -> None:
-        self._dirty = self._unannounced = True
-        self._revision.bump()
-
-    def _announce(self) -> None:
-        """Call ``on_change`` once for the changes made so far; never with the lock held."""
-        if self._unannounced and self._on_change is not None:
-            self._unannounced = False
+    @contextmanager
+    def _editing(self) -> Iterator[list[str]]:
+        """Hold the lock; then release the URIs collected in the yielded list and call
+        ``on_change`` if anything ``snapshot()`` shows changed."""
+        released: list[str] = []
+        with self._lock:
+            changes = self._changes
+            yield released
+            changed = self._changes != changes
+        if self._release is not None:
+            for uri in released:
+                if uri:
+                    self._release(uri)
+        if changed and self._on_change is not None:
             self._on_change()
+
+    def _changed(self) -> None:
+        self._dirty = True
+        self._changes += 1
 
     def _labels(self, vmi: VMI) -> tuple[str, str]:
         labels = (encodable_label(vmi.namespace), encodable_label(vmi.name))
@@ -247,8 +214,7 @@ class Tracker:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
-        self._queued.pop(key, None)
-        self._deferred.discard(key)
+        self._queue.discard(key)
         self._unuse(entry.vmi.target.uri, released)
         self._changed()
 
@@ -261,65 +227,14 @@ class Tracker:
             del self._uri_users[uri]
             released.append(uri)
 
-    def _release_all(self, uris: list[str]) -> None:
-        if self._release is None:
-            return
-        for uri in uris:
-            if uri:
-                self._release(uri)
-
-    def _schedule(self, key: str, delay: float) -> None:
-        """Queue a detection of ``key`` after ``delay``; must hold the lock."""
-        due = self._clock() + delay
-        current = self._queued.get(key)
-        if current is not None and current <= due:
-            return
-        self._queued[key] = due
-        heapq.heappush(self._queue, (due, next(self._seq), key))
-        # notify_all: wait_idle() waits on the same condition and must not swallow a worker's wakeup.
-        self._work.notify_all()
-
-    def _next_job(self) -> str | None:
-        with self._lock:
-            while not self._stopping:
-                now = self._clock()
-                while self._queue:
-                    due, _, key = self._queue[0]
-                    if self._queued.get(key) != due:  # superseded or removed
-                        heapq.heappop(self._queue)
-                        continue
-                    if due > now:
-                        break
-                    if key in self._running:  # one attempt per VMI at a time: run it after this one
-                        heapq.heappop(self._queue)
-                        del self._queued[key]
-                        self._deferred.add(key)
-                        continue
-                    heapq.heappop(self._queue)
-                    del self._queued[key]
-                    self._running.add(key)
-                    return key
-                wait = self._queue[0][0] - now if self._queue else None
-                self._work.wait(wait if wait is None else max(wait, 0.001))
-            return None
-
-    def _work_loop(self) -> None:
-        while True:
-            key = self._next_job()
-            if key is None:
-                return
+    def _work_loop(self, _worker: Worker) -> None:
+        while (key := self._queue.get()) is not None:
             try:
                 self._run_detection(key)
             except Exception:
                 log.exception("detection of %s failed unexpectedly", key)
             finally:
-                with self._lock:
-                    self._running.discard(key)
-                    if key in self._deferred:
-                        self._deferred.discard(key)
-                        if key in self._entries:
-                            self._schedule(key, 0.0)
-                    self._work.notify_all()
+                self._queue.done(key)
 
     def _run_detection(self, key: str) -> None:
         with self._lock:
@@ -336,23 +251,20 @@ class Tracker:
             detection = Detection(UNKNOWN, DetectionMethod.NONE, FailureReason.INTERNAL_ERROR, repr(error))
         if not detection.pending:
             self._metrics.record_detection(detection, self._clock() - started)
-        released: list[str] = []
-        with self._lock:
+        # Gone or restarted meanwhile (the new lifetime has its own job): whatever this late attempt
+        # set up for the old launcher (daemon state) is released if nothing else uses it.
+        with self._editing() as released:
             entry = self._entries.get(key)
             discarded = entry is None or entry.vmi.target.lifetime_key != vmi.target.lifetime_key
             previous = None
             if entry is not None and not discarded:
                 if detection.pending:  # not an answer: ask again soon, publish nothing new
                     entry.pending_attempts += 1
-                    self._schedule(key, PENDING_RETRY.delay(entry.pending_attempts))
+                    self._queue.add_after(key, PENDING_RETRY.delay(entry.pending_attempts))
                 else:
                     entry.pending_attempts = 0
                     previous = self._record(key, entry, vmi, detection)
             self._unuse(vmi.target.uri, released)
-        self._announce()
-        # Gone or restarted meanwhile (the new lifetime has its own job): whatever this late attempt
-        # set up for the old launcher (daemon state) is released here if nothing else uses it.
-        self._release_all(released)
         if discarded or detection.pending:
             return
         label = _printable(f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name)
@@ -368,7 +280,7 @@ class Tracker:
             entry.failures = 0
         else:
             entry.failures += 1
-            self._schedule(key, RETRY.delay(entry.failures))
+            self._queue.add_after(key, RETRY.delay(entry.failures))
             if previous is not None and previous.ok and entry.detected_lifetime == vmi.target.lifetime_key:
                 return previous  # a retry of a known lifetime failed: keep what was learned
         entry.detection = detection

@@ -4,6 +4,12 @@ headers Prometheus sends."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+if TYPE_CHECKING:
+    from otel_vmi_hv.agent import Agent
 
 # What Debian's Prometheus 2.42 sends (recorded from the binary the tests run).
 PROMETHEUS_2_42 = (
@@ -71,3 +77,16 @@ def info_series(text: str) -> dict[tuple[str, str], dict[str, str]]:
         assert key not in series, f"duplicate series for {key}"
         series[key] = labels
     return series
+
+
+def count_collections(agent: Agent) -> list[int]:
+    """Grows at every collection of the agent's MeterProvider (an instrument of its own, no points)."""
+    made: list[int] = []
+
+    def observe(_options: CallbackOptions) -> list[Observation]:
+        made.append(1)
+        return []
+
+    assert agent.telemetry is not None
+    agent.telemetry.meter_provider.get_meter("probe").create_observable_gauge("probe", [observe])
+    return made

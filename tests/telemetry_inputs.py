@@ -6,19 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from otel_vmi_hv.interfaces import Snapshot
-from otel_vmi_hv.revision import Revision
 
 
 class FixedInputs:
-    def __init__(self, revision: Revision, snapshot: Snapshot | None = None) -> None:
-        self.revision = revision
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
         self.current = snapshot or Snapshot(0, (), 0)
         self.version = 0  # of the emulation facts, which never change here
 
     def set(self, snapshot: Snapshot) -> None:
-        """A new snapshot, announced as the tracker does: after it is in place."""
+        """A new snapshot (with a new version, as the tracker's)."""
         self.current = snapshot
-        self.revision.bump()
 
     def snapshot(self) -> Snapshot:
         return self.current

@@ -1,25 +1,13 @@
 """What /metrics answers: the format and encoding a scraper asked for, and a body reused while
-nothing changed.
+nothing it shows changed.
 
-Formats. Prometheus 2.x and 3.x ask for OpenMetrics 1.0.0 first, and the OpenTelemetry Prometheus
-exporter specification says an exporter SHOULD negotiate; anything that does not prefer OpenMetrics
-(curl, a browser, an old scraper) gets the Prometheus text format 0.0.4. ``choose_format`` follows
-RFC 9110's rules for ``Accept``: the most specific matching range gives a format its quality, q=0
-refuses it. The ``escaping`` parameter of Prometheus 3 is accepted when its scheme leaves legacy
-names as they are (``allow-utf-8``, ``underscores``, ``values``): every name and label the agent
-exposes is in the legacy character set, so the body is the same under each of them.
-
-Cache. Scrapes far outnumber changes, so the collected part of the body is rendered once per
-``Revision`` and per format, and served again while the revision stands (a format nobody asks for
-is never rendered). The process metrics change at every scrape: they are rendered fresh and
-appended, in OpenMetrics before the closing ``# EOF``.
-
-Compression. Prometheus always sends ``Accept-Encoding: gzip``. The collected part is deflated once
-(per revision and format) and its compressed bytes are kept, ending on a byte boundary (a sync
-flush); each scrape deflates only the fresh part and writes the gzip trailer, whose CRC-32 continues
-from the cached part's. The result is one ordinary gzip member: concatenated members (RFC 1952
-allows them) would have saved the CRC arithmetic, but ``curl --compressed`` stops after the first
-member and would silently drop the process metrics and ``# EOF``.
+Formats: ``choose_format`` follows RFC 9110's ``Accept`` rules (the most specific range gives a
+format its quality, q=0 refuses it); anything not preferring OpenMetrics 1.0 gets text 0.0.4, and
+Prometheus 3's ``escaping`` is accepted when it leaves legacy names as they are. Cache: the
+collected part is rendered once per format while the ``state`` read at scrape time compares equal;
+the process metrics are rendered fresh and appended. Gzip: the collected part is deflated once and
+sync-flushed; a scrape deflates only the fresh part and continues the CRC: one gzip member, since
+``curl --compressed`` reads only the first.
 """
 
 from __future__ import annotations
@@ -32,8 +20,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
-
-from otel_vmi_hv.revision import Revision
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -69,8 +55,8 @@ class Scrape:
 
 
 def _media_ranges(accept: str) -> list[tuple[str, dict[str, str], float]]:
-    """``Accept`` as (media range, parameters, quality) in the client's order; a malformed
-    quality counts as 0 (refused), as for ``accepts_gzip``."""
+    """``Accept`` (or ``Accept-Encoding``) as (media range, parameters, quality) in the client's
+    order; a malformed quality counts as 0 (refused)."""
     ranges = []
     for item in accept.split(","):
         media, _, rest = item.partition(";")
@@ -93,26 +79,17 @@ def _media_ranges(accept: str) -> list[tuple[str, dict[str, str], float]]:
 def _specificity(fmt: Format, media: str, params: dict[str, str]) -> int | None:
     """How specifically a media range names ``fmt`` (3 type and version, 2 type, 1 ``type/*``,
     0 ``*/*``), or None when it does not match."""
-    if media == "*/*":
-        return 0
-    if fmt is Format.OPENMETRICS:
-        if media == "application/*":
-            return 1
-        if media != "application/openmetrics-text":
-            return None
-        if params.get("escaping", "allow-utf-8") not in _LEGACY_PRESERVING_ESCAPING:
-            return None
-        version = params.get("version")
-        if version is None:
-            return 2
-        return 3 if version == "1.0.0" else None
-    if media == "text/*":
-        return 1
-    if media != "text/plain":
+    kind, name = ("application", "openmetrics-text") if fmt is Format.OPENMETRICS else ("text", "plain")
+    if media in ("*/*", f"{kind}/*"):
+        return 0 if media == "*/*" else 1
+    if media != f"{kind}/{name}":
         return None
-    # Any text/plain version is a request for the Prometheus text family; 0.0.4 is what is served
-    # (text 1.0.0 is a superset of it).
-    return 3 if params.get("version") == "0.0.4" else 2
+    version = params.get("version")
+    if fmt is Format.TEXT:  # any text/plain version asks for the text family; 0.0.4 is served
+        return 3 if version == "0.0.4" else 2
+    if params.get("escaping", "allow-utf-8") not in _LEGACY_PRESERVING_ESCAPING:
+        return None
+    return 2 if version is None else 3 if version == "1.0.0" else None
 
 
 def choose_format(accept: str) -> Format:
@@ -134,35 +111,16 @@ def choose_format(accept: str) -> Format:
     om, text = best.get(Format.OPENMETRICS), best.get(Format.TEXT)
     if om is None or om[1] <= 0:
         return Format.TEXT
-    if text is None or om[1] > text[1]:
-        return Format.OPENMETRICS
-    if om[1] == text[1] and (om[0], om[2]) > (text[0], text[2]):
+    if text is None or (om[1], om[0], om[2]) > (text[1], text[0], text[2]):
         return Format.OPENMETRICS
     return Format.TEXT
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
     """Whether ``Accept-Encoding`` allows gzip, honouring q-values (``gzip;q=0`` refuses it)."""
-    gzip_q: float | None = None
-    star_q: float | None = None
-    for item in accept_encoding.split(","):
-        coding, _, params = item.partition(";")
-        coding = coding.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0
-        if coding in ("gzip", "x-gzip"):
-            gzip_q = q if gzip_q is None else max(gzip_q, q)
-        elif coding == "*":
-            star_q = q
-    if gzip_q is not None:
-        return gzip_q > 0
-    return star_q is not None and star_q > 0
+    quality = {coding: q for coding, _, q in _media_ranges(accept_encoding)}
+    named = [q for coding, q in quality.items() if coding in ("gzip", "x-gzip")]
+    return max(named) > 0 if named else quality.get("*", 0) > 0
 
 
 class Deflater(Protocol):
@@ -176,9 +134,8 @@ class Deflater(Protocol):
 def raw_deflater(small: bool = False) -> Deflater:
     """A raw deflate stream (no zlib or gzip framing): the cache writes the gzip framing itself.
 
-    ``small`` is for the fresh part of a scrape, a few KiB: a 4 KiB window and the least memory
-    make the compressor ten times cheaper to set up (about 7 µs instead of 70), which is most of
-    what compressing an unchanged scrape costs.
+    ``small`` is for the fresh part of a scrape, a few KiB: a small window and the least memory
+    make the compressor much cheaper to set up (BENCHMARKS.md), most of an unchanged scrape's cost.
     """
     if small:
         return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -12, 2)
@@ -187,32 +144,33 @@ def raw_deflater(small: bool = False) -> Deflater:
 
 @dataclass(slots=True)
 class _Collected:
-    """The collected part of one format's body at one revision, and its gzip start once asked for."""
+    """The collected part of one format's body in one state, and its gzip start once asked for."""
 
-    revision: int
+    state: object
     plain: bytes
     gzip_head: bytes | None = None  # GZIP_HEADER + ``plain`` deflated and sync-flushed
     crc: int = 0  # CRC-32 of ``plain``
 
 
 class Exposition:
-    """The /metrics body per format and encoding; the collected part is cached per revision.
+    """The /metrics body per format and encoding; the collected part is cached while ``state()``
+    compares equal to what it returned before that part was collected.
 
-    ``collect(fmt)`` renders the collected families (one MeterProvider collection) and ``fresh(fmt)``
-    the families read at every scrape. Neither may do I/O beyond reading this process' own state:
-    a scrape must stay a read of snapshots.
+    ``state()`` reads the versions of everything the collected part shows, ``collect(fmt)`` renders
+    those families (one MeterProvider collection), ``fresh(fmt)`` the families read at every scrape.
+    None may do I/O beyond reading this process' own state, and ``state`` must not block.
     """
 
     def __init__(
         self,
-        revision: Revision,
+        state: Callable[[], object],
         collect: Callable[[Format], bytes],
         fresh: Callable[[Format], bytes],
         *,
         deflater: Callable[[bool], Deflater] = raw_deflater,
         gzip_min_bytes: int = GZIP_MIN_BYTES,
     ) -> None:
-        self._revision = revision
+        self._state = state
         self._collect = collect
         self._fresh = fresh
         self._deflater = deflater
@@ -227,15 +185,15 @@ class Exposition:
 
     def cached(self, accept: str, accept_encoding: str) -> Scrape | None:
         """The same answer when it needs neither a collection nor compressing the collected part
-        (the revision stands and that part is ready), else None; never waits for the lock. Made
-        for the HTTP server's event loop: what is left is reading /proc/self (no disk) and
-        compressing the fresh part, about 0.1 ms, less than handing the scrape to a thread."""
+        (the state stands and that part is ready), else None; never waits for the lock. Made for
+        the HTTP server's event loop: what is left (reading /proc/self, compressing the fresh part)
+        costs less than handing the scrape to a thread."""
         fmt, want_gzip = self._format(accept), accepts_gzip(accept_encoding)
         if not self._lock.acquire(blocking=False):
             return None  # a collection is running
         try:
             collected = self._collected.get(fmt)
-            if collected is None or collected.revision != self._revision.value:
+            if collected is None or collected.state != self._state():
                 return None
         finally:
             self._lock.release()
@@ -273,14 +231,14 @@ class Exposition:
         return Scrape(head + compressed_tail + trailer, fmt.content_type, "gzip")
 
     def _current(self, fmt: Format) -> _Collected:
-        """The collected part at the current revision, rendered now if the revision moved. The
-        revision is read before collecting, so a change racing with the collection only causes one
-        more collection later, never a stale body."""
+        """The collected part in the current state, rendered now if the state changed. The state is
+        read before collecting, so a change racing with the collection only causes one more
+        collection later, never a stale body."""
         with self._lock:
-            revision = self._revision.value
+            state = self._state()
             collected = self._collected.get(fmt)
-            if collected is None or collected.revision != revision:
-                collected = _Collected(revision, self._collect(fmt))
+            if collected is None or collected.state != state:
+                collected = _Collected(state, self._collect(fmt))
                 self._collected[fmt] = collected
             return collected
 

@@ -1,25 +1,21 @@
 """OTLP push through the SDK's own ``OTLPMetricExporter`` (gRPC or HTTP), told honestly.
 
-Transport, retries, TLS, headers, compression and timeouts are the stock exporter's, configured by
-the standard OTEL_EXPORTER_OTLP_* variables. What the agent adds is how failures reach the
-operator: the SDK logs every failed attempt of every interval, so an absent Collector would fill
-the log. Here the first failure after a success is logged once, with its reason (the gRPC status
-name, the HTTP status, a timeout or a refused connection), a change of reason is logged again,
-recovery is logged once, and every failure is counted by reason. The reason comes from the SDK's
-own log records of that export (their arguments, by type), which are then not repeated; every
-other record of those loggers passes untouched.
+Transport, retries, TLS and timeouts are the stock exporter's (the standard OTEL_EXPORTER_OTLP_*
+variables). The SDK logs every failed attempt of every interval, so an absent Collector would fill
+the log: here the first failure (and a change of reason) is logged once with its reason, recovery
+once, and every failure is counted by reason. The reason comes from the arguments of the SDK's own
+log records of that export, which are then not repeated; other records pass untouched.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections import Counter
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
-
-from otel_vmi_hv.revision import Revision
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +56,16 @@ def _exception_reason(error: BaseException) -> str:
 
 
 class ExportStatus:
-    """Whether OTLP exports work, and failures by reason (read by the failures self-metric)."""
+    """Whether OTLP exports work, and failures by reason (read by the failures self-metric);
+    ``failed``, the number of failed exports, versions what /metrics shows of it."""
 
-    def __init__(self, target: str, revision: Revision) -> None:
+    def __init__(self, target: str) -> None:
         self.target = target
-        self._revision = revision
         self._lock = threading.Lock()
         self._local = threading.local()
         self.failing_reason: str | None = None
         self.failures: Counter[str] = Counter()
+        self.failed = 0
 
     # The SDK's records of one export are captured on the exporting thread.
     def filter(self, record: logging.LogRecord) -> bool:
@@ -97,6 +94,11 @@ class ExportStatus:
             self._failed(reason, details[-1] if details else "")
         return result
 
+    def counts(self) -> dict[str, int]:
+        """Failed exports by reason, copied under the lock (the export thread adds reasons)."""
+        with self._lock:
+            return dict(self.failures)
+
     def _succeeded(self) -> None:
         with self._lock:
             was, self.failing_reason = self.failing_reason, None
@@ -107,7 +109,7 @@ class ExportStatus:
         with self._lock:
             was, self.failing_reason = self.failing_reason, reason
             self.failures[reason] += 1
-        self._revision.bump()
+            self.failed += 1
         if was != reason:
             log.warning(
                 "OTLP export to %s is failing: %s%s; retrying every interval",
@@ -126,17 +128,10 @@ def _detail(record: logging.LogRecord) -> str:
 
 def build_exporter(protocol: str, status: ExportStatus) -> MetricExporter:
     """The stock exporter for ``protocol``, reporting to ``status``; reads OTEL_EXPORTER_OTLP_*."""
-    base: type[Any]
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+    transport = "http" if protocol == "http/protobuf" else "grpc"  # only the one asked for is imported
+    base = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{transport}.metric_exporter")
 
-        base = Http
-    else:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
-
-        base = Grpc
-
-    class Exporter(base):  # type: ignore[misc]
+    class Exporter(base.OTLPMetricExporter):  # type: ignore[misc,name-defined]
         def export(
             self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
         ) -> MetricExportResult:

@@ -1,9 +1,9 @@
 """The agent's own process metrics, under the names every Prometheus exporter uses.
 
 An operator sizing the DaemonSet or chasing a leak needs the agent's memory, CPU, threads and open
-files next to its other metrics; a Prometheus client library would publish these by itself, the
-OpenTelemetry SDK does not. Values come from /proc/self at each collection (observable
-instruments), so they cost nothing between scrapes and reach both /metrics and OTLP.
+files next to its other metrics; Prometheus client libraries publish these by themselves, the
+OpenTelemetry SDK does not. Values come from /proc/self when read: as observable instruments (OTLP)
+and, for /metrics, as text rendered at every scrape outside the cached body, from one table.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import resource
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -22,16 +21,17 @@ from otel_vmi_hv.export.prometheus_text import family_header, family_name, numbe
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class ProcessSample:
-    resident_bytes: int
-    virtual_bytes: int
-    cpu_seconds: float
-    threads: int
-    start_time_seconds: float
-    open_fds: int
-    max_fds: int
+Sample = dict[str, float]  # instrument name → value
+# Instrument name (Prometheus adds the unit's word and _total): unit, counter, description.
+PROCESS_METRICS = {
+    "process_resident_memory": ("By", False, "Resident memory size in bytes."),
+    "process_virtual_memory": ("By", False, "Virtual memory size in bytes."),
+    "process_cpu": ("s", True, "Total user and system CPU time spent in seconds."),
+    "process_open_fds": ("", False, "Number of open file descriptors."),
+    "process_max_fds": ("", False, "Maximum number of open file descriptors."),
+    "process_start_time": ("s", False, "Start time of the process since unix epoch in seconds."),
+    "process_threads": ("", False, "Number of OS threads in the process."),
+}
 
 
 @functools.cache
@@ -41,136 +41,74 @@ def _boot_time(proc: str) -> float:
         return float(next(line.split()[1] for line in stat if line.startswith("btime ")))
 
 
-def read_process(proc: str = "/proc", pid: str = "self") -> ProcessSample:
+def read_process(proc: str = "/proc", pid: str = "self") -> Sample:
     """One reading of /proc/<pid>/stat and /proc/<pid>/fd (man 5 proc)."""
     with open(f"{proc}/{pid}/stat") as stat:
         # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
         fields = stat.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    # fields[0] is field 3 (state) of the man page, so field n is fields[n - 3].
-    utime, stime = int(fields[11]), int(fields[12])
-    threads, start_ticks = int(fields[17]), int(fields[19])
-    virtual, resident_pages = int(fields[20]), int(fields[21])
-    open_fds = len(os.listdir(f"{proc}/{pid}/fd"))
     max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return ProcessSample(
-        resident_bytes=resident_pages * os.sysconf("SC_PAGE_SIZE"),
-        virtual_bytes=virtual,
-        cpu_seconds=(utime + stime) / ticks,
-        threads=threads,
-        start_time_seconds=_boot_time(proc) + start_ticks / ticks,
-        open_fds=open_fds,
-        max_fds=max_fds if max_fds != resource.RLIM_INFINITY else -1,
-    )
+    # fields[0] is field 3 (state) of the man page, so field n is fields[n - 3].
+    return {
+        "process_resident_memory": int(fields[21]) * os.sysconf("SC_PAGE_SIZE"),
+        "process_virtual_memory": int(fields[20]),
+        "process_cpu": (int(fields[11]) + int(fields[12])) / ticks,
+        "process_open_fds": len(os.listdir(f"{proc}/{pid}/fd")),
+        "process_max_fds": max_fds if max_fds != resource.RLIM_INFINITY else -1,
+        "process_start_time": _boot_time(proc) + int(fields[19]) / ticks,
+        "process_threads": int(fields[17]),
+    }
 
 
-class _Latest:
-    """One /proc reading per collection, shared by all seven callbacks (they run back to back)."""
-
-    def __init__(self, read: Callable[[], ProcessSample]) -> None:
-        self._read = read
-        self._sample: ProcessSample | None = None
-        self._served: set[str] = set()
-        self._lock = threading.Lock()  # the Prometheus and OTLP readers may collect at once
-
-    def get(self, name: str) -> ProcessSample | None:
-        with self._lock:
-            return self._get(name)
-
-    def _get(self, name: str) -> ProcessSample | None:
-        if self._sample is None or name in self._served:
-            try:
-                self._sample = self._read()
-            except (OSError, ValueError, IndexError) as error:
-                log.debug("cannot read process metrics: %s", error)
-                self._sample = None
-            self._served = set()
-        self._served.add(name)
-        return self._sample
+def _read(read: Callable[[], Sample]) -> Sample:
+    try:
+        return read()
+    except (OSError, ValueError, IndexError) as error:
+        log.debug("cannot read process metrics: %s", error)
+        return {}
 
 
-@dataclass(frozen=True, slots=True)
-class _Metric:
-    name: str  # the OpenTelemetry instrument name; Prometheus adds the unit's word and _total
-    unit: str
-    counter: bool
-    description: str
-    value: Callable[[ProcessSample], float]
+def register_process_metrics(meter: Meter, read: Callable[[], Sample] = read_process) -> None:
+    """The observable instruments (the OTLP path): one /proc reading per collection, shared by all
+    seven callbacks (they run back to back; a name asked again starts a new reading)."""
+    lock = threading.Lock()  # the Prometheus and OTLP readers may collect at once
+    latest: Sample = {}
+    served: set[str] = set()
 
-
-PROCESS_METRICS = (
-    _Metric(
-        "process_resident_memory", "By", False, "Resident memory size in bytes.", lambda s: s.resident_bytes
-    ),
-    _Metric(
-        "process_virtual_memory", "By", False, "Virtual memory size in bytes.", lambda s: s.virtual_bytes
-    ),
-    _Metric(
-        "process_cpu", "s", True, "Total user and system CPU time spent in seconds.", lambda s: s.cpu_seconds
-    ),
-    _Metric("process_open_fds", "", False, "Number of open file descriptors.", lambda s: s.open_fds),
-    _Metric("process_max_fds", "", False, "Maximum number of open file descriptors.", lambda s: s.max_fds),
-    _Metric(
-        "process_start_time",
-        "s",
-        False,
-        "Start time of the process since unix epoch in seconds.",
-        lambda s: s.start_time_seconds,
-    ),
-    _Metric("process_threads", "", False, "Number of OS threads in the process.", lambda s: s.threads),
-)
-
-
-def register_process_metrics(meter: Meter, read: Callable[[], ProcessSample] = read_process) -> None:
-    """Create the observable instruments (the OTLP path); exposed as process_resident_memory_bytes,
-    process_virtual_memory_bytes, process_cpu_seconds_total, process_open_fds, process_max_fds,
-    process_start_time_seconds and process_threads."""
-    latest = _Latest(read)
-
-    def observe(metric: _Metric) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
-            sample = latest.get(metric.name)
-            return [] if sample is None else [Observation(metric.value(sample))]
+            with lock:
+                if not latest or name in served:
+                    served.clear()
+                    latest.clear()
+                    latest.update(_read(read))
+                served.add(name)
+                return [Observation(latest[name])] if name in latest else []
 
         return callback
 
-    for metric in PROCESS_METRICS:
-        create = meter.create_observable_counter if metric.counter else meter.create_observable_gauge
-        create(metric.name, [observe(metric)], unit=metric.unit, description=metric.description)
+    for name, (unit, counter, description) in PROCESS_METRICS.items():
+        create = meter.create_observable_counter if counter else meter.create_observable_gauge
+        create(name, [observe(name)], unit=unit, description=description)
 
 
-def _layout(metric: _Metric, openmetrics: bool) -> tuple[str, str]:
+def _layout(name: str, openmetrics: bool) -> str:
     """One metric's HELP/TYPE(/UNIT) lines and sample name, which never change."""
-    name = family_name(metric.name, metric.unit)
-    if metric.counter:
-        base = name.removesuffix("_total")
-        family = base if openmetrics else base + "_total"
-        header = family_header(
-            family, "counter", metric.description, unit_word(base, metric.unit), openmetrics
-        )
-        return "\n".join(header) + "\n", base + "_total"
-    header = family_header(name, "gauge", metric.description, unit_word(name, metric.unit), openmetrics)
-    return "\n".join(header) + "\n", name
+    unit, counter, description = PROCESS_METRICS[name]
+    base = family_name(name, unit).removesuffix("_total")
+    sample = f"{base}_total" if counter else base
+    family = base if openmetrics or not counter else sample
+    kind = "counter" if counter else "gauge"
+    return "\n".join([*family_header(family, kind, description, unit_word(base, unit), openmetrics), sample])
 
 
 # Rendered once: a scrape only formats the values (naming costs more than reading /proc/self).
-_LAYOUTS = {openmetrics: [_layout(m, openmetrics) for m in PROCESS_METRICS] for openmetrics in (False, True)}
+_LAYOUTS = {om: {name: _layout(name, om) for name in PROCESS_METRICS} for om in (False, True)}
 
 
-def prometheus_text(read: Callable[[], ProcessSample] = read_process, openmetrics: bool = False) -> bytes:
-    """The same metrics in the Prometheus text format (or OpenMetrics families), read now.
-
-    /metrics serves its body from a cache while the VMIs do not change; these values change at
-    every scrape, so they are rendered apart from it, from the same table as the instruments. The
-    CPU counter has no ``_created`` in OpenMetrics: like every Prometheus client's process
-    collector, it is not an SDK point with a start time.
-    """
-    try:
-        sample = read()
-    except (OSError, ValueError, IndexError) as error:
-        log.debug("cannot read process metrics: %s", error)
-        return b""
-    return "".join(
-        f"{header}{sample_name} {number(metric.value(sample))}\n"
-        for metric, (header, sample_name) in zip(PROCESS_METRICS, _LAYOUTS[openmetrics], strict=True)
-    ).encode()
+def prometheus_text(read: Callable[[], Sample] = read_process, openmetrics: bool = False) -> bytes:
+    """The same metrics in the Prometheus text format (or OpenMetrics families), read now. The CPU
+    counter has no ``_created`` in OpenMetrics: like every Prometheus client's process collector,
+    it is not an SDK point with a start time."""
+    sample, layouts = _read(read), _LAYOUTS[openmetrics]
+    return "".join(f"{layouts[n]} {number(sample[n])}\n" for n in PROCESS_METRICS if n in sample).encode()

@@ -1,15 +1,11 @@
 """A MetricReader that renders the Prometheus text format (0.0.4) or OpenMetrics 1.0 straight from
 MetricsData.
 
-It is a plain SDK ``MetricReader`` on the agent's one MeterProvider, fed by the same collections
-as the OTLP reader. The stock ``PrometheusMetricReader`` would do, but it renders every scope it
-is given; this one can leave out the process metrics, which /metrics renders fresh per scrape
-while the rest of the body is reused until something changes (see ``telemetry.py``).
-
-The naming rules are the OpenTelemetry specification's Prometheus compatibility rules, written
-here rather than imported from the exporter's private ``_mapping`` module, and kept equal to the
-stock exporter's output by a conformance test (tests/unit/test_prometheus_text.py). Series are
-sorted, so a body depends only on the collected state, never on insertion history.
+A plain SDK ``MetricReader`` on the agent's one MeterProvider: unlike the stock
+``PrometheusMetricReader`` it can leave out the process metrics, which /metrics renders fresh per
+scrape while the rest of the body is reused. The naming rules are the OpenTelemetry specification's
+(the exporter's ``_mapping`` module is private), kept equal to the stock exporter's output by a
+test. Series are sorted, so a body depends only on the collected state.
 """
 
 from __future__ import annotations
@@ -32,44 +28,20 @@ from opentelemetry.sdk.metrics.export import (
 _INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9:]+")
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9]+")
 _UNIT_ANNOTATION = re.compile(r"{.*}")
+
+
+def _table(pairs: str) -> dict[str, str]:
+    return {key: value for key, _, value in (pair.partition("=") for pair in pairs.split())}
+
+
 # UCUM units to the words Prometheus names end in; "1" (a ratio) adds nothing.
-_UNIT_WORDS = {
-    "d": "days",
-    "h": "hours",
-    "min": "minutes",
-    "s": "seconds",
-    "ms": "milliseconds",
-    "us": "microseconds",
-    "ns": "nanoseconds",
-    "By": "bytes",
-    "KiBy": "kibibytes",
-    "MiBy": "mebibytes",
-    "GiBy": "gibibytes",
-    "TiBy": "tibibytes",
-    "KBy": "kilobytes",
-    "MBy": "megabytes",
-    "GBy": "gigabytes",
-    "TBy": "terabytes",
-    "m": "meters",
-    "V": "volts",
-    "A": "amperes",
-    "J": "joules",
-    "W": "watts",
-    "g": "grams",
-    "Cel": "celsius",
-    "Hz": "hertz",
-    "1": "",
-    "%": "percent",
-}
-_PER_UNIT_WORDS = {
-    "s": "second",
-    "m": "minute",
-    "h": "hour",
-    "d": "day",
-    "w": "week",
-    "mo": "month",
-    "y": "year",
-}
+_UNIT_WORDS = _table(
+    "d=days h=hours min=minutes s=seconds ms=milliseconds us=microseconds ns=nanoseconds By=bytes "
+    "KiBy=kibibytes MiBy=mebibytes GiBy=gibibytes TiBy=tibibytes KBy=kilobytes MBy=megabytes "
+    "GBy=gigabytes TBy=terabytes m=meters V=volts A=amperes J=joules W=watts g=grams Cel=celsius "
+    "Hz=hertz 1= %=percent"
+)
+_PER_UNIT_WORDS = _table("s=second m=minute h=hour d=day w=week mo=month y=year")
 
 
 def _leading_digit(text: str) -> str:
@@ -105,14 +77,10 @@ def family_name(name: str, unit: str) -> str:
     return sanitized
 
 
-def _escape_help(text: str, openmetrics: bool = False) -> str:
+def _escape(text: str, quote: bool = True) -> str:
     # OpenMetrics escapes the double quote in HELP as well; text 0.0.4 would show the backslash.
     text = text.replace("\\", r"\\").replace("\n", r"\n")
-    return text.replace('"', r"\"") if openmetrics else text
-
-
-def _escape_value(text: str) -> str:
-    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return text.replace('"', r"\"") if quote else text
 
 
 def number(value: float) -> str:
@@ -143,8 +111,7 @@ def _value_text(value: Any) -> str:
 
 def labels_text(attributes: Mapping[str, Any], extra: str = "") -> str:
     parts = [
-        f'{label_name(key)}="{_escape_value(_value_text(value))}"'
-        for key, value in sorted(attributes.items())
+        f'{label_name(key)}="{_escape(_value_text(value))}"' for key, value in sorted(attributes.items())
     ]
     if extra:
         parts.append(extra)
@@ -162,7 +129,7 @@ def family_header(
     name: str, kind: str, description: str, unit: str = "", openmetrics: bool = False
 ) -> list[str]:
     """HELP and TYPE (and in OpenMetrics UNIT, when ``unit`` is given) of one family."""
-    lines = [f"# HELP {name} {_escape_help(description, openmetrics)}", f"# TYPE {name} {kind}"]
+    lines = [f"# HELP {name} {_escape(description, quote=openmetrics)}", f"# TYPE {name} {kind}"]
     if openmetrics and unit:
         lines.append(f"# UNIT {name} {unit}")
     return lines
@@ -218,16 +185,13 @@ def _family(metric: Any, openmetrics: bool) -> list[str]:
 def _counter(
     base: str, unit: str, description: str, points: list[tuple[str, Any]], openmetrics: bool
 ) -> list[str]:
-    if not openmetrics:
-        # Text 0.0.4 names the family after its samples.
-        return [
-            *family_header(f"{base}_total", "counter", description),
-            *(f"{base}_total{labels} {number(p.value)}" for labels, p in points),
-        ]
-    lines = family_header(base, "counter", description, unit_word(base, unit), openmetrics)
+    # Text 0.0.4 names the family after its samples; OpenMetrics adds each series' _created.
+    family = base if openmetrics else f"{base}_total"
+    lines = family_header(family, "counter", description, unit_word(base, unit), openmetrics)
     for labels, point in points:
         lines.append(f"{base}_total{labels} {number(point.value)}")
-        lines.append(f"{base}_created{labels} {_created(point)}")
+        if openmetrics:
+            lines.append(f"{base}_created{labels} {_created(point)}")
     return lines
 
 

@@ -1,24 +1,13 @@
 """The OpenTelemetry resource: which agent is reporting, with the operator's values first.
 
-Precedence, highest first (README "Resource attributes"):
-
-1. ``OTEL_SERVICE_NAME`` for ``service.name``;
-2. every attribute of ``OTEL_RESOURCE_ATTRIBUTES`` (``service.name`` included);
-3. what the agent detects: ``service.name`` ``otel-vmi-hv``, ``service.version``, ``k8s.node.name``,
-   ``host.name`` and a stable ``service.instance.id``;
-4. the SDK's own attributes (``telemetry.sdk.*``) and those of the detectors named in
-   ``OTEL_EXPERIMENTAL_RESOURCE_DETECTORS``.
-
-The SDK's ``Resource.create(attributes)`` merges explicit attributes *over* the environment, which is
-right for an application's code but wrong for a packaged agent: an operator could not rename it or
-correct its host. So the layers are merged here in the order above, with the SDK's public
-``Resource.create``, ``OTELResourceDetector`` and ``Resource.merge``.
-
-``service.instance.id`` must stay the same across restarts, or every restart starts new series in an
-OTLP backend (the Collector's Prometheus exporter keys series on job and instance). In a pod it is
-``<k8s.namespace.name>.<k8s.pod.name>.<k8s.container.name>``, the semantic conventions' recipe for
-Kubernetes (the container restart count is left out on purpose); elsewhere a UUID version 5 of the
-host name and the libvirt URI, in the namespace the conventions give for derived instance ids.
+Precedence, highest first (README "Resource attributes"): ``OTEL_SERVICE_NAME``; every attribute of
+``OTEL_RESOURCE_ATTRIBUTES``; what the agent detects (``service.name``, ``service.version``,
+``k8s.node.name``, ``host.name``, a stable ``service.instance.id``); the SDK's own attributes and
+detectors. The SDK's ``Resource.create(attributes)`` merges code *over* the environment, so an
+operator could not rename the agent: the layers are merged here in that order instead.
+``service.instance.id`` survives restarts (else each restart starts new series in an OTLP backend):
+``<namespace>.<pod>.<container>`` in a pod, as the semantic conventions recipe for Kubernetes
+says, else a UUID version 5 of the host name and the libvirt URI.
 """
 
 from __future__ import annotations

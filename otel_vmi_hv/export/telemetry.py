@@ -7,7 +7,6 @@ instruments live in ``vmi_instruments`` (per VMI), ``self_metrics`` and ``proces
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Exemplar, ExemplarReservoir, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
+    MetricExporter,
     MetricReader,
     PeriodicExportingMetricReader,
 )
@@ -32,7 +32,7 @@ from otel_vmi_hv.export.sdk_state import AttributeStatePruner
 from otel_vmi_hv.export.self_metrics import SelfMetrics
 from otel_vmi_hv.export.vmi_instruments import INFO_METRIC, VmiInstruments
 from otel_vmi_hv.interfaces import ConnectionStates, EmulationFacts, Snapshots
-from otel_vmi_hv.revision import Revision
+from otel_vmi_hv.worker import run_once
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,13 @@ def _no_exemplars(_aggregation_type: type) -> Callable[..., ExemplarReservoir]:
     return lambda *_args, **_kwargs: _NoExemplars()
 
 
-def _process_part(fmt: Format) -> bytes:
-    return process_text(openmetrics=fmt is Format.OPENMETRICS)
-
-
 class Telemetry:
     """Owns the MeterProvider; built once at start, shut down once at exit."""
 
-    def __init__(
-        self, settings: Settings, revision: Revision, *, extra_readers: Sequence[MetricReader] = ()
-    ) -> None:
-        self._revision = revision
-        self.prometheus_collections = 0  # full collections made for /metrics (tests, benchmarks)
-        self.exposition = Exposition(revision, self._collect_for_scrape, _process_part)
+    def __init__(self, settings: Settings, *, extra_readers: Sequence[MetricReader] = ()) -> None:
+        self._vmi_state: Callable[[], object] = tuple
+        fresh = lambda fmt: process_text(openmetrics=fmt is Format.OPENMETRICS)  # noqa: E731
+        self.exposition = Exposition(self._state, self._collect_for_scrape, fresh)
 
         readers: list[MetricReader] = list(extra_readers)
         self._prometheus: PrometheusTextReader | None = None
@@ -76,23 +70,20 @@ class Telemetry:
             self._prometheus = PrometheusTextReader(skip_scopes={PROCESS_SCOPE})
             readers.append(self._prometheus)
         self.export_status: ExportStatus | None = None
+        exporters: list[MetricExporter] = []
         if settings.exports_otlp:
-            self.export_status = ExportStatus(settings.otlp_endpoint or "the default endpoint", revision)
-            readers.append(
-                PeriodicExportingMetricReader(
-                    build_exporter(settings.otlp_protocol, self.export_status),
-                    export_interval_millis=settings.export_interval_ms,
-                    export_timeout_millis=settings.export_timeout_ms,
-                )
-            )
+            self.export_status = ExportStatus(settings.otlp_endpoint or "the default endpoint")
+            exporters.append(build_exporter(settings.otlp_protocol, self.export_status))
         if "console" in settings.metrics_exporters:
-            readers.append(
-                PeriodicExportingMetricReader(
-                    ConsoleMetricExporter(),
-                    export_interval_millis=settings.export_interval_ms,
-                    export_timeout_millis=settings.export_timeout_ms,
-                )
+            exporters.append(ConsoleMetricExporter())
+        readers += [
+            PeriodicExportingMetricReader(
+                exporter,
+                export_interval_millis=settings.export_interval_ms,
+                export_timeout_millis=settings.export_timeout_ms,
             )
+            for exporter in exporters
+        ]
         self.meter_provider = MeterProvider(
             metric_readers=readers,
             resource=build_resource(settings),
@@ -108,8 +99,7 @@ class Telemetry:
         )
         self._meter = self.meter_provider.get_meter("otel_vmi_hv", __version__)
         register_process_metrics(self.meter_provider.get_meter(PROCESS_SCOPE, __version__))
-        self.self_metrics = SelfMetrics(self._meter, revision, self.export_status)
-        self.pruner: AttributeStatePruner | None = None
+        self.self_metrics = SelfMetrics(self._meter, self.export_status)
 
     def register_vmi_instruments(
         self, snapshots: Snapshots, connections: ConnectionStates, facts: EmulationFacts
@@ -118,19 +108,20 @@ class Telemetry:
 
         Called once, at start, when the tracker and the facts exist; the instruments only read them.
         """
-        self.pruner = AttributeStatePruner(self.meter_provider, INFO_METRIC)
-        VmiInstruments(snapshots, connections, facts, self.pruner).register(self._meter)
-        self._revision.bump()
+        pruner = AttributeStatePruner(self.meter_provider, INFO_METRIC)
+        VmiInstruments(snapshots, connections, facts, pruner).register(self._meter)
+        self._vmi_state = lambda: (snapshots.snapshot().version, connections.states(), facts.version)
+
+    def _state(self) -> object:
+        """The version of everything the collected part of /metrics shows, read at each scrape:
+        /metrics serves its last body again while this compares equal (see ``exposition.py``)."""
+        return self.self_metrics.version, self._vmi_state()
 
     # ------------------------------------------------------------------ outputs
 
     def scrape(self, accept: str = "", accept_encoding: str = "") -> Scrape:
-        """The /metrics answer for these request headers: OpenMetrics or text 0.0.4, gzipped or not.
-
-        Scrapes far outnumber changes, so the collected part of the body is kept per format while
-        the revision has not moved (see ``exposition.py``); the process metrics change at every
-        scrape and are read and appended fresh, outside that cache.
-        """
+        """The /metrics answer for these request headers: OpenMetrics or text 0.0.4, gzipped or not;
+        a collection only when ``_state`` changed."""
         if self._prometheus is None:
             raise LookupError("the prometheus exporter is not enabled (OTEL_METRICS_EXPORTER)")
         return self.exposition.scrape(accept, accept_encoding)
@@ -138,9 +129,7 @@ class Telemetry:
     def scrape_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
         """``scrape`` when it needs no collection and never waits (see ``Exposition.cached``), else
         None: the HTTP server answers that on its event loop, without a thread hop."""
-        if self._prometheus is None:
-            return None
-        return self.exposition.cached(accept, accept_encoding)
+        return None if self._prometheus is None else self.exposition.cached(accept, accept_encoding)
 
     def render_prometheus(self) -> bytes:
         """The /metrics body in Prometheus text format 0.0.4, uncompressed."""
@@ -148,25 +137,12 @@ class Telemetry:
 
     def _collect_for_scrape(self, fmt: Format) -> bytes:
         assert self._prometheus is not None
-        body = self._prometheus.render(openmetrics=fmt is Format.OPENMETRICS)
-        self.prometheus_collections += 1
-        return body
+        return self._prometheus.render(openmetrics=fmt is Format.OPENMETRICS)
 
     def shutdown(self, timeout: float) -> None:
         """Final OTLP export and reader shutdown, bounded by ``timeout`` seconds."""
         started = time.monotonic()
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                self.meter_provider.shutdown(timeout_millis=timeout * 1000)
-            except Exception:
-                log.warning("MeterProvider shutdown failed", exc_info=True)
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="otel-shutdown", daemon=True).start()
-        if not done.wait(timeout):
+        if not run_once("otel-shutdown", lambda: self.meter_provider.shutdown(timeout * 1000)).join(timeout):
             log.warning("telemetry shutdown did not finish within %.1fs; exiting anyway", timeout)
         else:
             log.debug("telemetry shut down in %.3fs", time.monotonic() - started)

@@ -19,7 +19,6 @@ from otel_vmi_hv.export.exposition import (
     choose_format,
     raw_deflater,
 )
-from otel_vmi_hv.revision import Revision
 from tests.exposition import (
     PROMETHEUS_2_42,
     PROMETHEUS_2_55,
@@ -135,8 +134,21 @@ class Fresh:
         return b"process_cpu_seconds_total %d.0\n" % self.calls
 
 
+class State:
+    """What the owner of the cache reads at scrape time; ``change`` stands for any input changing."""
+
+    def __init__(self) -> None:
+        self.version = 0
+
+    def __call__(self) -> int:
+        return self.version
+
+    def change(self) -> None:
+        self.version += 1
+
+
 def _exposition(
-    revision: Revision | None = None, collect: Callable[[Format], bytes] | None = None
+    state: State | None = None, collect: Callable[[Format], bytes] | None = None
 ) -> tuple[Exposition, Fresh, CountingDeflaters, list[Format]]:
     collected: list[Format] = []
 
@@ -145,7 +157,7 @@ def _exposition(
         return COLLECTED
 
     fresh, deflaters = Fresh(), CountingDeflaters()
-    exposition = Exposition(revision or Revision(), collect or default_collect, fresh, deflater=deflaters)
+    exposition = Exposition(state or State(), collect or default_collect, fresh, deflater=deflaters)
     return exposition, fresh, deflaters, collected
 
 
@@ -185,10 +197,10 @@ def test_a_second_unchanged_gzip_scrape_compresses_only_the_fresh_part() -> None
 
 
 def test_a_change_collects_and_compresses_the_new_body_once() -> None:
-    revision = Revision()
-    exposition, _, deflaters, collected = _exposition(revision)
+    state = State()
+    exposition, _, deflaters, collected = _exposition(state)
     exposition.render(TEXT, want_gzip=True)
-    revision.bump()
+    state.change()
     before = deflaters.fed
     exposition.render(TEXT, want_gzip=True)
     assert deflaters.fed - before > len(COLLECTED)
@@ -204,12 +216,12 @@ def test_unchanged_plain_scrapes_are_the_same_bytes_and_collect_once_per_format(
     assert bodies[0] == COLLECTED + b"process_cpu_seconds_total 1.0\n"
     assert bodies[1] == COLLECTED + b"process_cpu_seconds_total 2.0\n# EOF\n"
     assert bodies[2][: len(COLLECTED)] == bodies[0][: len(COLLECTED)]
-    assert collected == [TEXT, OM], "one collection per format while the revision stands"
+    assert collected == [TEXT, OM], "one collection per format while the state stands"
     assert deflaters.made == 0, "nothing compressed when nobody asked for gzip"
 
 
 def test_small_bodies_are_not_compressed() -> None:
-    exposition = Exposition(Revision(), lambda _fmt: b"up 1.0\n", lambda _fmt: b"")
+    exposition = Exposition(State(), lambda _fmt: b"up 1.0\n", lambda _fmt: b"")
     scrape = exposition.scrape(PROMETHEUS_3, "gzip")
     assert scrape.encoding is None and scrape.body == b"up 1.0\n# EOF\n"
 
@@ -252,8 +264,8 @@ def test_a_failed_collection_is_not_cached() -> None:
 
 
 def test_cached_answers_only_what_needs_no_collection_and_no_compression_of_the_collected_part() -> None:
-    revision = Revision()
-    exposition, _, deflaters, collected = _exposition(revision)
+    state = State()
+    exposition, _, deflaters, collected = _exposition(state)
     assert exposition.cached(PROMETHEUS_3, "gzip") is None, "nothing collected yet"
     exposition.scrape(PROMETHEUS_3, "")  # collected, not yet compressed
     plain = exposition.cached(PROMETHEUS_3, "")
@@ -267,13 +279,13 @@ def test_cached_answers_only_what_needs_no_collection_and_no_compression_of_the_
     assert _one_member(answer.body).endswith(b"# EOF\n")
     assert deflaters.fed - fed < 64, "only the fresh part compressed"
     assert exposition.cached("", "") is None, "text was never collected"
-    revision.bump()
-    assert exposition.cached(PROMETHEUS_3, "gzip") is None, "the revision moved"
+    state.change()
+    assert exposition.cached(PROMETHEUS_3, "gzip") is None, "the state changed"
     assert collected == [OM]
 
 
 def test_cached_never_waits_for_a_running_collection() -> None:
-    revision = Revision()
+    state = State()
     entered, release = threading.Event(), threading.Event()
     slow = [False]
 
@@ -283,10 +295,10 @@ def test_cached_never_waits_for_a_running_collection() -> None:
             assert release.wait(10)
         return COLLECTED
 
-    exposition, _, _, _ = _exposition(revision, collect)
+    exposition, _, _, _ = _exposition(state, collect)
     exposition.scrape("", "")
     slow[0] = True
-    revision.bump()
+    state.change()
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(exposition.scrape, "", "")
         assert entered.wait(5)

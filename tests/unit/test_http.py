@@ -18,7 +18,6 @@ import pytest
 
 from otel_vmi_hv.config import load_settings
 from otel_vmi_hv.export.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition, Scrape
-from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.server import HttpServer, ListenError, Readiness, ServerLimits, limits_from
 from tests.agent_process import exchange, wait_until
 
@@ -146,7 +145,7 @@ def test_scrapes_beyond_max_requests_get_503_while_healthz_still_answers() -> No
 
 
 def test_metrics_vary_on_accept_and_accept_encoding_and_gzip_decodes_to_the_same_body() -> None:
-    exposition = Exposition(Revision(), lambda _fmt: BODY, lambda _fmt: b"")
+    exposition = Exposition(lambda: 0, lambda _fmt: BODY, lambda _fmt: b"")
     server = HttpServer("127.0.0.1", 0, exposition.scrape, Readiness())
     server.start()
     try:

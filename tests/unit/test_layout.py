@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "otel_vmi_hv"
 
 # Bottom to top, as docs/architecture.md states them.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"__init__", "model", "revision", "backoff", "interfaces", "worker", "fields"}),
+    frozenset({"__init__", "model", "delay_queue", "backoff", "interfaces", "worker", "fields"}),
     frozenset({"config"}),
     frozenset({"detection"}),
     frozenset({"sources"}),

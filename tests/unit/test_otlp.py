@@ -21,7 +21,6 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metric
 from otel_vmi_hv.config import load_settings
 from otel_vmi_hv.export.otlp import failure_reason
 from otel_vmi_hv.export.telemetry import Telemetry
-from otel_vmi_hv.revision import Revision
 from tests.exposition import parse_samples
 
 FAILURES = "otel_vmi_hv_otlp_export_failures_total"
@@ -61,7 +60,7 @@ def _telemetry(monkeypatch: pytest.MonkeyPatch, endpoint: str, protocol: str) ->
     }
     for name, value in env.items():  # the SDK exporter reads the environment itself
         monkeypatch.setenv(name, value)
-    telemetry = Telemetry(load_settings(env), Revision())
+    telemetry = Telemetry(load_settings(env))
     telemetry.self_metrics.record_relist()  # something to export
     return telemetry
 

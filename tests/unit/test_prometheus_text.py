@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
@@ -20,7 +21,6 @@ from otel_vmi_hv.export.prometheus_text import PrometheusTextReader, family_name
 from otel_vmi_hv.export.telemetry import Telemetry
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, FailureReason, LibvirtTarget, Series
-from otel_vmi_hv.revision import Revision
 from tests.exposition import PROMETHEUS_3, parse_samples
 from tests.peers import require
 
@@ -28,12 +28,12 @@ ODD_NAMES = ["plain", 'with "quotes"', "back\\slash", "new\nline", "ünïcödé-
 
 
 class State:
-    """Stands in for the tracker and the libvirt connections; changes bump the shared revision."""
+    """Stands in for the tracker, the libvirt connections and the emulation facts."""
 
-    def __init__(self, revision: Revision) -> None:
-        self.revision = revision
+    def __init__(self) -> None:
         self.current = Snapshot(0, (), 0)
-        self.version = 0  # of the emulation facts, which never change here
+        self.version = 0  # of the emulation facts
+        self.reason = "node_without_kvm"
         self.connection_states: dict[str, str] = {}
 
     def set_rows(self, rows: list[Series]) -> None:
@@ -43,17 +43,19 @@ class State:
             if row.hypervisor_type == "qemu-tcg"
         )
         self.current = Snapshot(self.current.version + 1, tuple(rows), 0, 0, emulated)
-        self.revision.bump()
 
     def set_states(self, states: dict[str, str]) -> None:
-        self.connection_states = states
-        self.revision.bump()
+        self.connection_states = dict(states)
+
+    def set_reason(self, reason: str) -> None:
+        self.reason = reason
+        self.version += 1
 
     def snapshot(self) -> Snapshot:
         return self.current
 
     def states(self) -> dict[str, str]:
-        return self.connection_states
+        return dict(self.connection_states)
 
     def node_kvm_available(self) -> bool | None:
         return False
@@ -62,9 +64,7 @@ class State:
         return ("kvm", False)
 
     def explanations(self) -> dict[str, tuple[str, str]]:
-        return {
-            vmi.key: ("node_without_kvm", "no devices.kubevirt.io/kvm") for _, vmi in self.current.emulated
-        }
+        return {vmi.key: (self.reason, "no devices.kubevirt.io/kvm") for _, vmi in self.current.emulated}
 
     def follow(self, snapshots: object) -> None:
         """The snapshot is set by the test itself."""
@@ -93,18 +93,28 @@ class State:
 
 @pytest.fixture
 def setup() -> Iterator[tuple[Telemetry, State, CollectorRegistry]]:
-    revision = Revision()
-    state = State(revision)
+    state = State()
     registry = CollectorRegistry(auto_describe=False)
     stock = PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=registry)
     telemetry = Telemetry(
         load_settings({"OTEL_METRICS_EXPORTER": "prometheus", "NODE_NAME": "n"}),
-        revision,
         extra_readers=[stock],
     )
     telemetry.register_vmi_instruments(state, state, state)
     yield telemetry, state, registry
     telemetry.shutdown(2)
+
+
+def collections(telemetry: Telemetry) -> list[int]:
+    """Grows by one at every collection of the MeterProvider (an instrument with no points)."""
+    made: list[int] = []
+
+    def observe(_options: CallbackOptions) -> list[Observation]:
+        made.append(1)
+        return []
+
+    telemetry.meter_provider.get_meter("probe").create_observable_gauge("probe", [observe])
+    return made
 
 
 def telemetry_rows(state: State) -> tuple[Series, ...]:
@@ -209,9 +219,9 @@ def test_cached_body_is_byte_identical_to_a_fresh_collection(setup) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
     first = telemetry.render_prometheus()
-    collections = telemetry.prometheus_collections
+    made = collections(telemetry)
     second = telemetry.render_prometheus()
-    assert telemetry.prometheus_collections == collections, "unchanged state must not collect again"
+    assert not made, "unchanged state must not collect again"
     assert _collected(second) == _collected(first)
     assert telemetry._prometheus is not None
     assert telemetry._prometheus.render() == _collected(first)
@@ -229,7 +239,10 @@ def test_process_metrics_are_fresh_at_every_scrape_of_an_unchanged_state(setup) 
     assert after == before + 3, "three more threads, seen without any VMI change"
 
 
-@pytest.mark.parametrize("change", ["snapshot", "detection", "connection", "sync", "relist", "label"])
+@pytest.mark.parametrize(
+    "change",
+    ["snapshot", "detection", "connection", "sync", "relist", "label", "facts", "event", "handler_error"],
+)
 def test_any_change_invalidates_the_cached_body(setup, change: str) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
@@ -244,6 +257,12 @@ def test_any_change_invalidates_the_cached_body(setup, change: str) -> None:
         telemetry.self_metrics.record_sync(1_790_000_100.0)
     elif change == "label":
         telemetry.self_metrics.record_label_replaced()
+    elif change == "facts":
+        state.set_reason("kvm_not_requested")
+    elif change == "event":
+        telemetry.self_metrics.record_event("written")
+    elif change == "handler_error":
+        telemetry.self_metrics.record_handler_error()
     else:
         telemetry.self_metrics.record_relist()
     after = telemetry.render_prometheus()
@@ -409,16 +428,17 @@ def test_each_format_is_cached_apart_and_byte_identical_to_a_fresh_collection(se
     telemetry, state, _ = setup
     _fill(telemetry, state)
     text, om = telemetry.render_prometheus(), _openmetrics(telemetry).encode()
-    collections = telemetry.prometheus_collections
+    made = collections(telemetry)
     for _ in range(3):
         assert _collected(telemetry.render_prometheus()) == _collected(text)
         assert _collected(_openmetrics(telemetry).encode()) == _collected(om)
-    assert telemetry.prometheus_collections == collections, "unchanged state must not collect again"
+    assert not made, "unchanged state must not collect again"
     assert telemetry._prometheus is not None
     assert telemetry._prometheus.render(openmetrics=True) == _collected(om)
     assert telemetry._prometheus.render() == _collected(text)
+    made.clear()  # the two direct renders above collected
     state.set_rows([Series("kvm", "only", "a", "node-1")])
     assert _collected(_openmetrics(telemetry).encode()) != _collected(om)
-    assert telemetry.prometheus_collections == collections + 1, "only the format asked for is collected"
+    assert len(made) == 1, "only the format asked for is collected"
     assert _collected(telemetry.render_prometheus()) != _collected(text)
-    assert telemetry.prometheus_collections == collections + 2
+    assert len(made) == 2

@@ -11,7 +11,6 @@ import pytest
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.interfaces import Recorder
 from otel_vmi_hv.model import UNKNOWN, VMI, Detection, DetectionMethod, FailureReason, LibvirtTarget
-from otel_vmi_hv.revision import Revision
 from otel_vmi_hv.tracker import Tracker
 from tests.agent_process import wait_until
 
@@ -59,7 +58,6 @@ def make_tracker(detector: ScriptedDetector) -> Iterator[Callable[..., Tracker]]
 
     def make(**kwargs: object) -> Tracker:
         kwargs.setdefault("metrics", Recorder())
-        kwargs.setdefault("revision", Revision())
         tracker = Tracker(detector, "node-1", **kwargs)  # type: ignore[arg-type]
         tracker.start()
         trackers.append(tracker)
@@ -162,19 +160,29 @@ def test_snapshot_version_changes_only_with_content(detector: ScriptedDetector, 
     assert tracker.snapshot().version > version
 
 
-def test_every_change_moves_the_shared_revision(detector: ScriptedDetector, make_tracker) -> None:
-    revision = Revision()
+def test_on_change_follows_every_change_of_the_snapshot_and_may_read_it(
+    detector: ScriptedDetector, make_tracker
+) -> None:
+    seen: list[dict[str, str]] = []
+    made: list[Tracker] = []
+
+    def changed() -> None:  # called outside the lock: reading the snapshot here cannot deadlock
+        seen.append(rows(made[0]) | {"pending": str(made[0].snapshot().pending)})
+
+    detector.gate.clear()
     detector.answers["default_i"] = "kvm"
-    tracker = make_tracker(revision=revision)
-    seen = revision.value
+    tracker = make_tracker(on_change=changed)
+    made.append(tracker)
     tracker.upsert(vmi("i"))
-    assert revision.value > seen, "a new VMI (pending) is a change /metrics must show"
-    wait_until(lambda: rows(tracker) == {"i": "kvm"}, 5, "i")
-    seen = revision.value
+    assert seen == [{"pending": "1"}], "a new VMI (pending) is a change"
+    detector.gate.set()
+    wait_until(lambda: len(seen) == 2, 5, "the detection published")
+    assert seen[1] == {"i": "kvm", "pending": "0"}
     tracker.upsert(vmi("i"))
-    assert revision.value == seen, "an identical upsert changes nothing"
+    assert tracker.wait_idle(5)
+    assert len(seen) == 2, "an identical upsert changes nothing"
     tracker.remove("uid-i")
-    assert revision.value > seen
+    assert seen[2:] == [{"pending": "0"}]
 
 
 def test_a_launcher_is_released_only_when_no_vmi_and_no_detection_needs_it(
@@ -229,7 +237,7 @@ def test_a_pending_answer_is_not_reported_and_is_asked_again_soon(make_tracker) 
     def detect(_vmi: VMI) -> Detection:
         return next(answers, Detection("kvm", DetectionMethod.PROC))
 
-    tracker = Tracker(detect, "node-1", metrics=Recorder(), revision=Revision())
+    tracker = Tracker(detect, "node-1", metrics=Recorder())
     tracker.start()
     try:
         tracker.upsert(vmi("p"))
