@@ -248,7 +248,7 @@ def _wsgi_renderer(registry: CollectorRegistry) -> Callable[[str, str], Scrape]:
 
 
 @contextmanager
-def _agent_server(
+def agent_server(
     render: Callable[[str, str], Scrape], cached: Callable[[str, str], Scrape | None] | None = None
 ) -> Iterator[int]:
     server = HttpServer("127.0.0.1", 0, render, Readiness(), render_cached=cached)
@@ -260,7 +260,7 @@ def _agent_server(
 
 
 @contextmanager
-def _prometheus_client_server(registry: CollectorRegistry) -> Iterator[int]:
+def prometheus_client_server(registry: CollectorRegistry) -> Iterator[int]:
     httpd, thread = start_http_server(0, "127.0.0.1", registry)
     try:
         yield httpd.server_port
@@ -306,16 +306,16 @@ def _prometheus_3_rows(n: int, plain: PlainCollector, agent: AgentSide, repeat: 
         servers.callback(changing.telemetry.shutdown, 2)
         scrapers = {
             "B prometheus_client, agent's server": servers.enter_context(
-                _agent_server(_wsgi_renderer(plain.registry))
+                agent_server(_wsgi_renderer(plain.registry))
             ),
             "B' prometheus_client's own server": servers.enter_context(
-                _prometheus_client_server(plain.registry)
+                prometheus_client_server(plain.registry)
             ),
             "agent, unchanged": servers.enter_context(
-                _agent_server(agent.telemetry.scrape, agent.telemetry.scrape_cached)
+                agent_server(agent.telemetry.scrape, agent.telemetry.scrape_cached)
             ),
             "agent, after a change": servers.enter_context(
-                _agent_server(changing.telemetry.scrape, change_first)
+                agent_server(changing.telemetry.scrape, change_first)
             ),
         }
         scrape = {name: _Prometheus3Scraper(port) for name, port in scrapers.items()}

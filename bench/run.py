@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import libvirt
 
-from bench import agent, api_requests, exposition, memory, proc_scan
+from bench import agent, api_requests, distance_to_limit, exposition, memory, proc_scan
 from tests.harness.otlp_receiver import RotelReceiver
 
 
@@ -33,7 +33,7 @@ def machine() -> str:
     )
 
 
-SECTIONS = ("exposition", "agent", "memory", "proc_scan", "api_requests")
+SECTIONS = ("exposition", "distance_to_limit", "agent", "memory", "proc_scan", "api_requests")
 
 
 def main() -> None:
@@ -56,6 +56,8 @@ def main() -> None:
             print(exposition.run(sizes, receiver=receiver), end="\n\n", flush=True)
         finally:
             receiver.stop()
+    if "distance_to_limit" in chosen:
+        print(distance_to_limit.run((110, 250) if args.quick else (110, 250, 1_000)), end="\n\n", flush=True)
     if "agent" in chosen:
         print(agent.run(churn_total=5_000 if args.quick else 100_000), end="\n\n", flush=True)
     if "memory" in chosen:

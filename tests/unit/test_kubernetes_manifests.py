@@ -57,6 +57,8 @@ AGENT_METRICS = {
     "otel_vmi_hv_detection_duration_seconds_sum",
     "otel_vmi_hv_detection_duration_seconds_count",
     "otel_vmi_hv_detection_errors_total",
+    "otel_vmi_hv_events_total",
+    "otel_vmi_hv_watch_handler_errors_total",
     "otel_vmi_hv_libvirt_connections",
     "otel_vmi_hv_relists_total",
     "otel_vmi_hv_watch_restarts_total",
