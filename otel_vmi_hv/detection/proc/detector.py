@@ -32,15 +32,14 @@ def _hidden_hint(scan: ProcScan) -> str:
             f"{scan.refused} reads in {scan.proc_root} were refused and it is not a hidepid mount: "
             "a security module (SELinux, AppArmor) may deny reading other containers' processes"
         )
-    where = f"{scan.proc_root} is mounted with hidepid={mount.hidepid}"
-    if mount.gid is not None:
-        return (
-            f"{where}: other users' processes are hidden; add group {mount.gid} (the mount's gid=) "
-            "to the agent's supplemental groups"
-        )
+    fix = (
+        f"add group {mount.gid} (the mount's gid=)"
+        if mount.gid is not None
+        else "no gid= option: remount it with gid=<group> and add that group"
+    )
     return (
-        f"{where} and no gid= option: other users' processes are hidden; remount it with "
-        "gid=<group> and add that group to the agent's supplemental groups"
+        f"{scan.proc_root} is mounted with hidepid={mount.hidepid}: other users' processes are hidden; "
+        f"{fix} to the agent's supplemental groups"
     )
 
 
@@ -116,43 +115,35 @@ class ProcDetector:
             return _unknown(FailureReason.UNREADABLE, f"scan of {self.proc_root} failed: {error}")
         detection = detect_in_scan(scan, domain_name, pod_uid)
         log.debug(
-            "%s: proc detection gave %s %s (%s)",
+            "%s: proc gave %s (%s)",
             _vmi(domain_name),
-            detection.hypervisor_type,
-            detection.error or "ok",
+            detection.error or detection.hypervisor_type,
             detection.detail,
         )
         return detection
 
     def _fresh_scan(self, domain_name: str) -> ProcScan:
-        """A pass that started after this call began: run one, or join the next one."""
+        """A pass that started after this call began: run one, or wait for the next one to end."""
         with self._cond:
             wanted = self._started + 1
             if self._running:
                 log.debug("%s: waiting for the next pass over %s", _vmi(domain_name), self.proc_root)
             while self._last is None or self._last[0] < wanted:
-                if not self._running:
-                    return self._run_pass()
-                self._cond.wait()
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                scan = ProcScan(self.proc_root, error=f"scan of {self.proc_root} failed")  # if it raises
+                self._cond.release()  # the pass runs unlocked; callers arriving now wait for the next
+                try:
+                    scan = self._scan(self.proc_root)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._last = (self._started, scan)
+                    self._cond.notify_all()
             return self._last[1]
-
-    def _run_pass(self) -> ProcScan:
-        """Run a pass with the lock released; publish it to every waiter. Called holding the lock."""
-        self._running = True
-        self._started += 1
-        number = self._started
-        scan = ProcScan(self.proc_root, error=f"scan of {self.proc_root} failed")  # if it raises
-        try:
-            self._cond.release()
-            try:
-                scan = self._scan(self.proc_root)
-            finally:
-                self._cond.acquire()
-        finally:
-            self._running = False
-            self._last = (number, scan)
-            self._cond.notify_all()
-        return scan
 
 
 def _vmi(domain_name: str) -> str:
