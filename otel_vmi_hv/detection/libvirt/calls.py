@@ -73,8 +73,11 @@ class LibvirtCalls:
     def call(self, uri: str, op: Callable[[Any], T]) -> T:
         """``op(connection)`` on a worker, waiting at most ``timeout``; raises LibvirtUnavailable."""
         result = self._call(uri, op)
-        if not self._connections.keep:
-            self._drop_if_settled(uri)
+        if not self._connections.keep:  # forget a launcher's daemon that has no state worth keeping
+            with self._lock:
+                daemon = self._daemons.get(uri)
+                if daemon is not None and daemon.conn is None and not (daemon.stuck_calls or daemon.failures):
+                    del self._daemons[uri]
         return result
 
     def connection_id(self, uri: str) -> int:
@@ -131,13 +134,6 @@ class LibvirtCalls:
             stuck = sum(worker.alive for worker in closing)
             log.warning("%d libvirt connection(s) not closed within %.1fs (hung daemon)", stuck, timeout)
         return closed
-
-    def _drop_if_settled(self, uri: str) -> None:
-        """Forget a per-launcher daemon that answered and has nothing in flight: no state to keep."""
-        with self._lock:
-            daemon = self._daemons.get(uri)
-            if daemon is not None and daemon.conn is None and not (daemon.stuck_calls or daemon.failures):
-                del self._daemons[uri]
 
     def _daemon(self, uri: str) -> Daemon:
         with self._lock:

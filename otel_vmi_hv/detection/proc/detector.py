@@ -44,23 +44,17 @@ def _hidden_hint(scan: ProcScan) -> str:
 
 
 def _classify(process: QemuProcess, where: str) -> Detection:
-    if not process.accelerators:
-        if not process.thread_names_enabled:
-            return _unknown(
-                FailureReason.NO_THREAD_NAMES,
-                f"{where} runs without -name debug-threads=on: its vCPU threads are never named",
-            )
-        return _unknown(FailureReason.PENDING, f"{where} has no vCPU thread yet")
     kinds = sorted(set(process.accelerators))
+    if not kinds and not process.thread_names_enabled:
+        why = "runs without -name debug-threads=on: its vCPU threads are never named"
+        return _unknown(FailureReason.NO_THREAD_NAMES, f"{where} {why}")
+    if not kinds:
+        return _unknown(FailureReason.PENDING, f"{where} has no vCPU thread yet")
     if len(kinds) > 1:  # QEMU runs one accelerator; two mean the names cannot be trusted
         return _unknown(FailureReason.AMBIGUOUS, f"{where} has vCPU threads of several accelerators: {kinds}")
-    accelerator = kinds[0]
     threads = len(process.accelerators)
-    return Detection(
-        hypervisor_type_for_accelerator(accelerator),
-        DetectionMethod.PROC,
-        detail=f"{where}, {threads} vCPU thread{'s' if threads != 1 else ''} named */{accelerator}",
-    )
+    detail = f"{where}, {threads} vCPU thread{'s' if threads != 1 else ''} named */{kinds[0]}"
+    return Detection(hypervisor_type_for_accelerator(kinds[0]), DetectionMethod.PROC, detail=detail)
 
 
 def detect_in_scan(scan: ProcScan, domain_name: str, pod_uid: str | None) -> Detection:
@@ -71,24 +65,20 @@ def detect_in_scan(scan: ProcScan, domain_name: str, pod_uid: str | None) -> Det
     """
     if scan.error:
         return _unknown(FailureReason.UNREADABLE, scan.error)
-    named = scan.by_domain.get(domain_name, [])
+    named = [p for p in scan.processes if p.domain_name == domain_name]
     candidates = named if pod_uid is None else [p for p in named if p.pod_uid == pod_uid]
     if len(candidates) > 1:
         pids = ", ".join(str(p.pid) for p in candidates)
-        return _unknown(
-            FailureReason.AMBIGUOUS, f"several QEMU processes run domain {domain_name!r}: pids {pids}"
-        )
+        return _unknown(FailureReason.AMBIGUOUS, f"several QEMUs run domain {domain_name!r}: pids {pids}")
     if candidates:
         process = candidates[0]
         return _classify(process, f"QEMU pid {process.pid} ({scan.proc_root}/{process.pid})")
     if scan.hidden:
         return _unknown(FailureReason.PERMISSION_DENIED, _hidden_hint(scan))
-    others = ", ".join(f"pid {p.pid} in pod {p.pod_uid or '(none)'}" for p in named)
     detail = f"no QEMU process runs domain {domain_name!r} in {scan.proc_root}"
-    if pod_uid is not None:
-        detail += f" in pod {pod_uid}"
-    if others:
-        detail += f" (other launchers: {others})"
+    detail += f" in pod {pod_uid}" if pod_uid is not None else ""
+    others = ", ".join(f"pid {p.pid} in pod {p.pod_uid or '(none)'}" for p in named)
+    detail += f" (other launchers: {others})" if others else ""
     return _unknown(FailureReason.NO_PROCESS, detail)
 
 

@@ -10,7 +10,7 @@ are skipped; nothing here raises for what a live /proc does.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from otel_vmi_hv.detection.proc.parse import (
     ProcMountOptions,
@@ -53,12 +53,6 @@ class ProcScan:
     hidden: bool = False
     refused: int = 0  # reads refused with EACCES/EPERM during the pass
     error: str = ""  # the root itself could not be listed
-    by_domain: dict[str, list[QemuProcess]] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        for process in self.processes:
-            if process.domain_name is not None:
-                self.by_domain.setdefault(process.domain_name, []).append(process)
 
 
 class _Reader:
