@@ -51,7 +51,7 @@ class LibvirtCalls:
         self._pool = CallPool("libvirt-call")
         self._daemons: dict[str, Daemon] = {}
         self._lock = threading.Lock()
-        self._inflight_total = 0
+        self._inflight = threading.BoundedSemaphore(MAX_INFLIGHT_TOTAL)
         # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
         # (KubeVirt launchers), asked once per domain lifetime: an open connection per running VMI
         # would cost memory and a socket each for nothing, so close it after each call, and forget
@@ -65,10 +65,8 @@ class LibvirtCalls:
         disconnected: Callable[[str], None] | None = None,
     ) -> None:
         """Be told (on a libvirt thread) when a daemon answers again, or a kept connection closed."""
-        if recovered is not None:
-            self._connections.recovered.append(recovered)
-        if disconnected is not None:
-            self._connections.disconnected.append(disconnected)
+        self._connections.recovered.extend(filter(None, [recovered]))
+        self._connections.disconnected.extend(filter(None, [disconnected]))
 
     def call(self, uri: str, op: Callable[[Any], T]) -> T:
         """``op(connection)`` on a worker, waiting at most ``timeout``; raises LibvirtUnavailable."""
@@ -146,11 +144,9 @@ class LibvirtCalls:
         daemon = self._daemon(uri)
         deadline = time.monotonic() + self.timeout
         daemon.admit(self._clock(), deadline, self.timeout)
-        with self._lock:
-            if self._inflight_total >= MAX_INFLIGHT_TOTAL:
-                daemon.slots.release()
-                raise LibvirtUnavailable(FailureReason.BUSY, "too many libvirt calls still running")
-            self._inflight_total += 1
+        if not self._inflight.acquire(blocking=False):
+            daemon.slots.release()
+            raise LibvirtUnavailable(FailureReason.BUSY, "too many libvirt calls still running")
         call = Call(lambda: self._run(daemon, op), lambda error: self._returned_late(daemon, error))
         try:
             self._pool.submit(call.run)
@@ -169,8 +165,7 @@ class LibvirtCalls:
 
     def _free_slot(self, daemon: Daemon) -> None:
         daemon.slots.release()
-        with self._lock:
-            self._inflight_total -= 1
+        self._inflight.release()
 
     def _run(self, daemon: Daemon, op: Callable[[Any], T]) -> T:
         """On a pool worker: the call itself, holding its slot until it returns."""

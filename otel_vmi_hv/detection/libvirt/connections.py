@@ -88,8 +88,6 @@ class Connections:
             conn = self._open(self.sockets.shorten(daemon.uri))
         except (libvirt.libvirtError, OSError) as error:
             raise self._open_failed(daemon, error) from None
-        if conn is None:  # old bindings return None instead of raising
-            raise LibvirtUnavailable(FailureReason.UNREACHABLE, f"cannot open {daemon.uri}")
         if EventLoop.running():
             with contextlib.suppress(libvirt.libvirtError):  # local drivers (test:///) have none
                 conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)

@@ -104,12 +104,8 @@ class ProcDetector:
             log.exception("%s: proc scan of %s failed", _vmi(domain_name), self.proc_root)
             return _unknown(FailureReason.UNREADABLE, f"scan of {self.proc_root} failed: {error}")
         detection = detect_in_scan(scan, domain_name, pod_uid)
-        log.debug(
-            "%s: proc gave %s (%s)",
-            _vmi(domain_name),
-            detection.error or detection.hypervisor_type,
-            detection.detail,
-        )
+        answer = detection.error or detection.hypervisor_type
+        log.debug("%s: proc gave %s (%s)", _vmi(domain_name), answer, detection.detail)
         return detection
 
     def _fresh_scan(self, domain_name: str) -> ProcScan:
@@ -138,5 +134,4 @@ class ProcDetector:
 
 def _vmi(domain_name: str) -> str:
     """``namespace/name`` for KubeVirt's ``<namespace>_<name>`` domains, as every log line says it."""
-    namespace, sep, name = domain_name.partition("_")
-    return f"{namespace}/{name}" if sep else domain_name
+    return domain_name.replace("_", "/", 1)

@@ -31,16 +31,13 @@ _POD_CGROUP = re.compile(
     rf"|pod(?P<cgroupfs>{_UUID}))(?=/|$)"
 )
 
-QEMU_EXECUTABLE_PREFIX = "qemu-system-"
-QEMU_KVM_EXECUTABLE = "qemu-kvm"
-
 
 def is_qemu_name(name: str) -> bool:
     """Tell whether a ``comm`` or an argv[0] base name names a QEMU system emulator.
 
     ``comm`` is cut at 15 bytes ("qemu-system-x86"), which still carries the prefix.
     """
-    return name.startswith(QEMU_EXECUTABLE_PREFIX) or name == QEMU_KVM_EXECUTABLE
+    return name.startswith("qemu-system-") or name == "qemu-kvm"
 
 
 def _split_qemu_opts(value: str) -> list[str]:
