@@ -15,27 +15,10 @@ EMULATED = "qemu-tcg"  # the hypervisor_type of software emulation
 # libvirt's documented <domain type> values (the "virtType" choice of domaincommon.rng plus
 # "parallels", the older name of "vz"). Anything outside this set is not something libvirt would
 # write, so it is reported as unknown rather than trusted as a label value.
-LIBVIRT_DOMAIN_TYPES = frozenset(
-    {
-        "qemu",
-        "kqemu",
-        "kvm",
-        "xen",
-        "lxc",
-        "uml",
-        "openvz",
-        "test",
-        "vmware",
-        "hyperv",
-        "vbox",
-        "phyp",
-        "parallels",
-        "vz",
-        "bhyve",
-        "hvf",
-        "ch",
-    }
-)
+LIBVIRT_DOMAIN_TYPES = frozenset({
+    "qemu", "kqemu", "kvm", "xen", "lxc", "uml", "openvz", "test", "vmware", "hyperv", "vbox", "phyp",
+    "parallels", "vz", "bhyve", "hvf", "ch",
+})  # fmt: skip
 
 # Where the name users alert on differs from libvirt's word for it.
 _RENAMED_TYPES = {

@@ -43,22 +43,14 @@ class DetectionOrder:
 
     def _agreed(self, vmi: VMI, answers: list[Detection]) -> Detection:
         """The last method's answer; an earlier one that disagrees is logged, counted and shown."""
-        reported = answers[-1]
-        for other in answers[:-1]:
-            if other.hypervisor_type != reported.hypervisor_type:
-                log.warning(
-                    "%s/%s: %s says %s but %s says %s; reporting %s's",
-                    vmi.namespace,
-                    vmi.name,
-                    other.method.value,
-                    other.hypervisor_type,
-                    reported.method.value,
-                    reported.hypervisor_type,
-                    reported.method.value,
-                )
-                self._metrics.record_mismatch()
-                return dataclasses.replace(reported, mismatch=other.hypervisor_type)
-        return reported
+        *earlier, reported = answers
+        other = next((d for d in earlier if d.hypervisor_type != reported.hypervisor_type), None)
+        if other is None:
+            return reported
+        said = f"{other.method} says {other.hypervisor_type}, {reported.method} {reported.hypervisor_type}"
+        log.warning("%s/%s: %s; reporting %s's", vmi.namespace, vmi.name, said, reported.method)
+        self._metrics.record_mismatch()
+        return dataclasses.replace(reported, mismatch=other.hypervisor_type)
 
 
 def _failed(asked: list[Detection]) -> Detection:

@@ -99,7 +99,7 @@ def tcg_domain(libvirtd: LibvirtDaemon) -> Iterator[str]:
 def test_tcg_domain_read_by_an_unprivileged_user(libvirtd: LibvirtDaemon, tcg_domain: str) -> None:
     assert libvirtd.domain(tcg_domain)["virt_type"] == "qemu"  # libvirt's own word: TCG
     (answer, absent) = detect_as_other_user([(tcg_domain, None), (_unique("never-started"), None)])
-    assert (answer["hypervisor_type"], answer["error"]) == ("qemu-tcg", ""), answer["detail"]
+    assert (answer["hypervisor_type"], answer["error"]) == ("qemu-tcg", None), answer["detail"]
     assert f"pid {libvirtd.qemu_pid(tcg_domain)}" in answer["detail"]
     assert (absent["hypervisor_type"], absent["error"]) == ("unknown", "no_process")
 
@@ -283,7 +283,7 @@ def test_qemu_without_vcpu_threads_is_pending_then_detected(qemu_workdir: Path) 
         assert (answer["hypervisor_type"], answer["error"]) == ("unknown", "pending"), answer["detail"]
         qemu.exit_preconfig()  # machine init: the vCPU thread exists when QMP answers
         (answer,) = detect_as_other_user([(name, None)])
-        assert (answer["hypervisor_type"], answer["error"]) == ("qemu-tcg", ""), answer["detail"]
+        assert (answer["hypervisor_type"], answer["error"]) == ("qemu-tcg", None), answer["detail"]
     finally:
         qemu.stop()
 

@@ -51,7 +51,7 @@ class LibvirtCalls:
         self._pool = CallPool("libvirt-call")
         self._daemons: dict[str, Daemon] = {}
         self._lock = threading.Lock()
-        self._inflight_total = 0
+        self._inflight = threading.BoundedSemaphore(MAX_INFLIGHT_TOTAL)
         # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
         # (KubeVirt launchers), asked once per domain lifetime: an open connection per running VMI
         # would cost memory and a socket each for nothing, so close it after each call, and forget
@@ -65,16 +65,17 @@ class LibvirtCalls:
         disconnected: Callable[[str], None] | None = None,
     ) -> None:
         """Be told (on a libvirt thread) when a daemon answers again, or a kept connection closed."""
-        if recovered is not None:
-            self._connections.recovered.append(recovered)
-        if disconnected is not None:
-            self._connections.disconnected.append(disconnected)
+        self._connections.recovered.extend(filter(None, [recovered]))
+        self._connections.disconnected.extend(filter(None, [disconnected]))
 
     def call(self, uri: str, op: Callable[[Any], T]) -> T:
         """``op(connection)`` on a worker, waiting at most ``timeout``; raises LibvirtUnavailable."""
         result = self._call(uri, op)
-        if not self._connections.keep:
-            self._drop_if_settled(uri)
+        if not self._connections.keep:  # forget a launcher's daemon that has no state worth keeping
+            with self._lock:
+                daemon = self._daemons.get(uri)
+                if daemon is not None and daemon.conn is None and not (daemon.stuck_calls or daemon.failures):
+                    del self._daemons[uri]
         return result
 
     def connection_id(self, uri: str) -> int:
@@ -132,13 +133,6 @@ class LibvirtCalls:
             log.warning("%d libvirt connection(s) not closed within %.1fs (hung daemon)", stuck, timeout)
         return closed
 
-    def _drop_if_settled(self, uri: str) -> None:
-        """Forget a per-launcher daemon that answered and has nothing in flight: no state to keep."""
-        with self._lock:
-            daemon = self._daemons.get(uri)
-            if daemon is not None and daemon.conn is None and not (daemon.stuck_calls or daemon.failures):
-                del self._daemons[uri]
-
     def _daemon(self, uri: str) -> Daemon:
         with self._lock:
             daemon = self._daemons.get(uri)
@@ -150,11 +144,9 @@ class LibvirtCalls:
         daemon = self._daemon(uri)
         deadline = time.monotonic() + self.timeout
         daemon.admit(self._clock(), deadline, self.timeout)
-        with self._lock:
-            if self._inflight_total >= MAX_INFLIGHT_TOTAL:
-                daemon.slots.release()
-                raise LibvirtUnavailable(FailureReason.BUSY, "too many libvirt calls still running")
-            self._inflight_total += 1
+        if not self._inflight.acquire(blocking=False):
+            daemon.slots.release()
+            raise LibvirtUnavailable(FailureReason.BUSY, "too many libvirt calls still running")
         call = Call(lambda: self._run(daemon, op), lambda error: self._returned_late(daemon, error))
         try:
             self._pool.submit(call.run)
@@ -173,8 +165,7 @@ class LibvirtCalls:
 
     def _free_slot(self, daemon: Daemon) -> None:
         daemon.slots.release()
-        with self._lock:
-            self._inflight_total -= 1
+        self._inflight.release()
 
     def _run(self, daemon: Daemon, op: Callable[[Any], T]) -> T:
         """On a pool worker: the call itself, holding its slot until it returns."""

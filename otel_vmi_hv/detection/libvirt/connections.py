@@ -31,17 +31,18 @@ KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
 
 # Error codes that mean "the daemon or the connection is gone", not "this domain is odd".
-CONNECTION_ERRORS = frozenset(
-    {
-        libvirt.VIR_ERR_NO_CONNECT,
-        libvirt.VIR_ERR_INVALID_CONN,
-        libvirt.VIR_ERR_SYSTEM_ERROR,
-        libvirt.VIR_ERR_RPC,
-        libvirt.VIR_ERR_AUTH_FAILED,
-        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
-        libvirt.VIR_ERR_AUTH_CANCELLED,
-    }
-)
+CONNECTION_ERRORS = frozenset({
+    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+    libvirt.VIR_ERR_AUTH_CANCELLED,
+})  # fmt: skip
+# What a failed open's errno means for the operator (see connect_reason).
+_ERRNO_REASONS: dict[int | None, FailureReason] = {
+    errno.EACCES: FailureReason.PERMISSION_DENIED,
+    errno.EPERM: FailureReason.PERMISSION_DENIED,
+    errno.ENOENT: FailureReason.NO_SOCKET,
+    errno.ENOTDIR: FailureReason.NO_SOCKET,
+}
 
 
 class Connections:
@@ -75,9 +76,8 @@ class Connections:
                 raise LibvirtUnavailable(FailureReason.UNREACHABLE, describe(error)) from None
             if fresh:
                 self._answered(daemon, conn)
-            reason = (
-                FailureReason.NO_DOMAIN if code == libvirt.VIR_ERR_NO_DOMAIN else FailureReason.LIBVIRT_ERROR
-            )
+            no_domain = code == libvirt.VIR_ERR_NO_DOMAIN
+            reason = FailureReason.NO_DOMAIN if no_domain else FailureReason.LIBVIRT_ERROR
             raise LibvirtUnavailable(reason, describe(error)) from None
         if fresh:
             self._answered(daemon, conn)
@@ -88,8 +88,6 @@ class Connections:
             conn = self._open(self.sockets.shorten(daemon.uri))
         except (libvirt.libvirtError, OSError) as error:
             raise self._open_failed(daemon, error) from None
-        if conn is None:  # old bindings return None instead of raising
-            raise LibvirtUnavailable(FailureReason.UNREACHABLE, f"cannot open {daemon.uri}")
         if EventLoop.running():
             with contextlib.suppress(libvirt.libvirtError):  # local drivers (test:///) have none
                 conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
@@ -156,13 +154,10 @@ def close_connection(conn: Any, callbacks: list[int]) -> None:
     (each registration holds a reference), and a registered close callback is called from inside
     libvirt; only without both does close() end the connection and every call into Python with it.
     """
-    for callback in callbacks:
+    steps = [lambda c=callback: conn.domainEventDeregisterAny(c) for callback in callbacks]
+    for step in [*steps, conn.unregisterCloseCallback, conn.close]:
         with contextlib.suppress(libvirt.libvirtError):
-            conn.domainEventDeregisterAny(callback)
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.unregisterCloseCallback()
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.close()
+            step()
 
 
 def _alive(conn: Any) -> bool:
@@ -192,11 +187,7 @@ def connect_reason(error: Exception) -> FailureReason:
         number = error.get_int1() if error.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR else None
     else:
         number = getattr(error, "errno", None)
-    if number in (errno.EACCES, errno.EPERM):
-        return FailureReason.PERMISSION_DENIED
-    if number in (errno.ENOENT, errno.ENOTDIR):
-        return FailureReason.NO_SOCKET
-    return FailureReason.UNREACHABLE
+    return _ERRNO_REASONS.get(number, FailureReason.UNREACHABLE)
 
 
 def describe(error: Exception) -> str:

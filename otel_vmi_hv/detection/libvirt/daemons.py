@@ -100,14 +100,10 @@ class Daemon:
         with self.lock:
             if keep and self.conn is not None:
                 return False, conn  # another call connected first: one connection per URI
-            was_failing = self.failures > 0
-            self.failures = 0
-            self.retry_at = 0.0
+            was_failing, self.failures, self.retry_at = self.failures > 0, 0, 0.0
             if keep:
-                self.conn = conn
-                self.generation += 1
-                return was_failing, None
-        return was_failing, conn
+                self.conn, self.generation = conn, self.generation + 1
+        return was_failing, None if keep else conn
 
     def lost(self, conn: Any, *, reconnect_now: bool = False) -> bool:
         """``conn`` died; True when it was the kept one (then it is dropped). ``reconnect_now``:
@@ -117,8 +113,7 @@ class Daemon:
                 return False
             self.conn = None
             if reconnect_now:
-                self.failures += 1
-                self.retry_at = 0.0
+                self.failures, self.retry_at = self.failures + 1, 0.0
             return True
 
     def take_callbacks(self, conn: Any) -> list[int]:

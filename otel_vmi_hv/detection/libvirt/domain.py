@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any
 
 from otel_vmi_hv.detection.libvirt.calls import LibvirtCalls
 from otel_vmi_hv.detection.libvirt.daemons import LibvirtUnavailable
@@ -30,27 +29,20 @@ class DomainDetector:
         if "\x00" in target.domain_name:  # libvirt cannot even be asked; retrying would not help
             return _unknown(FailureReason.INVALID_NAME, "the domain name contains NUL")
         try:
-            xml = self._calls.call(target.uri, lambda conn: _live_xml(conn, target.domain_name))
+            xml = self._calls.call(target.uri, lambda conn: conn.lookupByName(target.domain_name).XMLDesc(0))
         except LibvirtUnavailable as failure:
             if target.domain_file is not None and failure.reason is not FailureReason.NO_DOMAIN:
                 return _detect_from_file(target.domain_file, failure)
             return _unknown(failure.reason, failure.detail)
         parsed = parse_domain_type(xml)
         if parsed.error:
-            detail = f"domain {target.domain_name}" + (
-                f": type {parsed.raw_type!r}" if parsed.raw_type else ""
-            )
-            return _unknown(parsed.error, detail)
+            raw_type = f": type {parsed.raw_type!r}" if parsed.raw_type else ""
+            return _unknown(parsed.error, f"domain {target.domain_name}{raw_type}")
         return Detection(parsed.hypervisor_type, DetectionMethod.LIBVIRT)
 
 
 def _unknown(reason: FailureReason, detail: str) -> Detection:
     return Detection(UNKNOWN, DetectionMethod.NONE, reason, detail)
-
-
-def _live_xml(conn: Any, domain_name: str) -> str:
-    xml: str = conn.lookupByName(domain_name).XMLDesc(0)
-    return xml
 
 
 def _detect_from_file(path: str, failure: LibvirtUnavailable) -> Detection:

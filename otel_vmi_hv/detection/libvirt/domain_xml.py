@@ -10,6 +10,7 @@ string instead of an exception, because one bad domain must never stop the agent
 from __future__ import annotations
 
 import xml.parsers.expat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -29,17 +30,14 @@ class DomainType:
 
 
 class _Refused(Exception):
-    def __init__(self, reason: FailureReason) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """A declaration no libvirt document has; its one argument is the FailureReason."""
 
 
-def _refuse_dtd(*_args: object) -> NoReturn:
-    raise _Refused(FailureReason.DTD_FORBIDDEN)
+def _refuse(reason: FailureReason) -> Callable[..., NoReturn]:
+    def handler(*_args: object) -> NoReturn:
+        raise _Refused(reason)
 
-
-def _refuse_entity(*_args: object) -> NoReturn:
-    raise _Refused(FailureReason.ENTITY_FORBIDDEN)
+    return handler
 
 
 def parse_domain_type(document: str | bytes, max_bytes: int = MAX_DOMAIN_XML_BYTES) -> DomainType:
@@ -61,15 +59,15 @@ def parse_domain_type(document: str | bytes, max_bytes: int = MAX_DOMAIN_XML_BYT
 
     parser = xml.parsers.expat.ParserCreate(encoding=None)
     parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartDoctypeDeclHandler = _refuse_dtd
-    parser.EntityDeclHandler = _refuse_entity
-    parser.UnparsedEntityDeclHandler = _refuse_entity
-    parser.ExternalEntityRefHandler = _refuse_entity
+    parser.StartDoctypeDeclHandler = _refuse(FailureReason.DTD_FORBIDDEN)
+    parser.EntityDeclHandler = parser.UnparsedEntityDeclHandler = parser.ExternalEntityRefHandler = _refuse(
+        FailureReason.ENTITY_FORBIDDEN
+    )
     parser.StartElementHandler = start
     try:
         parser.Parse(data, True)
     except _Refused as refused:
-        return DomainType(UNKNOWN, error=refused.reason)
+        return DomainType(UNKNOWN, error=refused.args[0])
     except (xml.parsers.expat.ExpatError, ValueError, UnicodeError):
         return DomainType(UNKNOWN, error=FailureReason.MALFORMED)
 

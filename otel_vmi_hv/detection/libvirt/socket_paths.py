@@ -23,30 +23,28 @@ SUN_PATH_MAX = 107  # 108 bytes including the terminating NUL
 _SOCKET_PARAM = re.compile(r"[?&]socket=([^&]*)")
 
 
+def _socket_path(match: re.Match[str] | None) -> str:
+    return urllib.parse.unquote(match.group(1)) if match else ""
+
+
 class SocketPathShortener:
     def __init__(self, directory: str | None = None) -> None:
         self._directory = directory
         self._lock = threading.Lock()
         self._links: dict[str, str] = {}  # long socket path → link path
 
-    def _dir(self) -> str:
-        if self._directory is None:
-            self._directory = tempfile.mkdtemp(prefix="ovh-")
-        return self._directory
-
     def shorten(self, uri: str) -> str:
         """Return ``uri`` with a too-long ``socket=`` path replaced by a short link to it."""
         match = _SOCKET_PARAM.search(uri)
-        if match is None:
-            return uri
-        socket_path = urllib.parse.unquote(match.group(1))
-        if len(os.fsencode(socket_path)) <= SUN_PATH_MAX:
+        socket_path = _socket_path(match)
+        if match is None or len(os.fsencode(socket_path)) <= SUN_PATH_MAX:
             return uri
         with self._lock:
             link = self._links.get(socket_path)
             if link is None:
+                self._directory = self._directory or tempfile.mkdtemp(prefix="ovh-")
                 name = hashlib.sha256(os.fsencode(socket_path)).hexdigest()[:16]
-                link = os.path.join(self._dir(), name)
+                link = os.path.join(self._directory, name)
                 if os.path.lexists(link):
                     os.unlink(link)
                 os.symlink(socket_path, link)
@@ -56,12 +54,8 @@ class SocketPathShortener:
 
     def release(self, uri: str) -> None:
         """Remove the link made for ``uri`` (its launcher is gone)."""
-        match = _SOCKET_PARAM.search(uri)
-        if match is None:
-            return
-        socket_path = urllib.parse.unquote(match.group(1))
         with self._lock:
-            link = self._links.pop(socket_path, None)
+            link = self._links.pop(_socket_path(_SOCKET_PARAM.search(uri)), None)
         if link is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link)
@@ -71,8 +65,7 @@ class SocketPathShortener:
         with self._lock:
             links = list(self._links.items())
         for long_path, link in links:
-            if link in text:
-                text = text.replace(link, long_path)
+            text = text.replace(link, long_path)
         return text
 
     def close(self) -> None:

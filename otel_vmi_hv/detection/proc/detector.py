@@ -32,36 +32,29 @@ def _hidden_hint(scan: ProcScan) -> str:
             f"{scan.refused} reads in {scan.proc_root} were refused and it is not a hidepid mount: "
             "a security module (SELinux, AppArmor) may deny reading other containers' processes"
         )
-    where = f"{scan.proc_root} is mounted with hidepid={mount.hidepid}"
-    if mount.gid is not None:
-        return (
-            f"{where}: other users' processes are hidden; add group {mount.gid} (the mount's gid=) "
-            "to the agent's supplemental groups"
-        )
+    fix = (
+        f"add group {mount.gid} (the mount's gid=)"
+        if mount.gid is not None
+        else "no gid= option: remount it with gid=<group> and add that group"
+    )
     return (
-        f"{where} and no gid= option: other users' processes are hidden; remount it with "
-        "gid=<group> and add that group to the agent's supplemental groups"
+        f"{scan.proc_root} is mounted with hidepid={mount.hidepid}: other users' processes are hidden; "
+        f"{fix} to the agent's supplemental groups"
     )
 
 
 def _classify(process: QemuProcess, where: str) -> Detection:
-    if not process.accelerators:
-        if not process.thread_names_enabled:
-            return _unknown(
-                FailureReason.NO_THREAD_NAMES,
-                f"{where} runs without -name debug-threads=on: its vCPU threads are never named",
-            )
-        return _unknown(FailureReason.PENDING, f"{where} has no vCPU thread yet")
     kinds = sorted(set(process.accelerators))
+    if not kinds and not process.thread_names_enabled:
+        why = "runs without -name debug-threads=on: its vCPU threads are never named"
+        return _unknown(FailureReason.NO_THREAD_NAMES, f"{where} {why}")
+    if not kinds:
+        return _unknown(FailureReason.PENDING, f"{where} has no vCPU thread yet")
     if len(kinds) > 1:  # QEMU runs one accelerator; two mean the names cannot be trusted
         return _unknown(FailureReason.AMBIGUOUS, f"{where} has vCPU threads of several accelerators: {kinds}")
-    accelerator = kinds[0]
     threads = len(process.accelerators)
-    return Detection(
-        hypervisor_type_for_accelerator(accelerator),
-        DetectionMethod.PROC,
-        detail=f"{where}, {threads} vCPU thread{'s' if threads != 1 else ''} named */{accelerator}",
-    )
+    detail = f"{where}, {threads} vCPU thread{'s' if threads != 1 else ''} named */{kinds[0]}"
+    return Detection(hypervisor_type_for_accelerator(kinds[0]), DetectionMethod.PROC, detail=detail)
 
 
 def detect_in_scan(scan: ProcScan, domain_name: str, pod_uid: str | None) -> Detection:
@@ -72,24 +65,20 @@ def detect_in_scan(scan: ProcScan, domain_name: str, pod_uid: str | None) -> Det
     """
     if scan.error:
         return _unknown(FailureReason.UNREADABLE, scan.error)
-    named = scan.by_domain.get(domain_name, [])
+    named = [p for p in scan.processes if p.domain_name == domain_name]
     candidates = named if pod_uid is None else [p for p in named if p.pod_uid == pod_uid]
     if len(candidates) > 1:
         pids = ", ".join(str(p.pid) for p in candidates)
-        return _unknown(
-            FailureReason.AMBIGUOUS, f"several QEMU processes run domain {domain_name!r}: pids {pids}"
-        )
+        return _unknown(FailureReason.AMBIGUOUS, f"several QEMUs run domain {domain_name!r}: pids {pids}")
     if candidates:
         process = candidates[0]
         return _classify(process, f"QEMU pid {process.pid} ({scan.proc_root}/{process.pid})")
     if scan.hidden:
         return _unknown(FailureReason.PERMISSION_DENIED, _hidden_hint(scan))
-    others = ", ".join(f"pid {p.pid} in pod {p.pod_uid or '(none)'}" for p in named)
     detail = f"no QEMU process runs domain {domain_name!r} in {scan.proc_root}"
-    if pod_uid is not None:
-        detail += f" in pod {pod_uid}"
-    if others:
-        detail += f" (other launchers: {others})"
+    detail += f" in pod {pod_uid}" if pod_uid is not None else ""
+    others = ", ".join(f"pid {p.pid} in pod {p.pod_uid or '(none)'}" for p in named)
+    detail += f" (other launchers: {others})" if others else ""
     return _unknown(FailureReason.NO_PROCESS, detail)
 
 
@@ -115,47 +104,34 @@ class ProcDetector:
             log.exception("%s: proc scan of %s failed", _vmi(domain_name), self.proc_root)
             return _unknown(FailureReason.UNREADABLE, f"scan of {self.proc_root} failed: {error}")
         detection = detect_in_scan(scan, domain_name, pod_uid)
-        log.debug(
-            "%s: proc detection gave %s %s (%s)",
-            _vmi(domain_name),
-            detection.hypervisor_type,
-            detection.error or "ok",
-            detection.detail,
-        )
+        answer = detection.error or detection.hypervisor_type
+        log.debug("%s: proc gave %s (%s)", _vmi(domain_name), answer, detection.detail)
         return detection
 
     def _fresh_scan(self, domain_name: str) -> ProcScan:
-        """A pass that started after this call began: run one, or join the next one."""
+        """A pass that started after this call began: run one, or wait for the next one to end."""
         with self._cond:
             wanted = self._started + 1
             if self._running:
                 log.debug("%s: waiting for the next pass over %s", _vmi(domain_name), self.proc_root)
             while self._last is None or self._last[0] < wanted:
-                if not self._running:
-                    return self._run_pass()
-                self._cond.wait()
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                scan = ProcScan(self.proc_root, error=f"scan of {self.proc_root} failed")  # if it raises
+                self._cond.release()  # the pass runs unlocked; callers arriving now wait for the next
+                try:
+                    scan = self._scan(self.proc_root)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._last = (self._started, scan)
+                    self._cond.notify_all()
             return self._last[1]
-
-    def _run_pass(self) -> ProcScan:
-        """Run a pass with the lock released; publish it to every waiter. Called holding the lock."""
-        self._running = True
-        self._started += 1
-        number = self._started
-        scan = ProcScan(self.proc_root, error=f"scan of {self.proc_root} failed")  # if it raises
-        try:
-            self._cond.release()
-            try:
-                scan = self._scan(self.proc_root)
-            finally:
-                self._cond.acquire()
-        finally:
-            self._running = False
-            self._last = (number, scan)
-            self._cond.notify_all()
-        return scan
 
 
 def _vmi(domain_name: str) -> str:
     """``namespace/name`` for KubeVirt's ``<namespace>_<name>`` domains, as every log line says it."""
-    namespace, sep, name = domain_name.partition("_")
-    return f"{namespace}/{name}" if sep else domain_name
+    return domain_name.replace("_", "/", 1)

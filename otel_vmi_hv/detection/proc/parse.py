@@ -1,12 +1,11 @@
 """Reading the texts /proc gives about a QEMU process: command line, cgroup, thread names, mounts.
 
 Pure functions over strings and bytes, so every layout the kernel, systemd, the kubelet and QEMU
-produce can be tested from a literal. The file system walk that feeds them is ``proc_scan``.
+produce can be tested from a literal. The file system walk that feeds them is ``scan``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -32,22 +31,13 @@ _POD_CGROUP = re.compile(
     rf"|pod(?P<cgroupfs>{_UUID}))(?=/|$)"
 )
 
-QEMU_EXECUTABLE_PREFIX = "qemu-system-"
-QEMU_KVM_EXECUTABLE = "qemu-kvm"
-
 
 def is_qemu_name(name: str) -> bool:
     """Tell whether a ``comm`` or an argv[0] base name names a QEMU system emulator.
 
     ``comm`` is cut at 15 bytes ("qemu-system-x86"), which still carries the prefix.
     """
-    return name.startswith(QEMU_EXECUTABLE_PREFIX) or name == QEMU_KVM_EXECUTABLE
-
-
-def split_cmdline(raw: bytes) -> list[str]:
-    """argv from ``/proc/<pid>/cmdline`` (NUL-separated, usually NUL-terminated)."""
-    parts = os.fsdecode(raw).split("\0")
-    return parts[:-1] if parts[-1] == "" else parts
+    return name.startswith("qemu-system-") or name == "qemu-kvm"
 
 
 def _split_qemu_opts(value: str) -> list[str]:
@@ -55,16 +45,8 @@ def _split_qemu_opts(value: str) -> list[str]:
     return [item.replace("\0", ",") for item in value.replace(",,", "\0").split(",")]
 
 
-@dataclass(frozen=True, slots=True)
-class QemuName:
-    """What QEMU's ``-name`` option says: the guest (domain) name and whether threads are named."""
-
-    guest: str | None
-    debug_threads: bool
-
-
-def parse_qemu_name(argv: list[str]) -> QemuName:
-    """Read ``-name guest=<name>[,debug-threads=on][,...]`` from a QEMU command line.
+def parse_qemu_name(argv: list[str]) -> tuple[str | None, bool]:
+    """(guest name, whether vCPU threads are named) from ``-name guest=<name>[,debug-threads=on]``.
 
     ``guest=`` is the option's implied key, so ``-name foo`` names the guest too. The last
     ``-name`` wins, as in QEMU.
@@ -85,7 +67,7 @@ def parse_qemu_name(argv: list[str]) -> QemuName:
                 guest = value
             elif key == "debug-threads":
                 debug_threads = value in ("on", "yes", "true")
-    return QemuName(guest or None, debug_threads)
+    return guest or None, debug_threads
 
 
 def pod_uid_from_cgroup(text: str) -> str | None:

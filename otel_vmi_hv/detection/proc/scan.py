@@ -10,7 +10,7 @@ are skipped; nothing here raises for what a live /proc does.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from otel_vmi_hv.detection.proc.parse import (
     ProcMountOptions,
@@ -18,7 +18,6 @@ from otel_vmi_hv.detection.proc.parse import (
     parse_qemu_name,
     pod_uid_from_cgroup,
     proc_mount_options,
-    split_cmdline,
     vcpu_accelerator,
 )
 
@@ -54,12 +53,6 @@ class ProcScan:
     hidden: bool = False
     refused: int = 0  # reads refused with EACCES/EPERM during the pass
     error: str = ""  # the root itself could not be listed
-    by_domain: dict[str, list[QemuProcess]] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        for process in self.processes:
-            if process.domain_name is not None:
-                self.by_domain.setdefault(process.domain_name, []).append(process)
 
 
 class _Reader:
@@ -68,19 +61,15 @@ class _Reader:
     def __init__(self) -> None:
         self.refused = 0
 
-    def read(self, path: str, limit: int) -> bytes | None:
+    def read(self, path: str, limit: int) -> str | None:
         try:
             with open(path, "rb") as file:  # buffered: reads until ``limit`` or the end
-                return file.read(limit)
+                return os.fsdecode(file.read(limit))
         except PermissionError:
             self.refused += 1
         except OSError:  # ENOENT, ESRCH: the process or thread is gone
             pass
         return None
-
-    def text(self, path: str, limit: int) -> str | None:
-        raw = self.read(path, limit)
-        return None if raw is None else raw.decode("utf-8", "replace")
 
     def listdir(self, path: str) -> list[str]:
         try:
@@ -92,52 +81,28 @@ class _Reader:
         return []
 
 
-def _is_qemu(reader: _Reader, pid_dir: str) -> bool:
-    """Its ``comm``, else its argv[0]'s base name, names a QEMU system emulator."""
-    comm = reader.text(f"{pid_dir}/comm", _SMALL_READ)
-    if comm is not None and is_qemu_name(comm.rstrip("\n")):
-        return True
-    head = reader.read(f"{pid_dir}/cmdline", _ARGV0_READ)
-    return head is not None and is_qemu_name(os.path.basename(os.fsdecode(head.split(b"\0", 1)[0])))
-
-
-def _vcpu_accelerators(reader: _Reader, pid_dir: str) -> tuple[str, ...]:
-    accelerators: list[tuple[int, str]] = []
-    for tid in reader.listdir(f"{pid_dir}/task"):
-        if not tid.isdigit():
-            continue
-        name = reader.text(f"{pid_dir}/task/{tid}/comm", _SMALL_READ)
-        accelerator = vcpu_accelerator(name) if name is not None else None
-        if accelerator is not None:
-            accelerators.append((int(tid), accelerator))
-    return tuple(accelerator for _, accelerator in sorted(accelerators))
-
-
 def _read_process(reader: _Reader, proc_root: str, pid: int) -> QemuProcess | None:
     pid_dir = f"{proc_root}/{pid}"
-    if not _is_qemu(reader, pid_dir):
-        return None
+    # Its ``comm``, else its argv[0]'s base name, names a QEMU system emulator.
+    comm = reader.read(f"{pid_dir}/comm", _SMALL_READ)
+    if comm is None or not is_qemu_name(comm.rstrip("\n")):
+        head = reader.read(f"{pid_dir}/cmdline", _ARGV0_READ)
+        if head is None or not is_qemu_name(os.path.basename(head.partition("\0")[0])):
+            return None
     cmdline = reader.read(f"{pid_dir}/cmdline", _CMDLINE_MAX)
     if cmdline is None:
         return None  # exited in between
-    name = parse_qemu_name(split_cmdline(cmdline))
-    cgroup = reader.text(f"{pid_dir}/cgroup", _CGROUP_MAX)
+    guest, debug_threads = parse_qemu_name(cmdline.removesuffix("\0").split("\0"))
+    cgroup = reader.read(f"{pid_dir}/cgroup", _CGROUP_MAX)
+    tids = sorted((tid for tid in reader.listdir(f"{pid_dir}/task") if tid.isdigit()), key=int)
+    names = [reader.read(f"{pid_dir}/task/{tid}/comm", _SMALL_READ) for tid in tids]
     return QemuProcess(
         pid=pid,
-        domain_name=name.guest,
+        domain_name=guest,
         pod_uid=pod_uid_from_cgroup(cgroup) if cgroup is not None else None,
-        thread_names_enabled=name.debug_threads,
-        accelerators=_vcpu_accelerators(reader, pid_dir),
+        thread_names_enabled=debug_threads,
+        accelerators=tuple(filter(None, map(vcpu_accelerator, filter(None, names)))),
     )
-
-
-def _mount_options(proc_root: str, mountinfo_path: str) -> ProcMountOptions | None:
-    try:
-        with open(mountinfo_path, encoding="utf-8", errors="replace") as file:
-            text = file.read()
-    except OSError:
-        return None
-    return proc_mount_options(text, os.path.realpath(proc_root))
 
 
 def scan_proc(proc_root: str, *, mountinfo_path: str = SELF_MOUNTINFO) -> ProcScan:
@@ -151,17 +116,16 @@ def scan_proc(proc_root: str, *, mountinfo_path: str = SELF_MOUNTINFO) -> ProcSc
         entries = os.listdir(proc_root)
     except OSError as error:
         return ProcScan(proc_root, error=f"cannot list {proc_root}: {error.strerror or error}")
-    mount = _mount_options(proc_root, mountinfo_path)
-    processes = []
-    for entry in entries:
-        if entry.isdigit():
-            process = _read_process(reader, proc_root, int(entry))
-            if process is not None:
-                processes.append(process)
-    processes.sort(key=lambda p: p.pid)
+    try:
+        with open(mountinfo_path, encoding="utf-8", errors="replace") as file:
+            mount = proc_mount_options(file.read(), os.path.realpath(proc_root))
+    except OSError:
+        mount = None
+    pids = sorted(int(entry) for entry in entries if entry.isdigit())
+    processes = tuple(filter(None, (_read_process(reader, proc_root, pid) for pid in pids)))
     # pid 1 always exists in a host (or any pid-namespace) procfs and is root's: hidepid hides it
     # from everyone outside the gid= group, so its absence is the tell of an "invisible" mount.
     hides_init = mount is not None and mount.restricted and "1" not in entries
     return ProcScan(
-        proc_root, tuple(processes), mount, hidden=reader.refused > 0 or hides_init, refused=reader.refused
+        proc_root, processes, mount, hidden=reader.refused > 0 or hides_init, refused=reader.refused
     )
