@@ -46,7 +46,7 @@ from otel_vmi_hv.detection.proc.detector import ProcDetector
 detector = ProcDetector(sys.argv[1])
 answers = [detector.detect_domain(name, pod) for name, pod in json.loads(sys.argv[2])]
 print(json.dumps({"euid": os.geteuid(), "answers": [
-    {"hypervisor_type": a.hypervisor_type, "method": str(a.method), "error": a.error or "", "detail": a.detail}
+    {"hypervisor_type": a.hypervisor_type, "method": str(a.method), "error": a.error, "detail": a.detail}
     for a in answers]}))
 """
 
