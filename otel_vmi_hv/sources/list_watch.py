@@ -58,11 +58,8 @@ class Resource:
     @property
     def path(self) -> str:
         """The collection's URL path: ``/api/v1/nodes``, ``/apis/kubevirt.io/v1/kubevirts``."""
-        return (
-            f"/apis/{self.group}/{self.version}/{self.plural}"
-            if self.group
-            else f"/api/{self.version}/{self.plural}"
-        )
+        root = f"apis/{self.group}" if self.group else "api"
+        return f"/{root}/{self.version}/{self.plural}"
 
     def hint(self, status: int | None) -> str:
         """What an operator should do about an API answer that is not transient."""
@@ -290,11 +287,10 @@ class ListWatch:
             except ApiException as error:
                 if error.status != 410 or not ("_continue" in params or "resource_version_match" in params):
                     raise
-                if "_continue" in params:
-                    log.info("%s list continue token expired; restarting the list", self.resource.name)
-                else:  # older than anything the server keeps: only a consistent read can answer
-                    log.info("%s version too old to list from; listing afresh", self.resource.name)
-                    self._consistent_next = True
+                expired = "continue token" if "_continue" in params else "version"
+                log.info("%s list %s expired; listing afresh", self.resource.name, expired)
+                # A version older than anything the server keeps: only a consistent read can answer.
+                self._consistent_next |= "_continue" not in params
                 params = self._list_params()
                 self._tell(self._handler.relist_started)
                 continue
