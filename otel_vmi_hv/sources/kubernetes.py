@@ -31,9 +31,7 @@ _POD_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def launcher_pod_on(vmi: Mapping[str, Any], node: str) -> str | None:
     """UID of the VMI's launcher pod on ``node``: the key of status.activePods whose value is it."""
     active = mapping(vmi, "status", "activePods").items()
-    pods = sorted(
-        uid for uid, at in active if at == node and isinstance(uid, str) and _POD_UID.fullmatch(uid)
-    )
+    pods = sorted(uid for uid, at in active if at == node and _POD_UID.fullmatch(uid))  # JSON keys: str
     return pods[0] if pods else None
 
 
