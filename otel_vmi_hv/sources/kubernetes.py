@@ -9,6 +9,7 @@ as it is decoded, so a listing of thousands never exists whole.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -30,9 +31,7 @@ _POD_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def launcher_pod_on(vmi: Mapping[str, Any], node: str) -> str | None:
     """UID of the VMI's launcher pod on ``node``: the key of status.activePods whose value is it."""
     active = mapping(vmi, "status", "activePods").items()
-    pods = sorted(
-        uid for uid, at in active if at == node and isinstance(uid, str) and _POD_UID.fullmatch(uid)
-    )
+    pods = sorted(uid for uid, at in active if at == node and _POD_UID.fullmatch(uid))  # JSON keys: str
     return pods[0] if pods else None
 
 
@@ -45,12 +44,6 @@ def software_emulation(vmi: Mapping[str, Any]) -> SoftwareEmulation | None:
     return None
 
 
-def libvirt_mode(vmi: Mapping[str, Any]) -> str:
-    """``session`` for non-root launchers (runtimeUser 107), ``system`` for root ones (0 or absent)."""
-    user = field(vmi, "status", "runtimeUser")
-    return "session" if isinstance(user, int) and not isinstance(user, bool) and user != 0 else "system"
-
-
 class VMIInterpreter:
     """Turns a VMI object into what the tracker needs, or None when it must not be reported."""
 
@@ -61,34 +54,31 @@ class VMIInterpreter:
 
     def __call__(self, obj: Mapping[str, Any]) -> VMI | None:
         uid, namespace, name = (text(obj, "metadata", key) for key in ("uid", "namespace", "name"))
-        status = mapping(obj, "status")
-        if (
-            not (uid and namespace and name)
-            or status.get("phase") != "Running"
-            or status.get("nodeName") != self._node
-        ):
+        phase, node = field(obj, "status", "phase"), field(obj, "status", "nodeName")
+        if not (uid and namespace and name) or phase != "Running" or node != self._node:
             return None
         # Kept for as long as the VMI runs here: the VMIs of a namespace share one string.
         namespace = sys.intern(namespace)
-        pod_uid = launcher_pod_on(obj, self._node)
         domain = f"{namespace}_{name}"
+        pod_uid = launcher_pod_on(obj, self._node)
         if pod_uid is None:
             # Running here but no launcher pod recorded: report it, as unknown, rather than hide it.
-            return VMI(
-                uid, namespace, name, LibvirtTarget("", domain, f"{uid}/no-pod"), software_emulation(obj)
+            target = LibvirtTarget("", domain, f"{uid}/no-pod")
+        else:
+            # Non-root launchers (runtimeUser 107) run a session daemon, root ones (0 or absent) a system one.
+            user = field(obj, "status", "runtimeUser")
+            mode = "session" if type(user) is int and user != 0 else "system"
+            uri = self._template.format(
+                pod_uid=pod_uid,
+                vmi_uid=uid,
+                namespace=namespace,
+                name=name,
+                mode=mode,
+                pods_root=self._pods_root,
             )
-        uri = self._template.format(
-            pod_uid=pod_uid,
-            vmi_uid=uid,
-            namespace=namespace,
-            name=name,
-            mode=libvirt_mode(obj),
-            pods_root=self._pods_root,
-        )
-        empty_dirs = f"{self._pods_root}/{pod_uid}/volumes/kubernetes.io~empty-dir"
-        target = LibvirtTarget(
-            uri, domain, pod_uid, f"{empty_dirs}/private/libvirt/qemu/{domain}.xml", pod_uid
-        )
+            empty_dirs = f"{self._pods_root}/{pod_uid}/volumes/kubernetes.io~empty-dir"
+            xml = f"{empty_dirs}/private/libvirt/qemu/{domain}.xml"
+            target = LibvirtTarget(uri, domain, pod_uid, xml, pod_uid)
         return VMI(uid, namespace, name, target, software_emulation(obj))
 
 
@@ -128,14 +118,13 @@ class KubernetesVMISource:
         self._settings = settings
         self._sink = sink
         self._on_synced = on_synced
-        self._api_client: Any = None
         self._interpret = VMIInterpreter(settings.node_name, settings.libvirt_uri, settings.pods_root)
         self._listing: dict[str, VMI] = {}  # the relist in progress
         selector = f"kubevirt.io/nodeName={settings.node_name}"
         self._list_watch = ListWatch(
             Resource("virtualmachineinstances", "kubevirt.io"),
             self,
-            self._client,
+            functools.cache(lambda: api_client_for(settings)),  # made on first use
             list_watch_options(settings, label_selector=selector),
             metrics,
         )
@@ -154,11 +143,6 @@ class KubernetesVMISource:
 
     def stop(self) -> None:
         self._list_watch.stop()
-
-    def _client(self) -> Any:
-        if self._api_client is None:
-            self._api_client = api_client_for(self._settings)
-        return self._api_client
 
     # ------------------------------------------------------------------ ListWatchHandler
 

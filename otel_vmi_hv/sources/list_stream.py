@@ -39,39 +39,38 @@ class ListBody:
         Anything that is not one JSON object with an ``items`` array (or null) raises ValueError.
         """
         self._expect("{", "not a JSON object")
-        if self._peek() == "}":
-            self._pos += 1
-        else:
-            while True:
-                key = self._value()
-                if not isinstance(key, str):
-                    raise self._error("an object key is not a string")
-                self._expect(":", "a key without a value")
-                if key == "items":
-                    yield from self._array()
-                else:
-                    value = self._value()
-                    if key == "metadata" and isinstance(value, Mapping):
-                        self.metadata = value
-                if self._separator("}") == "}":
-                    break
+        for _ in self._elements("}"):
+            key = self._value()
+            if not isinstance(key, str):
+                raise self._error("an object key is not a string")
+            self._expect(":", "a key without a value")
+            if key == "items" and self._peek() == "[":
+                self._pos += 1
+                for _ in self._elements("]"):
+                    yield self._value()
+                continue
+            value = self._value()
+            if key == "items" and value is not None:
+                raise self._error("items is not an array")
+            if key == "metadata" and isinstance(value, Mapping):
+                self.metadata = value
         if self._peek() != "":
             raise self._error("text after the JSON object")
 
     # ------------------------------------------------------------------ the walk
 
-    def _array(self) -> Iterator[Any]:
-        if self._peek() != "[":
-            if self._value() is None:
-                return
-            raise self._error("items is not an array")
-        self._pos += 1
-        if self._peek() == "]":
+    def _elements(self, closing: str) -> Iterator[None]:
+        """Once per element of the container just opened (the caller reads it), up to ``closing``."""
+        if self._peek() == closing:
             self._pos += 1
             return
         while True:
-            yield self._value()
-            if self._separator("]") == "]":
+            yield
+            char = self._peek()
+            if char not in (",", closing):
+                raise self._error(f"expected ',' or {closing!r}")
+            self._pos += 1
+            if char == closing:
                 return
 
     def _value(self) -> Any:
@@ -85,18 +84,10 @@ class ListBody:
                     raise self._error(f"malformed JSON ({error.msg})") from None
                 self._read(2 * (len(self._text) - self._pos))
                 continue
-            if end == len(self._text) and not self._eof:
-                self._read(end - self._pos + 1)  # a number could go on in the next chunk
-                continue
-            self._pos = end
-            return value
-
-    def _separator(self, closing: str) -> str:
-        char = self._peek()
-        if char not in (",", closing):
-            raise self._error(f"expected ',' or {closing!r}")
-        self._pos += 1
-        return char
+            if end < len(self._text) or self._eof:
+                self._pos = end
+                return value
+            self._read(end - self._pos + 1)  # a number could go on in the next chunk
 
     def _expect(self, char: str, problem: str) -> None:
         if self._peek() != char:
@@ -107,27 +98,20 @@ class ListBody:
         """The next character that is not whitespace ("" at the end of the body)."""
         while True:
             self._pos = _WHITESPACE.match(self._text, self._pos).end()  # type: ignore[union-attr]
-            if self._pos < len(self._text):
-                return self._text[self._pos]
-            if self._eof:
-                return ""
+            if self._pos < len(self._text) or self._eof:
+                return self._text[self._pos : self._pos + 1]
             self._read(1)
 
     def _read(self, at_least: int) -> None:
         """Read chunks until ``at_least`` characters are unread, or the body ends."""
-        self._text = self._text[self._pos :]
+        parts = [self._text[self._pos :]]
         self._pos = 0
-        parts = [self._text]
-        have = len(self._text)
-        while have < at_least or have == len(self._text):
+        have = len(parts[0])
+        while not self._eof and have < at_least:
             chunk = next(self._chunks, None)
-            if chunk is None:
-                parts.append(self._utf8.decode(b"", final=True))
-                self._eof = True
-                break
-            part = self._utf8.decode(chunk)
-            parts.append(part)
-            have += len(part)
+            self._eof = chunk is None
+            parts.append(self._utf8.decode(chunk or b"", final=self._eof))
+            have += len(parts[-1])
         self._text = "".join(parts)
 
     def _error(self, problem: str) -> ValueError:
