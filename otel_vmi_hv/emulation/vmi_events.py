@@ -15,11 +15,15 @@ import hashlib
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.client import ApiException, CoreV1Api, CoreV1Event, V1ObjectMeta, V1ObjectReference
+
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.config import Settings
+from otel_vmi_hv.emulation.cluster_facts import ClusterFacts
 from otel_vmi_hv.emulation.reasons import FIXES, EmulationReason
 from otel_vmi_hv.interfaces import Recorder
 from otel_vmi_hv.model import VMI
@@ -57,6 +61,29 @@ def event_message(reason: str, evidence: str) -> str:
     """The reason, its evidence and the fix, as ``detect`` prints them."""
     fix = FIXES[EmulationReason(reason)]
     return f"Running under QEMU TCG software emulation: {reason} ({evidence}). Fix: {fix}"[:MAX_MESSAGE]
+
+
+def events_permission(settings: Settings, facts: object, emulated: Iterable[VMI]) -> str:
+    """For ``detect``, which writes no Event: may the agent? A dry-run create, which stores nothing."""
+    if not (settings.events and isinstance(facts, ClusterFacts)):
+        return ""  # no Events to write
+    fallback = dict(settings.resource_attributes).get("k8s.namespace.name", "default")
+    namespace = min((vmi.namespace for vmi in emulated), default=fallback)
+    involved = V1ObjectReference(kind="VirtualMachineInstance", namespace=namespace, name=COMPONENT)
+    event = CoreV1Event(metadata=V1ObjectMeta(name=f"{COMPONENT}.check"), involved_object=involved)
+    try:
+        CoreV1Api(facts.client()).create_namespaced_event(
+            namespace, event, dry_run="All", _request_timeout=TIMEOUT
+        )
+    except ApiException as error:
+        if error.status == 403:
+            grant = "grant create and patch on events, see docs/kubernetes.md"
+            return f"forbidden (create on events in {namespace}): {grant}"
+        if error.status != 409:  # 409: an Event of that name exists, so creating was allowed
+            return f"not checked (HTTP {error.status} {error.reason})"
+    except Exception as error:  # the API server went away
+        return f"not checked ({error})"
+    return "allowed"
 
 
 class TokenBucket:
