@@ -72,6 +72,10 @@ def emulation_policy_from(kubevirts: list[Mapping[str, Any]]) -> EmulationPolicy
     return EmulationPolicy(allowed, f"KubeVirt CR {name} {verb} emulation ({USE_EMULATION}: {shown})")
 
 
+def _uid(obj: Mapping[str, Any]) -> str | None:
+    return text(obj, "metadata", "uid") or text(obj, "metadata", "name")
+
+
 class ObjectCache:
     """The objects of one list-watch, by uid, and its last failure; tells its owner after every change."""
 
@@ -82,10 +86,6 @@ class ObjectCache:
         self.synced = False
         self.failure: Failure | None = None
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _uid(obj: Mapping[str, Any]) -> str | None:
-        return text(obj, "metadata", "uid") or text(obj, "metadata", "name")
 
     def objects(self) -> list[Mapping[str, Any]]:
         with self._lock:
@@ -103,7 +103,7 @@ class ObjectCache:
         self._listing = {}
 
     def listed(self, obj: Mapping[str, Any]) -> None:
-        uid = self._uid(obj)
+        uid = _uid(obj)
         if uid is not None:
             self._listing[uid] = obj
 
@@ -114,7 +114,7 @@ class ObjectCache:
         self._changed()
 
     def changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
-        uid = self._uid(obj)
+        uid = _uid(obj)
         if uid is None:
             return
         with self._lock:
