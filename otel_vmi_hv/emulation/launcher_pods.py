@@ -122,10 +122,10 @@ class LauncherPods:
     def start(self) -> None:
         self._worker.start()
 
-    def stop(self, timeout: float = 0.5) -> None:
+    def stop(self) -> None:
         self._worker.stop()
         self._work.put(None)
-        self._worker.join(timeout)
+        self._worker.join(0.5)
 
     def _loop(self, worker: Worker) -> None:
         while not worker.stopping and (item := self._work.get()) is not None:
@@ -154,22 +154,17 @@ class LauncherPods:
                 resource_version="0",
             )
             pods = items(json.loads(answer.read()), "items")
-        except ApiException as error:
-            if error.status == 403:
-                with self._lock:
-                    first = self._forbidden_until == 0.0
-                    self._forbidden_until = self._clock() + FORBIDDEN_RETRY
-                (log.info if first else log.debug)(
-                    "launcher pods cannot be listed (403): the reason for emulated VMIs comes from the"
-                    " Node and the KubeVirt CR only (list on pods lets the agent read what launchers request)"
-                )
-                return None, FORBIDDEN_RETRY
-            log.debug("%s/%s: listing its launcher pod failed: %s", vmi.namespace, vmi.name, error)
-            return None, ERROR_RETRY
-        except Exception as error:  # connection refused or reset, timeouts, a body that is not JSON
-            log.debug("%s/%s: listing its launcher pod failed: %r", vmi.namespace, vmi.name, error)
-            return None, ERROR_RETRY
-        for pod in pods:
-            if text(pod, "metadata", "uid") == pod_uid:
-                return launcher_request_from(pod, device), 0.0
-        return None, ABSENT_RETRY
+        except Exception as error:  # a 403, connection refused or reset, timeouts, a body that is not JSON
+            if not (isinstance(error, ApiException) and error.status == 403):
+                log.debug("%s/%s: listing its launcher pod failed: %r", vmi.namespace, vmi.name, error)
+                return None, ERROR_RETRY
+            with self._lock:
+                first = self._forbidden_until == 0.0
+                self._forbidden_until = self._clock() + FORBIDDEN_RETRY
+            (log.info if first else log.debug)(
+                "launcher pods cannot be listed (403): the reason for emulated VMIs comes from the"
+                " Node and the KubeVirt CR only (list on pods lets the agent read what launchers request)"
+            )
+            return None, FORBIDDEN_RETRY
+        pod = next((pod for pod in pods if text(pod, "metadata", "uid") == pod_uid), None)
+        return (None, ABSENT_RETRY) if pod is None else (launcher_request_from(pod, device), 0.0)
