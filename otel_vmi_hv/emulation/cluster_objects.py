@@ -95,9 +95,8 @@ class ObjectCache:
         """(listed, the failure that makes its objects unusable, if any)."""
         with self._lock:
             synced, failure = self.synced, self.failure
-        if failure is not None and (failure[0] in (401, 403, 404) or not synced):
-            return synced, failure
-        return synced, None
+        lasting = failure is not None and (failure[0] in (401, 403, 404) or not synced)
+        return synced, failure if lasting else None
 
     def relist_started(self) -> None:
         self._listing = {}

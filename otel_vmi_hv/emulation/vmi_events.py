@@ -57,12 +57,6 @@ def event_name(vmi: VMI, reason: str) -> str:
     return f"{vmi.name[:200]}.{digest}"
 
 
-def event_message(reason: str, evidence: str) -> str:
-    """The reason, its evidence and the fix, as ``detect`` prints them."""
-    fix = FIXES[EmulationReason(reason)]
-    return f"Running under QEMU TCG software emulation: {reason} ({evidence}). Fix: {fix}"[:MAX_MESSAGE]
-
-
 def events_permission(settings: Settings, facts: object, emulated: Iterable[VMI]) -> str:
     """For ``detect``, which writes no Event: may the agent? A dry-run create, which stores nothing."""
     if not (settings.events and isinstance(facts, ClusterFacts)):
@@ -144,7 +138,10 @@ class VmiEvents:
     def _write(self, vmi: VMI, reason: str, evidence: str) -> EventResult | None:
         """Create the Event, or refresh it when it exists; None when worth retrying."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        message = event_message(reason, evidence)
+        fix = FIXES[EmulationReason(reason)]  # the reason, its evidence and the fix, as `detect` prints them
+        message = f"Running under QEMU TCG software emulation: {reason} ({evidence}). Fix: {fix}"[
+            :MAX_MESSAGE
+        ]
         base = f"/api/v1/namespaces/{vmi.namespace}/events"
         try:
             status = _send(self._client(), "POST", base, self._body(vmi, reason, message, now))
