@@ -59,7 +59,8 @@ class ExplainedFacts:
         self._settled = threading.Condition()  # notified after each pass of the worker
         self._poll_interval = poll_interval
         self._publish_lock = threading.Lock()
-        self._reading: Reading | None = None  # published: replaced, never changed
+        unread = NodeAccelerator(KVM_DEVICE, None, "not read yet")
+        self._reading = Reading(unread, unread, "", None)  # published: replaced, never changed
         self._explanations: Mapping[str, tuple[str, str]] = MappingProxyType({})
         self._version = 0
         self._worker = Worker(name, self._run)
@@ -104,20 +105,18 @@ class ExplainedFacts:
         return self._explanations
 
     def node_kvm_available(self) -> bool | None:
-        reading = self._reading
-        return None if reading is None else reading.kvm.available
+        return self._reading.kvm.available
 
     def node_accelerator_available(self) -> tuple[str, bool] | None:
         """``(device, available)`` for the configured hypervisor's device; None while unknown."""
-        reading = self._reading
-        if reading is None or reading.accelerator.device is None or reading.accelerator.available is None:
+        accelerator = self._reading.accelerator
+        if accelerator.device is None or accelerator.available is None:
             return None
-        return reading.accelerator.device, reading.accelerator.available
+        return accelerator.device, accelerator.available
 
     def describe_accelerator(self) -> str:
         """This node's accelerator in words, for `detect`: which device, whether present, and why."""
-        reading = self._reading
-        return "" if reading is None else reading.described
+        return self._reading.described
 
     def settled(self) -> bool:
         """The facts were read (or failed) and the last change is published (``detect`` waits for it)."""
