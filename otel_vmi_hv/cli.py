@@ -162,9 +162,7 @@ def detect(settings: Settings, output: str) -> int:
         agent.emulation.wait_settled(max(0.0, deadline + DETECT_TIMEOUT_SLACK - time.monotonic()))
         detections = agent.tracker.detections()
         explanations = agent.emulation.explanations()
-        events = events_permission(
-            settings, agent.emulation, [v for v, _ in detections if v.key in explanations]
-        )
+        events = events_permission(settings, agent.emulation, [vmi for vmi, _ in detections])
         report = rows(
             detections,
             settings.node_name,

@@ -57,12 +57,14 @@ def event_name(vmi: VMI, reason: str) -> str:
     return f"{vmi.name[:200]}.{digest}"
 
 
-def events_permission(settings: Settings, facts: object, emulated: Iterable[VMI]) -> str:
-    """For ``detect``, which writes no Event: may the agent? A dry-run create, which stores nothing."""
+def events_permission(settings: Settings, facts: object, vmis: Iterable[VMI]) -> str:
+    """For ``detect``, which writes no Event: may the agent? A dry-run create, which stores nothing,
+    in an emulated VMI's namespace (else the agent's)."""
     if not (settings.events and isinstance(facts, ClusterFacts)):
         return ""  # no Events to write
     fallback = dict(settings.resource_attributes).get("k8s.namespace.name", "default")
-    namespace = min((vmi.namespace for vmi in emulated), default=fallback)
+    explained = facts.explanations()
+    namespace = min((vmi.namespace for vmi in vmis if vmi.key in explained), default=fallback)
     involved = {"kind": "VirtualMachineInstance", "namespace": namespace, "name": COMPONENT}
     body = {"metadata": {"name": f"{COMPONENT}.check"}, "involvedObject": involved, "type": "Warning"}
     try:
