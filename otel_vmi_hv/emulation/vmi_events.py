@@ -90,16 +90,8 @@ def _send(client: Any, method: str, path: str, body: Any, content_type: str = "a
 class VmiEvents:
     """Queues and writes the Events; ``emulated`` never blocks."""
 
-    def __init__(
-        self,
-        client: Callable[[], Any],
-        recorder: Recorder,
-        *,
-        instance: str,
-        node: str,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client, self._recorder, self._clock = client, recorder, clock
+    def __init__(self, client: Callable[[], Any], recorder: Recorder, *, instance: str, node: str) -> None:
+        self._client, self._recorder = client, recorder
         self._instance, self._node = instance, node
         self._queue: queue.Queue[tuple[VMI, str, str]] = queue.Queue(QUEUE_SIZE)
         self._forbidden_logged = False
@@ -120,13 +112,13 @@ class VmiEvents:
         self._worker.join(0.5)
 
     def _loop(self, worker: Worker) -> None:
-        tokens, at = float(EVENTS_BURST), self._clock()  # the token bucket: negative is a debt
+        tokens, at = float(EVENTS_BURST), time.monotonic()  # the token bucket: negative is a debt
         while not worker.stopping:
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            now = self._clock()
+            now = time.monotonic()
             tokens, at = min(EVENTS_BURST, tokens + (now - at) * EVENTS_PER_SECOND) - 1, now
             if tokens < 0 and worker.sleep(-tokens / EVENTS_PER_SECOND):
                 return
