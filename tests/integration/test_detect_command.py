@@ -150,3 +150,26 @@ def test_a_missing_events_rule_is_named_and_nothing_is_written(
     monkeypatch.setenv("OTEL_VMI_HV_EVENTS", "false")
     assert main(["detect"]) == 0
     assert "events:" not in capsys.readouterr().out
+
+
+def test_without_an_emulated_vmi_events_are_checked_in_the_agents_namespace(
+    api: FakeKubeAPIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    vmi = make_vmi("prod", "web", NODE)
+    Launchers(tmp_path / "pods").run_vmi(vmi, "kvm", NODE)
+    api.create(vmi)
+    set_detect_environment(
+        monkeypatch,
+        api,
+        tmp_path,
+        NODE,
+        tmp_path / "pods",
+        OTEL_RESOURCE_ATTRIBUTES="k8s.namespace.name=agents",
+    )
+    api.forbid("events")
+    assert main(["detect"]) == 0
+    assert "events: forbidden (create on events in agents)" in capsys.readouterr().out
+    assert {r.namespace for r in api.requests if r.resource == "events"} == {"agents"}
