@@ -142,6 +142,7 @@ def run(settings: Settings) -> int:
 def detect(settings: Settings, output: str) -> int:
     from otel_vmi_hv.agent import Agent
     from otel_vmi_hv.detect_report import render_json, render_table, rows
+    from otel_vmi_hv.emulation.vmi_events import events_permission
 
     agent = Agent(settings, with_telemetry=False, cross_check=True)
     agent.start()
@@ -161,16 +162,19 @@ def detect(settings: Settings, output: str) -> int:
         agent.emulation.wait_settled(max(0.0, deadline + DETECT_TIMEOUT_SLACK - time.monotonic()))
         detections = agent.tracker.detections()
         explanations = agent.emulation.explanations()
+        events = events_permission(settings, agent.emulation, [vmi for vmi, _ in detections])
         report = rows(
             detections,
             settings.node_name,
             lambda vmi: explanations.get(vmi.key, ("unknown", "not explained in time")),
+            events,
         )
         problems = agent.emulation.problems()
         accelerator = agent.emulation.describe_accelerator()
     finally:
         agent.stop(budget=1.0)
-    sys.stdout.write(render_json(report) if output == "json" else render_table(report, problems, accelerator))
+    table = render_table(report, problems, accelerator, events)
+    sys.stdout.write(render_json(report) if output == "json" else table)
     return 0
 
 

@@ -14,8 +14,10 @@ def rows(
     detections: Sequence[tuple[VMI, Detection | None]],
     node: str,
     explain: Callable[[VMI], tuple[str, str]],
+    events: str = "",
 ) -> list[dict[str, Any]]:
-    """One row per VMI; ``explain`` gives (reason, evidence) for the emulated ones."""
+    """One row per VMI; ``explain`` gives (reason, evidence) for the emulated ones, ``events`` whether
+    the agent may record their Event."""
     result = []
     for vmi, detection in sorted(detections, key=lambda item: (item[0].namespace, item[0].name)):
         why, evidence = explain(vmi) if detection and detection.hypervisor_type == EMULATED else ("", "")
@@ -35,6 +37,7 @@ def rows(
                 "proc_says": (detection.mismatch if detection else "") or None,
                 "emulation_reason": why or None,
                 "emulation_evidence": evidence or None,
+                "events": (events or None) if why else None,
             }
         )
     return result
@@ -78,8 +81,10 @@ def render_json(report: list[dict[str, Any]]) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
 
-def render_table(report: list[dict[str, Any]], problems: Sequence[str] = (), accelerator: str = "") -> str:
-    """The report as a table, then hints, why emulated VMIs are, and this node's accelerator."""
+def render_table(
+    report: list[dict[str, Any]], problems: Sequence[str] = (), accelerator: str = "", events: str = ""
+) -> str:
+    """The report as a table, then hints, why emulated VMIs are, this node's accelerator and Events."""
     headers = ("NAMESPACE", "NAME", "NODE", "HYPERVISOR", "WHY", "METHOD", "SOURCE", "ERROR")
     table = [headers] + [
         (
@@ -115,6 +120,8 @@ def render_table(report: list[dict[str, Any]], problems: Sequence[str] = (), acc
         out.extend(f"cannot tell why VMIs are emulated: {problem}" for problem in problems)
     if accelerator:
         out.extend(("", f"node accelerator: {accelerator}"))
+    if events:
+        out.append(f"events: {events}")
     return "\n".join(out) + "\n"
 
 

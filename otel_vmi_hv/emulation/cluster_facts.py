@@ -44,19 +44,10 @@ class ClusterFacts(ExplainedFacts):
         self._node = ObjectCache(self.wake)
         self._kubevirt = ObjectCache(self.wake)
         self._launchers = LauncherPods(self.client, self._node_name, on_answer=self.wake)
+        this_node = list_watch_options(settings, field_selector=f"metadata.name={self._node_name}")
         self._watches = [
-            ListWatch(
-                NODES,
-                self._node,
-                self.client,
-                list_watch_options(settings, field_selector=f"metadata.name={self._node_name}"),
-            ),
-            ListWatch(
-                KUBEVIRTS,
-                self._kubevirt,
-                self.client,
-                list_watch_options(settings),
-            ),
+            ListWatch(NODES, self._node, self.client, this_node),
+            ListWatch(KUBEVIRTS, self._kubevirt, self.client, list_watch_options(settings)),
         ]
         self.publish()
 
@@ -109,15 +100,12 @@ class ClusterFacts(ExplainedFacts):
         if failure is not None or not synced:
             why = f": {failure_text(NODES, failure)}" if failure is not None else " not read yet"
             evidence = f"node {self._node_name}{why}"
-            return NodeAccelerator(KVM_DEVICE, None, evidence), NodeAccelerator(
-                hypervisor.device, None, evidence
-            )
-        mine = [n for n in self._node.objects() if text(n, "metadata", "name") == self._node_name]
-        node = mine[0] if mine else None
+            unknown = NodeAccelerator(hypervisor.device, None, evidence)
+            return NodeAccelerator(KVM_DEVICE, None, evidence), unknown
+        node = next((n for n in self._node.objects() if text(n, "metadata", "name") == self._node_name), None)
         kvm = node_device_from(node, self._node_name, KVM_DEVICE)
-        if hypervisor.device == KVM_DEVICE:
-            return kvm, kvm
-        return kvm, node_device_from(node, self._node_name, hypervisor.device)
+        same = hypervisor.device == KVM_DEVICE
+        return kvm, kvm if same else node_device_from(node, self._node_name, hypervisor.device)
 
     def _cluster(self) -> tuple[Hypervisor, EmulationPolicy]:
         synced, failure = self._kubevirt.state()
@@ -125,15 +113,13 @@ class ClusterFacts(ExplainedFacts):
             why = f"KubeVirt CR {failure_text(KUBEVIRTS, failure)}"
             return default_hypervisor(f"hypervisor assumed ({why})"), EmulationPolicy(None, why)
         if not synced:
-            return default_hypervisor("KubeVirt CR not read yet"), EmulationPolicy(
-                None, "KubeVirt CR not read yet"
-            )
+            why = "KubeVirt CR not read yet"
+            return default_hypervisor(why), EmulationPolicy(None, why)
         kubevirts = self._kubevirt.objects()
+        policy = emulation_policy_from(kubevirts)
         if not kubevirts:
-            hypervisor = default_hypervisor("no KubeVirt CR (kubevirts.kubevirt.io) in the cluster")
-        else:
-            hypervisor = hypervisor_of(*oldest(kubevirts))
-        return hypervisor, emulation_policy_from(kubevirts)
+            return default_hypervisor(policy.evidence), policy
+        return hypervisor_of(*oldest(kubevirts)), policy
 
 
 def emulation_facts_for(settings: Settings, *, api_client: Any = None) -> ClusterFacts | HostFacts:

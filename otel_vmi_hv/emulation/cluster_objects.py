@@ -72,6 +72,10 @@ def emulation_policy_from(kubevirts: list[Mapping[str, Any]]) -> EmulationPolicy
     return EmulationPolicy(allowed, f"KubeVirt CR {name} {verb} emulation ({USE_EMULATION}: {shown})")
 
 
+def _uid(obj: Mapping[str, Any]) -> str | None:
+    return text(obj, "metadata", "uid") or text(obj, "metadata", "name")
+
+
 class ObjectCache:
     """The objects of one list-watch, by uid, and its last failure; tells its owner after every change."""
 
@@ -83,10 +87,6 @@ class ObjectCache:
         self.failure: Failure | None = None
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _uid(obj: Mapping[str, Any]) -> str | None:
-        return text(obj, "metadata", "uid") or text(obj, "metadata", "name")
-
     def objects(self) -> list[Mapping[str, Any]]:
         with self._lock:
             return list(self._objects.values())
@@ -95,15 +95,14 @@ class ObjectCache:
         """(listed, the failure that makes its objects unusable, if any)."""
         with self._lock:
             synced, failure = self.synced, self.failure
-        if failure is not None and (failure[0] in (401, 403, 404) or not synced):
-            return synced, failure
-        return synced, None
+        lasting = failure is not None and (failure[0] in (401, 403, 404) or not synced)
+        return synced, failure if lasting else None
 
     def relist_started(self) -> None:
         self._listing = {}
 
     def listed(self, obj: Mapping[str, Any]) -> None:
-        uid = self._uid(obj)
+        uid = _uid(obj)
         if uid is not None:
             self._listing[uid] = obj
 
@@ -114,7 +113,7 @@ class ObjectCache:
         self._changed()
 
     def changed(self, event_type: str, obj: Mapping[str, Any]) -> None:
-        uid = self._uid(obj)
+        uid = _uid(obj)
         if uid is None:
             return
         with self._lock:

@@ -42,12 +42,6 @@ class Reading:
     policy: EmulationPolicy | None  # None on a plain host: no cluster policy exists
 
 
-@dataclass(frozen=True, slots=True)
-class _Published:
-    reading: Reading | None
-    explanations: Mapping[str, tuple[str, str]]
-
-
 def describe(accelerator: NodeAccelerator, why: str) -> str:
     state = {True: "present", False: "absent", None: "unknown"}[accelerator.available]
     return f"{accelerator.device or 'no known device'} {state} ({why})"
@@ -65,7 +59,9 @@ class ExplainedFacts:
         self._settled = threading.Condition()  # notified after each pass of the worker
         self._poll_interval = poll_interval
         self._publish_lock = threading.Lock()
-        self._published = _Published(None, MappingProxyType({}))
+        unread = NodeAccelerator(KVM_DEVICE, None, "not read yet")
+        self._reading = Reading(unread, unread, "", None)  # published: replaced, never changed
+        self._explanations: Mapping[str, tuple[str, str]] = MappingProxyType({})
         self._version = 0
         self._worker = Worker(name, self._run)
 
@@ -106,23 +102,21 @@ class ExplainedFacts:
 
     def explanations(self) -> Mapping[str, tuple[str, str]]:
         """VMI key → (reason, evidence) for every emulated VMI explained so far; immutable."""
-        return self._published.explanations
+        return self._explanations
 
     def node_kvm_available(self) -> bool | None:
-        reading = self._published.reading
-        return None if reading is None else reading.kvm.available
+        return self._reading.kvm.available
 
     def node_accelerator_available(self) -> tuple[str, bool] | None:
         """``(device, available)`` for the configured hypervisor's device; None while unknown."""
-        reading = self._published.reading
-        if reading is None or reading.accelerator.device is None or reading.accelerator.available is None:
+        accelerator = self._reading.accelerator
+        if accelerator.device is None or accelerator.available is None:
             return None
-        return reading.accelerator.device, reading.accelerator.available
+        return accelerator.device, accelerator.available
 
     def describe_accelerator(self) -> str:
         """This node's accelerator in words, for `detect`: which device, whether present, and why."""
-        reading = self._published.reading
-        return "" if reading is None else reading.described
+        return self._reading.described
 
     def settled(self) -> bool:
         """The facts were read (or failed) and the last change is published (``detect`` waits for it)."""
@@ -160,11 +154,10 @@ class ExplainedFacts:
             reading = self._read()
             emulated = {vmi.key: vmi for _, vmi in self._snapshots().emulated}
             explained = {key: self._explain(vmi, reading) for key, vmi in emulated.items()}
-            published = _Published(reading, MappingProxyType(explained))
-            if reading != self._published.reading:
+            if reading != self._reading:
                 log.info("emulation facts: %s", reading.described)
-            if published != self._published:
-                self._published = published
+            if reading != self._reading or explained != self._explanations:
+                self._reading, self._explanations = reading, MappingProxyType(explained)
                 self._version += 1
             if self._events is not None and self._inputs_settled():
                 self._tell_events(emulated, explained)
@@ -174,14 +167,11 @@ class ExplainedFacts:
         launcher = None
         if vmi.software_emulation is None and node.available and node.device and reading.policy is not None:
             launcher = self._launcher(vmi, node.device)
-        explanation = explain_emulation(vmi.software_emulation, node, reading.policy, launcher)
-        return explanation.reason, explanation.evidence
+        return explain_emulation(vmi.software_emulation, node, reading.policy, launcher)
 
     def _tell_events(self, vmis: Mapping[str, VMI], explained: Mapping[str, tuple[str, str]]) -> None:
         assert self._events is not None
-        for key in [key for key in self._recorded if key not in explained]:
-            del self._recorded[key]
+        told, self._recorded = self._recorded, {key: reason for key, (reason, _) in explained.items()}
         for key, (reason, evidence) in explained.items():
-            if self._recorded.get(key) != reason:
-                self._recorded[key] = reason
+            if told.get(key) != reason:
                 self._events.emulated(vmis[key], reason, evidence)

@@ -36,23 +36,18 @@ class Hypervisor:
 def hypervisor_of(cr: Mapping[str, Any], cr_name: str) -> Hypervisor:
     """The hypervisor KubeVirt uses according to the CR ``cr_name`` (``namespace/name``)."""
     configuration = mapping(cr, "spec", "configuration")
-    named = text(configuration, "hypervisors", 0, "name")
+    named, where = text(configuration, "hypervisors", 0, "name"), f"KubeVirt CR {cr_name}"
     if not named:
-        return default_hypervisor(
-            f"KubeVirt CR {cr_name} names no hypervisor (spec.configuration.hypervisors)"
-        )
+        return default_hypervisor(f"{where} names no hypervisor (spec.configuration.hypervisors)")
     if FEATURE_GATE not in items(configuration, "developerConfiguration", "featureGates"):
         return default_hypervisor(
-            f"KubeVirt CR {cr_name} names hypervisor {named!r} but the feature gate {FEATURE_GATE} is off"
+            f"{where} names hypervisor {named!r} but the feature gate {FEATURE_GATE} is off"
         )
-    device = DEVICES.get(named)
-    if device is None:
+    if named not in DEVICES:
         return Hypervisor(
-            named,
-            None,
-            f"KubeVirt CR {cr_name} configures hypervisor {named!r}, whose device is not known here",
+            named, None, f"{where} configures hypervisor {named!r}, whose device is not known here"
         )
-    return Hypervisor(named, device, f"KubeVirt CR {cr_name} configures hypervisor {named}")
+    return Hypervisor(named, DEVICES[named], f"{where} configures hypervisor {named}")
 
 
 def default_hypervisor(why: str) -> Hypervisor:

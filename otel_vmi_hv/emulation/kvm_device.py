@@ -47,9 +47,8 @@ def probe_kvm_device(path: str = DEFAULT_KVM_DEVICE) -> KvmState:
     try:
         version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
     except OSError as error:
-        return _unusable(path, error.errno or 0) or KvmState(
-            None, f"KVM_GET_API_VERSION on {path} failed: {error.strerror}"
-        )
+        failed = KvmState(None, f"KVM_GET_API_VERSION on {path} failed: {error.strerror}")
+        return _unusable(path, error.errno or 0) or failed
     finally:
         os.close(fd)
     if version != KVM_API_VERSION:

@@ -75,18 +75,10 @@ class _Entry:
 class LauncherPods:
     """Launcher pod requests by pod uid, looked up on a worker when first asked for."""
 
-    def __init__(
-        self,
-        client: Callable[[], Any],
-        node_name: str,
-        *,
-        on_answer: Callable[[], None],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, client: Callable[[], Any], node_name: str, *, on_answer: Callable[[], None]) -> None:
         self._client = client
         self._node = node_name
         self._on_answer = on_answer
-        self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._forbidden_until = 0.0
@@ -99,7 +91,7 @@ class LauncherPods:
         if not pod_uid:
             return None
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             entry = self._entries.get(pod_uid)
             if entry is not None and entry.device == device:
                 self._entries.move_to_end(pod_uid)
@@ -122,10 +114,10 @@ class LauncherPods:
     def start(self) -> None:
         self._worker.start()
 
-    def stop(self, timeout: float = 0.5) -> None:
+    def stop(self) -> None:
         self._worker.stop()
         self._work.put(None)
-        self._worker.join(timeout)
+        self._worker.join(0.5)
 
     def _loop(self, worker: Worker) -> None:
         while not worker.stopping and (item := self._work.get()) is not None:
@@ -135,7 +127,7 @@ class LauncherPods:
                 entry = self._entries.get(pod_uid)
                 if entry is None or entry.device != device:
                     continue
-                entry.result, entry.retry_at = result, self._clock() + retry
+                entry.result, entry.retry_at = result, time.monotonic() + retry
             self._on_answer()  # before the entry stops being pending: `detect` waits for both
             with self._lock:
                 entry.pending = False
@@ -154,22 +146,17 @@ class LauncherPods:
                 resource_version="0",
             )
             pods = items(json.loads(answer.read()), "items")
-        except ApiException as error:
-            if error.status == 403:
-                with self._lock:
-                    first = self._forbidden_until == 0.0
-                    self._forbidden_until = self._clock() + FORBIDDEN_RETRY
-                (log.info if first else log.debug)(
-                    "launcher pods cannot be listed (403): the reason for emulated VMIs comes from the"
-                    " Node and the KubeVirt CR only (list on pods lets the agent read what launchers request)"
-                )
-                return None, FORBIDDEN_RETRY
-            log.debug("%s/%s: listing its launcher pod failed: %s", vmi.namespace, vmi.name, error)
-            return None, ERROR_RETRY
-        except Exception as error:  # connection refused or reset, timeouts, a body that is not JSON
-            log.debug("%s/%s: listing its launcher pod failed: %r", vmi.namespace, vmi.name, error)
-            return None, ERROR_RETRY
-        for pod in pods:
-            if text(pod, "metadata", "uid") == pod_uid:
-                return launcher_request_from(pod, device), 0.0
-        return None, ABSENT_RETRY
+        except Exception as error:  # a 403, connection refused or reset, timeouts, a body that is not JSON
+            if not (isinstance(error, ApiException) and error.status == 403):
+                log.debug("%s/%s: listing its launcher pod failed: %r", vmi.namespace, vmi.name, error)
+                return None, ERROR_RETRY
+            with self._lock:
+                first = self._forbidden_until == 0.0
+                self._forbidden_until = time.monotonic() + FORBIDDEN_RETRY
+            (log.info if first else log.debug)(
+                "launcher pods cannot be listed (403): the reason for emulated VMIs comes from the"
+                " Node and the KubeVirt CR only (list on pods lets the agent read what launchers request)"
+            )
+            return None, FORBIDDEN_RETRY
+        pod = next((pod for pod in pods if text(pod, "metadata", "uid") == pod_uid), None)
+        return (None, ABSENT_RETRY) if pod is None else (launcher_request_from(pod, device), 0.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from otel_vmi_hv.model import SoftwareEmulation
 
@@ -42,16 +43,6 @@ FIXES = {
     EmulationReason.MSHV_NOT_REQUESTED: _NOT_REQUESTED_FIX,
     EmulationReason.UNKNOWN: "what the evidence names as missing (an RBAC rule, the KubeVirt CR, a restart)",
 }
-
-
-def node_without(device: str) -> EmulationReason:
-    """``node_without_kvm`` or ``node_without_mshv``."""
-    return EmulationReason(f"node_without_{device}")
-
-
-def not_requested(device: str) -> EmulationReason:
-    """``kvm_not_requested`` or ``mshv_not_requested``."""
-    return EmulationReason(f"{device}_not_requested")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +74,7 @@ class LauncherRequest:
     evidence: str
 
 
-@dataclass(frozen=True, slots=True)
-class Explanation:
+class Explanation(NamedTuple):
     reason: EmulationReason
     evidence: str
 
@@ -109,24 +99,20 @@ def explain_emulation(
     if device is None or node.available is None:
         return Explanation(EmulationReason.UNKNOWN, node.evidence)
     if node.available is False:
-        return Explanation(node_without(device), node.evidence)
+        return Explanation(EmulationReason(f"node_without_{device}"), node.evidence)
+    not_requested = EmulationReason(f"{device}_not_requested")
     if policy is None:
-        return Explanation(not_requested(device), f"{node.evidence}; the domain is defined with type='qemu'")
+        return Explanation(not_requested, f"{node.evidence}; the domain is defined with type='qemu'")
     if launcher is not None and launcher.requested:
         # KubeVirt gives a launcher that got the device a domain of that type: TCG is unexplained.
         evidence = f"{node.evidence}; {launcher.evidence}, yet the domain runs under TCG"
         return Explanation(EmulationReason.UNKNOWN, evidence)
     if launcher is not None:
-        note = (
-            ""
-            if policy.allowed is not False
-            else ("; emulation was allowed when it started and is not any more (a restart brings the device)")
-        )
-        return Explanation(
-            not_requested(device), f"{node.evidence}; {launcher.evidence}; {policy.evidence}{note}"
-        )
+        changed = "; emulation was allowed when it started and is not any more (a restart brings the device)"
+        note = changed if policy.allowed is False else ""
+        return Explanation(not_requested, f"{node.evidence}; {launcher.evidence}; {policy.evidence}{note}")
     if policy.allowed:
-        return Explanation(not_requested(device), f"{node.evidence}; {policy.evidence}")
+        return Explanation(not_requested, f"{node.evidence}; {policy.evidence}")
     if policy.allowed is None:
         return Explanation(EmulationReason.UNKNOWN, f"{node.evidence}; {policy.evidence}")
     return Explanation(

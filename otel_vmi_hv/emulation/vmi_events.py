@@ -15,11 +15,13 @@ import hashlib
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from otel_vmi_hv.backoff import Backoff
+from otel_vmi_hv.config import Settings
+from otel_vmi_hv.emulation.cluster_facts import ClusterFacts
 from otel_vmi_hv.emulation.reasons import FIXES, EmulationReason
 from otel_vmi_hv.interfaces import Recorder
 from otel_vmi_hv.model import VMI
@@ -35,6 +37,8 @@ QUEUE_SIZE = 1000
 RETRY = Backoff(initial=1.0, maximum=60.0)
 TIMEOUT = (10.0, 30.0)
 MAX_MESSAGE = 1024
+MERGE_PATCH = "application/merge-patch+json"
+SEE = "see docs/kubernetes.md"
 
 
 class EventResult(enum.StrEnum):
@@ -53,45 +57,42 @@ def event_name(vmi: VMI, reason: str) -> str:
     return f"{vmi.name[:200]}.{digest}"
 
 
-def event_message(reason: str, evidence: str) -> str:
-    """The reason, its evidence and the fix, as ``detect`` prints them."""
-    fix = FIXES[EmulationReason(reason)]
-    return f"Running under QEMU TCG software emulation: {reason} ({evidence}). Fix: {fix}"[:MAX_MESSAGE]
+def events_permission(settings: Settings, facts: object, vmis: Iterable[VMI]) -> str:
+    """For ``detect``, which writes no Event: may the agent? A dry-run create, which stores nothing,
+    in an emulated VMI's namespace (else the agent's)."""
+    if not (settings.events and isinstance(facts, ClusterFacts)):
+        return ""  # no Events to write
+    fallback = dict(settings.resource_attributes).get("k8s.namespace.name", "default")
+    explained = facts.explanations()
+    namespace = min((vmi.namespace for vmi in vmis if vmi.key in explained), default=fallback)
+    involved = {"kind": "VirtualMachineInstance", "namespace": namespace, "name": COMPONENT}
+    body = {"metadata": {"name": f"{COMPONENT}.check"}, "involvedObject": involved, "type": "Warning"}
+    try:
+        status = _send(facts.client(), "POST", f"/api/v1/namespaces/{namespace}/events?dryRun=All", body)
+    except Exception as error:  # the API server went away
+        return f"not checked ({error})"
+    if status == 403:
+        return f"forbidden (create on events in {namespace}): grant create and patch on events, {SEE}"
+    return "allowed" if status < 300 or status == 409 else f"not checked (HTTP {status})"  # 409: exists
 
 
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; ``take`` says how long to wait for one (0: taken)."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
-        self._rate, self._burst, self._clock = rate, burst, clock
-        self._tokens, self._at = float(burst), clock()
-
-    def take(self) -> float:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self._rate
+def _send(client: Any, method: str, path: str, body: Any, content_type: str = "application/json") -> int:
+    """One request through the client's public ``ApiClient`` (no generated API class: costly to import)."""
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
+    request = client.param_serialize(
+        method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+    )
+    answer = client.call_api(*request, _request_timeout=TIMEOUT)
+    answer.read()
+    return int(answer.status)
 
 
 class VmiEvents:
     """Queues and writes the Events; ``emulated`` never blocks."""
 
-    def __init__(
-        self,
-        client: Callable[[], Any],
-        recorder: Recorder,
-        *,
-        instance: str,
-        node: str,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
-        self._recorder = recorder
+    def __init__(self, client: Callable[[], Any], recorder: Recorder, *, instance: str, node: str) -> None:
+        self._client, self._recorder = client, recorder
         self._instance, self._node = instance, node
-        self._bucket = TokenBucket(EVENTS_PER_SECOND, EVENTS_BURST, clock)
         self._queue: queue.Queue[tuple[VMI, str, str]] = queue.Queue(QUEUE_SIZE)
         self._forbidden_logged = False
         self._worker = Worker("vmi-events", self._loop)
@@ -111,14 +112,16 @@ class VmiEvents:
         self._worker.join(0.5)
 
     def _loop(self, worker: Worker) -> None:
+        tokens, at = float(EVENTS_BURST), time.monotonic()  # the token bucket: negative is a debt
         while not worker.stopping:
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            while (wait := self._bucket.take()) > 0:
-                if worker.sleep(wait):
-                    return
+            now = time.monotonic()
+            tokens, at = min(EVENTS_BURST, tokens + (now - at) * EVENTS_PER_SECOND) - 1, now
+            if tokens < 0 and worker.sleep(-tokens / EVENTS_PER_SECOND):
+                return
             failures = 0
             while (result := self._write(*item)) is None:
                 failures += 1
@@ -129,14 +132,18 @@ class VmiEvents:
     def _write(self, vmi: VMI, reason: str, evidence: str) -> EventResult | None:
         """Create the Event, or refresh it when it exists; None when worth retrying."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        message = event_message(reason, evidence)
+        fix = FIXES[EmulationReason(reason)]  # the reason, its evidence and the fix, as `detect` prints them
+        message = f"Running under QEMU TCG software emulation: {reason} ({evidence}). Fix: {fix}"[
+            :MAX_MESSAGE
+        ]
         base = f"/api/v1/namespaces/{vmi.namespace}/events"
         try:
-            status = self._call("POST", base, self._body(vmi, reason, message, now))
+            status = _send(self._client(), "POST", base, self._body(vmi, reason, message, now))
             if status == 409:
                 patch = {"lastTimestamp": now, "message": message}
-                path = f"{base}/{event_name(vmi, reason)}"
-                status = self._call("PATCH", path, patch, "application/merge-patch+json")
+                status = _send(
+                    self._client(), "PATCH", f"{base}/{event_name(vmi, reason)}", patch, MERGE_PATCH
+                )
                 if 200 <= status <= 299:
                     return EventResult.UPDATED
         except Exception as error:  # connection refused or reset, timeouts: the API server is away
@@ -178,16 +185,3 @@ class VmiEvents:
             "lastTimestamp": now,
             "count": 1,
         }
-
-    def _call(self, method: str, path: str, body: Any, content_type: str = "application/json") -> int:
-        client = self._client()
-        request = client.param_serialize(
-            method,
-            path,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        answer = client.call_api(*request, _request_timeout=TIMEOUT)
-        answer.read()
-        return int(answer.status)

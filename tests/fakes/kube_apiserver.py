@@ -1679,7 +1679,7 @@ class FakeKubeAPIServer:
                 assert route.resource is not None
                 raise _ApiError(403, self._forbidden_message(route), reason="Forbidden")
             if h.command != "GET":
-                self._write(h, route, payload)
+                self._write(h, route, payload, params.get("dryRun"))
             else:
                 self._dispatch(h, route, params)
         except _ApiError as err:
@@ -1742,13 +1742,16 @@ class FakeKubeAPIServer:
             else:
                 self._send_bytes(h, 200, self._list(flt, params))
 
-    def _write(self, h: _Handler, route: _Route, body: bytes) -> None:
+    def _write(self, h: _Handler, route: _Route, body: bytes, dry_run: str | None = None) -> None:
         """An Event written as the real server takes it: create (409 on an existing name), replace or
-        merge-patch (404 when missing). Writes of any other resource, or another method, get 405."""
+        merge-patch (404 when missing). Writes of any other resource, or another method, get 405.
+        ``dryRun=All`` on a create validates and answers as a create, but stores nothing."""
         resource = route.resource
         if resource is not EVENT_RESOURCE or route.verb not in WRITE_VERBS.values():
             raise _ApiError(405, f"{h.command} is not allowed on {h.path}", reason="MethodNotAllowed")
         assert route.namespace is not None
+        if dry_run is not None and dry_run != "All":
+            raise _ApiError(400, f'dryRun: Unsupported value: "{dry_run}": supported values: "All"')
         try:
             obj = json.loads(body)
         except ValueError:
@@ -1763,7 +1766,13 @@ class FakeKubeAPIServer:
                 )
             obj["kind"], name = "Event", str(metadata.get("name"))
             try:
-                self._send_json(h, 201, self.create(obj))
+                if dry_run is None:
+                    self._send_json(h, 201, self.create(obj))
+                    return
+                if self.get(route.namespace, name, kind="Event") is not None:
+                    raise ValueError(name)
+                metadata.update(uid=str(uuid.uuid4()), creationTimestamp=_now_rfc3339())
+                self._send_json(h, 201, obj)
             except ValueError:
                 details = {"name": name, "kind": "events"}
                 raise _ApiError(

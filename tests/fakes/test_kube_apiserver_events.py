@@ -92,3 +92,22 @@ def test_writes_of_anything_else_are_refused(core: tuple[FakeKubeAPIServer, Any]
         v1.delete_namespaced_event("runner.abc", "ci")
     assert error.value.status == 405
     assert api.objects(kind="Pod") == []
+
+
+def test_a_dry_run_create_answers_as_a_create_and_stores_nothing(core: tuple[FakeKubeAPIServer, Any]) -> None:
+    api, v1 = core
+    answered = v1.create_namespaced_event("ci", event(), dry_run="All")
+    assert answered.metadata.name == "runner.abc" and answered.metadata.uid
+    assert api.objects(kind="Event") == []
+    v1.create_namespaced_event("ci", event())
+    with pytest.raises(ApiException) as error:
+        v1.create_namespaced_event("ci", event(), dry_run="All")
+    assert error.value.status == 409, "validated against what is stored"
+    with pytest.raises(ApiException) as error:
+        v1.create_namespaced_event("ci", event("other"), dry_run="Some")
+    assert error.value.status == 400
+    api.forbid("events")
+    with pytest.raises(ApiException) as error:
+        v1.create_namespaced_event("ci", event("other"), dry_run="All")
+    assert error.value.status == 403
+    assert len(api.objects(kind="Event")) == 1

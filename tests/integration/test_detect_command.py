@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from otel_vmi_hv.cli import main
 from tests.conftest import ROOT
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_vmi
+from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi
+from tests.integration.kube_env import Launchers, set_detect_environment
 from tests.peers import require
 
 NODE = "node-a"
@@ -106,3 +108,68 @@ def test_missing_privileges_to_open_a_launcher_socket_are_named(
     assert result.returncode == 0, result.stderr
     assert "permission_denied" in result.stdout
     assert "CAP_DAC_OVERRIDE" in result.stdout
+
+
+def _emulated_vmi(api: FakeKubeAPIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vmi = make_vmi("ci", "runner", NODE)
+    Launchers(tmp_path / "pods").run_vmi(vmi, "qemu", NODE)
+    api.create(vmi)
+    api.create(make_node(NODE, None))
+    api.create(make_kubevirt(True))
+    set_detect_environment(monkeypatch, api, tmp_path, NODE, tmp_path / "pods")
+
+
+def test_a_missing_events_rule_is_named_and_nothing_is_written(
+    api: FakeKubeAPIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _emulated_vmi(api, tmp_path, monkeypatch)
+    api.forbid("events")
+    assert main(["detect"]) == 0
+    forbidden = (
+        "events: forbidden (create on events in ci): grant create and patch on events, see docs/kubernetes.md"
+    )
+    assert forbidden in capsys.readouterr().out.splitlines()
+    assert main(["detect", "--output", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["emulation_reason"], row["events"]) == (
+        "node_without_kvm",
+        forbidden.removeprefix("events: "),
+    )
+
+    api.allow("events")
+    assert main(["detect"]) == 0
+    assert "events: allowed" in capsys.readouterr().out.splitlines()
+    assert {(r.verb, r.params.get("dryRun")) for r in api.requests if r.resource == "events"} == {
+        ("create", "All")
+    }
+    assert api.objects(kind="Event") == [], "detect checks with a dry run and writes no Event"
+
+    monkeypatch.setenv("OTEL_VMI_HV_EVENTS", "false")
+    assert main(["detect"]) == 0
+    assert "events:" not in capsys.readouterr().out
+
+
+def test_without_an_emulated_vmi_events_are_checked_in_the_agents_namespace(
+    api: FakeKubeAPIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    vmi = make_vmi("prod", "web", NODE)
+    Launchers(tmp_path / "pods").run_vmi(vmi, "kvm", NODE)
+    api.create(vmi)
+    set_detect_environment(
+        monkeypatch,
+        api,
+        tmp_path,
+        NODE,
+        tmp_path / "pods",
+        OTEL_RESOURCE_ATTRIBUTES="k8s.namespace.name=agents",
+    )
+    api.forbid("events")
+    assert main(["detect"]) == 0
+    assert "events: forbidden (create on events in agents)" in capsys.readouterr().out
+    assert {r.namespace for r in api.requests if r.resource == "events"} == {"agents"}

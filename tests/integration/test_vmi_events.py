@@ -122,6 +122,31 @@ def test_an_api_server_refusing_writes_for_a_while_gets_the_event_later(
     assert len([r for r in api.requests if r.verb == "create"]) == 4
 
 
+def test_an_api_server_that_is_down_gets_the_event_once_it_is_back(
+    api: FakeKubeAPIServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pods = tmp_path / "pods"
+    _cluster(api, pods)
+    api.hang_requests(1, verbs=["create"])  # the first write is in flight when the server goes down
+
+    def failed_writes() -> int:
+        return len([r for r in caplog.records if "writing an Event failed" in r.getMessage()])
+
+    with (
+        caplog.at_level(logging.DEBUG, vmi_events.__name__),
+        running_agent(api, tmp_path, NODE, pods) as agent,
+    ):
+        wait_until(lambda: api.request_count("create") == 1, 10, "the first write sent")
+        api.stop()  # cuts the write in flight; later ones meet a closed port
+        wait_until(lambda: failed_writes() >= 3, 10, "writes failing while the server is down")
+        assert _results(agent) == {} and _events(api) == []
+        api.start()  # the same port, the same store
+        wait_until(lambda: _results(agent).get("created") == 1, 10, "the Event written once back")
+        assert _results(agent) == {"created": 1}
+    assert len(_events(api)) == 1
+    assert api.request_count("create") == 2, "one write cut, one after the restart: none lost, none doubled"
+
+
 def test_a_burst_is_rate_limited_and_every_event_accounted_for(
     api: FakeKubeAPIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
