@@ -83,31 +83,23 @@ def load_settings(
 
 
 def _read_options(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> _Draft:
-    """Each option's value, default included; an unset option fills its field only if no option
-    before it did (a metrics-only twin keeps the value of the variable for every signal)."""
+    """Each option's value: the flag if given, else a non-blank environment value, else the
+    default. An unset option fills its field only if no option before it did (a metrics-only twin
+    keeps the value of the variable for every signal)."""
     draft = _Draft(environ)
     for option in OPTIONS:
-        raw, origin = _raw_value(option, environ, flags)
-        parsed = None if raw is None else _parse(option, raw, origin)
+        raw, origin = flags.get(option.env), "flag"
+        if raw is None and environ.get(option.env, "").strip():
+            raw, origin = environ[option.env], "env"
+        elif raw is None:
+            raw, origin = option.default, "default"
         if raw is not None:
-            draft.by_env[option.env] = parsed
-        if option.field is not None and (raw is not None or option.field not in draft.values):
-            draft.values[option.field] = parsed
-            if raw is not None:
-                draft.origins[option.field] = origin
+            draft.by_env[option.env] = parsed = _parse(option, raw, origin)
+            if option.field is not None:
+                draft.values[option.field], draft.origins[option.field] = parsed, origin
+        elif option.field is not None:
+            draft.values.setdefault(option.field, None)
     return draft
-
-
-def _raw_value(
-    option: Option, environ: Mapping[str, str], flags: Mapping[str, str | None]
-) -> tuple[str | None, str]:
-    """The flag if given, else a non-blank environment value, else the documented default."""
-    flag_value = flags.get(option.env) if option.flag else None
-    if flag_value is not None:
-        return flag_value, "flag"
-    if environ.get(option.env, "").strip():
-        return environ[option.env], "env"
-    return option.default, "default"
 
 
 def _parse(option: Option, raw: str, origin: str) -> Any:
@@ -256,10 +248,9 @@ def _load_tls_material(draft: _Draft, tls_check: TlsCheck) -> None:
     cert, key, client_ca = (draft.values[f"tls_{name}_file"] for name in ("cert", "key", "client_ca"))
     if not (cert and key):
         return
-    checks = [(None, f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r}")]
-    if client_ca:
-        checks.append((client_ca, f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r}"))
-    for ca, files in checks:
+    pair = f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r}"
+    with_ca = [(client_ca, f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r}")] if client_ca else []
+    for ca, files in [(None, pair), *with_ca]:
         try:
             tls_check(cert, key, ca)
         except OSError as error:
