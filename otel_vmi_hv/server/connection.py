@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import h11
 
@@ -36,11 +36,8 @@ class RateLimitedLog:
     count is reported with the next line that gets through."""
 
     def __init__(self, logger: logging.Logger, per_second: int = LINES_PER_SECOND) -> None:
-        self._logger = logger
-        self._per_second = per_second
-        self._window = 0.0
-        self._used = 0
-        self._dropped = 0
+        self._logger, self._per_second = logger, per_second
+        self._window, self._used, self._dropped = 0.0, 0, 0  # this second's start, lines, lines dropped
         self._lock = threading.Lock()
 
     def debug(self, message: str, *args: object) -> None:
@@ -111,8 +108,9 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport  # with TCP_NODELAY, as asyncio sets on every TCP transport
+        self._transport = cast(
+            asyncio.Transport, transport
+        )  # with TCP_NODELAY, as asyncio sets on every TCP transport
         self._enter(State.READING_HEAD)
 
     def data_received(self, data: bytes) -> None:
@@ -150,7 +148,8 @@ class Connection(asyncio.Protocol):
         self._loop.call_soon(self._process)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
         self.state = State.CLOSING
         self._transport = None
         if self._rendering is not None:
@@ -232,9 +231,7 @@ class Connection(asyncio.Protocol):
 
     def _next_cycle(self) -> bool:
         """After our answer: close, or get ready for the next request; False when nothing more is
-        to be read from this connection now."""
-        if self._transport is None:
-            return False
+        to be read from this connection now (only called while connected)."""
         if self._h11.our_state is h11.MUST_CLOSE or self._h11.their_state in (h11.MUST_CLOSE, h11.CLOSED):
             self._close()
             return False
@@ -279,19 +276,14 @@ class Connection(asyncio.Protocol):
         self._arm()
 
     def _arm(self) -> None:
-        self._disarm()
-        seconds = self._deadlines.get(self.state)
-        if seconds is not None:
-            self._timer = self._loop.call_later(seconds, self._expired, self.state)
-
-    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        seconds = self._deadlines.get(self.state)
+        self._timer = None if seconds is None else self._loop.call_later(seconds, self._expired, self.state)
 
     def _expired(self, state: State) -> None:
-        if self._transport is None:
-            return
+        """Only armed while connected: ``connection_lost`` cancels the timer."""
+        assert self._transport is not None
         if state is not State.IDLE:
             peer = self._transport.get_extra_info("peername")
             client_noise.debug("closing connection from %s: no %s in time", peer, state.value)

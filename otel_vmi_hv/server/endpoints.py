@@ -17,12 +17,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 import h11
 
 from otel_vmi_hv.config import Settings, default_value
 from otel_vmi_hv.export.exposition import Scrape
+
+if TYPE_CHECKING:  # a connection calls answer(); the answer goes back through its respond()
+    from otel_vmi_hv.server.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +68,6 @@ def limits_from(settings: Settings) -> ServerLimits:
     """Each configurable limit from its setting, ``web_<limit>``."""
     configured = ("max_connections", "max_requests", "read_header_timeout", "idle_timeout")
     return ServerLimits(**{name: getattr(settings, f"web_{name}") for name in configured})
-
-
-class Responder(Protocol):
-    """What an endpoint needs of the connection it answers on."""
-
-    def respond(self, status: int, body: bytes, headers: Headers, head_only: bool) -> None:
-        """Send one complete response."""
-
-    def start_rendering(self, rendering: asyncio.Future[Any]) -> None:
-        """The answer comes later, when ``rendering`` is done; hold the requests that follow."""
 
 
 class Readiness:
@@ -120,7 +113,7 @@ class Endpoints:
         """Drop scrapes still queued for the pool; one rendering right now finishes on its own."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def answer(self, connection: Responder, request: h11.Request, beyond_cap: bool = False) -> None:
+    def answer(self, connection: Connection, request: h11.Request, beyond_cap: bool = False) -> None:
         """Answer one request on ``connection``; /metrics is rendered in the pool, the rest at once.
         Beyond the connection cap only probes are answered (kubelet restarts an agent whose liveness
         probe fails), anything else gets 503 to come back later."""
@@ -143,7 +136,7 @@ class Endpoints:
             status, body = STATIC_ANSWERS.get(path, (404, b"not found; try /metrics, /healthz or /readyz\n"))
         connection.respond(status, body, headers, head_only)
 
-    def _metrics(self, connection: Responder, request: h11.Request, head_only: bool) -> None:
+    def _metrics(self, connection: Connection, request: h11.Request, head_only: bool) -> None:
         if self._in_flight >= self.limits.max_requests:
             body = f"too many concurrent scrapes (limit {self.limits.max_requests})\n".encode()
             connection.respond(503, body, TOO_MANY, head_only)

@@ -50,6 +50,7 @@ def _canned(status: HTTPStatus, body: bytes, *headers: str) -> bytes:
 # Go's answer to plain HTTP on a TLS port, and the refusal beyond the probe slots.
 PLAIN_HTTP_ON_TLS_PORT = _canned(HTTPStatus.BAD_REQUEST, b"Client sent an HTTP request to an HTTPS server.\n")
 TOO_MANY_CONNECTIONS = _canned(HTTPStatus.SERVICE_UNAVAILABLE, b"too many connections\n", "Retry-After: 1")
+OUT_OF_FDS = "cannot accept HTTP connections: %s (%d open connections); retrying until descriptors are free"
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _LISTEN_REASONS = {
     errno.EADDRINUSE: "the address is already in use (another process listens there)",
@@ -72,8 +73,6 @@ def open_listener(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise ListenError(host, port, f"the host cannot be resolved ({error.strerror})") from None
-    except OverflowError:
-        raise ListenError(host, port, "not a valid port") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -172,12 +171,7 @@ class HttpServer:
                 if error.errno in _OUT_OF_RESOURCES:  # the connection stays queued: wait, say it once
                     if not failures:
                         since = time.monotonic()
-                        log.warning(
-                            "cannot accept HTTP connections: %s (%d open connections); retrying until "
-                            "descriptors are free",
-                            os.strerror(error.errno or 0),
-                            self.connections,
-                        )
+                        log.warning(OUT_OF_FDS, os.strerror(error.errno or 0), self.connections)
                     failures += 1
                     await asyncio.sleep(ACCEPT_BACKOFF.delay(failures))
                 elif self._listener.fileno() == -1:

@@ -16,6 +16,7 @@ import time
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 1.0
+UNUSABLE = "TLS certificate files changed but cannot be loaded (%s); still serving the previous certificate"
 
 
 def server_context(cert_file: str, key_file: str, client_ca_file: str | None) -> ssl.SSLContext:
@@ -49,7 +50,6 @@ class ReloadingTLS:
         self._signatures = self._current_signatures()
         self._context = server_context(*self._files)
         self._checked = time.monotonic()
-        self._failed_signatures: tuple[tuple[int, int, int, int], ...] | None = None
 
     def _current_signatures(self) -> tuple[tuple[int, int, int, int], ...]:
         return tuple(_signature(path) for path in self._files if path)
@@ -62,19 +62,15 @@ class ReloadingTLS:
                 return self._context
             self._checked = now
             signatures = self._current_signatures()
-            if signatures in (self._signatures, self._failed_signatures):
+            if signatures == self._signatures:
                 return self._context
+            self._signatures = signatures  # a pair that fails is tried again only once it changes
             try:
                 context = server_context(*self._files)
             except OSError as error:  # ssl.SSLError is one
-                self._failed_signatures = signatures
-                log.warning(
-                    "TLS certificate files changed but cannot be loaded (%s); still serving the previous "
-                    "certificate",
-                    error,
-                )
+                log.warning(UNUSABLE, error)
                 return self._context
-            self._context, self._signatures, self._failed_signatures = context, signatures, None
+            self._context = context
             log.info("TLS certificate reloaded from %s", self._files[0])
             return self._context
 
