@@ -41,6 +41,7 @@ class _Draft:
     """The values read so far, what each came from, and every parsed option by variable name."""
 
     environ: Mapping[str, str]
+    tls_check: TlsCheck | None
     values: dict[str, Any] = field(default_factory=dict)  # Settings fields
     origins: dict[str, str] = field(default_factory=dict)  # Settings field -> env, flag or default
     by_env: dict[str, Any] = field(default_factory=dict)  # every option that has a value, as given
@@ -64,29 +65,15 @@ def load_settings(
     flags: Mapping[str, str | None] | None = None,
     tls_check: TlsCheck | None = None,
 ) -> Settings:
-    """Build Settings from the environment and CLI flags (flags win); raise ConfigError on bad input.
+    """Build Settings from the environment and CLI flags; raise ConfigError on bad input.
 
-    Empty environment values count as unset, as the OpenTelemetry specification asks. Without
-    ``tls_check`` the TLS files are only checked to come as a pair, not loaded (for callers that
-    never serve HTTPS, such as tests of other settings).
+    Each option's value is the flag if given, else a non-blank environment value (empty counts as
+    unset, as the OpenTelemetry specification asks), else the default. An unset option fills its
+    field only if no option before it did (a metrics-only twin keeps the value of the variable for
+    every signal). Without ``tls_check`` the TLS files are only checked to come as a pair, not
+    loaded (for callers that never serve HTTPS, such as tests of other settings).
     """
-    draft = _read_options(environ, flags or {})
-    for check in CHECKS:
-        check(draft)
-    if tls_check is not None:
-        _load_tls_material(draft, tls_check)
-    draft.values["origins"] = tuple(sorted(draft.origins.items()))
-    return Settings(**draft.values)
-
-
-# ----------------------------------------------------------------------------- one option at a time
-
-
-def _read_options(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> _Draft:
-    """Each option's value: the flag if given, else a non-blank environment value, else the
-    default. An unset option fills its field only if no option before it did (a metrics-only twin
-    keeps the value of the variable for every signal)."""
-    draft = _Draft(environ)
+    draft, flags = _Draft(environ, tls_check), flags or {}
     for option in OPTIONS:
         raw, origin = flags.get(option.env), "flag"
         if raw is None and environ.get(option.env, "").strip():
@@ -99,7 +86,13 @@ def _read_options(environ: Mapping[str, str], flags: Mapping[str, str | None]) -
                 draft.values[option.field], draft.origins[option.field] = parsed, origin
         elif option.field is not None:
             draft.values.setdefault(option.field, None)
-    return draft
+    for check in CHECKS:
+        check(draft)
+    draft.values["origins"] = tuple(sorted(draft.origins.items()))
+    return Settings(**draft.values)
+
+
+# ----------------------------------------------------------------------------- one option at a time
 
 
 def _parse(option: Option, raw: str, origin: str) -> Any:
@@ -230,6 +223,21 @@ def _tls_pair(draft: _Draft) -> None:
         )
 
 
+def _load_tls_material(draft: _Draft) -> None:
+    """Load the TLS material now, so a wrong path or a key that does not match fails at start
+    (the client CA separately, so the message names the file at fault)."""
+    cert, key, client_ca = (draft.values[f"tls_{name}_file"] for name in ("cert", "key", "client_ca"))
+    if not (cert and key and draft.tls_check):
+        return
+    pair = f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r}"
+    with_ca = [(client_ca, f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r}")] if client_ca else []
+    for ca, files in [(None, pair), *with_ca]:
+        try:
+            draft.tls_check(cert, key, ca)
+        except OSError as error:
+            raise ConfigError(f"{files} cannot be used: {error}") from None
+
+
 CHECKS: tuple[Callable[[_Draft], None], ...] = (
     _grpc_compression,
     _service_name,
@@ -239,19 +247,5 @@ CHECKS: tuple[Callable[[_Draft], None], ...] = (
     _libvirt_uri,
     _export_timeout,
     _tls_pair,
+    _load_tls_material,
 )
-
-
-def _load_tls_material(draft: _Draft, tls_check: TlsCheck) -> None:
-    """Load the TLS material now, so a wrong path or a key that does not match fails at start
-    (the client CA separately, so the message names the file at fault)."""
-    cert, key, client_ca = (draft.values[f"tls_{name}_file"] for name in ("cert", "key", "client_ca"))
-    if not (cert and key):
-        return
-    pair = f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r}"
-    with_ca = [(client_ca, f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r}")] if client_ca else []
-    for ca, files in [(None, pair), *with_ca]:
-        try:
-            tls_check(cert, key, ca)
-        except OSError as error:
-            raise ConfigError(f"{files} cannot be used: {error}") from None

@@ -126,9 +126,8 @@ _PER_SIGNAL = (
     ),
     per_signal(
         "OTEL_EXPORTER_OTLP_{}COMPRESSION",
-        allowed="gzip, deflate or none (grpc: gzip only)",
+        **parse.one_of("gzip", "deflate", "none", note=" (grpc: gzip only)"),
         help="Compression of OTLP exports.",
-        parse=parse.choice(("gzip", "deflate", "none")),
     ),
     per_signal(
         "OTEL_PYTHON_EXPORTER_OTLP_GRPC_{}CREDENTIAL_PROVIDER",

@@ -28,8 +28,9 @@ _GRPC_STATUS_NAMES = (
 )
 
 
-def choice(allowed: tuple[str, ...], fold: bool = True) -> Callable[[str], str]:
-    """One of ``allowed``, case folded and trimmed unless the SDK compares without (``fold``)."""
+def one_of(*allowed: str, fold: bool = True, note: str = "") -> dict[str, Any]:
+    """A row's ``allowed`` ("a, b or c") and ``parse`` for a choice, case folded and trimmed unless
+    the SDK compares without (``fold``)."""
 
     def parse(raw: str) -> str:
         value = raw.strip().lower() if fold else raw
@@ -37,12 +38,7 @@ def choice(allowed: tuple[str, ...], fold: bool = True) -> Callable[[str], str]:
             raise ValueError
         return value
 
-    return parse
-
-
-def one_of(*allowed: str, fold: bool = True) -> dict[str, Any]:
-    """A row's ``allowed`` and ``parse`` for a choice: "a, b or c"."""
-    return {"allowed": ", ".join(allowed[:-1]) + " or " + allowed[-1], "parse": choice(allowed, fold)}
+    return {"allowed": ", ".join(allowed[:-1]) + " or " + allowed[-1] + note, "parse": parse}
 
 
 def parse_duration(raw: str) -> float:
@@ -86,10 +82,8 @@ def positive_number(raw: str) -> float:
     return value
 
 
-BOOLEAN: dict[str, Any] = {
-    "allowed": "true or false",
-    "parse": lambda raw: choice(("true", "false"))(raw) == "true",
-}
+_TRUE_OR_FALSE = one_of("true", "false")
+BOOLEAN: dict[str, Any] = {**_TRUE_OR_FALSE, "parse": lambda raw: _TRUE_OR_FALSE["parse"](raw) == "true"}
 
 
 def names(
