@@ -118,8 +118,7 @@ def _grpc_compression(draft: _Draft) -> None:
     if "otlp" not in draft.values["metrics_exporters"] or draft.values["otlp_protocol"] != "grpc":
         return
     for variable in ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
-        compression = draft.by_env.get(variable)
-        if compression is not None and compression != "gzip":
+        if (compression := draft.by_env.get(variable, "gzip")) != "gzip":
             raise ConfigError(
                 f"{variable}={compression!r} cannot be used with the grpc protocol: "
                 "gzip, or unset for none (deflate and none exist only for http/protobuf)"
@@ -171,9 +170,8 @@ def _kubernetes_node_name(draft: _Draft) -> None:
     node = draft.values["node_name"]
     if draft.values["source"] != "kubernetes" or _KUBE_NODE_NAME.fullmatch(node):
         return
-    hint = ""
-    if draft.origins.get("node_name") == "default":
-        hint = " (it came from the host name; set OTEL_VMI_HV_NODE_NAME or NODE_NAME)"
+    from_host = draft.origins.get("node_name") == "default"
+    hint = " (it came from the host name; set OTEL_VMI_HV_NODE_NAME or NODE_NAME)" if from_host else ""
     raise ConfigError(
         f"OTEL_VMI_HV_NODE_NAME={node!r} is not a Kubernetes node name usable in a label "
         f"selector: lowercase letters, digits, '-' and '.', at most 63 characters{hint}"

@@ -201,10 +201,9 @@ def entry_point_names(group: str) -> Callable[[str], tuple[str, ...]]:
         known = {entry.name for entry in entry_points(group=group)}
         missing = [name for name in names if name not in known]
         if missing:
+            installed = ", ".join(sorted(known)) or "none"
             raise ConfigError(
-                f"{raw!r} names no installed plug-in {missing[0]!r} (entry points {group}: "
-                + (", ".join(sorted(known)) or "none")
-                + ")"
+                f"{raw!r} names no installed plug-in {missing[0]!r} (entry points {group}: {installed})"
             )
         return names
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # a connection calls answer(); the answer goes back through i
 log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
+SERVER = ("Server", "otel-vmi-hv")
 VARY = ("Vary", "Accept, Accept-Encoding")  # /metrics answers depend on both
 RENDER_THREADS = 2
 PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
@@ -168,15 +169,9 @@ class Endpoints:
 
     def headers(self, headers: Headers, body: bytes) -> Headers:
         """The headers every response carries, around ``headers``."""
-        now = int(time.time())
-        if now != self._date[0]:
+        if (now := int(time.time())) != self._date[0]:
             self._date = (now, formatdate(now, usegmt=True))
-        return (
-            *headers,
-            ("Content-Length", str(len(body))),
-            ("Server", "otel-vmi-hv"),
-            ("Date", self._date[1]),
-        )
+        return (*headers, ("Content-Length", str(len(body))), SERVER, ("Date", self._date[1]))
 
     def _render(self, accept: str, accept_encoding: str) -> tuple[int, bytes, Headers]:
         """Runs in the render pool: the SDK collection and compression take milliseconds."""

@@ -233,7 +233,6 @@ class HttpServer:
         """Send ``answer``, then read what the client sent for a moment: closing with its request
         unread would reset the connection and lose the answer."""
         try:
-            sock.setblocking(False)
             await asyncio.wait_for(self.loop.sock_sendall(sock, answer), 1.0)
             sock.shutdown(socket.SHUT_WR)
             async with asyncio.timeout(1.0):
@@ -252,7 +251,6 @@ class HttpServer:
         if slot is not None:
             slot.started = True
         try:
-            sock.setblocking(False)
             if self._tls is not None and not await self._speaks_tls(sock, head_timeout):
                 return
             context = self._tls.context() if self._tls else None
