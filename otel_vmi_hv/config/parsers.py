@@ -147,15 +147,12 @@ def endpoint(raw: str) -> str:
 
 def key_values(raw: str) -> tuple[tuple[str, str], ...]:
     """W3C-baggage-like ``k=v,k2=v2`` (OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS)."""
-    pairs = []
-    for item in raw.split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError
-        pairs.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(value.strip())))
-    return tuple(pairs)
+    items = [item.partition("=") for item in raw.split(",") if item.strip()]
+    if any(not sep or not key.strip() for key, sep, _ in items):
+        raise ValueError
+    return tuple(
+        (urllib.parse.unquote(key.strip()), urllib.parse.unquote(value.strip())) for key, _, value in items
+    )
 
 
 def headers(raw: str) -> tuple[tuple[str, str], ...]:
@@ -180,14 +177,10 @@ def path(absolute: bool = True, exists: Callable[[str], bool] | None = None) -> 
     return parse
 
 
-def _readable_file(value: str) -> bool:
-    return os.path.isfile(value) and os.access(value, os.R_OK)
-
-
 absolute_path = path()
 existing_directory = path(exists=os.path.isdir)
 # A path the SDK will read at start: a regular file this process may open (not a directory).
-readable_file = path(absolute=False, exists=_readable_file)
+readable_file = path(absolute=False, exists=lambda value: os.path.isfile(value) and os.access(value, os.R_OK))
 
 
 def entry_point_names(group: str) -> Callable[[str], tuple[str, ...]]:
