@@ -17,15 +17,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import h11
 
 from otel_vmi_hv.config import Settings, default_value
 from otel_vmi_hv.export.exposition import Scrape
-
-if TYPE_CHECKING:  # a connection calls answer(); the answer goes back through its respond()
-    from otel_vmi_hv.server.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +68,16 @@ def limits_from(settings: Settings) -> ServerLimits:
     return ServerLimits(**{name: getattr(settings, f"web_{name}") for name in configured})
 
 
+class Responder(Protocol):
+    """What an endpoint needs of the connection it answers on (server/connection.py)."""
+
+    def respond(self, status: int, body: bytes, headers: Headers, head_only: bool) -> None:
+        """Send one complete response; after one rendered later, go on with the requests after it."""
+
+    def start_rendering(self, rendering: asyncio.Future[Any]) -> None:
+        """The answer comes later, when ``rendering`` is done; hold the requests that follow."""
+
+
 class Readiness:
     """Why the agent is not ready yet; empty means ready. Only start-up sets reasons, so a
     transient disconnect later never flips /readyz (that is what self-metrics are for)."""
@@ -114,7 +121,7 @@ class Endpoints:
         """Drop scrapes still queued for the pool; one rendering right now finishes on its own."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def answer(self, connection: Connection, request: h11.Request, beyond_cap: bool = False) -> None:
+    def answer(self, connection: Responder, request: h11.Request, beyond_cap: bool = False) -> None:
         """Answer one request on ``connection``; /metrics is rendered in the pool, the rest at once.
         Beyond the connection cap only probes are answered (kubelet restarts an agent whose liveness
         probe fails), anything else gets 503 to come back later."""
@@ -137,7 +144,7 @@ class Endpoints:
             status, body = STATIC_ANSWERS.get(path, (404, b"not found; try /metrics, /healthz or /readyz\n"))
         connection.respond(status, body, headers, head_only)
 
-    def _metrics(self, connection: Connection, request: h11.Request, head_only: bool) -> None:
+    def _metrics(self, connection: Responder, request: h11.Request, head_only: bool) -> None:
         if self._in_flight >= self.limits.max_requests:
             body = f"too many concurrent scrapes (limit {self.limits.max_requests})\n".encode()
             connection.respond(503, body, TOO_MANY, head_only)
