@@ -136,15 +136,6 @@ def _service_name(draft: _Draft) -> None:
         draft.origins["service_name"] = draft.origins["resource_attributes"]
 
 
-def _node_name_default(draft: _Draft) -> None:
-    """Unset: $NODE_NAME (the downward API in the DaemonSet), else the host name."""
-    if draft.values["node_name"] is not None:
-        return
-    raw = draft.environ.get("NODE_NAME") or socket.gethostname()
-    draft.values["node_name"] = parse.node_name(raw)
-    draft.origins["node_name"] = "default"
-
-
 def _source(draft: _Draft) -> None:
     """auto: kubernetes in a pod or with KUBECONFIG, else libvirt; an explicit kubernetes source
     needs a cluster to talk to (in a pod, KUBECONFIG or ~/.kube/config)."""
@@ -163,10 +154,14 @@ def _source(draft: _Draft) -> None:
     draft.values["kubeconfig"] = kubeconfig
 
 
-def _kubernetes_node_name(draft: _Draft) -> None:
-    """With the kubernetes source the node name becomes the value of the label selector
-    kubevirt.io/nodeName=<node>: a comma or "=" would silently change the selector, an invalid
-    value would be refused on every request."""
+def _node_name(draft: _Draft) -> None:
+    """Unset: $NODE_NAME (the downward API in the DaemonSet), else the host name. With the
+    kubernetes source the node name becomes the value of the label selector kubevirt.io/nodeName=<node>:
+    a comma or "=" would silently change the selector, an invalid value would be refused on every
+    request."""
+    if draft.values["node_name"] is None:
+        draft.values["node_name"] = parse.node_name(draft.environ.get("NODE_NAME") or socket.gethostname())
+        draft.origins["node_name"] = "default"
     node = draft.values["node_name"]
     if draft.values["source"] != "kubernetes" or _KUBE_NODE_NAME.fullmatch(node):
         return
@@ -239,9 +234,8 @@ def _load_tls_material(draft: _Draft) -> None:
 CHECKS: tuple[Callable[[_Draft], None], ...] = (
     _grpc_compression,
     _service_name,
-    _node_name_default,
     _source,
-    _kubernetes_node_name,
+    _node_name,
     _libvirt_uri,
     _export_timeout,
     _tls_pair,
