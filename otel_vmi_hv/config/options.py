@@ -307,21 +307,21 @@ OPTIONS: tuple[Option, ...] = (
     agent_option(
         "TLS_CERT_FILE",
         default_doc="unset: plain HTTP",
-        allowed="path of a readable PEM certificate (chain)",
+        allowed="absolute path of a readable PEM certificate (chain)",
         help="Serve /metrics, /healthz and /readyz over HTTPS with this certificate "
         "(needs the key file too).",
         parse=parse.absolute_path,
     ),
     agent_option(
         "TLS_KEY_FILE",
-        allowed="path of a readable PEM private key",
+        allowed="absolute path of a readable PEM private key",
         help="Private key of the HTTPS certificate.",
         parse=parse.absolute_path,
     ),
     agent_option(
         "TLS_CLIENT_CA_FILE",
         default_doc="unset: no client certificate asked",
-        allowed="path of a readable PEM CA bundle",
+        allowed="absolute path of a readable PEM CA bundle",
         help="Require client certificates signed by this CA (mutual TLS); needs the certificate and key.",
         parse=parse.absolute_path,
     ),
