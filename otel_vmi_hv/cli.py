@@ -72,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The HTTP server's own context builder loads the TLS files: the same checks at start as later.
         settings = load_settings(os.environ, flags, tls_check=server_context)
     except ConfigError as error:
-        print(f"otel-vmi-hv: configuration error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+        return configuration_error(str(error))
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -84,13 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(settings)
 
 
+def configuration_error(message: str) -> int:
+    print(f"otel-vmi-hv: configuration error: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def check_config(settings: Settings) -> int:
     origins = dict(settings.origins)
-    for name in sorted(Settings.__dataclass_fields__):
-        if name == "origins":
-            continue
+    for name in sorted(set(Settings.__dataclass_fields__) - {"origins"}):
         value = getattr(settings, name)
-        if isinstance(value, tuple) and name == "resource_attributes":
+        if name == "resource_attributes":
             value = ",".join(f"{k}={v}" for k, v in value)
         elif isinstance(value, tuple):
             value = ",".join(value) or "none"
@@ -109,13 +111,8 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info(
-        "otel-vmi-hv %s starting: node %s, source %s, libvirt %s",
-        __version__,
-        settings.node_name,
-        settings.source,
-        settings.libvirt_uri,
-    )
+    where = (settings.node_name, settings.source, settings.libvirt_uri)
+    log.info("otel-vmi-hv %s starting: node %s, source %s, libvirt %s", __version__, *where)
     if settings.sdk_disabled:
         log.warning("OTEL_SDK_DISABLED=true: the OpenTelemetry SDK is off, no metric will be exported")
     try:
@@ -124,12 +121,8 @@ def run(settings: Settings) -> int:
     except ListenError as error:
         # The configuration was valid but this host cannot honour it (port taken, privileged
         # port, unknown host): a configuration error all the same, so the same exit status.
-        print(
-            "otel-vmi-hv: configuration error: OTEL_EXPORTER_PROMETHEUS_HOST/OTEL_EXPORTER_PROMETHEUS_PORT "
-            f"({error.host}:{error.port}): cannot listen: {error.reason}",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+        variables = "OTEL_EXPORTER_PROMETHEUS_HOST/OTEL_EXPORTER_PROMETHEUS_PORT"
+        return configuration_error(f"{variables} ({error.host}:{error.port}): cannot listen: {error.reason}")
     except OSError as error:
         log.error("cannot start: %s", error)
         return 1
@@ -152,25 +145,17 @@ def detect(settings: Settings, output: str) -> int:
         while not agent.synced.wait(0.05) and agent.source.last_error is None and time.monotonic() < deadline:
             pass
         if not agent.synced.is_set():
-            why = agent.source.last_error or "no answer in time"
-            print(
-                f"otel-vmi-hv: could not list VMIs from the {settings.source} source: {why}", file=sys.stderr
-            )
+            why = f"{settings.source} source: {agent.source.last_error or 'no answer in time'}"
+            print(f"otel-vmi-hv: could not list VMIs from the {why}", file=sys.stderr)
             return 1
         agent.tracker.wait_idle(settings.libvirt_timeout * 2 + DETECT_TIMEOUT_SLACK)
         # The Node, the KubeVirt CR and the emulated VMIs' launcher pods read, their reasons published.
         agent.emulation.wait_settled(max(0.0, deadline + DETECT_TIMEOUT_SLACK - time.monotonic()))
         detections = agent.tracker.detections()
-        explanations = agent.emulation.explanations()
         events = events_permission(settings, agent.emulation, [vmi for vmi, _ in detections])
-        report = rows(
-            detections,
-            settings.node_name,
-            lambda vmi: explanations.get(vmi.key, ("unknown", "not explained in time")),
-            events,
-        )
-        problems = agent.emulation.problems()
-        accelerator = agent.emulation.describe_accelerator()
+        reasons, unexplained = agent.emulation.explanations(), ("unknown", "not explained in time")
+        report = rows(detections, settings.node_name, lambda v: reasons.get(v.key, unexplained), events)
+        problems, accelerator = agent.emulation.problems(), agent.emulation.describe_accelerator()
     finally:
         agent.stop(budget=1.0)
     table = render_table(report, problems, accelerator, events)
@@ -206,7 +191,3 @@ def config_reference() -> str:
         for o in OPTIONS
     )
     return CONFIG_PAGE.format(rows="\n".join(rows))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

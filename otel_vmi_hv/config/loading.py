@@ -41,6 +41,7 @@ class _Draft:
     """The values read so far, what each came from, and every parsed option by variable name."""
 
     environ: Mapping[str, str]
+    tls_check: TlsCheck | None
     values: dict[str, Any] = field(default_factory=dict)  # Settings fields
     origins: dict[str, str] = field(default_factory=dict)  # Settings field -> env, flag or default
     by_env: dict[str, Any] = field(default_factory=dict)  # every option that has a value, as given
@@ -64,50 +65,34 @@ def load_settings(
     flags: Mapping[str, str | None] | None = None,
     tls_check: TlsCheck | None = None,
 ) -> Settings:
-    """Build Settings from the environment and CLI flags (flags win); raise ConfigError on bad input.
+    """Build Settings from the environment and CLI flags; raise ConfigError on bad input.
 
-    Empty environment values count as unset, as the OpenTelemetry specification asks. Without
-    ``tls_check`` the TLS files are only checked to come as a pair, not loaded (for callers that
-    never serve HTTPS, such as tests of other settings).
+    Each option's value is the flag if given, else a non-blank environment value (empty counts as
+    unset, as the OpenTelemetry specification asks), else the default. An unset option fills its
+    field only if no option before it did (a metrics-only twin keeps the value of the variable for
+    every signal). Without ``tls_check`` the TLS files are only checked to come as a pair, not
+    loaded (for callers that never serve HTTPS, such as tests of other settings).
     """
-    draft = _read_options(environ, flags or {})
+    draft, flags = _Draft(environ, tls_check), flags or {}
+    for option in OPTIONS:
+        raw, origin = flags.get(option.env), "flag"
+        if raw is None and environ.get(option.env, "").strip():
+            raw, origin = environ[option.env], "env"
+        elif raw is None:
+            raw, origin = option.default, "default"
+        if raw is not None:
+            draft.by_env[option.env] = parsed = _parse(option, raw, origin)
+            if option.field is not None:
+                draft.values[option.field], draft.origins[option.field] = parsed, origin
+        elif option.field is not None:
+            draft.values.setdefault(option.field, None)
     for check in CHECKS:
         check(draft)
-    if tls_check is not None:
-        _load_tls_material(draft, tls_check)
     draft.values["origins"] = tuple(sorted(draft.origins.items()))
     return Settings(**draft.values)
 
 
 # ----------------------------------------------------------------------------- one option at a time
-
-
-def _read_options(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> _Draft:
-    """Each option's value, default included; an unset option fills its field only if no option
-    before it did (a metrics-only twin keeps the value of the variable for every signal)."""
-    draft = _Draft(environ)
-    for option in OPTIONS:
-        raw, origin = _raw_value(option, environ, flags)
-        parsed = None if raw is None else _parse(option, raw, origin)
-        if raw is not None:
-            draft.by_env[option.env] = parsed
-        if option.field is not None and (raw is not None or option.field not in draft.values):
-            draft.values[option.field] = parsed
-            if raw is not None:
-                draft.origins[option.field] = origin
-    return draft
-
-
-def _raw_value(
-    option: Option, environ: Mapping[str, str], flags: Mapping[str, str | None]
-) -> tuple[str | None, str]:
-    """The flag if given, else a non-blank environment value, else the documented default."""
-    flag_value = flags.get(option.env) if option.flag else None
-    if flag_value is not None:
-        return flag_value, "flag"
-    if environ.get(option.env, "").strip():
-        return environ[option.env], "env"
-    return option.default, "default"
 
 
 def _parse(option: Option, raw: str, origin: str) -> Any:
@@ -133,8 +118,7 @@ def _grpc_compression(draft: _Draft) -> None:
     if "otlp" not in draft.values["metrics_exporters"] or draft.values["otlp_protocol"] != "grpc":
         return
     for variable in ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
-        compression = draft.by_env.get(variable)
-        if compression is not None and compression != "gzip":
+        if (compression := draft.by_env.get(variable, "gzip")) != "gzip":
             raise ConfigError(
                 f"{variable}={compression!r} cannot be used with the grpc protocol: "
                 "gzip, or unset for none (deflate and none exist only for http/protobuf)"
@@ -150,15 +134,6 @@ def _service_name(draft: _Draft) -> None:
     if from_attributes:
         draft.values["service_name"] = from_attributes
         draft.origins["service_name"] = draft.origins["resource_attributes"]
-
-
-def _node_name_default(draft: _Draft) -> None:
-    """Unset: $NODE_NAME (the downward API in the DaemonSet), else the host name."""
-    if draft.values["node_name"] is not None:
-        return
-    raw = draft.environ.get("NODE_NAME") or socket.gethostname()
-    draft.values["node_name"] = parse.node_name(raw)
-    draft.origins["node_name"] = "default"
 
 
 def _source(draft: _Draft) -> None:
@@ -179,16 +154,19 @@ def _source(draft: _Draft) -> None:
     draft.values["kubeconfig"] = kubeconfig
 
 
-def _kubernetes_node_name(draft: _Draft) -> None:
-    """With the kubernetes source the node name becomes the value of the label selector
-    kubevirt.io/nodeName=<node>: a comma or "=" would silently change the selector, an invalid
-    value would be refused on every request."""
+def _node_name(draft: _Draft) -> None:
+    """Unset: $NODE_NAME (the downward API in the DaemonSet), else the host name. With the
+    kubernetes source the node name becomes the value of the label selector kubevirt.io/nodeName=<node>:
+    a comma or "=" would silently change the selector, an invalid value would be refused on every
+    request."""
+    if draft.values["node_name"] is None:
+        draft.values["node_name"] = parse.node_name(draft.environ.get("NODE_NAME") or socket.gethostname())
+        draft.origins["node_name"] = "default"
     node = draft.values["node_name"]
     if draft.values["source"] != "kubernetes" or _KUBE_NODE_NAME.fullmatch(node):
         return
-    hint = ""
-    if draft.origins.get("node_name") == "default":
-        hint = " (it came from the host name; set OTEL_VMI_HV_NODE_NAME or NODE_NAME)"
+    from_host = draft.origins.get("node_name") == "default"
+    hint = " (it came from the host name; set OTEL_VMI_HV_NODE_NAME or NODE_NAME)" if from_host else ""
     raise ConfigError(
         f"OTEL_VMI_HV_NODE_NAME={node!r} is not a Kubernetes node name usable in a label "
         f"selector: lowercase letters, digits, '-' and '.', at most 63 characters{hint}"
@@ -238,29 +216,28 @@ def _tls_pair(draft: _Draft) -> None:
         )
 
 
-CHECKS: tuple[Callable[[_Draft], None], ...] = (
-    _grpc_compression,
-    _service_name,
-    _node_name_default,
-    _source,
-    _kubernetes_node_name,
-    _libvirt_uri,
-    _export_timeout,
-    _tls_pair,
-)
-
-
-def _load_tls_material(draft: _Draft, tls_check: TlsCheck) -> None:
+def _load_tls_material(draft: _Draft) -> None:
     """Load the TLS material now, so a wrong path or a key that does not match fails at start
     (the client CA separately, so the message names the file at fault)."""
     cert, key, client_ca = (draft.values[f"tls_{name}_file"] for name in ("cert", "key", "client_ca"))
-    if not (cert and key):
+    if not (cert and key and draft.tls_check):
         return
-    checks = [(None, f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r}")]
-    if client_ca:
-        checks.append((client_ca, f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r}"))
-    for ca, files in checks:
+    pair = f"OTEL_VMI_HV_TLS_CERT_FILE={cert!r} / OTEL_VMI_HV_TLS_KEY_FILE={key!r}"
+    with_ca = [(client_ca, f"OTEL_VMI_HV_TLS_CLIENT_CA_FILE={client_ca!r}")] if client_ca else []
+    for ca, files in [(None, pair), *with_ca]:
         try:
-            tls_check(cert, key, ca)
+            draft.tls_check(cert, key, ca)
         except OSError as error:
             raise ConfigError(f"{files} cannot be used: {error}") from None
+
+
+CHECKS: tuple[Callable[[_Draft], None], ...] = (
+    _grpc_compression,
+    _service_name,
+    _source,
+    _node_name,
+    _libvirt_uri,
+    _export_timeout,
+    _tls_pair,
+    _load_tls_material,
+)

@@ -16,8 +16,6 @@ from typing import Any
 import otel_vmi_hv.config.parsers as parse
 from otel_vmi_hv.config.parsers import URI_PLACEHOLDERS
 
-PROTOCOLS = ("grpc", "http/protobuf")
-COMPRESSIONS = ("gzip", "deflate", "none")
 STANDALONE_LIBVIRT_URI = "qemu:///system"
 # KubeVirt runs one virtqemud per launcher pod; its socket sits in an emptyDir of that pod
 # (libvirt-runtime). The DaemonSet mounts /var/lib/kubelet/pods at /pods so the path stays
@@ -71,6 +69,11 @@ def per_signal(pattern: str, metrics: dict[str, Any] | None = None, **row: Any) 
     return general, twin
 
 
+PEM_FILE: dict[str, Any] = {"allowed": "path of a readable PEM file", "parse": parse.readable_file}
+CREDENTIAL_PROVIDER: dict[str, Any] = {
+    "allowed": "an installed credential provider name",
+    "parse": parse.entry_point_names("opentelemetry_otlp_credential_provider"),
+}
 _PER_SIGNAL = (
     per_signal(
         "OTEL_EXPORTER_OTLP_{}ENDPOINT",
@@ -86,9 +89,8 @@ _PER_SIGNAL = (
         metrics={"flag": "--otlp-protocol"},
         field="otlp_protocol",
         default="grpc",
-        allowed="grpc or http/protobuf",
+        **parse.one_of("grpc", "http/protobuf"),
         help="OTLP transport.",
-        parse=parse.choice(PROTOCOLS),
     ),
     per_signal(
         "OTEL_EXPORTER_OTLP_{}HEADERS",
@@ -98,27 +100,23 @@ _PER_SIGNAL = (
     ),
     per_signal(
         "OTEL_EXPORTER_OTLP_{}CERTIFICATE",
-        allowed="path of a readable PEM file",
+        **PEM_FILE,
         help="CA bundle to verify the Collector's TLS certificate.",
-        parse=parse.readable_file,
     ),
     per_signal(
         "OTEL_EXPORTER_OTLP_{}CLIENT_KEY",
-        allowed="path of a readable PEM file",
+        **PEM_FILE,
         help="Private key of the client certificate presented to the Collector (mutual TLS).",
-        parse=parse.readable_file,
     ),
     per_signal(
         "OTEL_EXPORTER_OTLP_{}CLIENT_CERTIFICATE",
-        allowed="path of a readable PEM file",
+        **PEM_FILE,
         help="Client certificate presented to the Collector (mutual TLS).",
-        parse=parse.readable_file,
     ),
     per_signal(
         "OTEL_EXPORTER_OTLP_{}INSECURE",
-        allowed="true or false",
+        **parse.BOOLEAN,
         help="gRPC only: plaintext to a scheme-less endpoint (an http:// endpoint is plaintext anyway).",
-        parse=parse.boolean,
     ),
     per_signal(
         "OTEL_EXPORTER_OTLP_{}TIMEOUT",
@@ -128,21 +126,18 @@ _PER_SIGNAL = (
     ),
     per_signal(
         "OTEL_EXPORTER_OTLP_{}COMPRESSION",
-        allowed="gzip, deflate or none (grpc: gzip only)",
+        **parse.one_of("gzip", "deflate", "none", note=" (grpc: gzip only)"),
         help="Compression of OTLP exports.",
-        parse=parse.choice(COMPRESSIONS),
     ),
     per_signal(
         "OTEL_PYTHON_EXPORTER_OTLP_GRPC_{}CREDENTIAL_PROVIDER",
-        allowed="an installed credential provider name",
+        **CREDENTIAL_PROVIDER,
         help="gRPC: plug-in that supplies the channel credentials.",
-        parse=parse.entry_point_names("opentelemetry_otlp_credential_provider"),
     ),
     per_signal(
         "OTEL_PYTHON_EXPORTER_OTLP_HTTP_{}CREDENTIAL_PROVIDER",
-        allowed="an installed credential provider name",
+        **CREDENTIAL_PROVIDER,
         help="http/protobuf: plug-in that supplies the HTTP session.",
-        parse=parse.entry_point_names("opentelemetry_otlp_credential_provider"),
     ),
 )
 
@@ -172,28 +167,24 @@ OPTIONS: tuple[Option, ...] = (
         field="prometheus_port",
         flag="--prometheus-port",
         default="9464",
-        allowed="an integer 0-65535 (0: any free port)",
+        **parse.integer(0, 65535, " (0: any free port)"),
         help="Port of the HTTP server.",
-        parse=parse.int_between(0, 65535),
     ),
     *(option for pair in _PER_SIGNAL for option in pair),
     Option(
         env="OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
-        allowed="cumulative, delta or lowmemory",
+        **parse.one_of("cumulative", "delta", "lowmemory"),
         help="Temporality of OTLP-exported sums and histograms (/metrics is always cumulative).",
-        parse=parse.choice(("cumulative", "delta", "lowmemory")),
     ),
     Option(
         env="OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
-        allowed="explicit_bucket_histogram or base2_exponential_bucket_histogram",
+        **parse.one_of("explicit_bucket_histogram", "base2_exponential_bucket_histogram"),
         help="Histogram aggregation of OTLP exports.",
-        parse=parse.choice(("explicit_bucket_histogram", "base2_exponential_bucket_histogram")),
     ),
     Option(
         env="OTEL_METRICS_EXEMPLAR_FILTER",
-        allowed="trace_based, always_on or always_off",
+        **parse.one_of("trace_based", "always_on", "always_off", fold=False),
         help="Which measurements may carry exemplars (the agent records none with a trace).",
-        parse=parse.choice(("trace_based", "always_on", "always_off"), fold=False),
     ),
     Option(
         env="OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
@@ -215,27 +206,24 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         env="OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
-        allowed="true or false",
+        **parse.BOOLEAN,
         help="Let the OTLP exporters count their own exports (OpenTelemetry SDK self-metrics).",
-        parse=parse.boolean,
     ),
     Option(
         env="OTEL_METRIC_EXPORT_INTERVAL",
         field="export_interval_ms",
         flag="--export-interval",
         default="60000",
-        allowed="an integer 100-86400000 (ms)",
+        **parse.integer(100, 86_400_000, " (ms)"),
         help="Milliseconds between two OTLP (and console) exports.",
-        parse=parse.int_between(100, 86_400_000),
     ),
     Option(
         env="OTEL_METRIC_EXPORT_TIMEOUT",
         field="export_timeout_ms",
         default="30000",
-        allowed="an integer 100-86400000 (ms)",
+        **parse.integer(100, 86_400_000, " (ms)"),
         help="Milliseconds one periodic collection plus export may take (at most the interval: "
         "unset, it follows a shorter interval).",
-        parse=parse.int_between(100, 86_400_000),
     ),
     Option(
         env="OTEL_SERVICE_NAME",
@@ -257,9 +245,8 @@ OPTIONS: tuple[Option, ...] = (
         env="OTEL_SDK_DISABLED",
         field="sdk_disabled",
         default="false",
-        allowed="true or false",
+        **parse.BOOLEAN,
         help="Disable the OpenTelemetry SDK: no metric is exported, /metrics is empty.",
-        parse=parse.boolean,
     ),
     agent_option(
         "NODE_NAME",
@@ -271,10 +258,9 @@ OPTIONS: tuple[Option, ...] = (
     agent_option(
         "SOURCE",
         default="auto",
-        allowed="auto, kubernetes or libvirt",
+        **parse.one_of("auto", "kubernetes", "libvirt"),
         help="Where VMIs come from: the Kubernetes API (KubeVirt) or the libvirt daemon's active domains. "
         "auto picks kubernetes in a pod or when KUBECONFIG is set.",
-        parse=parse.choice(("auto", "kubernetes", "libvirt")),
     ),
     agent_option(
         "LIBVIRT_URI",
@@ -287,16 +273,14 @@ OPTIONS: tuple[Option, ...] = (
     agent_option(
         "LIBVIRT_TIMEOUT",
         default="5s",
-        allowed="a duration 10ms-5m, e.g. 5s or 500ms",
+        **parse.duration("10ms", "5m", ", e.g. 5s or 500ms"),
         help="Longest one libvirt call may take before its VMI is reported unknown and retried later.",
-        parse=parse.duration_between(0.01, 300),
     ),
     agent_option(
         "LOG_LEVEL",
         default="info",
-        allowed="debug, info, warning or error",
+        **parse.one_of("debug", "info", "warning", "error"),
         help="Log verbosity (logs go to stderr).",
-        parse=parse.choice(("debug", "info", "warning", "error")),
     ),
     agent_option(
         "PODS_ROOT",
@@ -317,28 +301,27 @@ OPTIONS: tuple[Option, ...] = (
     agent_option(
         "RESYNC_INTERVAL",
         default="30s",
-        allowed="a duration 1s-1h",
+        **parse.duration("1s", "1h"),
         help="libvirt source: how often the domain list is re-read in addition to lifecycle events.",
-        parse=parse.duration_between(1, 3600),
     ),
     agent_option(
         "TLS_CERT_FILE",
         default_doc="unset: plain HTTP",
-        allowed="path of a readable PEM certificate (chain)",
+        allowed="absolute path of a readable PEM certificate (chain)",
         help="Serve /metrics, /healthz and /readyz over HTTPS with this certificate "
         "(needs the key file too).",
         parse=parse.absolute_path,
     ),
     agent_option(
         "TLS_KEY_FILE",
-        allowed="path of a readable PEM private key",
+        allowed="absolute path of a readable PEM private key",
         help="Private key of the HTTPS certificate.",
         parse=parse.absolute_path,
     ),
     agent_option(
         "TLS_CLIENT_CA_FILE",
         default_doc="unset: no client certificate asked",
-        allowed="path of a readable PEM CA bundle",
+        allowed="absolute path of a readable PEM CA bundle",
         help="Require client certificates signed by this CA (mutual TLS); needs the certificate and key.",
         parse=parse.absolute_path,
     ),
@@ -353,58 +336,51 @@ OPTIONS: tuple[Option, ...] = (
     agent_option(
         "EVENTS",
         default="true",
-        allowed="true or false",
+        **parse.BOOLEAN,
         help="KubeVirt mode: record a Warning Event on each VMI reported qemu-tcg (once per VMI and reason,"
         " rate-limited), seen in `kubectl describe vmi`; needs create and patch on events.",
-        parse=parse.boolean,
     ),
     agent_option(
         "RELIST_SPREAD",
         default="10s",
-        allowed="a duration 0s-10m",
+        **parse.duration("0s", "10m"),
         help="kubernetes source: longest random wait before a relist that follows an outage, so the agents"
         " of all nodes do not relist in the same second.",
-        parse=parse.duration_between(0, 600),
     ),
     agent_option(
         "WATCH_SILENCE_TIMEOUT",
         default="3m",
-        allowed="a duration 100ms-1h",
+        **parse.duration("100ms", "1h"),
         help="kubernetes source: a watch that brings neither an event nor a bookmark for this long is ended"
         " and resumed (the API server sends bookmarks about every minute).",
-        parse=parse.duration_between(0.1, 3600),
     ),
     agent_option(
         "WEB_MAX_CONNECTIONS",
         default="512",
-        allowed="an integer 1-100000",
+        **parse.integer(1, 100_000),
         help="Open connections the HTTP server holds at most (memory per idle one: BENCHMARKS.md); beyond "
         "them, 8 more may each send one request within 1 s: /healthz and /readyz are answered, "
         "anything else gets 503, and the connection is closed.",
-        parse=parse.int_between(1, 100_000),
     ),
     agent_option(
         "WEB_MAX_REQUESTS",
         default="40",
-        allowed="an integer 1-10000",
+        **parse.integer(1, 10_000),
         help="Concurrent /metrics requests served at most; more are answered 503 (node_exporter's "
         "--web.max-requests).",
-        parse=parse.int_between(1, 10_000),
     ),
     agent_option(
         "WEB_READ_HEADER_TIMEOUT",
         default="10s",
-        allowed="a duration 100ms-5m",
+        **parse.duration("100ms", "5m"),
         help="Time a client has to send a request's headers (and finish the TLS handshake); then it is "
         "disconnected (Go's ReadHeaderTimeout).",
-        parse=parse.duration_between(0.1, 300),
     ),
     agent_option(
         "WEB_IDLE_TIMEOUT",
         default="30s",
-        allowed="a duration 1s-1h",
+        **parse.duration("1s", "1h"),
         help="How long an idle keep-alive connection, or a client not reading its response, is kept.",
-        parse=parse.duration_between(1, 3600),
     ),
 )
 

@@ -2,7 +2,9 @@
 
 A parser raises ``ValueError`` when the value is not among what its option allows (the loader then
 names the variable, the value and the option's ``allowed`` text), or ``ConfigError`` with its own
-message when a generic "expected ..." would not tell the operator what is wrong.
+message when a generic "expected ..." would not tell the operator what is wrong. The kinds of value
+that many options share (``one_of``, ``integer``, ``duration``, ``boolean``) come with their
+``allowed`` text, so a row writes its range once.
 """
 
 from __future__ import annotations
@@ -12,23 +14,23 @@ import re
 import string
 import urllib.parse
 from collections.abc import Callable
+from typing import Any
 
 from otel_vmi_hv.config.settings import ConfigError
 
 EXPORTERS = ("prometheus", "otlp", "console", "none")
 URI_PLACEHOLDERS = ("pod_uid", "vmi_uid", "namespace", "name", "mode", "pods_root")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
-_GRPC_STATUS_NAMES = frozenset(
-    {
-        *("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ABORTED"),
-        *("ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "INTERNAL"),
-        *("OUT_OF_RANGE", "UNIMPLEMENTED", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"),
-    }
+_GRPC_STATUS_NAMES = (
+    *("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ABORTED"),
+    *("ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "INTERNAL"),
+    *("OUT_OF_RANGE", "UNIMPLEMENTED", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"),
 )
 
 
-def choice(allowed: tuple[str, ...], fold: bool = True) -> Callable[[str], str]:
-    """One of ``allowed``, case folded and trimmed unless the SDK compares without (``fold``)."""
+def one_of(*allowed: str, fold: bool = True, note: str = "") -> dict[str, Any]:
+    """A row's ``allowed`` ("a, b or c") and ``parse`` for a choice, case folded and trimmed unless
+    the SDK compares without (``fold``)."""
 
     def parse(raw: str) -> str:
         value = raw.strip().lower() if fold else raw
@@ -36,7 +38,7 @@ def choice(allowed: tuple[str, ...], fold: bool = True) -> Callable[[str], str]:
             raise ValueError
         return value
 
-    return parse
+    return {"allowed": ", ".join(allowed[:-1]) + " or " + allowed[-1] + note, "parse": parse}
 
 
 def parse_duration(raw: str) -> float:
@@ -44,29 +46,33 @@ def parse_duration(raw: str) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", raw)
     if not match:
         raise ValueError
-    number = float(match.group(1))
     scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2) or "s"]
-    return number * scale
+    return float(match.group(1)) * scale
 
 
-def duration_between(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        seconds = parse_duration(raw)
-        if not low <= seconds <= high:
-            raise ValueError
-        return seconds
+def between(low: float, high: float, read: Callable[[str], Any]) -> Callable[[str], Any]:
+    """What ``read`` makes of the value, refused outside ``low``-``high``."""
 
-    return parse
-
-
-def int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw.strip(), 10)
+    def parse(raw: str) -> Any:
+        value = read(raw)
         if not low <= value <= high:
             raise ValueError
         return value
 
     return parse
+
+
+def integer(low: int, high: int, note: str = "") -> dict[str, Any]:
+    return {
+        "allowed": f"an integer {low}-{high}{note}",
+        "parse": between(low, high, lambda raw: int(raw, 10)),
+    }
+
+
+def duration(low: str, high: str, note: str = "") -> dict[str, Any]:
+    """A row's ``allowed`` and ``parse`` for a duration within ``low``-``high``, e.g. ``100ms``, ``5m``."""
+    parse = between(parse_duration(low), parse_duration(high), parse_duration)
+    return {"allowed": f"a duration {low}-{high}{note}", "parse": parse}
 
 
 def positive_number(raw: str) -> float:
@@ -76,29 +82,52 @@ def positive_number(raw: str) -> float:
     return value
 
 
-def boolean(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value not in ("true", "false"):
-        raise ValueError
-    return value == "true"
+_TRUE_OR_FALSE = one_of("true", "false")
+BOOLEAN: dict[str, Any] = {**_TRUE_OR_FALSE, "parse": lambda raw: _TRUE_OR_FALSE["parse"](raw) == "true"}
+
+
+def names(
+    allowed: tuple[str, ...], fold: Callable[[str], str] = str.lower
+) -> Callable[[str], tuple[str, ...]]:
+    """A non-empty comma list of ``allowed`` names, each case folded."""
+
+    def parse(raw: str) -> tuple[str, ...]:
+        given = tuple(fold(part.strip()) for part in raw.split(",") if part.strip())
+        if not given or any(name not in allowed for name in given):
+            raise ValueError
+        return given
+
+    return parse
 
 
 def exporters(raw: str) -> tuple[str, ...]:
-    names = [part.strip().lower() for part in raw.split(",") if part.strip()]
-    if not names or any(name not in EXPORTERS for name in names):
-        raise ValueError
-    if "none" in names and len(names) > 1:
+    given = names(EXPORTERS)(raw)
+    if "none" in given and len(given) > 1:
         raise ConfigError(f"OTEL_METRICS_EXPORTER={raw!r}: 'none' cannot be combined with other exporters")
-    if names == ["none"]:
-        return ()
-    return tuple(dict.fromkeys(names))
+    return () if given == ("none",) else tuple(dict.fromkeys(given))
 
 
-def host(raw: str) -> str:
-    value = raw.strip()
-    if not value or any(c.isspace() for c in value):
-        raise ValueError
-    return value
+grpc_status_codes = names(_GRPC_STATUS_NAMES, str.upper)
+
+
+def word(spaces: bool = True, printable: bool = False, longest: int = 0) -> Callable[[str], str]:
+    """The trimmed value, non-empty; without ``spaces`` none inside, with ``printable`` no control
+    character, with ``longest`` at most that many characters."""
+
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not value or (longest and len(value) > longest) or (printable and not value.isprintable()):
+            raise ValueError
+        if not spaces and any(c.isspace() for c in value):
+            raise ValueError
+        return value
+
+    return parse
+
+
+host = word(spaces=False)
+text = word(printable=True)
+node_name = word(spaces=False, printable=True, longest=253)
 
 
 def endpoint(raw: str) -> str:
@@ -118,15 +147,12 @@ def endpoint(raw: str) -> str:
 
 def key_values(raw: str) -> tuple[tuple[str, str], ...]:
     """W3C-baggage-like ``k=v,k2=v2`` (OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS)."""
-    pairs = []
-    for item in raw.split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError
-        pairs.append((urllib.parse.unquote(key.strip()), urllib.parse.unquote(value.strip())))
-    return tuple(pairs)
+    items = [item.partition("=") for item in raw.split(",") if item.strip()]
+    if any(not sep or not key.strip() for key, sep, _ in items):
+        raise ValueError
+    return tuple(
+        (urllib.parse.unquote(key.strip()), urllib.parse.unquote(value.strip())) for key, _, value in items
+    )
 
 
 def headers(raw: str) -> tuple[tuple[str, str], ...]:
@@ -139,33 +165,22 @@ def headers(raw: str) -> tuple[tuple[str, str], ...]:
     return pairs
 
 
-def path(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ValueError
-    return value
+def path(absolute: bool = True, exists: Callable[[str], bool] | None = None) -> Callable[[str], str]:
+    """A non-empty path; ``absolute`` unless relative ones are allowed, and passing ``exists``."""
+
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not value or (absolute and not os.path.isabs(value)) or (exists and not exists(value)):
+            raise ValueError
+        return value
+
+    return parse
 
 
-def absolute_path(raw: str) -> str:
-    value = path(raw)
-    if not os.path.isabs(value):
-        raise ValueError
-    return value
-
-
-def existing_directory(raw: str) -> str:
-    value = absolute_path(raw)
-    if not os.path.isdir(value):
-        raise ValueError
-    return value
-
-
-def readable_file(raw: str) -> str:
-    """A path the SDK will read at start: a regular file this process may open (not a directory)."""
-    value = path(raw)
-    if not os.path.isfile(value) or not os.access(value, os.R_OK):
-        raise ValueError
-    return value
+absolute_path = path()
+existing_directory = path(exists=os.path.isdir)
+# A path the SDK will read at start: a regular file this process may open (not a directory).
+readable_file = path(absolute=False, exists=lambda value: os.path.isfile(value) and os.access(value, os.R_OK))
 
 
 def entry_point_names(group: str) -> Callable[[str], tuple[str, ...]]:
@@ -179,35 +194,18 @@ def entry_point_names(group: str) -> Callable[[str], tuple[str, ...]]:
         known = {entry.name for entry in entry_points(group=group)}
         missing = [name for name in names if name not in known]
         if missing:
+            installed = ", ".join(sorted(known)) or "none"
             raise ConfigError(
-                f"{raw!r} names no installed plug-in {missing[0]!r} (entry points {group}: "
-                + (", ".join(sorted(known)) or "none")
-                + ")"
+                f"{raw!r} names no installed plug-in {missing[0]!r} (entry points {group}: {installed})"
             )
         return names
 
     return parse
 
 
-def grpc_status_codes(raw: str) -> tuple[str, ...]:
-    names = tuple(code.strip().upper() for code in raw.split(",") if code.strip())
-    if not names or any(name not in _GRPC_STATUS_NAMES for name in names):
-        raise ValueError
-    return names
-
-
-def node_name(raw: str) -> str:
-    value = raw.strip()
-    if not value or len(value) > 253 or any(c.isspace() or not c.isprintable() for c in value):
-        raise ValueError
-    return value
-
-
 def libvirt_uri(raw: str) -> str:
     """A libvirt URI, possibly a template; only the placeholders the kubernetes source fills."""
-    value = raw.strip()
-    if not value or any(c.isspace() for c in value):
-        raise ValueError
+    value = host(raw)
     allowed = ", ".join("{" + p + "}" for p in URI_PLACEHOLDERS)
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
@@ -220,11 +218,4 @@ def libvirt_uri(raw: str) -> str:
         raise ConfigError(
             f"OTEL_VMI_HV_LIBVIRT_URI={raw!r}: unknown placeholder {{{unknown[0]}}}; allowed: {allowed}"
         )
-    return value
-
-
-def text(raw: str) -> str:
-    value = raw.strip()
-    if not value or not value.isprintable():
-        raise ValueError
     return value

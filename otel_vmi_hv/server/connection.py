@@ -8,6 +8,8 @@ request; an idle keep-alive connection, or a client that stops reading its respo
 
 A connection accepted beyond the connection cap (``beyond_cap``) serves one request, answered only if
 it is a probe, and its head must arrive within ``probe_head_timeout``: see server/listener.py.
+A client that resets, sends garbage or a corrupt TLS record costs at most a few debug lines a second
+(``client_noise``), never an error with a traceback that one hostile client could flood the log with.
 """
 
 from __future__ import annotations
@@ -15,15 +17,46 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
+import time
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import h11
 
-from otel_vmi_hv.server.client_noise import RateLimitedLog
 from otel_vmi_hv.server.endpoints import TEXT_HEADERS, Endpoints, Headers
 
 log = logging.getLogger(__name__)
+
+LINES_PER_SECOND = 5
+
+
+class RateLimitedLog:
+    """Debug lines about clients, at most ``per_second`` a second; the rest are counted and the
+    count is reported with the next line that gets through."""
+
+    def __init__(self, logger: logging.Logger, per_second: int = LINES_PER_SECOND) -> None:
+        self._logger, self._per_second = logger, per_second
+        self._window, self._used, self._dropped = 0.0, 0, 0  # this second's start, lines, lines dropped
+        self._lock = threading.Lock()
+
+    def debug(self, message: str, *args: object) -> None:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._window >= 1.0:
+                self._window, self._used = now, 0
+            if self._used >= self._per_second:
+                self._dropped += 1
+                return
+            self._used += 1
+            dropped, self._dropped = self._dropped, 0
+        suffix = f" ({dropped} similar lines dropped)" if dropped else ""
+        self._logger.debug(message + suffix, *args)
+
+
+client_noise = RateLimitedLog(logging.getLogger("otel_vmi_hv.server.client"))
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; larger gets 431
 
@@ -51,12 +84,18 @@ class Connection(asyncio.Protocol):
     again, and until then the deadline for reading applies.
     """
 
-    def __init__(self, endpoints: Endpoints, client_noise: RateLimitedLog, beyond_cap: bool = False) -> None:
+    def __init__(self, endpoints: Endpoints, beyond_cap: bool = False) -> None:
         self._loop = endpoints.loop
         self._beyond_cap = beyond_cap  # one request, probes only, closed after the answer
-        self._limits = endpoints.limits
+        limits = endpoints.limits
+        # RENDERING has no deadline (the renderer's own bounds), CLOSING nothing more to wait for.
+        self._deadlines = {
+            State.READING_HEAD: limits.head_timeout(beyond_cap),
+            State.LINGERING: limits.read_header_timeout,
+            State.IDLE: limits.idle_timeout,
+            State.WRITING: limits.idle_timeout,
+        }
         self._endpoints = endpoints
-        self._client_noise = client_noise
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -69,8 +108,9 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport  # with TCP_NODELAY, as asyncio sets on every TCP transport
+        self._transport = cast(
+            asyncio.Transport, transport
+        )  # with TCP_NODELAY, as asyncio sets on every TCP transport
         self._enter(State.READING_HEAD)
 
     def data_received(self, data: bytes) -> None:
@@ -108,7 +148,8 @@ class Connection(asyncio.Protocol):
         self._loop.call_soon(self._process)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
         self.state = State.CLOSING
         self._transport = None
         if self._rendering is not None:
@@ -157,8 +198,9 @@ class Connection(asyncio.Protocol):
         self._enter(State.RENDERING)
 
     def respond(self, status: int, body: bytes, headers: Headers, head_only: bool) -> None:
-        """Send one complete response; then go on with what the client sent meanwhile."""
-        self._rendering = None
+        """Send one complete response; after one rendered in the pool, go on with the requests
+        that arrived meanwhile (otherwise ``_process`` is already on it)."""
+        rendered, self._rendering = self._rendering is not None, None
         if self._transport is None or self._transport.is_closing():
             return
         if self._beyond_cap or (status >= 400 and self._h11.their_state is not h11.DONE):
@@ -166,7 +208,8 @@ class Connection(asyncio.Protocol):
         if self._write(status, body, headers, head_only):
             self._buffered = 0
             self._update_reading()  # writing may have paused at once: the client reads slower than this
-            self._next_cycle()
+            if self._next_cycle() and rendered:
+                self._process()
 
     def _write(self, status: int, body: bytes, headers: Headers, head_only: bool) -> bool:
         """Frame one response with h11 and write it; False, and the connection closed, if h11 refuses."""
@@ -186,15 +229,9 @@ class Connection(asyncio.Protocol):
         self._transport.write(data)
         return True
 
-    def resume(self) -> None:
-        """After an answer rendered in the pool: go on with requests that arrived meanwhile."""
-        self._process()
-
     def _next_cycle(self) -> bool:
         """After our answer: close, or get ready for the next request; False when nothing more is
-        to be read from this connection now."""
-        if self._transport is None:
-            return False
+        to be read from this connection now (only called while connected)."""
         if self._h11.our_state is h11.MUST_CLOSE or self._h11.their_state in (h11.MUST_CLOSE, h11.CLOSED):
             self._close()
             return False
@@ -210,7 +247,7 @@ class Connection(asyncio.Protocol):
 
     def _refuse_malformed(self, error: h11.RemoteProtocolError) -> None:
         peer = self._transport.get_extra_info("peername") if self._transport else None
-        self._client_noise.debug("malformed request from %s: %s", peer, error)
+        client_noise.debug("malformed request from %s: %s", peer, error)
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self._transport is not None:
             status = error.error_status_hint
             body = f"{HTTPStatus(status).phrase}: {error}\n".encode(errors="replace")
@@ -238,30 +275,16 @@ class Connection(asyncio.Protocol):
         self.state = state
         self._arm()
 
-    def _deadline(self, state: State) -> float | None:
-        """None for RENDERING (the renderer's own bounds) and CLOSING (nothing more to wait for)."""
-        if state is State.READING_HEAD:
-            return self._limits.head_timeout(self._beyond_cap)
-        if state is State.LINGERING:
-            return self._limits.read_header_timeout
-        return self._limits.idle_timeout if state in (State.IDLE, State.WRITING) else None
-
     def _arm(self) -> None:
-        self._disarm()
-        seconds = self._deadline(self.state)
-        if seconds is not None:
-            self._timer = self._loop.call_later(seconds, self._expired, self.state)
-
-    def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        seconds = self._deadlines.get(self.state)
+        self._timer = None if seconds is None else self._loop.call_later(seconds, self._expired, self.state)
 
     def _expired(self, state: State) -> None:
-        self._timer = None
-        if self._transport is None:
-            return
+        """Only armed while connected: ``connection_lost`` cancels the timer."""
+        assert self._transport is not None
         if state is not State.IDLE:
             peer = self._transport.get_extra_info("peername")
-            self._client_noise.debug("closing connection from %s: no %s in time", peer, state.value)
+            client_noise.debug("closing connection from %s: no %s in time", peer, state.value)
         self._transport.abort()

@@ -15,18 +15,19 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Protocol
 
 import h11
 
+from otel_vmi_hv.config import Settings, default_value
 from otel_vmi_hv.export.exposition import Scrape
-from otel_vmi_hv.server.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
-SERVER_HEADER = "otel-vmi-hv"
+SERVER = ("Server", "otel-vmi-hv")
 VARY = ("Vary", "Accept, Accept-Encoding")  # /metrics answers depend on both
 RENDER_THREADS = 2
 PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
@@ -40,17 +41,41 @@ STATIC_ANSWERS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What clients may hold on the metrics port, for the listener, connections and endpoints alike.
+    The configurable limits default to the option table's; the probe slots are not options."""
+
+    max_connections: int = default_value("web_max_connections")
+    max_requests: int = default_value("web_max_requests")  # concurrent /metrics requests
+    read_header_timeout: float = default_value("web_read_header_timeout")
+    idle_timeout: float = default_value("web_idle_timeout")
+    # Beyond max_connections, this many more connections may send one request, answered only if it
+    # is a probe (/healthz, /readyz): liveness must not fail because others hold every connection.
+    probe_slots: int = 8
+    probe_head_timeout: float = 1.0  # kubelet's default probe timeout; a probe sends at once
+
+    def head_timeout(self, beyond_cap: bool) -> float:
+        """How long the request head (and the TLS handshake) may take to arrive."""
+        return (
+            min(self.probe_head_timeout, self.read_header_timeout) if beyond_cap else self.read_header_timeout
+        )
+
+
+def limits_from(settings: Settings) -> ServerLimits:
+    """Each configurable limit from its setting, ``web_<limit>``."""
+    configured = ("max_connections", "max_requests", "read_header_timeout", "idle_timeout")
+    return ServerLimits(**{name: getattr(settings, f"web_{name}") for name in configured})
+
+
 class Responder(Protocol):
-    """What an endpoint needs of the connection it answers on."""
+    """What an endpoint needs of the connection it answers on (server/connection.py)."""
 
     def respond(self, status: int, body: bytes, headers: Headers, head_only: bool) -> None:
-        """Send one complete response."""
+        """Send one complete response; after one rendered later, go on with the requests after it."""
 
     def start_rendering(self, rendering: asyncio.Future[Any]) -> None:
         """The answer comes later, when ``rendering`` is done; hold the requests that follow."""
-
-    def resume(self) -> None:
-        """After a later answer: go on with the requests that arrived meanwhile."""
 
 
 class Readiness:
@@ -128,7 +153,11 @@ class Endpoints:
             ",".join(value.decode("latin-1") for name, value in request.headers if name == wanted)
             for wanted in (b"accept", b"accept-encoding")
         )
-        cached = self._answer_cached(accept, accept_encoding)
+        try:
+            cached = self._render_cached(accept, accept_encoding)
+        except Exception:
+            log.debug("answering /metrics from the cache failed; rendering it instead", exc_info=True)
+            cached = None
         if cached is not None:  # nothing to collect: answered here, without a thread hop
             connection.respond(200, cached.body, _scrape_headers(cached), head_only)
             return
@@ -142,28 +171,14 @@ class Endpoints:
                 return
             status, body, headers = future.result()
             connection.respond(status, body, headers, head_only)
-            connection.resume()
 
         rendering.add_done_callback(rendered)
 
-    def _answer_cached(self, accept: str, accept_encoding: str) -> Scrape | None:
-        try:
-            return self._render_cached(accept, accept_encoding)
-        except Exception:
-            log.debug("answering /metrics from the cache failed; rendering it instead", exc_info=True)
-            return None
-
     def headers(self, headers: Headers, body: bytes) -> Headers:
         """The headers every response carries, around ``headers``."""
-        now = int(time.time())
-        if now != self._date[0]:
+        if (now := int(time.time())) != self._date[0]:
             self._date = (now, formatdate(now, usegmt=True))
-        return (
-            *headers,
-            ("Content-Length", str(len(body))),
-            ("Server", SERVER_HEADER),
-            ("Date", self._date[1]),
-        )
+        return (*headers, ("Content-Length", str(len(body))), SERVER, ("Date", self._date[1]))
 
     def _render(self, accept: str, accept_encoding: str) -> tuple[int, bytes, Headers]:
         """Runs in the render pool: the SDK collection and compression take milliseconds."""

@@ -19,7 +19,6 @@ import errno
 import logging
 import os
 import socket
-import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -28,16 +27,12 @@ from typing import Any
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.export.exposition import Scrape
-from otel_vmi_hv.server.client_noise import RateLimitedLog
-from otel_vmi_hv.server.connection import Connection, State
-from otel_vmi_hv.server.endpoints import TEXT, Endpoints, Readiness
-from otel_vmi_hv.server.limits import ServerLimits
+from otel_vmi_hv.server.connection import Connection, State, client_noise
+from otel_vmi_hv.server.endpoints import TEXT, Endpoints, Readiness, ServerLimits
 from otel_vmi_hv.server.tls_reload import ReloadingTLS
 from otel_vmi_hv.worker import Worker
 
 log = logging.getLogger(__name__)
-# Malformed requests, resets, bad TLS records: a client's fault, at most a rate-limited debug line.
-client_log = logging.getLogger("otel_vmi_hv.server.client")
 
 LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn: a burst must not find it full
 # Out of descriptors: accepting again at once would spin at 100 % CPU. A local resource, no fleet to
@@ -55,6 +50,7 @@ def _canned(status: HTTPStatus, body: bytes, *headers: str) -> bytes:
 # Go's answer to plain HTTP on a TLS port, and the refusal beyond the probe slots.
 PLAIN_HTTP_ON_TLS_PORT = _canned(HTTPStatus.BAD_REQUEST, b"Client sent an HTTP request to an HTTPS server.\n")
 TOO_MANY_CONNECTIONS = _canned(HTTPStatus.SERVICE_UNAVAILABLE, b"too many connections\n", "Retry-After: 1")
+OUT_OF_FDS = "cannot accept HTTP connections: %s (%d open connections); retrying until descriptors are free"
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _LISTEN_REASONS = {
     errno.EADDRINUSE: "the address is already in use (another process listens there)",
@@ -77,8 +73,6 @@ def open_listener(host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise ListenError(host, port, f"the host cannot be resolved ({error.strerror})") from None
-    except OverflowError:
-        raise ListenError(host, port, "not a valid port") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -88,29 +82,22 @@ def open_listener(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as error:
         sock.close()
-        raise ListenError(host, port, _listen_reason(error, port)) from None
+        reason = _LISTEN_REASONS.get(error.errno or 0) or error.strerror or str(error)
+        if error.errno == errno.EACCES and 0 < port < 1024:
+            reason = "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        raise ListenError(host, port, reason) from None
     return sock
-
-
-def _listen_reason(error: OSError, port: int) -> str:
-    if error.errno == errno.EACCES and 0 < port < 1024:
-        return "permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE"
-    return _LISTEN_REASONS.get(error.errno or 0) or error.strerror or str(error)
 
 
 @dataclass(eq=False)
 class _ProbeSlot:
-    """A connection accepted beyond the cap, for one request."""
+    """A connection accepted beyond the cap, for one request; dropping it loses no answer while its
+    ``connection`` is still reading the request head."""
 
     sock: socket.socket
     spoke: bool  # bytes were already waiting when it was accepted, as a probe's request is
-    task: asyncio.Task[None] | None = None
+    connection: Connection
     started: bool = False  # its task runs: from then on the task closes the socket
-    connection: Connection | None = None  # None until the socket (and TLS) is set up
-
-    def waiting(self) -> bool:
-        """Whether its request has not been read yet: dropping it loses no answer."""
-        return self.connection is None or self.connection.state is State.READING_HEAD
 
 
 def _has_bytes_waiting(sock: socket.socket) -> bool:
@@ -144,9 +131,8 @@ class HttpServer:
         self._worker: Worker | None = None
         self._serving: set[asyncio.Task[None]] = set()
         self.connections = 0  # within the cap
-        self._probe_slots: dict[_ProbeSlot, None] = {}  # beyond it, oldest first
+        self._probe_slots: dict[_ProbeSlot, asyncio.Task[None]] = {}  # beyond it, oldest first
         self._refusals: set[asyncio.Task[None]] = set()
-        self.client_noise = RateLimitedLog(client_log)
 
     @property
     def port(self) -> int:
@@ -185,29 +171,24 @@ class HttpServer:
                 if error.errno in _OUT_OF_RESOURCES:  # the connection stays queued: wait, say it once
                     if not failures:
                         since = time.monotonic()
-                        log.warning(
-                            "cannot accept HTTP connections: %s (%d open connections); retrying until "
-                            "descriptors are free",
-                            os.strerror(error.errno or 0),
-                            self.connections,
-                        )
+                        log.warning(OUT_OF_FDS, os.strerror(error.errno or 0), self.connections)
                     failures += 1
                     await asyncio.sleep(ACCEPT_BACKOFF.delay(failures))
                 elif self._listener.fileno() == -1:
                     return
                 else:
-                    self.client_noise.debug("accept failed: %s", error)
+                    client_noise.debug("accept failed: %s", error)
                 continue
             if failures:
                 log.info("accepting HTTP connections again after %.1fs", time.monotonic() - since)
                 failures = 0
             if self.connections < self.limits.max_connections:
                 self.connections += 1
-                self._track(self._serve(sock))
+                self._track(self._serve(sock, Connection(self.endpoints)))
             elif self._free_probe_slot():
-                slot = _ProbeSlot(sock, spoke=_has_bytes_waiting(sock))
-                self._probe_slots[slot] = None
-                slot.task = self._track(self._serve(sock, slot))
+                connection = Connection(self.endpoints, beyond_cap=True)
+                slot = _ProbeSlot(sock, _has_bytes_waiting(sock), connection)
+                self._probe_slots[slot] = self._track(self._serve(sock, connection, slot))
             else:
                 self._refuse(sock)
 
@@ -222,21 +203,21 @@ class HttpServer:
         one whose request has not been read is dropped for it, silent ones first."""
         if len(self._probe_slots) < self.limits.probe_slots:
             return True
-        waiting = [slot for slot in self._probe_slots if slot.waiting()]
-        oldest = next((slot for slot in waiting if not slot.spoke), None) or next(iter(waiting), None)
-        if oldest is None or oldest.task is None:
+        waiting = [slot for slot in self._probe_slots if slot.connection.state is State.READING_HEAD]
+        oldest = min(waiting, key=lambda slot: slot.spoke, default=None)  # silent ones first
+        if oldest is None:
             return False
-        del self._probe_slots[oldest]
+        task = self._probe_slots.pop(oldest)
         if not oldest.started:
             # Accepted in the same burst: its task never runs, so its descriptor is closed here, or
             # a burst as deep as the backlog would hold that many descriptors until the next turn.
             oldest.sock.close()
-        oldest.task.cancel()
-        self.client_noise.debug("dropping a connection beyond the limit that sent no request yet")
+        task.cancel()
+        client_noise.debug("dropping a connection beyond the limit that sent no request yet")
         return True
 
     def _refuse(self, sock: socket.socket) -> None:
-        self.client_noise.debug(
+        client_noise.debug(
             "refusing a connection: %d open (the limit) and %d beyond it for probes",
             self.connections,
             len(self._probe_slots),
@@ -252,7 +233,6 @@ class HttpServer:
         """Send ``answer``, then read what the client sent for a moment: closing with its request
         unread would reset the connection and lose the answer."""
         try:
-            sock.setblocking(False)
             await asyncio.wait_for(self.loop.sock_sendall(sock, answer), 1.0)
             sock.shutdown(socket.SHUT_WR)
             async with asyncio.timeout(1.0):
@@ -263,33 +243,27 @@ class HttpServer:
         finally:
             sock.close()
 
-    async def _serve(self, sock: socket.socket, slot: _ProbeSlot | None = None) -> None:
+    async def _serve(
+        self, sock: socket.socket, connection: Connection, slot: _ProbeSlot | None = None
+    ) -> None:
         """Serve one accepted connection until it closes; with ``slot``, one beyond the cap."""
         head_timeout = self.limits.head_timeout(beyond_cap=slot is not None)
         if slot is not None:
             slot.started = True
         try:
-            sock.setblocking(False)
-            context: ssl.SSLContext | None = None
-            if self._tls is not None:
-                if not await self._speaks_tls(sock, head_timeout):
-                    return
-                context = self._tls.context()
-            transport, connection = await self.loop.connect_accepted_socket(
-                lambda: Connection(self.endpoints, self.client_noise, slot is not None),
-                sock,
-                ssl=context,
-                ssl_handshake_timeout=head_timeout if context else None,
+            if self._tls is not None and not await self._speaks_tls(sock, head_timeout):
+                return
+            context = self._tls.context() if self._tls else None
+            transport, _ = await self.loop.connect_accepted_socket(
+                lambda: connection, sock, ssl=context, ssl_handshake_timeout=head_timeout if context else None
             )
-            if slot is not None:
-                slot.connection = connection  # until now it counted as waiting, as in READING_HEAD
             try:
                 await connection.closed
             except asyncio.CancelledError:
                 transport.abort()  # the server stops, or the slot went to a newer connection
                 raise
         except (TimeoutError, OSError) as error:
-            self.client_noise.debug("connection failed before its first request: %s", error)
+            client_noise.debug("connection failed before its first request: %s", error)
             sock.close()
         except asyncio.CancelledError:
             sock.close()  # cancelled before the transport took the socket over (a no-op after)
@@ -303,15 +277,10 @@ class HttpServer:
     async def _speaks_tls(self, sock: socket.socket, timeout: float) -> bool:
         """Peek at the first byte: a TLS handshake record starts with 0x16. Anything else gets Go's
         400 in plain text instead of a bare reset, so a misconfigured scraper says what is wrong."""
-        readable: asyncio.Future[None] = self.loop.create_future()
-
-        def on_readable() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        self.loop.add_reader(sock.fileno(), on_readable)
+        readable = asyncio.Event()
+        self.loop.add_reader(sock.fileno(), readable.set)
         try:
-            await asyncio.wait_for(readable, timeout)
+            await asyncio.wait_for(readable.wait(), timeout)
         finally:
             self.loop.remove_reader(sock.fileno())
         if sock.recv(1, socket.MSG_PEEK) == b"\x16":
@@ -323,6 +292,6 @@ class HttpServer:
         error = context.get("exception")
         if isinstance(error, OSError | asyncio.TimeoutError):
             # Resets, aborted handshakes, bad TLS records: what clients do, not an agent fault.
-            self.client_noise.debug("%s: %s", context.get("message", "connection error"), error)
+            client_noise.debug("%s: %s", context.get("message", "connection error"), error)
             return
         log.error("HTTP server: %s", context.get("message"), exc_info=error)

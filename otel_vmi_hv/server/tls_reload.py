@@ -16,6 +16,7 @@ import time
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 1.0
+UNUSABLE = "TLS certificate files changed but cannot be loaded (%s); still serving the previous certificate"
 
 
 def server_context(cert_file: str, key_file: str, client_ca_file: str | None) -> ssl.SSLContext:
@@ -46,13 +47,9 @@ class ReloadingTLS:
     def __init__(self, cert_file: str, key_file: str, client_ca_file: str | None = None) -> None:
         self._files = (cert_file, key_file, client_ca_file)
         self._lock = threading.Lock()
-        self._signatures = self._current_signatures()
+        self._signatures = tuple(map(_signature, filter(None, self._files)))
         self._context = server_context(*self._files)
         self._checked = time.monotonic()
-        self._failed_signatures: tuple[tuple[int, int, int, int], ...] | None = None
-
-    def _current_signatures(self) -> tuple[tuple[int, int, int, int], ...]:
-        return tuple(_signature(path) for path in self._files if path)
 
     def context(self) -> ssl.SSLContext:
         """The context for a new connection; reloaded first if a file changed."""
@@ -61,21 +58,15 @@ class ReloadingTLS:
             if now - self._checked < CHECK_INTERVAL:
                 return self._context
             self._checked = now
-            signatures = self._current_signatures()
-            if signatures in (self._signatures, self._failed_signatures):
+            signatures = tuple(map(_signature, filter(None, self._files)))
+            if signatures == self._signatures:
                 return self._context
+            self._signatures = signatures  # a pair that fails is tried again only once it changes
             try:
-                context = server_context(*self._files)
+                self._context = server_context(*self._files)
+                log.info("TLS certificate reloaded from %s", self._files[0])
             except OSError as error:  # ssl.SSLError is one
-                self._failed_signatures = signatures
-                log.warning(
-                    "TLS certificate files changed but cannot be loaded (%s); still serving the previous "
-                    "certificate",
-                    error,
-                )
-                return self._context
-            self._context, self._signatures, self._failed_signatures = context, signatures, None
-            log.info("TLS certificate reloaded from %s", self._files[0])
+                log.warning(UNUSABLE, error)
             return self._context
 
 
