@@ -109,6 +109,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
+from tests.agent_process import DeadlinePassed, wait_until
+
 JsonObj = dict[str, Any]
 
 GROUP: Final = "kubevirt.io"
@@ -1028,7 +1030,6 @@ class FakeKubeAPIServer:
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._generation = 0
         self._objects: dict[str, JsonObj] = {}
         self._rv = initial_resource_version
         self._floor = initial_resource_version  # every event with rv > floor is in history
@@ -1494,22 +1495,18 @@ class FakeKubeAPIServer:
         Raises AssertionError naming ``what`` (what the test waited for) when ``timeout`` passes:
         a test cannot carry on as if it had happened.
         """
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            generation = self._generation
-        while not predicate():
-            with self._changed:
-                while self._generation == generation:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._changed.wait(remaining)
-                generation = self._generation
-            if time.monotonic() >= deadline and not predicate():
-                raise AssertionError(
-                    f"fake API server: {what} did not happen within {timeout:g}s "
-                    f"({self.open_watches} open watches, {len(self.requests)} requests logged)"
-                )
+        try:
+            wait_until(predicate, timeout, what, pause=self._await_change)
+        except DeadlinePassed:
+            raise AssertionError(
+                f"fake API server: {what} did not happen within {timeout:g}s "
+                f"({self.open_watches} open watches, {len(self.requests)} requests logged)"
+            ) from None
+
+    def _await_change(self, seconds: float) -> None:
+        """Return at the next change of the server's state, or after ``seconds``."""
+        with self._changed:
+            self._changed.wait(seconds)
 
     def wait_for_watches(self, count: int, timeout: float = 5.0) -> None:
         """Wait until at least ``count`` watch streams are registered (AssertionError if they are not).
@@ -1523,7 +1520,6 @@ class FakeKubeAPIServer:
 
     def _notify(self) -> None:
         """Wake :meth:`wait_for` callers and list requests waiting for a future RV.  Lock must be held."""
-        self._generation += 1
         self._changed.notify_all()
 
     @staticmethod
