@@ -4,25 +4,18 @@ tests/unit/test_alert_rules.py).
 
 No cluster is needed. Built-in kinds are validated against the official Kubernetes schemas shipped by
 kubernetes-validate; the Prometheus Operator kinds against the small schemas below. promtool checks the
-alert rules (their unit tests run in tests/unit/test_alert_rules.py); the real Prometheus server checks
-that the ServiceMonitor's relabelings keep the agent's own `namespace` and `node` labels; `kubectl
-kustomize` builds the kustomization and the overlay example. The tests that need a binary skip when it
-is absent.
+alert rules (their unit tests run in tests/unit/test_alert_rules.py); `kubectl kustomize` builds the
+kustomization and the overlay example. The tests that need a binary skip when it is absent. A real
+Prometheus applying the ServiceMonitor's relabelings: tests/integration/test_service_monitor_relabelings.py.
 """
 
 from __future__ import annotations
 
-import http.server
 import importlib
 import json
 import os
 import re
-import socket
 import subprocess
-import threading
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,12 +24,21 @@ import jsonschema
 import yaml
 
 from otel_vmi_hv.config import OPTIONS
+from tests.conftest import ROOT
 from tests.downward_api import container_environment, references
+from tests.kubernetes_manifests import (
+    JOB,
+    K8S_DIR,
+    all_manifests,
+    load_documents,
+    load_kustomization,
+    manifest_files,
+    of_kind,
+    snake_relabelings,
+    the,
+)
 from tests.peers import require
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S_DIR = ROOT / "config" / "kubernetes"
-KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
 RULES = ROOT / "config" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "config" / "grafana" / "otel-vmi-hv-dashboard.json"
 RUNBOOKS_README = ROOT / "docs" / "runbooks" / "README.md"
@@ -45,7 +47,6 @@ METRICS_DOC = ROOT / "docs" / "metrics.md"
 DOCKERFILE = ROOT / "Dockerfile"
 
 KUBELET_PODS = "/var/lib/kubelet/pods"
-JOB = "otel-vmi-hv"  # the job name the rules expect (the Service name, the ServiceMonitor's default)
 EXTRA_ENV = {"NODE_NAME", "KUBECONFIG"}  # read by the agent without being OPTIONS of their own
 ALLOWED_CAPABILITIES = {"DAC_OVERRIDE"}
 
@@ -89,38 +90,6 @@ CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def load_documents(path: Path) -> list[dict[str, Any]]:
-    docs = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
-    for doc in docs:
-        assert isinstance(doc, dict), f"{path.name}: a document is not a mapping"
-    return docs
-
-
-def load_kustomization() -> dict[str, Any]:
-    (doc,) = load_documents(KUSTOMIZATION)
-    return doc
-
-
-def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S_DIR.iterdir() if p.suffix in (".yaml", ".yml") and p != KUSTOMIZATION)
-
-
-def all_manifests() -> list[tuple[str, dict[str, Any]]]:
-    return [(path.name, doc) for path in manifest_files() for doc in load_documents(path)]
-
-
-def of_kind(kind: str, manifests: list[tuple[str, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
-    return [
-        doc for _, doc in (manifests if manifests is not None else all_manifests()) if doc["kind"] == kind
-    ]
-
-
-def the(kind: str) -> dict[str, Any]:
-    found = of_kind(kind)
-    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
-    return found[0]
 
 
 def daemonset() -> dict[str, Any]:
@@ -871,131 +840,6 @@ def documented_metric_names() -> set[str]:
 
 def test_metric_set_matches_the_metrics_page() -> None:
     assert documented_metric_names() == AGENT_METRICS
-
-
-# ------------------------------------------------- the ServiceMonitor's relabelings, in a real Prometheus
-
-CAMEL_TO_SNAKE = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
-AGENT_NAMESPACE = "otel-vmi-hv"
-EXPOSITION = (
-    "# HELP kubevirt_vmi_hypervisor_info Information about the hypervisor type used by a VMI\n"
-    "# TYPE kubevirt_vmi_hypervisor_info gauge\n"
-    "kubevirt_vmi_hypervisor_info"
-    '{hypervisor_type="qemu-tcg",name="web",namespace="default",node="worker-1"} 1\n'
-    "# HELP otel_vmi_hv_relists_total Full VMI listings reconciled into the cache\n"
-    "# TYPE otel_vmi_hv_relists_total counter\n"
-    "otel_vmi_hv_relists_total 3\n"
-)
-
-
-def snake_relabelings(relabelings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{CAMEL_TO_SNAKE.get(k, k): v for k, v in item.items()} for item in relabelings]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class _Exposition(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = EXPOSITION.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-def query(base: str, promql: str) -> list[dict[str, Any]]:
-    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        payload = json.load(response)
-    result: list[dict[str, Any]] = payload["data"]["result"]
-    return result
-
-
-def test_service_monitor_keeps_the_agents_namespace_and_node_labels(tmp_path: Path) -> None:
-    prometheus = require("prometheus")
-    (endpoint,) = the("ServiceMonitor")["spec"]["endpoints"]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    web_port = free_port()
-    # The labels the Prometheus Operator gives every target of a ServiceMonitor, plus the pod's node
-    # as Kubernetes service discovery would provide it.
-    target_labels = {
-        "namespace": AGENT_NAMESPACE,
-        "service": "otel-vmi-hv",
-        "pod": "otel-vmi-hv-abcde",
-        "container": "otel-vmi-hv",
-        "endpoint": endpoint["port"],
-        "__meta_kubernetes_pod_node_name": "worker-1",
-    }
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": JOB,
-                "honor_labels": endpoint.get("honorLabels", False),
-                "metrics_path": endpoint.get("path", "/metrics"),
-                "static_configs": [
-                    {"targets": [f"127.0.0.1:{server.server_address[1]}"], "labels": target_labels}
-                ],
-                "relabel_configs": snake_relabelings(endpoint.get("relabelings", [])),
-                "metric_relabel_configs": snake_relabelings(endpoint.get("metricRelabelings", [])),
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    log = (tmp_path / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web_port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{web_port}"
-    try:
-        deadline = time.monotonic() + 60
-        info: list[dict[str, Any]] = []
-        relists: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not (info and relists):
-            time.sleep(0.5)
-            assert process.poll() is None, (tmp_path / "prometheus.log").read_text(encoding="utf-8")
-            try:
-                info = query(base, "kubevirt_vmi_hypervisor_info")
-                relists = query(base, "otel_vmi_hv_relists_total")
-            except OSError:
-                continue
-        assert info and relists, "Prometheus scraped nothing within 60 s"
-        (series,) = info
-        labels = series["metric"]
-        assert labels["namespace"] == "default", "the VMI's namespace must survive the target's"
-        assert labels["node"] == "worker-1" and labels["name"] == "web"
-        assert labels["job"] == JOB
-        assert not [name for name in labels if name.startswith("exported_")]
-        (self_metric,) = relists
-        assert self_metric["metric"]["namespace"] == AGENT_NAMESPACE
-        assert self_metric["metric"]["node"] == "worker-1", "self-metrics get the pod's node"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        server.shutdown()
-        server.server_close()
 
 
 # --------------------------------------------------------------------- the examples in docs/kubernetes.md
