@@ -29,11 +29,11 @@ import yaml
 
 from tests.agent_process import AgentProcess, wait_until
 from tests.conftest import DEMO_NODE, ROOT
+from tests.fakes.kubevirt_objects import NODE
 from tests.image.daemonset import DaemonSetContainer
 from tests.modules_at_ready import END, LINE
 from tests.peers import require
 
-NODE = "worker-1"
 PROJECT = "otel-vmi-hv"  # the agent's own distribution: not a dependency
 PROC_ONLY = ROOT / "config" / "kubernetes-variants" / "proc-only"
 MODULES_AT_READY = (str(ROOT / "tests" / "modules_at_ready.py"),)

@@ -27,16 +27,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+class DeadlinePassed(AssertionError):
+    """What ``wait_until`` raises: a wrapper adding its own details catches this, not a failed assert."""
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    pause: Callable[[float], object] = time.sleep,
+) -> T:
+    """Poll ``check`` until it returns something truthy and return that; fail with ``what`` at the
+    deadline. The one poll-with-deadline of the test suite: the harness's and the fake's waits wrap it.
+
+    ``pause(interval)`` runs between checks; a peer that knows when its state changes passes a wait
+    on that change, which returns early, instead of the sleep.
+    """
     deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
+    while True:
         last = check()
         if last:
             return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlinePassed(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+        pause(min(interval, remaining))
 
 
 def http_get(url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> tuple[int, str]:

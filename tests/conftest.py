@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "kubevirt"
 DEMO_NODE = ROOT / "config" / "demo-node.xml"
 
-# Real peers (libvirt daemon, Prometheus, OTLP receiver) as fixtures for every test module. The
-# plugin imports a peer's harness only when its fixture runs (tests/unit/test_unit_isolation.py).
+# Real peers (libvirt daemon, Prometheus, OTLP receiver, the fake API server as ``api``) as fixtures
+# for every test module. The plugin imports a peer's harness only when its fixture runs
+# (tests/unit/test_unit_isolation.py).
 pytest_plugins = ["tests.harness.fixtures"]
 
 

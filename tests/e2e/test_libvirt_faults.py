@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,12 +51,6 @@ def _scrape_seconds(agent: AgentProcess) -> float:
     started = time.monotonic()
     agent.metrics()
     return time.monotonic() - started
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer() as server:
-        yield server
 
 
 def test_hung_daemon_never_blocks_scrapes_and_recovers(

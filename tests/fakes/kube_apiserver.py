@@ -1,11 +1,12 @@
-"""A protocol-faithful fake Kubernetes API server for KubeVirt VMIs, Nodes and the KubeVirt CR.
+"""A protocol-faithful fake Kubernetes API server for KubeVirt VMIs, Nodes, Pods, Events and the KubeVirt CR.
 
 Why this exists
 ---------------
 No real kube-apiserver can run in this test environment, yet the agent talks to the API through the real
 ``kubernetes`` Python client: its ``ApiClient`` (``param_serialize`` and ``call_api``, no generated API
-class) sends every request (lists and watches: ``otel_vmi_hv/sources/list_watch.py``), with the client's own
-urllib3 retries turned off; the agent decodes list bodies item by item as they arrive
+class) sends every request (lists and watches: ``otel_vmi_hv/sources/list_watch.py``, also for the launcher
+pods; the Events it writes: ``emulation/vmi_events.py``), with the client's own urllib3 retries turned
+off; the agent decodes list bodies item by item as they arrive
 (``sources/list_stream.py``) and reads watch streams line by line itself (not ``kubernetes.watch.Watch``).
 A mock at the Python level would only prove that the agent calls the methods we expected; it would not
 prove that the agent survives what a real API server does on the wire: chunked JSON-lines watch streams,
@@ -14,12 +15,13 @@ transitions delivered as synthetic ``DELETED``/``ADDED`` events, bookmarks, drop
 on the same port.  This module reproduces those behaviours over real HTTP on 127.0.0.1 so that the client
 library, urllib3 and the agent are exercised end to end.
 
-Four resources are served: ``virtualmachineinstances`` and ``kubevirts`` in group ``kubevirt.io``,
-version ``v1`` (namespaced), the core ``nodes`` (cluster-scoped, under ``/api/v1``; field selector
-``metadata.name`` and ``spec.unschedulable``) and the core ``pods`` (namespaced; field selector
-``metadata.name``, ``spec.nodeName`` and ``status.phase``).  They share one store and one resourceVersion
-sequence, as they share etcd.  :meth:`FakeKubeAPIServer.forbid` answers one resource with the real 403
-message (RBAC missing).  The behaviours copied from the real server (k8s.io/apiserver, cacher + etcd3
+Five resources are served: ``virtualmachineinstances`` and ``kubevirts`` in group ``kubevirt.io``, version
+``v1`` (namespaced), the core ``nodes`` (cluster-scoped, under ``/api/v1``; field selector ``metadata.name``
+and ``spec.unschedulable``), the core ``pods`` (namespaced; field selector ``metadata.name``,
+``spec.nodeName`` and ``status.phase``) and the core ``events`` (namespaced; created, replaced and
+merge-patched over HTTP, as the agent's one write permission allows). They share one store and one
+resourceVersion sequence, as they share etcd. :meth:`FakeKubeAPIServer.forbid` answers one resource with the
+real 403 message (RBAC missing). The behaviours copied from the real server (k8s.io/apiserver, cacher + etcd3
 store) are:
 
 * resourceVersions are a single global, monotonically increasing integer rendered as a string (an etcd
@@ -51,11 +53,12 @@ store) are:
 * :meth:`FakeKubeAPIServer.restart` is an API server restart: the store survives (etcd), but the new watch
   cache starts at the current revision, so resuming an older watch gets 410.
 
-Deliberate simplifications (documented so nobody relies on them by accident): only ``GET`` is served over
-HTTP (the test drives writes through Python methods); a watch from a *future* resourceVersion simply waits
-for it; the ``fieldSelector`` supports ``metadata.name`` and ``metadata.namespace`` only for the CRDs (all a
-CRD supports without ``selectableFields``); ``create`` keeps a caller-supplied ``metadata.uid`` so fixtures
-can stay correlated with their launcher pod and domain XML (the real server always generates one).
+Deliberate simplifications (documented so nobody relies on them by accident): apart from the Events' writes,
+only ``GET`` is served over HTTP (the test drives writes through Python methods); a watch from a *future*
+resourceVersion simply waits for it; the ``fieldSelector`` supports ``metadata.name`` and
+``metadata.namespace`` only for the CRDs (all a CRD supports without ``selectableFields``); ``create`` keeps a
+caller-supplied ``metadata.uid`` so fixtures can stay correlated with their launcher pod and domain XML (the
+real server always generates one).
 
 Findings about the installed client (kubernetes 37.0.2, ``kubernetes/watch/watch.py``), kept for tests
 that drive ``kubernetes.watch.Watch`` directly against this fake
@@ -108,6 +111,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
+
+from tests.agent_process import DeadlinePassed, wait_until
 
 JsonObj = dict[str, Any]
 
@@ -1028,7 +1033,6 @@ class FakeKubeAPIServer:
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._generation = 0
         self._objects: dict[str, JsonObj] = {}
         self._rv = initial_resource_version
         self._floor = initial_resource_version  # every event with rv > floor is in history
@@ -1494,22 +1498,18 @@ class FakeKubeAPIServer:
         Raises AssertionError naming ``what`` (what the test waited for) when ``timeout`` passes:
         a test cannot carry on as if it had happened.
         """
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            generation = self._generation
-        while not predicate():
-            with self._changed:
-                while self._generation == generation:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._changed.wait(remaining)
-                generation = self._generation
-            if time.monotonic() >= deadline and not predicate():
-                raise AssertionError(
-                    f"fake API server: {what} did not happen within {timeout:g}s "
-                    f"({self.open_watches} open watches, {len(self.requests)} requests logged)"
-                )
+        try:
+            wait_until(predicate, timeout, what, pause=self._await_change)
+        except DeadlinePassed:
+            raise AssertionError(
+                f"fake API server: {what} did not happen within {timeout:g}s "
+                f"({self.open_watches} open watches, {len(self.requests)} requests logged)"
+            ) from None
+
+    def _await_change(self, seconds: float) -> None:
+        """Return at the next change of the server's state, or after ``seconds``."""
+        with self._changed:
+            self._changed.wait(seconds)
 
     def wait_for_watches(self, count: int, timeout: float = 5.0) -> None:
         """Wait until at least ``count`` watch streams are registered (AssertionError if they are not).
@@ -1523,7 +1523,6 @@ class FakeKubeAPIServer:
 
     def _notify(self) -> None:
         """Wake :meth:`wait_for` callers and list requests waiting for a future RV.  Lock must be held."""
-        self._generation += 1
         self._changed.notify_all()
 
     @staticmethod

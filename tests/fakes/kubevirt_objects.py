@@ -24,6 +24,7 @@ JsonObj = dict[str, Any]
 FIXTURES_DIR: Final = Path(__file__).resolve().parent.parent / "fixtures" / "kubevirt"
 BASE_VMI_FIXTURE: Final = "vmi-running-ocp411-cat8kv-01.yaml"
 
+NODE: Final = "worker-1"  # the node the agent under test runs on, unless a test needs another
 NODE_NAME_LABEL: Final = "kubevirt.io/nodeName"
 # Set by virt-controller on the VMI while a migration target is being prepared, removed on hand-off
 # (pkg/virt-controller/watch/migration.go; api/core/v1 MigrationTargetNodeNameLabel).

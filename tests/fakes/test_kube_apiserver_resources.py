@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,6 @@ def core_api(kube: Any) -> Any:
 
 def custom_api(kube: Any) -> Any:
     return client.CustomObjectsApi(kube)
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer() as server:
-        yield server
 
 
 @pytest.fixture

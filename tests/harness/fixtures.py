@@ -1,6 +1,7 @@
 """pytest fixtures starting the real peers; load with ``pytest_plugins = ["tests.harness.fixtures"]``.
 
-Every fixture tears its peer down in a finalizer, so a failing (or erroring) test still leaves
+The fake API server of tests/fakes is one of them (``api``), so that every tier starts it the
+same way. Every fixture tears its peer down in a finalizer, so a failing (or erroring) test still leaves
 nothing running. Behind the finalizers there are two more nets for runs that die hard (SIGKILL,
 CI timeout): Prometheus and rotel get PR_SET_PDEATHSIG, and the libvirtd supervisor kills libvirtd
 and every QEMU of its folder when the test process's end of its stdin pipe closes.
@@ -23,6 +24,7 @@ from tests.peers import require
 # plugin (which every test run does, through tests/conftest.py) imports neither libvirt nor the
 # daemon harness: unit tests must run where only the package's own dependencies are installed.
 if TYPE_CHECKING:
+    from tests.fakes.kube_apiserver import FakeKubeAPIServer
     from tests.harness import libvirtd as lv
     from tests.harness import prometheus as prom
     from tests.harness.otlp_receiver import RotelReceiver
@@ -132,6 +134,28 @@ def otlp_receiver() -> Iterator[RotelReceiver]:
         yield receiver
     finally:
         receiver.stop()
+
+
+@pytest.fixture
+def fake_api_options() -> dict[str, Any]:
+    """The ``FakeKubeAPIServer`` arguments of the ``api`` fixture in this directory: the fake's own
+    defaults here; a tier's conftest.py overrides this fixture to change them for the whole tier."""
+    return {}
+
+
+@pytest.fixture
+def api(request: pytest.FixtureRequest, fake_api_options: dict[str, Any]) -> Iterator[FakeKubeAPIServer]:
+    """The fake Kubernetes API server (tests/fakes/kube_apiserver.py), started for one test.
+
+    Its arguments are ``fake_api_options`` updated by the closest ``@pytest.mark.fake_api(**kwargs)``
+    (on the test, or a module's ``pytestmark``), for the tests that need another pace or history.
+    """
+    from tests.fakes.kube_apiserver import FakeKubeAPIServer
+
+    marker = request.node.get_closest_marker("fake_api")
+    options = {**fake_api_options, **(marker.kwargs if marker else {})}
+    with FakeKubeAPIServer(**options) as server:
+        yield server
 
 
 def _cleanup_all(actions: Iterable[Callable[[], None]]) -> None:

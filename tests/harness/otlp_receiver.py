@@ -48,6 +48,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
+from tests.agent_process import DeadlinePassed, wait_until
 from tests.harness.ports import LOOPBACK, free_ports, wait_for_port
 
 T = TypeVar("T")
@@ -527,21 +528,27 @@ class RotelReceiver:
         Re-evaluated each time a request arrives (a Condition, not a sleep); it runs with the
         receiver's lock held, which the reading methods take again safely (it is reentrant).
         """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
+
+        def check() -> T | None:
+            with self._cond:
                 result = predicate(self)
-                if result:
-                    return result
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"predicate not satisfied within {timeout}s; {len(self._exports)} exports, "
-                        f"errors {self._errors}; rotel output:\n{self.raw_output(last=20)}"
-                    )
-                if self.process is None or self.process.poll() is not None:
+                if not result and (self.process is None or self.process.poll() is not None):
                     raise TimeoutError("rotel is not running; predicate not satisfied by what was received")
-                self._cond.wait(min(remaining, 0.5))
+                return result
+
+        try:
+            return wait_until(check, timeout, "the predicate", interval=0.1, pause=self._await_request)
+        except DeadlinePassed:
+            with self._cond:
+                raise TimeoutError(
+                    f"predicate not satisfied within {timeout}s; {len(self._exports)} exports, "
+                    f"errors {self._errors}; rotel output:\n{self.raw_output(last=20)}"
+                ) from None
+
+    def _await_request(self, seconds: float) -> None:
+        """Return when the next request arrives, or after ``seconds``."""
+        with self._cond:
+            self._cond.wait(seconds)
 
     def wait_for_export(
         self, predicate: Callable[[Export], bool], timeout: float = 10.0, after: int = -1

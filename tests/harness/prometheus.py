@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from tests.agent_process import DeadlinePassed, wait_until
 from tests.harness.ports import LOOPBACK, free_port, wait_for_port
 
 PROMETHEUS: Final = "/usr/bin/prometheus"
@@ -248,19 +249,20 @@ class PrometheusServer:
         Raises ``TimeoutError`` with the last result and the targets' scrape errors, which is what
         one needs to see when a test fails here.
         """
-        deadline = time.monotonic() + timeout
-        result: list[dict[str, Any]] = []
-        while True:
-            result = self.query(expr)
-            if predicate(result):
-                return result
-            if time.monotonic() >= deadline:
-                health = [(t.get("scrapeUrl"), t.get("health"), t.get("lastError")) for t in self.targets()]
-                raise TimeoutError(
-                    f"{expr!r} did not satisfy the predicate within {timeout}s; last result {result}; "
-                    f"targets {health}"
-                )
-            time.sleep(interval)
+        last: list[dict[str, Any]] = []
+
+        def check() -> tuple[list[dict[str, Any]]] | None:
+            last[:] = self.query(expr)
+            return (last,) if predicate(last) else None  # truthy even when the awaited result is []
+
+        try:
+            return wait_until(check, timeout, expr, interval)[0]
+        except DeadlinePassed:
+            health = [(t.get("scrapeUrl"), t.get("health"), t.get("lastError")) for t in self.targets()]
+            raise TimeoutError(
+                f"{expr!r} did not satisfy the predicate within {timeout}s; last result {last}; "
+                f"targets {health}"
+            ) from None
 
     def log_tail(self, size: int = 4000) -> str:
         """Last ``size`` characters of the server log."""

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -27,6 +26,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.agent_process import wait_until
 from tests.harness import libvirtd as lv
 from tests.harness.otlp_receiver import Export, ProtobufSink, RotelReceiver
 from tests.harness.prometheus import PrometheusServer, promtool_check_metrics
@@ -421,15 +421,6 @@ def _no_process_references(folder: str) -> bool:
     return not lv.processes_referencing(folder)
 
 
-def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @pytest.mark.libvirtd
 def test_teardown_leaves_no_process_even_from_a_paused_daemon() -> None:
     require("libvirtd")
@@ -481,9 +472,9 @@ def test_a_killed_test_process_leaves_nothing_running(tmp_path: Path) -> None:
     state_dir, rotel_dir, qemu = json.loads(out.stdout.strip().splitlines()[-1])
     assert qemu
     for folder in (state_dir, rotel_dir):
-        gone = _wait_until(functools.partial(_no_process_references, folder), 10)
-        assert gone, lv.processes_referencing(folder)
-    assert _wait_until(lambda: not Path(state_dir).exists(), 10)
+        check = functools.partial(_no_process_references, folder)
+        wait_until(check, 10, f"no process referencing {folder}", interval=0.02)
+    wait_until(lambda: not Path(state_dir).exists(), 10, f"{state_dir} removed", interval=0.02)
     subprocess.run(["rm", "-rf", rotel_dir], check=False)  # rotel's folder is removed by stop() only
 
 

@@ -5,7 +5,6 @@ agent's memory stays bounded."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,8 @@ NODE = "churn-node"
 RSS_GROWTH_LIMIT_MIB = 20
 
 
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    # A short history keeps the fake's own memory flat; the agent never needs to resume far back.
-    with FakeKubeAPIServer(bookmark_interval=1.0, history_window=300) as server:
-        yield server
+# A short history keeps the fake's own memory flat; the agent never needs to resume far back.
+pytestmark = pytest.mark.fake_api(bookmark_interval=1.0, history_window=300)
 
 
 def test_churn_of_100k_vmis_stays_exact_and_bounded(api: FakeKubeAPIServer, tmp_path: Path) -> None:

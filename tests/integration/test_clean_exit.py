@@ -24,12 +24,11 @@ from otel_vmi_hv.config import load_settings
 from tests.agent_process import wait_until
 from tests.conftest import ROOT
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi
+from tests.fakes.kubevirt_objects import NODE, make_kubevirt, make_node, make_vmi
 from tests.harness.libvirtd import LibvirtDaemon, kubevirt_launcher
 
 pytestmark = [pytest.mark.libvirtd]
 
-NODE = "node-a"
 DOMAINS = ("exit_web", "exit_db", "exit_cache")
 STANDALONE_RUNS = 40  # the path with a kept connection, lifecycle events and keepalive
 KUBEVIRT_RUNS = 10  # one connection per launcher socket, closed after each call; API watches

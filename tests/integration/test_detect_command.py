@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,14 @@ import pytest
 from otel_vmi_hv.cli import main
 from tests.conftest import ROOT
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi
+from tests.fakes.kubevirt_objects import NODE, make_kubevirt, make_node, make_vmi
 from tests.integration.kube_env import Launchers, set_detect_environment
 from tests.peers import require
 
-NODE = "node-a"
 SOCKET_SUFFIX = "volumes/kubernetes.io~empty-dir/libvirt-runtime/virtqemud-sock"
 
 
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer() as server:
-        yield server
+pytestmark = pytest.mark.fake_api(bookmark_interval=1.0)  # the fake's own pace
 
 
 def _detect(

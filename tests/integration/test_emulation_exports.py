@@ -8,7 +8,6 @@ carries the reason for emulated VMIs only; the main metric keeps its four labels
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from tests.agent_process import wait_until
 from tests.exposition import count_collections, parse_samples
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
 from tests.fakes.kubevirt_objects import (
+    NODE,
     make_kubevirt,
     make_launcher_pod,
     make_node,
@@ -26,14 +26,6 @@ from tests.fakes.kubevirt_objects import (
 )
 from tests.harness.otlp_receiver import RotelReceiver
 from tests.integration.kube_env import Launchers, running_agent, set_detect_environment
-
-NODE = "worker-1"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
-        yield server
 
 
 def _scrape(agent) -> str:

@@ -20,6 +20,7 @@ from tests.fakes.kube_apiserver import FakeKubeAPIServer, RecordedRequest
 from tests.fakes.kubevirt_objects import (
     KVM_DEVICE_RESOURCE,
     MSHV_DEVICE_RESOURCE,
+    NODE,
     make_kubevirt,
     make_launcher_pod,
     make_node,
@@ -28,16 +29,9 @@ from tests.fakes.kubevirt_objects import (
 )
 from tests.integration.kube_env import Launchers, agent_settings, running_agent
 
-NODE = "worker-1"
 TCG_VMI = VMI(
     "uid-1", "ci", "build-runner", LibvirtTarget("qemu:///x", "ci_build-runner", "pod-1", pod_uid="pod-1")
 )
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
-        yield server
 
 
 class Facts:

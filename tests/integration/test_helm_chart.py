@@ -27,8 +27,7 @@ import yaml
 
 from scripts.chart_values_doc import VALUES, documented
 from tests.conftest import ROOT
-from tests.peers import require
-from tests.unit.test_kubernetes_manifests import (
+from tests.kubernetes_manifests import (
     DASHBOARD,
     K8S_DIR,
     PROMETHEUS_RULE_SCHEMA,
@@ -41,6 +40,7 @@ from tests.unit.test_kubernetes_manifests import (
     load_documents,
     resource_attributes_of,
 )
+from tests.peers import require
 
 CHART = ROOT / "charts" / "otel-vmi-hv"
 PROC_ONLY = ROOT / "config" / "kubernetes-variants" / "proc-only"

@@ -8,13 +8,12 @@ distribution whose files hold it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.agent_configurations import (
-    NODE,
     Configuration,
     daemonset,
     demo,
@@ -26,14 +25,9 @@ from tests.agent_configurations import (
 )
 from tests.agent_process import free_port
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_vmi
+from tests.fakes.kubevirt_objects import NODE, make_vmi
 
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer(bookmark_interval=0.5) as server:
-        server.create(make_vmi("prod", "web", NODE))
-        yield server
+pytestmark = pytest.mark.fake_api(bookmark_interval=0.5)
 
 
 def _loaded(configuration: Configuration) -> tuple[set[str], dict[str, str]]:
@@ -43,6 +37,7 @@ def _loaded(configuration: Configuration) -> tuple[set[str], dict[str, str]]:
 
 
 def _cluster(kind: str, api: FakeKubeAPIServer, tmp_path: Path) -> Configuration:
+    api.create(make_vmi("prod", "web", NODE))
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
     otlp = f"http://127.0.0.1:{free_port()}"  # nothing listens: exports fail, which costs nothing here
     if kind == "proc-only":

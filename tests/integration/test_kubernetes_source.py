@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,12 +33,6 @@ AGENT_WATCHES = 3  # the node's VMIs, its Node and the KubeVirt CR (why emulated
 def vmi_lists(api: FakeKubeAPIServer) -> int:
     """List requests for VMIs (the agent also lists its Node and the KubeVirt CR)."""
     return sum(1 for r in api.requests if r.verb == "list" and r.resource == "virtualmachineinstances")
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
-        yield server
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,9 @@ from otel_vmi_hv.sources.kubernetes import api_client_for
 from otel_vmi_hv.sources.list_watch import ListWatch, ListWatchOptions, Resource
 from tests.agent_process import wait_until
 from tests.fakes.kube_apiserver import CACHED_LIST, CONSISTENT_LIST, WATCH, FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi
+from tests.fakes.kubevirt_objects import NODE, make_kubevirt, make_node, make_vmi
 from tests.integration.kube_env import Launchers, agent_settings, running_agent, series
 
-NODE = "worker-1"
 NODES = Resource("nodes")
 KUBEVIRTS = Resource("kubevirts", "kubevirt.io", "v1")
 OPTIONS = ListWatchOptions(relist_spread=0.0, silence_timeout=30.0)
@@ -107,12 +106,6 @@ def restart_with_changes(api: FakeKubeAPIServer) -> None:
     api.stop()
     api.create(make_node(f"other-{api.resource_version}", "1k"))
     api.restart()
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
-        yield server
 
 
 class Running:

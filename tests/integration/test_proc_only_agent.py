@@ -8,7 +8,6 @@ the same node and must not be taken for the source's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,9 @@ import pytest
 from otel_vmi_hv.cli import main
 from tests.agent_process import wait_until
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_vmi
+from tests.fakes.kubevirt_objects import NODE, make_vmi
 from tests.fakes.proc_tree import FakeProcess, write_proc_tree
 from tests.integration.kube_env import running_agent, series
-
-NODE = "node-a"
 
 
 def _qemu(pid: int, namespace: str, name: str, pod_uid: str, accelerator: str) -> FakeProcess:
@@ -32,12 +29,6 @@ def _qemu(pid: int, namespace: str, name: str, pod_uid: str, accelerator: str) -
         cgroup=f"0::/kubepods.slice/kubepods-burstable.slice/{slice_}/cri-containerd-abc.scope\n",
         threads=("IO mon_iothread", f"CPU 0/{accelerator}", f"CPU 1/{accelerator}"),
     )
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
-        yield server
 
 
 def test_series_come_from_proc_alone(api: FakeKubeAPIServer, tmp_path: Path) -> None:

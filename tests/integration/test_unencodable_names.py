@@ -5,25 +5,14 @@ of what cannot be encoded, and counted."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.agent_process import wait_until
 from tests.exposition import info_series, parse_samples
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_vmi
+from tests.fakes.kubevirt_objects import NODE, make_vmi
 from tests.integration.kube_env import Launchers, running_agent
 from tests.peers import require
-
-NODE = "node-a"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
-        yield server
 
 
 def test_unencodable_names_are_replaced_and_the_rest_stays_intact(

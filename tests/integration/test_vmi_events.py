@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,8 @@ from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.emulation import vmi_events
 from tests.agent_process import wait_until
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
-from tests.fakes.kubevirt_objects import make_kubevirt, make_node, make_vmi
+from tests.fakes.kubevirt_objects import NODE, make_kubevirt, make_node, make_vmi
 from tests.integration.kube_env import Launchers, running_agent, samples, series
-
-NODE = "worker-1"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeKubeAPIServer]:
-    with FakeKubeAPIServer(bookmark_interval=0.2) as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)

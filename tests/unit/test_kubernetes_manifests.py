@@ -4,49 +4,58 @@ tests/unit/test_alert_rules.py).
 
 No cluster is needed. Built-in kinds are validated against the official Kubernetes schemas shipped by
 kubernetes-validate; the Prometheus Operator kinds against the small schemas below. promtool checks the
-alert rules (their unit tests run in tests/unit/test_alert_rules.py); the real Prometheus server checks
-that the ServiceMonitor's relabelings keep the agent's own `namespace` and `node` labels; `kubectl
-kustomize` builds the kustomization and the overlay example. The tests that need a binary skip when it
-is absent.
+alert rules (their unit tests run in tests/unit/test_alert_rules.py); `kubectl kustomize` builds the
+kustomization and the overlay example. The tests that need a binary skip when it is absent. A real
+Prometheus applying the ServiceMonitor's relabelings: tests/integration/test_service_monitor_relabelings.py.
 """
 
 from __future__ import annotations
 
-import http.server
-import importlib
 import json
 import os
 import re
-import socket
 import subprocess
-import threading
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from otel_vmi_hv.config import OPTIONS
-from tests.downward_api import container_environment, references
+from tests.conftest import ROOT
+from tests.downward_api import references
+from tests.kubernetes_manifests import (
+    CUSTOM_KINDS,
+    DASHBOARD,
+    EXTRA_ENV,
+    JOB,
+    K8S_DIR,
+    K8S_DOC,
+    RULES,
+    agent_container,
+    all_manifests,
+    custom_schema_errors,
+    daemonset,
+    env_of,
+    kubernetes_schema_errors,
+    kubernetes_versions,
+    kustomize_build,
+    load_documents,
+    load_kustomization,
+    manifest_files,
+    of_kind,
+    resource_attributes_of,
+    snake_relabelings,
+    the,
+    yaml_blocks,
+)
 from tests.peers import require
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S_DIR = ROOT / "config" / "kubernetes"
-KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
-RULES = ROOT / "config" / "prometheus" / "rules.yml"
-DASHBOARD = ROOT / "config" / "grafana" / "otel-vmi-hv-dashboard.json"
 RUNBOOKS_README = ROOT / "docs" / "runbooks" / "README.md"
-K8S_DOC = ROOT / "docs" / "kubernetes.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 DOCKERFILE = ROOT / "Dockerfile"
 
 KUBELET_PODS = "/var/lib/kubelet/pods"
-JOB = "otel-vmi-hv"  # the job name the rules expect (the Service name, the ServiceMonitor's default)
-EXTRA_ENV = {"NODE_NAME", "KUBECONFIG"}  # read by the agent without being OPTIONS of their own
 ALLOWED_CAPABILITIES = {"DAC_OVERRIDE"}
 
 # What the agent exports, in Prometheus names (docs/metrics.md, "The metric" and "Self-metrics").
@@ -85,61 +94,9 @@ QUERYABLE_METRICS = (
 )
 
 NAMESPACED_KINDS = {"ServiceAccount", "DaemonSet", "Service", "ServiceMonitor", "PrometheusRule"}
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def load_documents(path: Path) -> list[dict[str, Any]]:
-    docs = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
-    for doc in docs:
-        assert isinstance(doc, dict), f"{path.name}: a document is not a mapping"
-    return docs
-
-
-def load_kustomization() -> dict[str, Any]:
-    (doc,) = load_documents(KUSTOMIZATION)
-    return doc
-
-
-def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S_DIR.iterdir() if p.suffix in (".yaml", ".yml") and p != KUSTOMIZATION)
-
-
-def all_manifests() -> list[tuple[str, dict[str, Any]]]:
-    return [(path.name, doc) for path in manifest_files() for doc in load_documents(path)]
-
-
-def of_kind(kind: str, manifests: list[tuple[str, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
-    return [
-        doc for _, doc in (manifests if manifests is not None else all_manifests()) if doc["kind"] == kind
-    ]
-
-
-def the(kind: str) -> dict[str, Any]:
-    found = of_kind(kind)
-    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
-    return found[0]
-
-
-def daemonset() -> dict[str, Any]:
-    return the("DaemonSet")
-
-
-def agent_container() -> dict[str, Any]:
-    containers = daemonset()["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1, "the DaemonSet should run exactly one container, the agent"
-    container = containers[0]
-    assert isinstance(container, dict)
-    return container
-
-
-def env_of(container: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    entries = container.get("env") or []
-    names = [entry["name"] for entry in entries]
-    assert len(names) == len(set(names)), f"duplicate env entries: {names}"
-    return {entry["name"]: entry for entry in entries}
 
 
 def container_port(container: Mapping[str, Any], ref: int | str) -> int:
@@ -156,18 +113,6 @@ def alert_rules() -> list[dict[str, Any]]:
     ]
 
 
-def kustomize_build(directory: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        [require("kubectl"), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
-
-
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [require("promtool"), *args], capture_output=True, text=True, check=False, timeout=60
@@ -175,28 +120,6 @@ def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 # -------------------------------------------------------------------- (a) schemas: built-in kinds
-
-
-def _kubernetes_validate() -> Any:
-    require("kubernetes-validate")
-    return importlib.import_module("kubernetes_validate.utils")
-
-
-def kubernetes_versions() -> list[str]:
-    utils = _kubernetes_validate()
-    newest = str(utils.latest_version())
-    # The newest schemas shipped, and the oldest Kubernetes the manifests are meant for.
-    return sorted({newest, "1.30"})
-
-
-def kubernetes_schema_errors(doc: Mapping[str, Any], version: str) -> str | None:
-    utils = _kubernetes_validate()
-    try:
-        utils.validate(dict(doc), version, strict=True)
-    except utils.ValidationError as error:
-        where = "/".join(str(p) for p in error.absolute_path) or "<root>"
-        return f"{doc['kind']}/{doc['metadata']['name']} at {where}: {error.message}"
-    return None
 
 
 def test_builtin_kinds_validate_against_the_kubernetes_schemas() -> None:
@@ -227,162 +150,6 @@ def test_built_kustomization_validates_against_the_kubernetes_schemas() -> None:
 
 
 # --------------------------------------------------------------- (a) schemas: Prometheus Operator kinds
-
-_RELABEL = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "sourceLabels": {"type": "array", "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}},
-        "separator": {"type": "string"},
-        "targetLabel": {"type": "string"},
-        "regex": {"type": "string"},
-        "modulus": {"type": "integer", "minimum": 1},
-        "replacement": {"type": "string"},
-        "action": {
-            "enum": [
-                "replace",
-                "keep",
-                "drop",
-                "hashmod",
-                "labelmap",
-                "labeldrop",
-                "labelkeep",
-                "lowercase",
-                "uppercase",
-                "keepequal",
-                "dropequal",
-            ]
-        },
-    },
-}
-_DURATION = {
-    "type": "string",
-    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
-}
-_METADATA = {
-    "type": "object",
-    "required": ["name"],
-    "properties": {"name": {"type": "string", "minLength": 1}, "labels": {"type": "object"}},
-}
-_LABEL_SELECTOR = {
-    "type": "object",
-    "additionalProperties": False,
-    "minProperties": 1,
-    "properties": {
-        "matchLabels": {"type": "object", "minProperties": 1},
-        "matchExpressions": {"type": "array"},
-    },
-}
-
-# The fields of monitoring.coreos.com/v1 this project uses or may reasonably use; anything else is a typo.
-SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "targetLabels": {"type": "array", "items": {"type": "string"}},
-                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-                "selector": _LABEL_SELECTOR,
-                "namespaceSelector": {"type": "object"},
-                "sampleLimit": {"type": "integer"},
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["port"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string", "minLength": 1},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": _DURATION,
-                            "scrapeTimeout": _DURATION,
-                            "honorLabels": {"type": "boolean"},
-                            "honorTimestamps": {"type": "boolean"},
-                            "relabelings": {"type": "array", "items": _RELABEL},
-                            "metricRelabelings": {"type": "array", "items": _RELABEL},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-
-PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "required": ["groups"],
-            "additionalProperties": False,
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "rules"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "interval": _DURATION,
-                            "rules": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {
-                                    "type": "object",
-                                    "required": ["expr"],
-                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "alert": {"type": "string"},
-                                        "record": {"type": "string"},
-                                        "expr": {"type": "string", "minLength": 1},
-                                        "for": _DURATION,
-                                        "keep_firing_for": _DURATION,
-                                        "labels": {
-                                            "type": "object",
-                                            "additionalProperties": {"type": "string"},
-                                        },
-                                        "annotations": {
-                                            "type": "object",
-                                            "additionalProperties": {"type": "string"},
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-CUSTOM_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
-
-
-def custom_schema_errors(doc: Mapping[str, Any]) -> list[str]:
-    validator = jsonschema.Draft202012Validator(CUSTOM_SCHEMAS[doc["kind"]])
-    return [
-        f"{'/'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
-        for err in validator.iter_errors(doc)
-    ]
 
 
 def test_prometheus_operator_kinds_match_their_schemas() -> None:
@@ -591,15 +358,6 @@ def test_env_references_name_variables_defined_before_them() -> None:
         for name in references(str(entry.get("value", ""))):
             assert name in defined, f"{entry['name']} refers to $({name}), not defined before it"
         defined.add(entry["name"])
-
-
-def resource_attributes_of(container: Mapping[str, Any]) -> dict[str, str]:
-    """OTEL_RESOURCE_ATTRIBUTES as the kubelet gives it, with each downward-API value replaced by
-    its fieldPath in braces (so the test sees where each attribute comes from)."""
-    fields = {"metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName"}
-    env = container_environment(container, {path: "{" + path + "}" for path in fields})
-    pairs = (item.partition("=") for item in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
-    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def test_resource_attributes_name_this_pod_with_the_semantic_conventions() -> None:
@@ -873,136 +631,7 @@ def test_metric_set_matches_the_metrics_page() -> None:
     assert documented_metric_names() == AGENT_METRICS
 
 
-# ------------------------------------------------- the ServiceMonitor's relabelings, in a real Prometheus
-
-CAMEL_TO_SNAKE = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
-AGENT_NAMESPACE = "otel-vmi-hv"
-EXPOSITION = (
-    "# HELP kubevirt_vmi_hypervisor_info Information about the hypervisor type used by a VMI\n"
-    "# TYPE kubevirt_vmi_hypervisor_info gauge\n"
-    "kubevirt_vmi_hypervisor_info"
-    '{hypervisor_type="qemu-tcg",name="web",namespace="default",node="worker-1"} 1\n'
-    "# HELP otel_vmi_hv_relists_total Full VMI listings reconciled into the cache\n"
-    "# TYPE otel_vmi_hv_relists_total counter\n"
-    "otel_vmi_hv_relists_total 3\n"
-)
-
-
-def snake_relabelings(relabelings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{CAMEL_TO_SNAKE.get(k, k): v for k, v in item.items()} for item in relabelings]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class _Exposition(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = EXPOSITION.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-def query(base: str, promql: str) -> list[dict[str, Any]]:
-    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        payload = json.load(response)
-    result: list[dict[str, Any]] = payload["data"]["result"]
-    return result
-
-
-def test_service_monitor_keeps_the_agents_namespace_and_node_labels(tmp_path: Path) -> None:
-    prometheus = require("prometheus")
-    (endpoint,) = the("ServiceMonitor")["spec"]["endpoints"]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    web_port = free_port()
-    # The labels the Prometheus Operator gives every target of a ServiceMonitor, plus the pod's node
-    # as Kubernetes service discovery would provide it.
-    target_labels = {
-        "namespace": AGENT_NAMESPACE,
-        "service": "otel-vmi-hv",
-        "pod": "otel-vmi-hv-abcde",
-        "container": "otel-vmi-hv",
-        "endpoint": endpoint["port"],
-        "__meta_kubernetes_pod_node_name": "worker-1",
-    }
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": JOB,
-                "honor_labels": endpoint.get("honorLabels", False),
-                "metrics_path": endpoint.get("path", "/metrics"),
-                "static_configs": [
-                    {"targets": [f"127.0.0.1:{server.server_address[1]}"], "labels": target_labels}
-                ],
-                "relabel_configs": snake_relabelings(endpoint.get("relabelings", [])),
-                "metric_relabel_configs": snake_relabelings(endpoint.get("metricRelabelings", [])),
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    log = (tmp_path / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web_port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{web_port}"
-    try:
-        deadline = time.monotonic() + 60
-        info: list[dict[str, Any]] = []
-        relists: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not (info and relists):
-            time.sleep(0.5)
-            assert process.poll() is None, (tmp_path / "prometheus.log").read_text(encoding="utf-8")
-            try:
-                info = query(base, "kubevirt_vmi_hypervisor_info")
-                relists = query(base, "otel_vmi_hv_relists_total")
-            except OSError:
-                continue
-        assert info and relists, "Prometheus scraped nothing within 60 s"
-        (series,) = info
-        labels = series["metric"]
-        assert labels["namespace"] == "default", "the VMI's namespace must survive the target's"
-        assert labels["node"] == "worker-1" and labels["name"] == "web"
-        assert labels["job"] == JOB
-        assert not [name for name in labels if name.startswith("exported_")]
-        (self_metric,) = relists
-        assert self_metric["metric"]["namespace"] == AGENT_NAMESPACE
-        assert self_metric["metric"]["node"] == "worker-1", "self-metrics get the pod's node"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        server.shutdown()
-        server.server_close()
-
-
 # --------------------------------------------------------------------- the examples in docs/kubernetes.md
-
-
-def yaml_blocks(markdown: str) -> list[str]:
-    return re.findall(r"^```yaml\n(.*?)^```", markdown, re.MULTILINE | re.DOTALL)
 
 
 def doc_block(needle: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from otel_vmi_hv.config import OPTIONS
-from tests.unit.test_kubernetes_manifests import (
+from tests.kubernetes_manifests import (
     CUSTOM_KINDS,
     EXTRA_ENV,
     K8S_DIR,

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tests.unit.test_kubernetes_manifests import (
+from tests.kubernetes_manifests import (
     CUSTOM_KINDS,
     K8S_DIR,
     K8S_DOC,

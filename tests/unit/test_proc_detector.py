@@ -12,8 +12,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from otel_vmi_hv.detection.proc.detector import ProcDetector
 from otel_vmi_hv.detection.proc.parse import pod_uid_from_cgroup, proc_mount_options
 from otel_vmi_hv.detection.proc.scan import ProcScan, scan_proc
 from otel_vmi_hv.model import UNKNOWN, DetectionMethod
+from tests.agent_process import wait_until
 from tests.fakes.proc_tree import (
     Case,
     FakeProcess,
@@ -190,13 +189,6 @@ class GatedScan:
         return scan
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
-
-
 def waiting_callers(caplog: pytest.LogCaptureFixture) -> int:
     """Callers that found a pass running and wait for the next one, as the detector's debug log says."""
     return sum("waiting for the next pass" in record.getMessage() for record in caplog.records)
@@ -226,7 +218,7 @@ def test_callers_arriving_during_a_pass_share_the_next_one(
     late = [threading.Thread(target=call, args=(f"late{i}",)) for i in range(2)]
     for thread in late:
         thread.start()
-    wait_until(lambda: waiting_callers(caplog) == 2, "the two late callers waiting")
+    wait_until(lambda: waiting_callers(caplog) == 2, 10, "the two late callers waiting")
     gate.release.set()
     for thread in (first, *late):
         thread.join(10)
@@ -262,7 +254,7 @@ def test_many_concurrent_callers_cost_at_most_two_passes_each_wave(
     assert gate.first_read.wait(10)
     for thread in threads[1:]:
         thread.start()
-    wait_until(lambda: waiting_callers(caplog) == 19, "nineteen callers waiting")
+    wait_until(lambda: waiting_callers(caplog) == 19, 10, "nineteen callers waiting")
     gate.release.set()
     for thread in threads:
         thread.join(10)
