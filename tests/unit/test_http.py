@@ -7,7 +7,6 @@ import http.client
 import re
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -106,11 +105,9 @@ def test_probes_are_answered_while_scrapers_that_do_not_read_hold_every_connecti
                 scraper.connect(("127.0.0.1", server.port))
                 scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 8)  # never read
             wait_until(lambda: server.connections == 4, 5, "the scrapers to hold every connection")
-            for path in ["/healthz", "/readyz"] * 10:
-                started = time.monotonic()
-                answer = exchange(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), timeout=1)
+            for path in ["/healthz", "/readyz"] * 10:  # a probe waiting behind the scrapes never comes back
+                answer = exchange(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), timeout=5)
                 assert answer.startswith(b"HTTP/1.1 200 "), (path, answer[:100])
-                assert time.monotonic() - started < 1
             refused = exchange(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             assert refused.startswith(b"HTTP/1.1 503 "), "scrapes still find the limit"
         finally:
@@ -327,10 +324,9 @@ def test_a_slow_rendering_holds_up_neither_health_nor_readiness() -> None:
         with ThreadPoolExecutor(4) as pool:
             scrapes = [pool.submit(_get, f"{base}/metrics") for _ in range(4)]
             assert entered.wait(5), "no scrape reached the renderer"
-            started = time.monotonic()
+            # The renderer is held until ``release``: a probe that waited for it would never be answered.
             assert _get(f"{base}/healthz")[0] == 200
             assert _get(f"{base}/readyz")[0] == 200
-            assert time.monotonic() - started < 1
             assert not any(scrape.done() for scrape in scrapes), "scrapes cannot finish before the body"
             release.set()
             assert [scrape.result(timeout=5) for scrape in scrapes] == [(200, b"x 1\n")] * 4
