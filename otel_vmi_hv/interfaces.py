@@ -52,7 +52,7 @@ class ConnectionStates(Protocol):
     """The libvirt daemons the agent knows, by URI, with their connection state; a new dict per
     call, compared by value to tell whether anything changed."""
 
-    def states(self) -> dict[str, str]: ...
+    def states(self) -> Mapping[str, str]: ...
 
 
 class EmulationFacts(Protocol):

@@ -35,6 +35,15 @@ def hypervisor_type_for(domain_type: str) -> str:
     return _RENAMED_TYPES.get(lowered, lowered)
 
 
+class ConnectionState(enum.StrEnum):
+    """What the agent knows of one libvirt daemon (``otel_vmi_hv_libvirt_connections{state}``)."""
+
+    IDLE = "idle"  # no connection held and none failed
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"  # the last connection attempt failed, or the connection closed
+    HUNG = "hung"  # calls are stuck in the daemon
+
+
 class DetectionMethod(enum.StrEnum):
     """How a hypervisor type was learned; exported so operators see which path worked."""
 

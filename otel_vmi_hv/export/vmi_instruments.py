@@ -14,10 +14,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_vmi_hv.export.sdk_state import AttributeStatePruner
 from otel_vmi_hv.interfaces import ConnectionStates, EmulationFacts, Snapshots
+from otel_vmi_hv.model import ConnectionState
 
 INFO_METRIC = "kubevirt_vmi_hypervisor_info"
 INFO_HELP = "Information about the hypervisor type used by a VirtualMachineInstance"
-CONNECTION_STATES = ("idle", "connected", "disconnected", "hung")
 
 
 class VmiInstruments:
@@ -114,7 +114,7 @@ class VmiInstruments:
         ]
 
     def observe_connections(self, _options: CallbackOptions) -> Iterable[Observation]:
-        counts = dict.fromkeys(CONNECTION_STATES, 0)
+        counts: dict[str, int] = {state.value: 0 for state in ConnectionState}
         for state in self._connections.states().values():
             counts[state] = counts.get(state, 0) + 1
         return [Observation(count, {"state": state}) for state, count in counts.items()]

@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.fields import mapping, text
@@ -36,6 +36,13 @@ LIST_READ_TIMEOUT = 60.0
 MIN_WATCH_SECONDS = 1.0  # a stream that ends sooner is followed by a pause: no spinning
 CHUNK_BYTES = 65536  # read from list and watch responses at a time
 BACKOFF = Backoff(initial=0.5, maximum=30.0)
+
+
+class Failure(NamedTuple):
+    """Why a list-watch cycle failed, and the HTTP status when the API server answered one."""
+
+    why: str
+    status: int | None
 
 
 class HandlerBug(Exception):
@@ -192,7 +199,7 @@ class ListWatch:
                 self._recorder.record_handler_error()
                 self._resource_version = None  # the handler's state is in doubt: rebuild it
                 self._delivered = False  # a relist that works hides no bug: the backoff grows
-                failure = f"bug in the {self.resource.name} handler: {bug}", None
+                failure = Failure(f"bug in the {self.resource.name} handler: {bug}", None)
             failures = 0 if self._delivered else failures
             if failure is None or worker.stopping:
                 continue
@@ -216,7 +223,7 @@ class ListWatch:
                 self._recorder.record_handler_error()
             worker.sleep(delay)
 
-    def _cycle(self, worker: Worker) -> tuple[str, int | None] | None:
+    def _cycle(self, worker: Worker) -> Failure | None:
         """A list if needed, then one watch stream; why it failed and the HTTP status, or None."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import ReadTimeoutError
@@ -240,14 +247,16 @@ class ListWatch:
                 worker.sleep(MIN_WATCH_SECONDS)
         except ApiException as error:
             if error.status != 410 or self._resource_version is None:
-                return f"HTTP {error.status} {error.reason}{self.resource.hint(error.status)}", error.status
+                return Failure(
+                    f"HTTP {error.status} {error.reason}{self.resource.hint(error.status)}", error.status
+                )
             log.info("%s watch position expired (%s); relisting", self.resource.name, error.reason)
             self._resource_version = None
             self._tell(self._recorder.record_watch_restart, "expired")
         except HandlerBug:
             raise
         except Exception as error:  # connection refused or reset, timeouts, bad JSON, long lines: transient
-            return f"{type(error).__name__}: {error}", None
+            return Failure(f"{type(error).__name__}: {error}", None)
         return None
 
     def _tell(self, method: Callable[..., None], *args: Any) -> None:

@@ -21,7 +21,7 @@ from otel_vmi_hv.detection.libvirt.call_pool import Abandoned, Call, CallPool
 from otel_vmi_hv.detection.libvirt.connections import Connections, notify
 from otel_vmi_hv.detection.libvirt.daemons import Daemon, LibvirtUnavailable
 from otel_vmi_hv.detection.libvirt.event_loop import EventLoop
-from otel_vmi_hv.model import FailureReason
+from otel_vmi_hv.model import ConnectionState, FailureReason
 from otel_vmi_hv.worker import stop_all
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class LibvirtCalls:
         daemon = self._daemons.get(uri)
         return daemon.generation if daemon is not None and daemon.conn is not None else 0
 
-    def states(self) -> dict[str, str]:
+    def states(self) -> dict[str, ConnectionState]:
         """State of every known daemon: idle, connected, disconnected or hung (no I/O)."""
         with self._lock:
             return {uri: daemon.state for uri, daemon in self._daemons.items()}

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from otel_vmi_hv.backoff import Backoff
-from otel_vmi_hv.model import FailureReason
+from otel_vmi_hv.model import ConnectionState, FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ class Daemon:
         self.event_callbacks: list[tuple[Any, int]] = []
 
     @property
-    def state(self) -> str:
+    def state(self) -> ConnectionState:
         if self.stuck_calls:
-            return "hung"
+            return ConnectionState.HUNG
         if self.conn is not None:
-            return "connected"
-        return "disconnected" if self.failures else "idle"
+            return ConnectionState.CONNECTED
+        return ConnectionState.DISCONNECTED if self.failures else ConnectionState.IDLE
 
     def admit(self, now: float, deadline: float, timeout: float) -> None:
         """Take a slot for one call (``now`` on the backoff clock), or say at once why not."""
