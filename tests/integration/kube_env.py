@@ -16,6 +16,7 @@ from otel_vmi_hv.agent import Agent
 from otel_vmi_hv.config import load_settings
 from tests.exposition import info_series, parse_samples
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
+from tests.fakes.kubevirt_objects import NODE, make_kubevirt, make_node, make_vmi
 
 TEST_DRIVER_TEMPLATE = "test://{pods_root}/{pod_uid}/node.xml"
 
@@ -114,3 +115,14 @@ def set_detect_environment(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+
+
+def emulated_and_accelerated(api: FakeKubeAPIServer, pods: Path, kvm: str | None = None) -> None:
+    """Two VMIs on NODE: ``ci/runner`` under QEMU TCG and ``prod/web`` under KVM, a Node offering
+    ``kvm`` devices (none by default) and a KubeVirt CR that allows emulation."""
+    launchers = Launchers(pods)
+    emulated, accelerated = make_vmi("ci", "runner", NODE), make_vmi("prod", "web", NODE)
+    launchers.run_vmi(emulated, "qemu", NODE)
+    launchers.run_vmi(accelerated, "kvm", NODE)
+    for obj in (emulated, accelerated, make_node(NODE, kvm), make_kubevirt(True)):
+        api.create(obj)

@@ -25,7 +25,12 @@ from tests.fakes.kubevirt_objects import (
     with_software_emulation,
 )
 from tests.harness.otlp_receiver import RotelReceiver
-from tests.integration.kube_env import Launchers, running_agent, set_detect_environment
+from tests.integration.kube_env import (
+    Launchers,
+    emulated_and_accelerated,
+    running_agent,
+    set_detect_environment,
+)
 
 
 def _scrape(agent) -> str:
@@ -46,14 +51,7 @@ def _kvm_available(body: str) -> list[float]:
 
 def test_reasons_follow_the_node_the_cr_and_the_vmi(api: FakeKubeAPIServer, tmp_path: Path) -> None:
     pods = tmp_path / "pods"
-    launchers = Launchers(pods)
-    emulated, accelerated = make_vmi("ci", "runner", NODE), make_vmi("prod", "web", NODE)
-    launchers.run_vmi(emulated, "qemu", NODE)
-    launchers.run_vmi(accelerated, "kvm", NODE)
-    api.create(emulated)
-    api.create(accelerated)
-    api.create(make_node(NODE, None))
-    api.create(make_kubevirt(True))
+    emulated_and_accelerated(api, pods)
     with running_agent(api, tmp_path, NODE, pods) as agent:
         wait_until(lambda: _reasons(_scrape(agent)) == {("ci", "runner"): "node_without_kvm"}, 10, "no KVM")
         body = _scrape(agent)

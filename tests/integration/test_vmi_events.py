@@ -15,7 +15,7 @@ from otel_vmi_hv.emulation import vmi_events
 from tests.agent_process import wait_until
 from tests.fakes.kube_apiserver import FakeKubeAPIServer
 from tests.fakes.kubevirt_objects import NODE, make_kubevirt, make_node, make_vmi
-from tests.integration.kube_env import Launchers, running_agent, samples, series
+from tests.integration.kube_env import Launchers, emulated_and_accelerated, running_agent, samples, series
 
 
 @pytest.fixture(autouse=True)
@@ -31,22 +31,11 @@ def _results(agent: Any) -> dict[str, float]:
     return {labels["result"]: value for labels, value in samples(agent, "otel_vmi_hv_events_total")}
 
 
-def _cluster(api: FakeKubeAPIServer, pods: Path, kvm: str | None = None) -> None:
-    launchers = Launchers(pods)
-    emulated, accelerated = make_vmi("ci", "runner", NODE), make_vmi("prod", "web", NODE)
-    launchers.run_vmi(emulated, "qemu", NODE)
-    launchers.run_vmi(accelerated, "kvm", NODE)
-    api.create(emulated)
-    api.create(accelerated)
-    api.create(make_node(NODE, kvm))
-    api.create(make_kubevirt(True))
-
-
 def test_one_event_per_emulated_vmi_and_reason_across_restarts(
     api: FakeKubeAPIServer, tmp_path: Path
 ) -> None:
     pods = tmp_path / "pods"
-    _cluster(api, pods)
+    emulated_and_accelerated(api, pods)
     vmi = api.get("ci", "runner")
     assert vmi is not None
     with running_agent(
@@ -84,7 +73,7 @@ def test_forbidden_events_change_nothing_else(
     api: FakeKubeAPIServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pods = tmp_path / "pods"
-    _cluster(api, pods)
+    emulated_and_accelerated(api, pods)
     Launchers(pods).run_vmi(api.create(make_vmi("ci", "second", NODE)), "qemu", NODE)
     api.forbid("events")
     with caplog.at_level(logging.INFO), running_agent(api, tmp_path, NODE, pods) as agent:
@@ -105,7 +94,7 @@ def test_an_api_server_refusing_writes_for_a_while_gets_the_event_later(
     api: FakeKubeAPIServer, tmp_path: Path
 ) -> None:
     pods = tmp_path / "pods"
-    _cluster(api, pods)
+    emulated_and_accelerated(api, pods)
     api.fail_requests(3, 503, verbs=["create"])
     with running_agent(api, tmp_path, NODE, pods) as agent:
         wait_until(lambda: _results(agent).get("created") == 1, 10, "created after the retries")
@@ -117,7 +106,7 @@ def test_an_api_server_that_is_down_gets_the_event_once_it_is_back(
     api: FakeKubeAPIServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pods = tmp_path / "pods"
-    _cluster(api, pods)
+    emulated_and_accelerated(api, pods)
     api.hang_requests(1, verbs=["create"])  # the first write is in flight when the server goes down
 
     def failed_writes() -> int:

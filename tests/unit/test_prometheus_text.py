@@ -23,16 +23,16 @@ from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, FailureReason, LibvirtTarget, Series
 from tests.exposition import PROMETHEUS_3, parse_samples
 from tests.peers import require
+from tests.telemetry_inputs import FixedInputs
 
 ODD_NAMES = ["plain", 'with "quotes"', "back\\slash", "new\nline", "ünïcödé-名前", "tab\there", ""]
 
 
-class State:
-    """Stands in for the tracker, the libvirt connections and the emulation facts."""
+class State(FixedInputs):
+    """Stands in for the tracker, the libvirt connections and the emulation facts; each can change."""
 
     def __init__(self) -> None:
-        self.current = Snapshot(0, (), 0)
-        self.version = 0  # of the emulation facts
+        super().__init__()
         self.reason = "node_without_kvm"
         self.connection_states: dict[str, str] = {}
 
@@ -51,9 +51,6 @@ class State:
         self.reason = reason
         self.version += 1
 
-    def snapshot(self) -> Snapshot:
-        return self.current
-
     def states(self) -> dict[str, str]:
         return dict(self.connection_states)
 
@@ -65,30 +62,6 @@ class State:
 
     def explanations(self) -> dict[str, tuple[str, str]]:
         return {vmi.key: (self.reason, "no devices.kubevirt.io/kvm") for _, vmi in self.current.emulated}
-
-    def follow(self, snapshots: object) -> None:
-        """The snapshot is set by the test itself."""
-
-    def wake(self) -> None:
-        """Nothing to recompute."""
-
-    def describe_accelerator(self) -> str:
-        return ""
-
-    def settled(self) -> bool:
-        return True
-
-    def wait_settled(self, timeout: float) -> bool:
-        return True
-
-    def problems(self) -> list[str]:
-        return []
-
-    def start(self) -> None:
-        """Nothing to watch: the facts are fixed."""
-
-    def stop(self) -> None:
-        """Nothing to stop."""
 
 
 @pytest.fixture
