@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import threading
-import time
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -28,35 +26,6 @@ from otel_vmi_hv.server.endpoints import TEXT_HEADERS, Endpoints, Headers
 
 log = logging.getLogger(__name__)
 
-LINES_PER_SECOND = 5
-
-
-class RateLimitedLog:
-    """Debug lines about clients, at most ``per_second`` a second; the rest are counted and the
-    count is reported with the next line that gets through."""
-
-    def __init__(self, logger: logging.Logger, per_second: int = LINES_PER_SECOND) -> None:
-        self._logger, self._per_second = logger, per_second
-        self._window, self._used, self._dropped = 0.0, 0, 0  # this second's start, lines, lines dropped
-        self._lock = threading.Lock()
-
-    def debug(self, message: str, *args: object) -> None:
-        if not self._logger.isEnabledFor(logging.DEBUG):
-            return
-        now = time.monotonic()
-        with self._lock:
-            if now - self._window >= 1.0:
-                self._window, self._used = now, 0
-            if self._used >= self._per_second:
-                self._dropped += 1
-                return
-            self._used += 1
-            dropped, self._dropped = self._dropped, 0
-        suffix = f" ({dropped} similar lines dropped)" if dropped else ""
-        self._logger.debug(message + suffix, *args)
-
-
-client_noise = RateLimitedLog(logging.getLogger("otel_vmi_hv.server.client"))
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; larger gets 431
 
@@ -247,7 +216,7 @@ class Connection(asyncio.Protocol):
 
     def _refuse_malformed(self, error: h11.RemoteProtocolError) -> None:
         peer = self._transport.get_extra_info("peername") if self._transport else None
-        client_noise.debug("malformed request from %s: %s", peer, error)
+        self._endpoints.client_noise.debug("malformed request from %s: %s", peer, error)
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self._transport is not None:
             status = error.error_status_hint
             body = f"{HTTPStatus(status).phrase}: {error}\n".encode(errors="replace")
@@ -286,5 +255,5 @@ class Connection(asyncio.Protocol):
         assert self._transport is not None
         if state is not State.IDLE:
             peer = self._transport.get_extra_info("peername")
-            client_noise.debug("closing connection from %s: no %s in time", peer, state.value)
+            self._endpoints.client_noise.debug("closing connection from %s: no %s in time", peer, state.value)
         self._transport.abort()

@@ -95,6 +95,34 @@ class Readiness:
             return sorted(self._pending)
 
 
+LINES_PER_SECOND = 5
+
+
+class RateLimitedLog:
+    """Debug lines about clients, at most ``per_second`` a second; the rest are counted and the
+    count is reported with the next line that gets through."""
+
+    def __init__(self, logger: logging.Logger, per_second: int = LINES_PER_SECOND) -> None:
+        self._logger, self._per_second = logger, per_second
+        self._window, self._used, self._dropped = 0.0, 0, 0  # this second's start, lines, lines dropped
+        self._lock = threading.Lock()
+
+    def debug(self, message: str, *args: object) -> None:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._window >= 1.0:
+                self._window, self._used = now, 0
+            if self._used >= self._per_second:
+                self._dropped += 1
+                return
+            self._used += 1
+            dropped, self._dropped = self._dropped, 0
+        suffix = f" ({dropped} similar lines dropped)" if dropped else ""
+        self._logger.debug(message + suffix, *args)
+
+
 class Endpoints:
     """Answers requests; owns the render pool and the Date header's cache. What /metrics says, in
     which format and encoding, is the renderer's (export/exposition.py): it gets the request's
@@ -113,6 +141,8 @@ class Endpoints:
         self._render_metrics = render_metrics
         self._render_cached = render_cached or (lambda _accept, _encoding: None)
         self._readiness = readiness
+        # Clients' misbehaviour costs at most a few debug lines a second, per server.
+        self.client_noise = RateLimitedLog(logging.getLogger("otel_vmi_hv.server.client"))
         self._pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="http-render")
         self._in_flight = 0
         self._date = (0, "")

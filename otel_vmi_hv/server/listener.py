@@ -27,7 +27,7 @@ from typing import Any
 
 from otel_vmi_hv.backoff import Backoff
 from otel_vmi_hv.export.exposition import Scrape
-from otel_vmi_hv.server.connection import Connection, State, client_noise
+from otel_vmi_hv.server.connection import Connection, State
 from otel_vmi_hv.server.endpoints import TEXT, Endpoints, Readiness, ServerLimits
 from otel_vmi_hv.server.tls_reload import ReloadingTLS
 from otel_vmi_hv.worker import Worker
@@ -177,7 +177,7 @@ class HttpServer:
                 elif self._listener.fileno() == -1:
                     return
                 else:
-                    client_noise.debug("accept failed: %s", error)
+                    self.endpoints.client_noise.debug("accept failed: %s", error)
                 continue
             if failures:
                 log.info("accepting HTTP connections again after %.1fs", time.monotonic() - since)
@@ -213,11 +213,11 @@ class HttpServer:
             # a burst as deep as the backlog would hold that many descriptors until the next turn.
             oldest.sock.close()
         task.cancel()
-        client_noise.debug("dropping a connection beyond the limit that sent no request yet")
+        self.endpoints.client_noise.debug("dropping a connection beyond the limit that sent no request yet")
         return True
 
     def _refuse(self, sock: socket.socket) -> None:
-        client_noise.debug(
+        self.endpoints.client_noise.debug(
             "refusing a connection: %d open (the limit) and %d beyond it for probes",
             self.connections,
             len(self._probe_slots),
@@ -263,7 +263,7 @@ class HttpServer:
                 transport.abort()  # the server stops, or the slot went to a newer connection
                 raise
         except (TimeoutError, OSError) as error:
-            client_noise.debug("connection failed before its first request: %s", error)
+            self.endpoints.client_noise.debug("connection failed before its first request: %s", error)
             sock.close()
         except asyncio.CancelledError:
             sock.close()  # cancelled before the transport took the socket over (a no-op after)
@@ -292,6 +292,6 @@ class HttpServer:
         error = context.get("exception")
         if isinstance(error, OSError | asyncio.TimeoutError):
             # Resets, aborted handshakes, bad TLS records: what clients do, not an agent fault.
-            client_noise.debug("%s: %s", context.get("message", "connection error"), error)
+            self.endpoints.client_noise.debug("%s: %s", context.get("message", "connection error"), error)
             return
         log.error("HTTP server: %s", context.get("message"), exc_info=error)
