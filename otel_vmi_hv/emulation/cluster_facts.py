@@ -32,12 +32,15 @@ from otel_vmi_hv.model import VMI
 from otel_vmi_hv.sources.kubernetes import api_client_for, list_watch_options
 from otel_vmi_hv.sources.list_watch import ListWatch
 
+LOOKUP_RETRY_CHECK = 10.0  # seconds; launcher lookups are retried after 30 s or more
+
 
 class ClusterFacts(ExplainedFacts):
     """Node and KubeVirt CR facts for one node's agent, kept current by two list-watches."""
 
     def __init__(self, settings: Settings, *, api_client: Any = None) -> None:
-        super().__init__("emulation-facts")
+        # The poll asks again, when due, what a launcher lookup could not answer.
+        super().__init__("emulation-facts", poll_interval=LOOKUP_RETRY_CHECK)
         self._settings = settings
         self._node_name = settings.node_name
         self._api_client = api_client

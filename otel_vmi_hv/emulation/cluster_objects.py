@@ -47,7 +47,9 @@ def node_device_from(node: Mapping[str, Any] | None, node_name: str, device: str
 
     try:
         amount = parse_quantity(raw)  # type: ignore[no-untyped-call]
-    except (ValueError, TypeError):
+        if not amount.is_finite():
+            raise ValueError(raw)
+    except (ValueError, TypeError, ArithmeticError):
         return NodeAccelerator(
             device, None, f"node {node_name} allocatable {resource}={raw!r} is not a quantity"
         )

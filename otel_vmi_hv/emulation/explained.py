@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -71,7 +72,8 @@ class ExplainedFacts:
         raise NotImplementedError
 
     def _poll(self) -> None:
-        """Every ``poll_interval`` without a wake: re-read what is not watched (the host's device)."""
+        """Every ``poll_interval``: re-read what is not watched (the host's device), or ask again what
+        failed (a launcher pod lookup)."""
 
     def _launcher(self, vmi: VMI, device: str) -> LauncherRequest | None:
         """What the VMI's launcher pod requested, when known (only a cluster can tell)."""
@@ -138,15 +140,24 @@ class ExplainedFacts:
     # ------------------------------------------------------------------ the worker
 
     def _run(self, worker: Worker) -> None:
+        interval = self._poll_interval
+        next_poll = None if interval is None else time.monotonic() + interval
         while not worker.stopping:
             self._busy = True
             self._wakeup.clear()
-            self.publish()
-            self._busy = False
-            with self._settled:
-                self._settled.notify_all()
-            if not self._wakeup.wait(self._poll_interval) and not worker.stopping:
-                self._poll()
+            try:
+                # Wakes do not postpone the poll: on a busy node they come more often than it is due.
+                if interval is not None and next_poll is not None and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + interval
+                    self._poll()
+                self.publish()
+            except Exception:  # a bug, or facts no one foresaw: logged, and the worker goes on
+                log.exception("emulation facts: a pass failed")
+            finally:
+                self._busy = False
+                with self._settled:
+                    self._settled.notify_all()
+            self._wakeup.wait(None if next_poll is None else max(0.0, next_poll - time.monotonic()))
 
     def publish(self) -> None:
         """Derive and publish what the facts and the latest snapshot say now (serialised)."""

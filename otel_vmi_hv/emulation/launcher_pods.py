@@ -128,8 +128,9 @@ class LauncherPods:
                 if entry is None or entry.device != device:
                     continue
                 entry.result, entry.retry_at = result, time.monotonic() + retry
-            self._on_answer()  # before the entry stops being pending: `detect` waits for both
-            with self._lock:
+                # Under the lock: the facts' worker this wakes sees the answer and the end of
+                # pending together, and `detect` never sees the facts settled without the answer.
+                self._on_answer()
                 entry.pending = False
 
     def _look_up(self, vmi: VMI, pod_uid: str, device: str) -> tuple[LauncherRequest | None, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from otel_vmi_hv.detect_report import render_table, rows
+from otel_vmi_hv.emulation.cluster_objects import node_device_from
 from otel_vmi_hv.emulation.reasons import (
     FIXES,
     EmulationPolicy,
@@ -14,6 +15,7 @@ from otel_vmi_hv.emulation.reasons import (
     explain_emulation,
 )
 from otel_vmi_hv.model import VMI, Detection, DetectionMethod, LibvirtTarget, SoftwareEmulation
+from tests.fakes.kubevirt_objects import make_node
 
 KVM = NodeAccelerator("kvm", True, "node w1 allocatable devices.kubevirt.io/kvm=1k")
 NO_KVM = NodeAccelerator("kvm", False, "node w1 has no allocatable devices.kubevirt.io/kvm")
@@ -124,3 +126,12 @@ def test_every_reason_has_a_fix_that_detect_prints() -> None:
         table = render_table(rows([(vmi, detection)], "w1", _explained_as(reason)))
         assert f"why emulated, {reason}: the evidence" in table
         assert f"fix for {reason}: {FIXES[reason]}" in table
+
+
+def test_a_node_quantity_that_is_no_number_is_unknown_not_a_crash() -> None:
+    for odd in ("NaN", "Infinity", "lots", ""):
+        accelerator = node_device_from(make_node("w1", odd), "w1", "kvm")
+        assert accelerator.available is None, odd
+        assert "is not a quantity" in accelerator.evidence
+    assert node_device_from(make_node("w1", "1k"), "w1", "kvm").available is True
+    assert node_device_from(make_node("w1", "0"), "w1", "kvm").available is False

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from otel_vmi_hv.emulation.host_facts import HostFacts
+from otel_vmi_hv.emulation.kvm_device import KvmState
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, LibvirtTarget, Series
 from tests.agent_process import wait_until
@@ -72,3 +76,46 @@ def test_the_libvirt_source_gets_host_facts(tmp_path: Path) -> None:
     reason, evidence = following(facts).explanations()["uuid-1"]
     assert reason == "node_without_kvm"
     assert str(tmp_path / "no-kvm") in evidence
+
+
+def test_a_failing_pass_is_logged_and_the_worker_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def probe(_device: str) -> KvmState:
+        calls.append(1)
+        if len(calls) == 2:  # the first probe again, after the one at construction
+            raise OSError("a probe no one foresaw")
+        return KvmState(len(calls) > 2, "readable" if len(calls) > 2 else "missing")
+
+    facts = HostFacts(str(tmp_path / "kvm"), interval=0.05, probe=probe)
+    facts.follow(lambda: EMULATED)
+    with caplog.at_level(logging.ERROR, logger="otel_vmi_hv"):
+        facts.start()
+        try:
+            wait_until(lambda: facts.node_kvm_available() is True, 10, "a later pass after the failing one")
+        finally:
+            facts.stop()
+    assert any("a probe no one foresaw" in (r.exc_text or "") for r in caplog.records), "the bug is logged"
+
+
+def test_wakes_do_not_postpone_the_probe(tmp_path: Path) -> None:
+    """On a host with churn the tracker wakes the facts more often than the probe is due."""
+    probes: list[int] = []
+
+    def probe(_device: str) -> KvmState:
+        probes.append(1)
+        return KvmState(False, "missing")
+
+    facts = HostFacts(str(tmp_path / "kvm"), interval=0.2, probe=probe)
+    facts.start()
+    try:
+
+        def woken_until_probed() -> bool:
+            facts.wake()  # every poll of this wait: far more often than every 0.2 s
+            return len(probes) >= 3
+
+        wait_until(woken_until_probed, 10, "the probe run again despite the wakes", interval=0.01)
+    finally:
+        facts.stop()
