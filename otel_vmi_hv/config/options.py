@@ -206,8 +206,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         env="OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
+        field="sdk_internal_metrics",
+        default="false",
         **parse.BOOLEAN,
-        help="Let the OTLP exporters count their own exports (OpenTelemetry SDK self-metrics).",
+        help="Let the OpenTelemetry SDK count its own work (collections, exports) as metrics; they change"
+        " at every collection, so /metrics then collects at every scrape.",
     ),
     Option(
         env="OTEL_METRIC_EXPORT_INTERVAL",

@@ -40,6 +40,7 @@ class Settings:
     tls_key_file: str | None
     tls_client_ca_file: str | None
     kvm_device: str
+    sdk_internal_metrics: bool  # OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, read by the SDK too
     events: bool  # Kubernetes Events on emulated VMIs (KubeVirt mode)
     relist_spread: float
     watch_silence_timeout: float

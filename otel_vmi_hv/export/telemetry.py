@@ -61,6 +61,7 @@ class Telemetry:
 
     def __init__(self, settings: Settings, *, extra_readers: Sequence[MetricReader] = ()) -> None:
         self._vmi_state: Callable[[], object] = tuple
+        self._sdk_metrics = settings.sdk_internal_metrics
         fresh = lambda fmt: process_text(openmetrics=fmt is Format.OPENMETRICS)  # noqa: E731
         self.exposition = Exposition(self._state, self._collect_for_scrape, fresh)
 
@@ -115,6 +116,8 @@ class Telemetry:
     def _state(self) -> object:
         """The version of everything the collected part of /metrics shows, read at each scrape:
         /metrics serves its last body again while this compares equal (see ``exposition.py``)."""
+        if self._sdk_metrics:  # the SDK's own metrics move at every collection: no body holds
+            return object()
         return self.self_metrics.version, self._vmi_state()
 
     # ------------------------------------------------------------------ outputs

@@ -415,3 +415,26 @@ def test_each_format_is_cached_apart_and_byte_identical_to_a_fresh_collection(se
     assert len(made) == 1, "only the format asked for is collected"
     assert _collected(telemetry.render_prometheus()) != _collected(text)
     assert len(made) == 2
+
+
+def test_the_sdks_own_metrics_are_never_served_from_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED the SDK counts every collection: each scrape is new."""
+    env = {
+        "OTEL_METRICS_EXPORTER": "prometheus",
+        "NODE_NAME": "n",
+        "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED": "true",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)  # the SDK reads it from the environment itself
+    telemetry = Telemetry(load_settings(env))
+
+    def collections_counted() -> float:
+        body = telemetry.render_prometheus().decode()
+        samples = parse_samples(body, "otel_sdk_metric_reader_collection_duration_seconds_count")
+        return sum(value for _labels, value in samples)
+
+    try:
+        counted = [collections_counted() for _ in range(3)]
+    finally:
+        telemetry.shutdown(2)
+    assert counted[0] < counted[1] < counted[2], counted
