@@ -112,7 +112,8 @@ def event_to_visible(node: Node, count: int = 300) -> dict[str, Any]:
     agent.start()
     assert agent.synced.wait(10)
     assert agent.telemetry is not None
-    render = agent.telemetry.render_prometheus
+    telemetry = agent.telemetry
+    render = lambda: telemetry.scrape().body  # noqa: E731
     latencies = []
     for index in range(count):
         vmi = node.vmi(index)
@@ -151,7 +152,8 @@ def event_to_visible_real_daemon(node: Node, count: int = 40) -> dict[str, float
         agent = Agent(settings)
         agent.start()
         assert agent.synced.wait(10) and agent.telemetry is not None
-        render = agent.telemetry.render_prometheus
+        telemetry = agent.telemetry
+        render = lambda: telemetry.scrape().body  # noqa: E731
         latencies = []
         for index in range(count):
             vmi = make_vmi("bench", f"real-{index}", NODE, pod_uid=f"real-pod-{index}")

@@ -168,6 +168,10 @@ class AgentSide:
         self.telemetry.register_vmi_instruments(self.inputs, self.inputs, self.inputs)
         self.variants = (rows, make_rows(len(rows), flip=1))
 
+    def render(self) -> bytes:
+        """The /metrics body in text format 0.0.4, uncompressed."""
+        return self.telemetry.scrape().body
+
     def change(self) -> None:
         """One VMI changes type: a new snapshot, as the tracker publishes after a detection."""
         version = self.inputs.current.version + 1
@@ -182,7 +186,7 @@ class AgentSide:
 
     def scrape_after_change(self) -> bytes:
         self.change()
-        return self.telemetry.render_prometheus()
+        return self.telemetry.scrape().body
 
 
 def _http_scrape(
@@ -402,12 +406,12 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
         def lower_bound(lines: list[bytes] = lines, header: bytes = header) -> bytes:
             return header + b"".join(lines)
 
-        agent.telemetry.render_prometheus()
+        agent.render()
         results = {
             "A stock OTel": timings(stock.prometheus, repeat=repeat),
             "B prometheus_client": timings(plain.render, repeat=repeat),
             "C pre-rendered": timings(lower_bound, repeat=repeat),
-            "agent, unchanged": timings(agent.telemetry.render_prometheus, repeat=repeat),
+            "agent, unchanged": timings(agent.render, repeat=repeat),
             "agent, after a change": timings(agent.scrape_after_change, repeat=repeat),
             "  of which the SDK collection": timings(agent.collect_after_change, repeat=repeat),
         }
@@ -421,13 +425,11 @@ def run(sizes: tuple[int, ...] = (110, 250, 1_000, 10_000), receiver: Any = None
         http_results = {
             "A stock OTel": _http_scrape(stock.prometheus, repeat),
             "B prometheus_client": _http_scrape(plain.render, repeat),
-            "agent, unchanged": _http_scrape(
-                agent.telemetry.render_prometheus, repeat, cached=agent.telemetry.scrape_cached
-            ),
+            "agent, unchanged": _http_scrape(agent.render, repeat, cached=agent.telemetry.scrape_cached),
             "agent, after a change": _http_scrape(agent.scrape_after_change, repeat),
             "B, new connection per scrape": _http_scrape(plain.render, repeat, keep_alive=False),
             "agent, unchanged, new connection": _http_scrape(
-                agent.telemetry.render_prometheus,
+                agent.render,
                 repeat,
                 keep_alive=False,
                 cached=agent.telemetry.scrape_cached,

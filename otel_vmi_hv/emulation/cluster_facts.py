@@ -38,12 +38,12 @@ LOOKUP_RETRY_CHECK = 10.0  # seconds; launcher lookups are retried after 30 s or
 class ClusterFacts(ExplainedFacts):
     """Node and KubeVirt CR facts for one node's agent, kept current by two list-watches."""
 
-    def __init__(self, settings: Settings, *, api_client: Any = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         # The poll asks again, when due, what a launcher lookup could not answer.
         super().__init__("emulation-facts", poll_interval=LOOKUP_RETRY_CHECK)
         self._settings = settings
         self._node_name = settings.node_name
-        self._api_client = api_client
+        self._api_client: Any = None  # made on first use
         self._node = ObjectCache(self.wake)
         self._kubevirt = ObjectCache(self.wake)
         self._launchers = LauncherPods(self.client, self._node_name, on_answer=self.wake)
@@ -125,8 +125,8 @@ class ClusterFacts(ExplainedFacts):
         return hypervisor_of(*oldest(kubevirts)), policy
 
 
-def emulation_facts_for(settings: Settings, *, api_client: Any = None) -> ClusterFacts | HostFacts:
+def emulation_facts_for(settings: Settings) -> ClusterFacts | HostFacts:
     """The facts matching the VMI source: the cluster's objects, or this host's KVM device."""
     if settings.source == "kubernetes":
-        return ClusterFacts(settings, api_client=api_client)
+        return ClusterFacts(settings)
     return HostFacts(settings.kvm_device, interval=settings.resync_interval)

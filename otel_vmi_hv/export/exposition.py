@@ -168,13 +168,11 @@ class Exposition:
         fresh: Callable[[Format], bytes],
         *,
         deflater: Callable[[bool], Deflater] = raw_deflater,
-        gzip_min_bytes: int = GZIP_MIN_BYTES,
     ) -> None:
         self._state = state
         self._collect = collect
         self._fresh = fresh
         self._deflater = deflater
-        self._gzip_min_bytes = gzip_min_bytes
         self._lock = threading.Lock()  # one collection at a time; waiters then reuse its body
         self._collected: dict[Format, _Collected] = {}
         self._formats: dict[str, Format] = {}
@@ -220,7 +218,7 @@ class Exposition:
         if fmt is Format.OPENMETRICS:
             tail += EOF
         length = len(collected.plain) + len(tail)
-        if not want_gzip or length < self._gzip_min_bytes:
+        if not want_gzip or length < GZIP_MIN_BYTES:
             return Scrape(collected.plain + tail, fmt.content_type, None)
         if collected.gzip_head is None and not compress_collected:
             return None

@@ -134,10 +134,6 @@ class Telemetry:
         None: the HTTP server answers that on its event loop, without a thread hop."""
         return None if self._prometheus is None else self.exposition.cached(accept, accept_encoding)
 
-    def render_prometheus(self) -> bytes:
-        """The /metrics body in Prometheus text format 0.0.4, uncompressed."""
-        return self.scrape().body
-
     def _collect_for_scrape(self, fmt: Format) -> bytes:
         assert self._prometheus is not None
         return self._prometheus.render(openmetrics=fmt is Format.OPENMETRICS)

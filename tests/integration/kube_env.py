@@ -78,7 +78,7 @@ def running_agent(
 def _metrics_body(agent: Agent) -> str:
     """The /metrics body of an in-process agent (the one place these helpers reach into it)."""
     assert agent.telemetry is not None
-    return agent.telemetry.render_prometheus().decode()
+    return agent.telemetry.scrape().body.decode()
 
 
 def series(agent: Agent) -> dict[tuple[str, str], str]:

@@ -34,7 +34,7 @@ from tests.integration.kube_env import (
 
 
 def _scrape(agent) -> str:
-    return str(agent.telemetry.render_prometheus().decode())
+    return str(agent.telemetry.scrape().body.decode())
 
 
 def _reasons(body: str) -> dict[tuple[str, str], str]:

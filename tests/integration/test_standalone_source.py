@@ -64,7 +64,7 @@ def agent() -> Iterator[Agent]:
 def _metrics_body(agent: Agent) -> str:
     """The /metrics body of the in-process agent (the one place reaching into it)."""
     assert agent.telemetry is not None
-    return agent.telemetry.render_prometheus().decode()
+    return agent.telemetry.scrape().body.decode()
 
 
 def _count_libvirt_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:

@@ -34,7 +34,7 @@ def test_unencodable_names_are_replaced_and_the_rest_stays_intact(
 
         def body() -> str:
             assert agent.telemetry is not None
-            return agent.telemetry.render_prometheus().decode()
+            return agent.telemetry.scrape().body.decode()
 
         wait_until(lambda: len(info_series(body())) == 3, 10, "all three VMIs exported")
         series = info_series(body())

@@ -66,7 +66,7 @@ def _telemetry(monkeypatch: pytest.MonkeyPatch, endpoint: str, protocol: str) ->
 
 
 def _failures(telemetry: Telemetry) -> dict[str, float]:
-    body = telemetry.render_prometheus().decode()
+    body = telemetry.scrape().body.decode()
     return {labels["reason"]: value for labels, value in parse_samples(body, FAILURES)}
 
 

@@ -133,7 +133,7 @@ def _split_process(families: dict[str, object]) -> tuple[dict[str, object], set[
 def test_same_samples_as_the_stock_exporter(setup) -> None:
     telemetry, state, registry = setup
     _fill(telemetry, state)
-    ours, our_process = _split_process(_samples(telemetry.render_prometheus().decode()))
+    ours, our_process = _split_process(_samples(telemetry.scrape().body.decode()))
     stock, stock_process = _split_process(_samples(generate_latest(registry).decode()))
     assert our_process == stock_process, "process metrics named as the stock exporter names them"
     assert len(our_process) == 7
@@ -164,7 +164,7 @@ def test_label_values_survive_escaping_exactly(setup) -> None:
     _fill(telemetry, state)
     (family,) = [
         f
-        for f in text_string_to_metric_families(telemetry.render_prometheus().decode())
+        for f in text_string_to_metric_families(telemetry.scrape().body.decode())
         if f.name == "kubevirt_vmi_hypervisor_info"
     ]
     assert {s.labels["name"] for s in family.samples} == set(ODD_NAMES)
@@ -176,7 +176,7 @@ def test_promtool_accepts_the_exposition(setup) -> None:
     _fill(telemetry, state)
     result = subprocess.run(
         [require("promtool"), "check", "metrics"],
-        input=telemetry.render_prometheus(),
+        input=telemetry.scrape().body,
         capture_output=True,
         timeout=30,
     )
@@ -191,9 +191,9 @@ def _collected(body: bytes) -> bytes:
 def test_cached_body_is_byte_identical_to_a_fresh_collection(setup) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
-    first = telemetry.render_prometheus()
+    first = telemetry.scrape().body
     made = collections(telemetry)
-    second = telemetry.render_prometheus()
+    second = telemetry.scrape().body
     assert not made, "unchanged state must not collect again"
     assert _collected(second) == _collected(first)
     assert telemetry._prometheus is not None
@@ -203,12 +203,12 @@ def test_cached_body_is_byte_identical_to_a_fresh_collection(setup) -> None:
 def test_process_metrics_are_fresh_at_every_scrape_of_an_unchanged_state(setup) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
-    telemetry.render_prometheus()
+    telemetry.scrape()
     threads = [threading.Thread(target=threading.Event().wait, args=(5,), daemon=True) for _ in range(3)]
-    before = parse_samples(telemetry.render_prometheus().decode(), "process_threads")[0][1]
+    before = parse_samples(telemetry.scrape().body.decode(), "process_threads")[0][1]
     for thread in threads:
         thread.start()
-    after = parse_samples(telemetry.render_prometheus().decode(), "process_threads")[0][1]
+    after = parse_samples(telemetry.scrape().body.decode(), "process_threads")[0][1]
     assert after == before + 3, "three more threads, seen without any VMI change"
 
 
@@ -219,7 +219,7 @@ def test_process_metrics_are_fresh_at_every_scrape_of_an_unchanged_state(setup) 
 def test_any_change_invalidates_the_cached_body(setup, change: str) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
-    before = telemetry.render_prometheus()
+    before = telemetry.scrape().body
     if change == "snapshot":
         state.set_rows([Series("kvm", "only", "a", "node-1")])
     elif change == "detection":
@@ -238,7 +238,7 @@ def test_any_change_invalidates_the_cached_body(setup, change: str) -> None:
         telemetry.self_metrics.record_handler_error()
     else:
         telemetry.self_metrics.record_relist()
-    after = telemetry.render_prometheus()
+    after = telemetry.scrape().body
     assert _collected(after) != _collected(before)
     assert telemetry._prometheus is not None
     assert telemetry._prometheus.render() == _collected(after)
@@ -328,7 +328,7 @@ def test_openmetrics_and_text_carry_the_same_samples(setup) -> None:
     _fill(telemetry, state)
     text = {
         family.name: sorted((s.name, _labels(s.labels), s.value) for s in family.samples)
-        for family in text_string_to_metric_families(telemetry.render_prometheus().decode())
+        for family in text_string_to_metric_families(telemetry.scrape().body.decode())
         if not family.name.startswith("process_")
     }
     om = {name: f[3] for name, f in _om_families(_openmetrics(telemetry)).items() if name[:8] != "process_"}
@@ -341,7 +341,7 @@ def test_openmetrics_ends_with_eof_after_the_process_metrics(setup) -> None:
     body = _openmetrics(telemetry)
     assert body.endswith("\n# EOF\n") and body.count("# EOF") == 1
     assert body.index("# HELP process_cpu_seconds ") < body.index("# EOF")
-    assert "# EOF" not in telemetry.render_prometheus().decode()
+    assert "# EOF" not in telemetry.scrape().body.decode()
 
 
 def test_counters_and_histograms_carry_created_from_their_start(setup) -> None:
@@ -400,10 +400,10 @@ def test_help_text_is_escaped_for_each_format() -> None:
 def test_each_format_is_cached_apart_and_byte_identical_to_a_fresh_collection(setup) -> None:
     telemetry, state, _ = setup
     _fill(telemetry, state)
-    text, om = telemetry.render_prometheus(), _openmetrics(telemetry).encode()
+    text, om = telemetry.scrape().body, _openmetrics(telemetry).encode()
     made = collections(telemetry)
     for _ in range(3):
-        assert _collected(telemetry.render_prometheus()) == _collected(text)
+        assert _collected(telemetry.scrape().body) == _collected(text)
         assert _collected(_openmetrics(telemetry).encode()) == _collected(om)
     assert not made, "unchanged state must not collect again"
     assert telemetry._prometheus is not None
@@ -413,7 +413,7 @@ def test_each_format_is_cached_apart_and_byte_identical_to_a_fresh_collection(se
     state.set_rows([Series("kvm", "only", "a", "node-1")])
     assert _collected(_openmetrics(telemetry).encode()) != _collected(om)
     assert len(made) == 1, "only the format asked for is collected"
-    assert _collected(telemetry.render_prometheus()) != _collected(text)
+    assert _collected(telemetry.scrape().body) != _collected(text)
     assert len(made) == 2
 
 
@@ -429,7 +429,7 @@ def test_the_sdks_own_metrics_are_never_served_from_the_cache(monkeypatch: pytes
     telemetry = Telemetry(load_settings(env))
 
     def collections_counted() -> float:
-        body = telemetry.render_prometheus().decode()
+        body = telemetry.scrape().body.decode()
         samples = parse_samples(body, "otel_sdk_metric_reader_collection_duration_seconds_count")
         return sum(value for _labels, value in samples)
 

@@ -41,7 +41,7 @@ def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact(
     for round_, first in enumerate(range(0, TOTAL, RUNNING)):
         rows = tuple(Series("kvm", f"vm-{i}", "ns", "n") for i in range(first, first + RUNNING))
         state.set(Snapshot(round_ + 1, rows, 0))
-        series = info_series(telemetry.render_prometheus().decode())
+        series = info_series(telemetry.scrape().body.decode())
         assert set(series) == {("ns", f"vm-{i}") for i in range(first, first + RUNNING)}
         if round_ % 10 == 0:  # the OTLP reader collects less often than Prometheus scrapes
             data = otlp_like.get_metrics_data()
@@ -60,7 +60,7 @@ def test_100k_distinct_vmis_churned_keep_sdk_state_bounded_and_output_exact(
     # Bounded by the live series, not by the 100,000 ever seen: the SDK's state of every VMI ever
     # seen would take well over a hundred MB here (two readers hold state).
     assert grown < GROWTH_LIMIT, f"resident memory grew by {grown / 1e6:.1f} MB while {RUNNING} VMIs ran"
-    assert "overflow" not in telemetry.render_prometheus().decode()
+    assert "overflow" not in telemetry.scrape().body.decode()
     telemetry.shutdown(2)
 
 
