@@ -50,6 +50,7 @@ class LibvirtCalls:
         self._clock = clock
         self._pool = CallPool("libvirt-call")
         self._daemons: dict[str, Daemon] = {}
+        self._closed = False  # after close(): no new daemon, and a call still running lets go after
         self._lock = threading.Lock()
         self._inflight = threading.BoundedSemaphore(MAX_INFLIGHT_TOTAL)
         # One daemon serving every domain (standalone): keep its connection. One daemon per VMI
@@ -109,7 +110,11 @@ class LibvirtCalls:
 
         def op(conn: Any) -> None:
             callback_id = register(conn)
-            daemon = self._daemon(uri)
+            with self._lock:
+                daemon = self._daemons.get(uri)
+            if daemon is None:  # closed meanwhile: no one else would deregister it
+                conn.domainEventDeregisterAny(callback_id)
+                return
             with daemon.lock:
                 daemon.event_callbacks.append((conn, callback_id))
 
@@ -123,6 +128,7 @@ class LibvirtCalls:
         Python. False when a close did not finish in time (its daemon is hung).
         """
         with self._lock:
+            self._closed = True
             daemons = list(self._daemons.values())
             self._daemons.clear()
         closing = [worker for daemon in daemons if (worker := self._connections.drop(daemon)) is not None]
@@ -135,6 +141,8 @@ class LibvirtCalls:
 
     def _daemon(self, uri: str) -> Daemon:
         with self._lock:
+            if self._closed:
+                raise LibvirtUnavailable(FailureReason.UNREACHABLE, "the agent is stopping")
             daemon = self._daemons.get(uri)
             if daemon is None:
                 daemon = self._daemons[uri] = Daemon(uri)
@@ -173,6 +181,8 @@ class LibvirtCalls:
             return self._connections.run(daemon, op)
         finally:
             self._free_slot(daemon)
+            if self._closed:  # close() has passed this daemon by: let go of what the call opened
+                self._connections.drop(daemon)
 
     def _returned_late(self, daemon: Daemon, error: Exception | None) -> None:
         if daemon.returned_late(error):
