@@ -33,6 +33,11 @@ class Snapshots(Protocol):
 
     def snapshot(self) -> Snapshot: ...
 
+    @property
+    def changes(self) -> int:
+        """Grows with every change to what ``snapshot()`` shows; read without a lock or a rebuild."""
+        ...
+
 
 class Sink(Protocol):
     """What a source tells about the VMIs that should be reported."""

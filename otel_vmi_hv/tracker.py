@@ -143,6 +143,11 @@ class Tracker:
         if keys:
             log.info("re-detecting %d VMIs of %s after recovery", len(keys), uri)
 
+    @property
+    def changes(self) -> int:
+        """Grows with every change to what ``snapshot()`` shows (a plain read: no lock, no rebuild)."""
+        return self._changes
+
     def snapshot(self) -> Snapshot:
         """The current snapshot, rebuilt first if anything changed since the last one."""
         if not self._dirty:

@@ -20,6 +20,10 @@ class FixedInputs:
     def snapshot(self) -> Snapshot:
         return self.current
 
+    @property
+    def changes(self) -> int:
+        return self.current.version
+
     def states(self) -> dict[str, str]:
         return {}
 

@@ -111,7 +111,7 @@ class Telemetry:
         """
         pruner = AttributeStatePruner(self.meter_provider, INFO_METRIC)
         VmiInstruments(snapshots, connections, facts, pruner).register(self._meter)
-        self._vmi_state = lambda: (snapshots.snapshot().version, connections.states(), facts.version)
+        self._vmi_state = lambda: (snapshots.changes, connections.states(), facts.version)
 
     def _state(self) -> object:
         """The version of everything the collected part of /metrics shows, read at each scrape:
