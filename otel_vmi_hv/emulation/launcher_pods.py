@@ -24,13 +24,12 @@ from typing import Any
 from otel_vmi_hv.emulation.reasons import DEVICE_RESOURCE_PREFIX, LauncherRequest
 from otel_vmi_hv.fields import items, mapping, text
 from otel_vmi_hv.model import VMI
-from otel_vmi_hv.sources.list_watch import Resource, get_collection
+from otel_vmi_hv.sources.list_watch import REQUEST_TIMEOUT, Resource, get_collection
 from otel_vmi_hv.worker import Worker
 
 log = logging.getLogger(__name__)
 
 CREATED_BY_LABEL = "kubevirt.io/created-by"  # on every launcher pod: the uid of its VMI
-REQUEST_TIMEOUT = (10.0, 30.0)  # connect, read
 FORBIDDEN_RETRY = 300.0  # a 403: RBAC does not change often; ask again after five minutes
 ERROR_RETRY = 30.0  # the API server did not answer
 ABSENT_RETRY = 60.0  # the pod was not (yet, or no longer) listed

@@ -25,6 +25,7 @@ from otel_vmi_hv.emulation.cluster_facts import ClusterFacts
 from otel_vmi_hv.emulation.reasons import FIXES, EmulationReason
 from otel_vmi_hv.interfaces import Recorder
 from otel_vmi_hv.model import VMI
+from otel_vmi_hv.sources.list_watch import api_request
 from otel_vmi_hv.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ EVENTS_PER_SECOND = 1.0  # the bucket's refill; a node's first listing of many e
 EVENTS_BURST = 25
 QUEUE_SIZE = 1000
 RETRY = Backoff(initial=1.0, maximum=60.0)
-TIMEOUT = (10.0, 30.0)
 MAX_MESSAGE = 1024
 MERGE_PATCH = "application/merge-patch+json"
 SEE = "see docs/kubernetes.md"
@@ -77,12 +77,7 @@ def events_permission(settings: Settings, facts: object, vmis: Iterable[VMI]) ->
 
 
 def _send(client: Any, method: str, path: str, body: Any, content_type: str = "application/json") -> int:
-    """One request through the client's public ``ApiClient`` (no generated API class: costly to import)."""
-    headers = {"Content-Type": content_type, "Accept": "application/json"}
-    request = client.param_serialize(
-        method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-    )
-    answer = client.call_api(*request, _request_timeout=TIMEOUT)
+    answer = api_request(client, method, path, body=body, content_type=content_type)
     answer.read()
     return int(answer.status)
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 LIST_READ_TIMEOUT = 60.0
+REQUEST_TIMEOUT = (CONNECT_TIMEOUT, 30.0)  # one object's request: a lookup, an Event
 MIN_WATCH_SECONDS = 1.0  # a stream that ends sooner is followed by a pause: no spinning
 CHUNK_BYTES = 65536  # read from list and watch responses at a time
 BACKOFF = Backoff(initial=0.5, maximum=30.0)
@@ -85,23 +86,34 @@ def _query_name(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def get_collection(api_client: Any, resource: Resource, timeout: tuple[float, float], **params: Any) -> Any:
-    """GET a list or watch of ``resource``; the unread urllib3 response of a 2xx answer, else ApiException.
+def api_request(
+    api_client: Any,
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, Any]] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+    timeout: tuple[float, float] = REQUEST_TIMEOUT,
+) -> Any:
+    """One request; the unread urllib3 response, whatever its status.
 
     Through the client's public ``ApiClient`` (authentication with token refresh, TLS, proxy),
     not a generated API class, whose import alone costs more than the rest of the client.
     """
+    headers = {"Accept": "application/json"} | ({"Content-Type": content_type} if body is not None else {})
+    request = api_client.param_serialize(
+        method, path, query_params=query, header_params=headers, body=body, auth_settings=["BearerToken"]
+    )
+    return api_client.call_api(*request, _request_timeout=timeout)
+
+
+def get_collection(api_client: Any, resource: Resource, timeout: tuple[float, float], **params: Any) -> Any:
+    """GET a list or watch of ``resource``; the unread urllib3 response of a 2xx answer, else ApiException."""
     from kubernetes.client.exceptions import ApiException
 
     query = [(_query_name(name), value) for name, value in params.items() if value is not None]
-    request = api_client.param_serialize(
-        "GET",
-        resource.path,
-        query_params=query,
-        header_params={"Accept": "application/json"},
-        auth_settings=["BearerToken"],
-    )
-    answer = api_client.call_api(*request, _request_timeout=timeout)
+    answer = api_request(api_client, "GET", resource.path, query=query, timeout=timeout)
     if not 200 <= answer.status <= 299:
         answer.read()
         raise ApiException(http_resp=answer)
