@@ -17,6 +17,10 @@ import otel_vmi_hv.config.parsers as parse
 from otel_vmi_hv.config.parsers import URI_PLACEHOLDERS
 
 STANDALONE_LIBVIRT_URI = "qemu:///system"
+# Beyond the connection cap, this many more connections may send one request within this many seconds
+# (kubelet's default probe timeout): a probe is answered, anything else refused. Not options.
+PROBE_SLOTS = 8
+PROBE_HEAD_TIMEOUT = 1.0
 # KubeVirt runs one virtqemud per launcher pod; its socket sits in an emptyDir of that pod
 # (libvirt-runtime). The DaemonSet mounts /var/lib/kubelet/pods at /pods so the path stays
 # under the 108-byte sun_path limit.
@@ -362,8 +366,8 @@ OPTIONS: tuple[Option, ...] = (
         default="512",
         **parse.integer(1, 100_000),
         help="Open connections the HTTP server holds at most (memory per idle one: BENCHMARKS.md); beyond "
-        "them, 8 more may each send one request within 1 s: /healthz and /readyz are answered, "
-        "anything else gets 503, and the connection is closed.",
+        f"them, {PROBE_SLOTS} more may each send one request within {PROBE_HEAD_TIMEOUT:g} s: /healthz and"
+        " /readyz are answered, anything else gets 503, and the connection is closed.",
     ),
     agent_option(
         "WEB_MAX_REQUESTS",

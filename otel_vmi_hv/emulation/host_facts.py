@@ -20,7 +20,7 @@ class HostFacts(ExplainedFacts):
         self,
         kvm_device: str,
         *,
-        interval: float = 30.0,
+        interval: float,
         probe: Callable[[str], KvmState] = probe_kvm_device,
     ) -> None:
         super().__init__("kvm-probe", poll_interval=interval)

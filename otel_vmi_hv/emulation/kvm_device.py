@@ -12,7 +12,6 @@ import fcntl
 import os
 from dataclasses import dataclass
 
-DEFAULT_KVM_DEVICE = "/dev/kvm"
 KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO=0xAE, 0x00)
 KVM_API_VERSION = 12  # the only version Linux has ever answered since 2.6.22
 
@@ -38,7 +37,7 @@ def _unusable(path: str, code: int) -> KvmState | None:
     return None
 
 
-def probe_kvm_device(path: str = DEFAULT_KVM_DEVICE) -> KvmState:
+def probe_kvm_device(path: str) -> KvmState:
     """Open ``path`` and ask ``KVM_GET_API_VERSION``; a usable device answers 12."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import h11
 
 from otel_vmi_hv.config import Settings, default_value
+from otel_vmi_hv.config.options import PROBE_HEAD_TIMEOUT, PROBE_SLOTS
 from otel_vmi_hv.export.exposition import Scrape
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,9 @@ class ServerLimits:
     max_requests: int = default_value("web_max_requests")  # concurrent /metrics requests
     read_header_timeout: float = default_value("web_read_header_timeout")
     idle_timeout: float = default_value("web_idle_timeout")
-    # Beyond max_connections, this many more connections may send one request, answered only if it
-    # is a probe (/healthz, /readyz): liveness must not fail because others hold every connection.
-    probe_slots: int = 8
-    probe_head_timeout: float = 1.0  # kubelet's default probe timeout; a probe sends at once
+    # Liveness must not fail because others hold every connection (config/options.py).
+    probe_slots: int = PROBE_SLOTS
+    probe_head_timeout: float = PROBE_HEAD_TIMEOUT
 
     def head_timeout(self, beyond_cap: bool) -> float:
         """How long the request head (and the TLS handshake) may take to arrive."""

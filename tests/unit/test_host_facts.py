@@ -28,7 +28,7 @@ def following(facts: HostFacts) -> HostFacts:
 
 
 def test_missing_device_explains_emulation(tmp_path: Path) -> None:
-    facts = following(HostFacts(str(tmp_path / "kvm")))
+    facts = following(HostFacts(str(tmp_path / "kvm"), interval=3600))
     reason, evidence = facts.explanations()["uuid-1"]
     assert reason == "node_without_kvm"
     assert "missing" in evidence
@@ -36,7 +36,7 @@ def test_missing_device_explains_emulation(tmp_path: Path) -> None:
 
 
 def test_explanations_are_published_before_any_read(tmp_path: Path) -> None:
-    facts = HostFacts(str(tmp_path / "kvm"))
+    facts = HostFacts(str(tmp_path / "kvm"), interval=3600)
     assert facts.explanations() == {}, "nothing followed yet"
     facts.follow(lambda: EMULATED)
     facts.start()
@@ -51,7 +51,7 @@ def test_kvm_appearing_is_picked_up_on_refresh(tmp_path: Path) -> None:
     kvm = os.stat(require("kvm")).st_rdev  # a working KVM driver behind those numbers
     require("device-nodes")
     path = tmp_path / "kvm"
-    facts = following(HostFacts(str(path)))
+    facts = following(HostFacts(str(path), interval=3600))
     assert facts.explanations()["uuid-1"][0] == "node_without_kvm"
     version = facts.version
     os.mknod(path, 0o600 | stat.S_IFCHR, kvm)
