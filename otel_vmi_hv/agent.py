@@ -67,7 +67,7 @@ class Agent:
         self.detector = DetectionOrder(self._detectors(), self.metrics, ask_both=cross_check)
         # Why emulated VMIs are: this node's Node and the KubeVirt CR, or this host's KVM device,
         # recomputed by the facts' own worker whenever the tracker's snapshot changes.
-        self.emulation = emulation_facts_for(settings)
+        self.emulation = emulation_facts_for(settings, self.metrics)
         self.tracker = Tracker(
             self.detector.detect,
             settings.node_name,

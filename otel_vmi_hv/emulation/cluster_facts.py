@@ -28,6 +28,7 @@ from otel_vmi_hv.emulation.hypervisors import Hypervisor, default_hypervisor, hy
 from otel_vmi_hv.emulation.launcher_pods import LauncherPods
 from otel_vmi_hv.emulation.reasons import EmulationPolicy, LauncherRequest, NodeAccelerator
 from otel_vmi_hv.fields import text
+from otel_vmi_hv.interfaces import Recorder
 from otel_vmi_hv.model import VMI
 from otel_vmi_hv.sources.kubernetes import api_client_for, list_watch_options
 from otel_vmi_hv.sources.list_watch import ListWatch
@@ -35,10 +36,20 @@ from otel_vmi_hv.sources.list_watch import ListWatch
 LOOKUP_RETRY_CHECK = 10.0  # seconds; launcher lookups are retried after 30 s or more
 
 
+class _HandlerErrors(Recorder):
+    """Passes on a watch handler's bugs, nothing else."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    def record_handler_error(self) -> None:
+        self._recorder.record_handler_error()
+
+
 class ClusterFacts(ExplainedFacts):
     """Node and KubeVirt CR facts for one node's agent, kept current by two list-watches."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, recorder: Recorder | None = None) -> None:
         # The poll asks again, when due, what a launcher lookup could not answer.
         super().__init__("emulation-facts", poll_interval=LOOKUP_RETRY_CHECK)
         self._settings = settings
@@ -48,9 +59,10 @@ class ClusterFacts(ExplainedFacts):
         self._kubevirt = ObjectCache(self.wake)
         self._launchers = LauncherPods(self.client, self._node_name, on_answer=self.wake)
         this_node = list_watch_options(settings, field_selector=f"metadata.name={self._node_name}")
+        bugs = _HandlerErrors(recorder or Recorder())  # their restarts are not the VMI watch's
         self._watches = [
-            ListWatch(NODES, self._node, self.client, this_node),
-            ListWatch(KUBEVIRTS, self._kubevirt, self.client, list_watch_options(settings)),
+            ListWatch(NODES, self._node, self.client, this_node, bugs),
+            ListWatch(KUBEVIRTS, self._kubevirt, self.client, list_watch_options(settings), bugs),
         ]
         self.publish()
 
@@ -125,8 +137,8 @@ class ClusterFacts(ExplainedFacts):
         return hypervisor_of(*oldest(kubevirts)), policy
 
 
-def emulation_facts_for(settings: Settings) -> ClusterFacts | HostFacts:
+def emulation_facts_for(settings: Settings, recorder: Recorder) -> ClusterFacts | HostFacts:
     """The facts matching the VMI source: the cluster's objects, or this host's KVM device."""
     if settings.source == "kubernetes":
-        return ClusterFacts(settings)
+        return ClusterFacts(settings, recorder)
     return HostFacts(settings.kvm_device, interval=settings.resync_interval)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from otel_vmi_hv.emulation.cluster_facts import ClusterFacts
+from otel_vmi_hv.emulation.cluster_objects import ObjectCache
 from otel_vmi_hv.interfaces import Snapshot
 from otel_vmi_hv.model import VMI, LibvirtTarget, Series
 from tests.agent_process import wait_until
@@ -27,7 +28,7 @@ from tests.fakes.kubevirt_objects import (
     make_vmi,
     with_software_emulation,
 )
-from tests.integration.kube_env import Launchers, agent_settings, running_agent
+from tests.integration.kube_env import Launchers, agent_settings, running_agent, samples
 
 TCG_VMI = VMI(
     "uid-1", "ci", "build-runner", LibvirtTarget("qemu:///x", "ci_build-runner", "pod-1", pod_uid="pod-1")
@@ -359,3 +360,23 @@ def test_without_rbac_on_pods_the_reason_comes_from_the_node_and_the_cr(
         assert "launcher" not in facts.evidence()
     assert len(_pod_requests(api)) == 1, "a 403 is not asked again at every scrape"
     assert facts.facts.problems() == []
+
+
+def test_a_bug_in_the_node_watch_handler_is_counted_not_hidden(
+    api: FakeKubeAPIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_cache: ObjectCache) -> None:
+        raise ValueError("a handler bug")
+
+    monkeypatch.setattr(ObjectCache, "relist_done", broken)
+    api.create(make_node(NODE, "1k"))
+    api.create(make_kubevirt(True))
+    with running_agent(api, tmp_path, NODE, tmp_path / "pods") as agent:
+        wait_until(
+            lambda: sum(value for _, value in samples(agent, "otel_vmi_hv_watch_handler_errors_total")) >= 2,
+            10,
+            "the Node and KubeVirt CR watches' bugs counted",
+        )
+        assert not samples(agent, "otel_vmi_hv_watch_restarts_total"), (
+            "their restarts are not the VMI watch's"
+        )

@@ -11,7 +11,7 @@ import pytest
 
 from otel_vmi_hv.emulation.host_facts import HostFacts
 from otel_vmi_hv.emulation.kvm_device import KvmState
-from otel_vmi_hv.interfaces import Snapshot
+from otel_vmi_hv.interfaces import Recorder, Snapshot
 from otel_vmi_hv.model import VMI, LibvirtTarget, Series
 from tests.agent_process import wait_until
 from tests.peers import require
@@ -71,7 +71,7 @@ def test_the_libvirt_source_gets_host_facts(tmp_path: Path) -> None:
     settings = load_settings(
         {"OTEL_VMI_HV_SOURCE": "libvirt", "OTEL_VMI_HV_KVM_DEVICE": str(tmp_path / "no-kvm")}
     )
-    facts = emulation_facts_for(settings)
+    facts = emulation_facts_for(settings, Recorder())
     assert isinstance(facts, HostFacts)
     reason, evidence = following(facts).explanations()["uuid-1"]
     assert reason == "node_without_kvm"
