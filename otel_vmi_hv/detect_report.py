@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from otel_vmi_hv.emulation.reasons import FIXES, EmulationReason
-from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, FailureReason
+from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, FailureReason, printable
 
 
 def rows(
@@ -99,9 +99,9 @@ def render_table(
         )
         for row in report
     ]
-    printable = [[_printable(cell) for cell in line] for line in table]
-    widths = [max(len(line[i]) for line in printable) for i in range(len(headers))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in printable]
+    cells = [[printable(cell) for cell in line] for line in table]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
     if not report:
         out.append("(no running VMIs found)")
     notes = hints(report)
@@ -123,8 +123,3 @@ def render_table(
     if events:
         out.append(f"events: {events}")
     return "\n".join(out) + "\n"
-
-
-def _printable(text: str) -> str:
-    """Escape control characters so a hostile domain name cannot forge table rows."""
-    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
