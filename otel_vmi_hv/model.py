@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 UNKNOWN = "unknown"
 EMULATED = "qemu-tcg"  # the hypervisor_type of software emulation
@@ -154,12 +154,7 @@ class Series:
     node: str
 
     def attributes(self) -> dict[str, str]:
-        return {
-            "namespace": self.namespace,
-            "name": self.name,
-            "node": self.node,
-            "hypervisor_type": self.hypervisor_type,
-        }
+        return asdict(self)
 
 
 _UNENCODABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates
