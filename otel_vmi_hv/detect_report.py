@@ -71,12 +71,6 @@ HINTS: dict[str, str] = {
 }
 
 
-def hints(report: list[dict[str, Any]]) -> list[str]:
-    """One line per distinct failure reason in the report, saying what usually fixes it."""
-    reasons = sorted({row["error"] for row in report if row["error"]})
-    return [f"{reason}: {HINTS.get(reason, 'see the detail (--output json)')}" for reason in reasons]
-
-
 def render_json(report: list[dict[str, Any]]) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
@@ -104,9 +98,10 @@ def render_table(
     out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
     if not report:
         out.append("(no running VMIs found)")
-    notes = hints(report)
-    if notes:
-        out += ["", *notes]
+    # One hint per distinct failure reason, saying what usually fixes it.
+    failures = sorted({row["error"] for row in report if row["error"]})
+    if failures:
+        out += ["", *(f"{error}: {HINTS.get(error, 'see the detail (--output json)')}" for error in failures)]
     evidence = {
         f"{row['emulation_reason']}: {row['emulation_evidence']}" for row in report if row["emulation_reason"]
     }
