@@ -126,8 +126,7 @@ def run(settings: Settings) -> int:
     except OSError as error:
         log.error("cannot start: %s", error)
         return 1
-    while not stop.wait(3600):
-        pass
+    stop.wait()
     agent.stop()
     return 0
 

@@ -50,34 +50,31 @@ class DelayQueue(Generic[K]):
 
     def pop_due(self) -> K | None:
         """A due key, now held by the caller until ``done``, or None."""
-        with self._ready:
-            return self._pop_due(self._clock())
-
-    def _pop_due(self, now: float) -> K | None:
-        while self._heap:
-            due, _, key = self._heap[0]
-            if self._queued.get(key) != due:  # superseded or discarded
-                heapq.heappop(self._heap)
-            elif due > now:
-                return None
-            else:
-                heapq.heappop(self._heap)
-                del self._queued[key]
-                if key not in self._running:
-                    self._running.add(key)
-                    return key
-                self._deferred.add(key)
-        return None
+        with self._ready:  # a reentrant lock: ``get`` calls this holding it
+            now = self._clock()
+            while self._heap:
+                due, _, key = self._heap[0]
+                if self._queued.get(key) != due:  # superseded or discarded
+                    heapq.heappop(self._heap)
+                elif due > now:
+                    return None
+                else:
+                    heapq.heappop(self._heap)
+                    del self._queued[key]
+                    if key not in self._running:
+                        self._running.add(key)
+                        return key
+                    self._deferred.add(key)
+            return None
 
     def get(self) -> K | None:
         """Wait for a due key and hold it; None once shut down."""
         with self._ready:
             while not self._shut_down:
-                now = self._clock()
-                key = self._pop_due(now)
+                key = self.pop_due()
                 if key is not None:
                     return key
-                self._ready.wait(max(self._heap[0][0] - now, 0.001) if self._heap else None)
+                self._ready.wait(max(self._heap[0][0] - self._clock(), 0.001) if self._heap else None)
             return None
 
     def done(self, key: K) -> None:

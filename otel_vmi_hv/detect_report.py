@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from otel_vmi_hv.emulation.reasons import FIXES, EmulationReason
-from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, FailureReason
+from otel_vmi_hv.model import EMULATED, UNKNOWN, VMI, Detection, FailureReason, printable
 
 
 def rows(
@@ -71,12 +71,6 @@ HINTS: dict[str, str] = {
 }
 
 
-def hints(report: list[dict[str, Any]]) -> list[str]:
-    """One line per distinct failure reason in the report, saying what usually fixes it."""
-    reasons = sorted({row["error"] for row in report if row["error"]})
-    return [f"{reason}: {HINTS.get(reason, 'see the detail (--output json)')}" for reason in reasons]
-
-
 def render_json(report: list[dict[str, Any]]) -> str:
     return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
 
@@ -99,14 +93,15 @@ def render_table(
         )
         for row in report
     ]
-    printable = [[_printable(cell) for cell in line] for line in table]
-    widths = [max(len(line[i]) for line in printable) for i in range(len(headers))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in printable]
+    cells = [[printable(cell) for cell in line] for line in table]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells]
     if not report:
         out.append("(no running VMIs found)")
-    notes = hints(report)
-    if notes:
-        out += ["", *notes]
+    # One hint per distinct failure reason, saying what usually fixes it.
+    failures = sorted({row["error"] for row in report if row["error"]})
+    if failures:
+        out += ["", *(f"{error}: {HINTS.get(error, 'see the detail (--output json)')}" for error in failures)]
     evidence = {
         f"{row['emulation_reason']}: {row['emulation_evidence']}" for row in report if row["emulation_reason"]
     }
@@ -123,8 +118,3 @@ def render_table(
     if events:
         out.append(f"events: {events}")
     return "\n".join(out) + "\n"
-
-
-def _printable(text: str) -> str:
-    """Escape control characters so a hostile domain name cannot forge table rows."""
-    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text

@@ -7,7 +7,8 @@ OpenTelemetry, so every other module can depend on it without cycles.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 
 UNKNOWN = "unknown"
 EMULATED = "qemu-tcg"  # the hypervisor_type of software emulation
@@ -153,15 +154,10 @@ class Series:
     node: str
 
     def attributes(self) -> dict[str, str]:
-        return {
-            "namespace": self.namespace,
-            "name": self.name,
-            "node": self.node,
-            "hypervisor_type": self.hypervisor_type,
-        }
+        return asdict(self)
 
 
-REPLACEMENT_CHARACTER = "\ufffd"
+_UNENCODABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates
 
 
 def encodable_label(value: str) -> str:
@@ -170,13 +166,9 @@ def encodable_label(value: str) -> str:
     Such a value only comes from a broken or hostile API server, and one of them must not make the
     whole /metrics body or OTLP request fail to encode.
     """
-    if "\x00" not in value:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            pass
-        else:
-            return value
-    return "".join(
-        REPLACEMENT_CHARACTER if char == "\x00" or "\ud800" <= char <= "\udfff" else char for char in value
-    )
+    return _UNENCODABLE.sub("\ufffd", value)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so a hostile name cannot forge a log line or a table row."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")

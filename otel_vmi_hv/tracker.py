@@ -29,6 +29,7 @@ from otel_vmi_hv.model import (
     FailureReason,
     Series,
     encodable_label,
+    printable,
 )
 from otel_vmi_hv.worker import Worker, stop_all
 
@@ -76,9 +77,9 @@ class Tracker:
         self._lock = threading.Lock()
         self._queue: DelayQueue[str] = DelayQueue(clock)
         self._workers = [Worker(f"detector-{index}", self._work_loop) for index in range(workers)]
-        self._changes = 0  # under the lock: tells ``_editing`` whether to call ``on_change``
-        self._version = 0
-        self._dirty = True
+        # Grows under the lock with every change ``snapshot()`` shows: tells ``_editing`` whether to
+        # call ``on_change``, and is the version of the snapshot built from it.
+        self._changes = 0
         self._snapshot = Snapshot(0, (), 0)
 
     def start(self) -> None:
@@ -95,9 +96,9 @@ class Tracker:
             entry = self._entries.get(vmi.key)
             if entry is None:
                 self._entries[vmi.key] = _Entry(vmi, self._labels(vmi))
-                self._use(vmi.target.uri)
+                self._uri_users[vmi.target.uri] += 1
                 self._queue.add_after(vmi.key, 0.0)
-                self._changed()
+                self._changes += 1
                 return
             if entry.vmi == vmi:
                 return
@@ -106,7 +107,7 @@ class Tracker:
             # The condition explains why a VMI is emulated: its change must reach /metrics too.
             exported_changed = labels_changed or entry.vmi.software_emulation != vmi.software_emulation
             if entry.vmi.target.uri != vmi.target.uri:
-                self._use(vmi.target.uri)
+                self._uri_users[vmi.target.uri] += 1
                 self._unuse(entry.vmi.target.uri, released)
             entry.vmi = vmi
             if lifetime_changed:
@@ -115,7 +116,7 @@ class Tracker:
             if labels_changed:
                 entry.labels = self._labels(vmi)
             if exported_changed:
-                self._changed()
+                self._changes += 1
 
     def remove(self, key: str) -> None:
         with self._editing() as released:
@@ -150,31 +151,27 @@ class Tracker:
 
     def snapshot(self) -> Snapshot:
         """The current snapshot, rebuilt first if anything changed since the last one."""
-        if not self._dirty:
+        if self._snapshot.version == self._changes:
             return self._snapshot
         with self._lock:
-            if self._dirty:  # else another reader rebuilt it while this one waited for the lock
-                self._rebuild_locked()
+            if self._snapshot.version == self._changes:  # another reader rebuilt it meanwhile
+                return self._snapshot
+            rows = []
+            emulated = []
+            pending = 0
+            for entry in self._entries.values():
+                if entry.detection is None:
+                    pending += 1
+                    continue
+                namespace, name = entry.labels
+                row = Series(entry.detection.hypervisor_type, name, namespace, self._node)
+                rows.append(row)
+                if row.hypervisor_type == EMULATED:
+                    emulated.append((row, entry.vmi))
+            rows.sort(key=lambda row: (row.namespace, row.name))
+            unknown = sum(1 for row in rows if row.hypervisor_type == UNKNOWN)
+            self._snapshot = Snapshot(self._changes, tuple(rows), pending, unknown, tuple(emulated))
             return self._snapshot
-
-    def _rebuild_locked(self) -> None:
-        rows = []
-        emulated = []
-        pending = 0
-        for entry in self._entries.values():
-            if entry.detection is None:
-                pending += 1
-                continue
-            namespace, name = entry.labels
-            row = Series(entry.detection.hypervisor_type, name, namespace, self._node)
-            rows.append(row)
-            if row.hypervisor_type == EMULATED:
-                emulated.append((row, entry.vmi))
-        rows.sort(key=lambda row: (row.namespace, row.name))
-        self._version += 1
-        unknown = sum(1 for row in rows if row.hypervisor_type == UNKNOWN)
-        self._snapshot = Snapshot(self._version, tuple(rows), pending, unknown, tuple(emulated))
-        self._dirty = False
 
     def detections(self) -> list[tuple[VMI, Detection | None]]:
         """Every tracked VMI with its latest detection (for the detect command and debugging)."""
@@ -203,10 +200,6 @@ class Tracker:
         if changed and self._on_change is not None:
             self._on_change()
 
-    def _changed(self) -> None:
-        self._dirty = True
-        self._changes += 1
-
     def _labels(self, vmi: VMI) -> tuple[str, str]:
         labels = (encodable_label(vmi.namespace), encodable_label(vmi.name))
         if labels != (vmi.namespace, vmi.name):
@@ -221,10 +214,7 @@ class Tracker:
             return
         self._queue.discard(key)
         self._unuse(entry.vmi.target.uri, released)
-        self._changed()
-
-    def _use(self, uri: str) -> None:
-        self._uri_users[uri] += 1
+        self._changes += 1
 
     def _unuse(self, uri: str, released: list[str]) -> None:
         self._uri_users[uri] -= 1
@@ -247,7 +237,7 @@ class Tracker:
             if entry is None:
                 return
             vmi = entry.vmi
-            self._use(vmi.target.uri)  # held until this attempt is recorded or discarded
+            self._uri_users[vmi.target.uri] += 1  # held until this attempt is recorded or discarded
         started = self._clock()
         try:
             detection = self._detect(vmi)
@@ -272,7 +262,7 @@ class Tracker:
             self._unuse(vmi.target.uri, released)
         if discarded or detection.pending:
             return
-        label = _printable(f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name)
+        label = printable(f"{vmi.namespace}/{vmi.name}" if vmi.namespace else vmi.name)
         if detection.ok:
             log.debug("%s: hypervisor %s (via %s)", label, detection.hypervisor_type, detection.method.value)
         elif previous is None or previous.ok or previous.error != detection.error:
@@ -291,10 +281,5 @@ class Tracker:
         entry.detection = detection
         entry.detected_lifetime = vmi.target.lifetime_key
         if previous is None or previous.hypervisor_type != detection.hypervisor_type:
-            self._changed()
+            self._changes += 1
         return previous
-
-
-def _printable(text: str) -> str:
-    """A VMI's name for a log line: a hostile API server's control characters cannot forge lines."""
-    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
