@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 UNKNOWN = "unknown"
 EMULATED = "qemu-tcg"  # the hypervisor_type of software emulation
@@ -154,7 +154,13 @@ class Series:
     node: str
 
     def attributes(self) -> dict[str, str]:
-        return asdict(self)
+        """Built by hand: ``dataclasses.asdict`` deep-copies, and this runs for every row after a change."""
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "node": self.node,
+            "hypervisor_type": self.hypervisor_type,
+        }
 
 
 _UNENCODABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates
