@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 NOTHING_TRACKED = Snapshot(0, (), 0)
 KVM_DEVICE = "kvm"
+# Each pass reads the tracker's whole snapshot (a rebuild under its lock after a change): under churn,
+# passes at most this often leave the lock to detection and the sources.
+MIN_PASS_INTERVAL = 0.2
 
 
 class EmulatedVmis(Protocol):
@@ -157,6 +160,8 @@ class ExplainedFacts:
                 self._busy = False
                 with self._settled:
                     self._settled.notify_all()
+            if worker.sleep(MIN_PASS_INTERVAL):
+                return
             self._wakeup.wait(None if next_poll is None else max(0.0, next_poll - time.monotonic()))
 
     def publish(self) -> None:
